@@ -1,0 +1,50 @@
+//! The applier: writes peers' changes into the local Redis.
+//!
+//! One task owns the applier's Redis connection; receivers of every peer
+//! stream hand it batches through a bounded channel and wait for the result.
+//! A batch is applied by one atomic script per database, each change only if
+//! its stamp is newer than the key's recorded stamp.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::backoff::Backoff;
+use crate::change::Change;
+use crate::store::{ApplyOutcome, Store, StoreError};
+
+/// A batch to apply and where to send the result.
+pub struct ApplyJob {
+    /// The changes, already checked.
+    pub changes: Vec<Change>,
+    /// The outcome (an error only for failures retrying cannot fix).
+    pub done: oneshot::Sender<Result<ApplyOutcome, Arc<StoreError>>>,
+}
+
+/// Applies jobs until the channel closes or shutdown. Connection failures
+/// are retried with backoff (the batch waits; the peer stream stalls).
+pub async fn run(mut store: Store, mut rx: mpsc::Receiver<ApplyJob>, shutdown: CancellationToken) {
+    loop {
+        let job = tokio::select! {
+            j = rx.recv() => j,
+            _ = shutdown.cancelled() => return,
+        };
+        let Some(job) = job else { return };
+        let mut backoff = Backoff::new();
+        let result = loop {
+            match store.apply(&job.changes).await {
+                Ok(o) => break Ok(o),
+                Err(e) if e.is_retryable() => {
+                    warn!(error = %e, "applying a batch failed; retrying");
+                    if !backoff.wait(&shutdown).await {
+                        return;
+                    }
+                }
+                Err(e) => break Err(Arc::new(e)),
+            }
+        };
+        let _ = job.done.send(result);
+    }
+}

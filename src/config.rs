@@ -1,0 +1,329 @@
+//! Settings: command-line flags, `GEOSYNC_*` environment variables and a TOML
+//! file, in that order of precedence, checked once by [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// The `geosync` command line.
+#[derive(Debug, Parser)]
+#[command(name = "geosync", version, about = "Active-active geo-replication agent for Redis")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent beside one regional Redis.
+    Run(RunArgs),
+}
+
+/// Flags of `geosync run`; each also reads `GEOSYNC_<NAME>` and the config file.
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// TOML file with the same setting names (flags and env win over it).
+    #[arg(long, env = "GEOSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This region's node id, 1..=65535, unique in the mesh and stable across restarts.
+    #[arg(long, env = "GEOSYNC_NODE_ID")]
+    pub node_id: Option<u32>,
+    /// The local Redis, e.g. redis://:password@127.0.0.1:6379.
+    #[arg(long, env = "GEOSYNC_REDIS")]
+    pub redis: Option<String>,
+    /// Address the gRPC server listens on for peers.
+    #[arg(long, env = "GEOSYNC_LISTEN")]
+    pub listen: Option<String>,
+    /// A peer agent's gRPC address (repeat per peer), e.g. http://10.0.0.2:7001.
+    #[arg(long = "peer", env = "GEOSYNC_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Address of the admin HTTP server (/healthz, /readyz, /metrics).
+    #[arg(long, env = "GEOSYNC_ADMIN")]
+    pub admin: Option<String>,
+    /// Directory for the agent's own files.
+    #[arg(long, env = "GEOSYNC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Name of the mesh; agents of different meshes refuse each other.
+    #[arg(long, env = "GEOSYNC_MESH")]
+    pub mesh: Option<String>,
+    /// Largest clock skew accepted in a peer's stamp, in milliseconds.
+    #[arg(long, env = "GEOSYNC_MAX_CLOCK_SKEW_MS")]
+    pub max_clock_skew_ms: Option<u64>,
+    /// Most keys stamped in one batch (a transaction is never split).
+    #[arg(long, env = "GEOSYNC_BATCH_KEYS")]
+    pub batch_keys: Option<usize>,
+    /// Most batches kept in memory for peers that have not acknowledged them.
+    #[arg(long, env = "GEOSYNC_OUTBOX_BATCHES")]
+    pub outbox_batches: Option<usize>,
+    /// Log format: text or json.
+    #[arg(long, env = "GEOSYNC_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The TOML file: the same names as the flags (`peer` is a list).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    node_id: Option<u32>,
+    redis: Option<String>,
+    listen: Option<String>,
+    #[serde(alias = "peers")]
+    peer: Option<Vec<String>>,
+    admin: Option<String>,
+    data_dir: Option<PathBuf>,
+    mesh: Option<String>,
+    max_clock_skew_ms: Option<u64>,
+    batch_keys: Option<usize>,
+    outbox_batches: Option<usize>,
+    log_format: Option<String>,
+}
+
+/// A setting that stops the start, naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{setting}`: {message}")]
+pub struct ConfigError {
+    /// The setting's name as on the command line.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The checked settings the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This region's node id.
+    pub node_id: u32,
+    /// URL of the local Redis.
+    pub redis_url: String,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Peer gRPC endpoints.
+    pub peers: Vec<String>,
+    /// Admin HTTP address.
+    pub admin: Option<SocketAddr>,
+    /// The agent's directory.
+    pub data_dir: PathBuf,
+    /// Mesh name.
+    pub mesh: String,
+    /// Largest accepted clock skew.
+    pub max_clock_skew: Duration,
+    /// Most keys per stamp batch.
+    pub batch_keys: usize,
+    /// Most in-memory batches awaiting acks.
+    pub outbox_batches: usize,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// Merges flags/env with the config file and checks everything.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let file = match &self.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let peers = if self.peers.is_empty() {
+            file.peer.unwrap_or_default()
+        } else {
+            self.peers
+        };
+        Config::validate(Unchecked {
+            node_id: self.node_id.or(file.node_id),
+            redis: self.redis.or(file.redis),
+            listen: self.listen.or(file.listen),
+            peers,
+            admin: self.admin.or(file.admin),
+            data_dir: self.data_dir.or(file.data_dir),
+            mesh: self.mesh.or(file.mesh),
+            max_clock_skew_ms: self.max_clock_skew_ms.or(file.max_clock_skew_ms),
+            batch_keys: self.batch_keys.or(file.batch_keys),
+            outbox_batches: self.outbox_batches.or(file.outbox_batches),
+            log_format: self.log_format.or(file.log_format),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| bad("config", format!("{}: {e}", path.display())))
+}
+
+/// Settings after merging, before checking.
+struct Unchecked {
+    node_id: Option<u32>,
+    redis: Option<String>,
+    listen: Option<String>,
+    peers: Vec<String>,
+    admin: Option<String>,
+    data_dir: Option<PathBuf>,
+    mesh: Option<String>,
+    max_clock_skew_ms: Option<u64>,
+    batch_keys: Option<usize>,
+    outbox_batches: Option<usize>,
+    log_format: Option<String>,
+}
+
+fn parse_addr(setting: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|e| bad(setting, format!("{s:?} is not a host:port socket address ({e})")))
+}
+
+impl Config {
+    fn validate(u: Unchecked) -> Result<Config, ConfigError> {
+        let node_id = u.node_id.ok_or_else(|| bad("node-id", "is required"))?;
+        crate::stamp::node_id_to_id(node_id).map_err(|_| bad("node-id", format!("{node_id} is not in 1..=65535")))?;
+        let redis_url = u.redis.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        let info = redis::Client::open(redis_url.as_str())
+            .map_err(|e| bad("redis", format!("{redis_url:?}: {e}")))?;
+        if !matches!(info.get_connection_info().addr(), redis::ConnectionAddr::Tcp(_, _)) {
+            return Err(bad("redis", "only redis:// over TCP is supported in this version"));
+        }
+        let listen = parse_addr("listen", u.listen.as_deref().unwrap_or("127.0.0.1:7001"))?;
+        let mut peers = Vec::new();
+        for p in u.peers {
+            let p = p.trim().to_string();
+            if p.is_empty() {
+                continue;
+            }
+            let uri: http::Uri = p.parse().map_err(|e| bad("peer", format!("{p:?}: {e}")))?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(bad("peer", format!("{p:?}: want http://host:port")));
+            }
+            if peers.contains(&p) {
+                return Err(bad("peer", format!("{p:?} is listed twice")));
+            }
+            peers.push(p);
+        }
+        let admin = u.admin.as_deref().map(|a| parse_addr("admin", a)).transpose()?;
+        let data_dir = u.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let mesh = u.mesh.unwrap_or_else(|| "geosync".into());
+        if mesh.is_empty() || mesh.len() > 128 {
+            return Err(bad("mesh", "must be 1 to 128 characters"));
+        }
+        let skew = u.max_clock_skew_ms.unwrap_or(500);
+        if skew == 0 || skew > 3_600_000 {
+            return Err(bad("max-clock-skew-ms", format!("{skew} is not in 1..=3600000")));
+        }
+        let batch_keys = u.batch_keys.unwrap_or(512);
+        if batch_keys == 0 || batch_keys > 100_000 {
+            return Err(bad("batch-keys", format!("{batch_keys} is not in 1..=100000")));
+        }
+        let outbox_batches = u.outbox_batches.unwrap_or(10_000);
+        if outbox_batches == 0 {
+            return Err(bad("outbox-batches", "must be at least 1"));
+        }
+        let log_format = match u.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(bad("log-format", format!("{other:?} is not text or json"))),
+        };
+        Ok(Config {
+            node_id,
+            redis_url,
+            listen,
+            peers,
+            admin,
+            data_dir,
+            mesh,
+            max_clock_skew: Duration::from_millis(skew),
+            batch_keys,
+            outbox_batches,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut full = vec!["geosync", "run"];
+        full.extend_from_slice(args);
+        let Command::Run(run) = Cli::try_parse_from(full).unwrap().command;
+        run.into_config()
+    }
+
+    #[test]
+    fn the_documented_command_line_parses() {
+        let c = parse(&[
+            "--node-id", "1", "--redis", "redis://127.0.0.1:6379", "--listen", "127.0.0.1:7001",
+            "--peer", "http://127.0.0.1:7002", "--peer", "http://127.0.0.1:7003",
+            "--admin", "127.0.0.1:9001", "--data-dir", "./data/1",
+        ])
+        .unwrap();
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.admin, Some("127.0.0.1:9001".parse().unwrap()));
+        assert_eq!(c.data_dir, PathBuf::from("./data/1"));
+    }
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "node-id"),
+            (&["--node-id", "0"], "node-id"),
+            (&["--node-id", "70000"], "node-id"),
+            (&["--node-id", "1", "--redis", "nope://x"], "redis"),
+            (&["--node-id", "1", "--listen", "localhost"], "listen"),
+            (&["--node-id", "1", "--peer", "127.0.0.1:7002"], "peer"),
+            (&["--node-id", "1", "--admin", "x:y"], "admin"),
+            (&["--node-id", "1", "--log-format", "xml"], "log-format"),
+            (&["--node-id", "1", "--max-clock-skew-ms", "0"], "max-clock-skew-ms"),
+        ];
+        for (args, setting) in cases {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.setting, *setting, "{args:?}: {err}");
+            assert!(err.to_string().contains(setting));
+        }
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(
+            &path,
+            "node-id = 7\nlisten = \"127.0.0.1:7100\"\npeer = [\"http://127.0.0.1:7200\"]\nmesh = \"m\"\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = parse(&["--config", p, "--listen", "127.0.0.1:7300"]).unwrap();
+        assert_eq!(c.node_id, 7);
+        assert_eq!(c.listen, "127.0.0.1:7300".parse().unwrap());
+        assert_eq!(c.peers, vec!["http://127.0.0.1:7200".to_string()]);
+        assert_eq!(c.mesh, "m");
+    }
+
+    #[test]
+    fn unknown_file_setting_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "node-id = 1\nnode_idd = 2\n").unwrap();
+        let err = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert_eq!(err.setting, "config");
+        assert!(err.message.contains("node_idd"), "{err}");
+    }
+}

@@ -1,0 +1,255 @@
+//! geosync: active-active geo-replication for Redis.
+//!
+//! One agent runs beside each regional Redis. A change flows through the
+//! modules in this order:
+//!
+//! ```text
+//!  clients ─► local Redis ─PSYNC─► tailer ─dirty keys─► stamper ─► outbox ─gRPC─► peer's receiver ─► applier ─► peer's Redis
+//!             (resp, rdb,          (keyspec)           (store: stamp   (per-peer     (transport::     (store: apply
+//!              tailer)                                  script)         cursors)      server)          script)
+//! ```
+//!
+//! - [`tailer`] follows the local Redis as a replica ([`resp`], [`rdb`]) and
+//!   names the keys each write touched ([`keyspec`]).
+//! - [`stamper`] stamps batches of dirty keys with the agent's `uhlc` clock
+//!   ([`stamp`]) inside Redis, reading each key's state in the same script
+//!   ([`store`]); the result is a [`change::Change`] per key.
+//! - [`outbox`] holds stamped batches until every peer acknowledged them;
+//!   [`transport`] streams them over gRPC.
+//! - [`applier`] applies peers' batches with last-writer-wins.
+//! - [`admin`] serves health, readiness and [`metrics`].
+//!
+//! [`run`] is the whole agent; the binary and the tests both call it.
+
+pub mod admin;
+pub mod applier;
+pub mod backoff;
+pub mod change;
+pub mod config;
+pub mod keyspec;
+pub mod metrics;
+pub mod outbox;
+pub mod rdb;
+pub mod resp;
+pub mod stamp;
+pub mod stamper;
+pub mod state;
+pub mod store;
+pub mod tailer;
+pub mod transport;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::state::Readiness;
+use crate::store::Store;
+
+/// Errors that stop the agent at start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory is unusable or belongs to another node.
+    #[error("data dir {path}: {message}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The local Redis cannot be reached or used.
+    #[error("local redis {url}: {message}")]
+    Redis {
+        /// Its URL, without password.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A listen address cannot be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Checks the data directory and records the node id in it, so that a data
+/// directory is never reused by another node by mistake.
+fn prepare_data_dir(config: &Config) -> Result<(), StartError> {
+    let path = config.data_dir.display().to_string();
+    let err = |message: String| StartError::DataDir {
+        path: path.clone(),
+        message,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| err(format!("cannot create it: {e}")))?;
+    let id_file = config.data_dir.join("node-id");
+    match std::fs::read_to_string(&id_file) {
+        Ok(s) if s.trim() == config.node_id.to_string() => Ok(()),
+        Ok(s) => Err(err(format!(
+            "it belongs to node {}, not node {}; use another --data-dir",
+            s.trim(),
+            config.node_id
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&id_file, format!("{}\n", config.node_id))
+            .map_err(|e| err(format!("cannot write {}: {e}", id_file.display()))),
+        Err(e) => Err(err(format!("cannot read {}: {e}", id_file.display()))),
+    }
+}
+
+fn redacted(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(u) => match u.authority() {
+            Some(a) if a.as_str().contains('@') => url.replace(a.as_str(), a.as_str().rsplit('@').next().unwrap_or("")),
+            _ => url.to_string(),
+        },
+        Err(_) => "(unparsable url)".into(),
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled or a stage fails fatally.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    prepare_data_dir(&config)?;
+    let url = redacted(&config.redis_url);
+    let redis_err = |message: String| StartError::Redis {
+        url: url.clone(),
+        message,
+    };
+    let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| redis_err(e.to_string()))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| redis_err(format!("cannot connect: {e}")))?;
+    let databases: (String, u32) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("databases")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| redis_err(format!("CONFIG GET databases: {e}")))?;
+    let databases = databases.1;
+    drop(conn);
+
+    let metrics = Arc::new(Metrics::new());
+    let clock = stamp::new_clock(config.node_id, config.max_clock_skew).expect("node id validated");
+    let ready = Arc::new(Readiness::new(&config.peers));
+    let outbox = Arc::new(Outbox::new(&config.peers, config.outbox_batches, metrics.clone()));
+    let tracker = TaskTracker::new();
+    let token = shutdown.child_token();
+
+    let grpc = tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind {
+        what: "--listen",
+        addr: config.listen,
+        source,
+    })?;
+    let admin = match config.admin {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+            what: "--admin",
+            addr,
+            source,
+        })?),
+        None => None,
+    };
+
+    // Tailer → stamper.
+    let (tail_tx, tail_rx) = mpsc::channel(1024);
+    tracker.spawn(tailer::run(
+        tailer::TailerConfig {
+            client: client.clone(),
+            announce_port: config.listen.port(),
+            data_dir: config.data_dir.clone(),
+        },
+        tail_tx,
+        metrics.clone(),
+        token.clone(),
+    ));
+    let stamper = stamper::Stamper {
+        store: Store::new(client.clone()),
+        clock: clock.clone(),
+        outbox: outbox.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        batch_keys: config.batch_keys,
+        databases,
+    };
+    tracker.spawn(stamper.run(tail_rx, token.clone()));
+
+    // Outbox → peers.
+    let me = transport::client::Identity {
+        node_id: config.node_id,
+        mesh: config.mesh.clone(),
+        session: rand::random(),
+    };
+    for peer in &config.peers {
+        tracker.spawn(transport::client::run(
+            peer.clone(),
+            me.clone(),
+            outbox.clone(),
+            metrics.clone(),
+            ready.clone(),
+            token.clone(),
+        ));
+    }
+
+    // Peers → applier.
+    let (apply_tx, apply_rx) = mpsc::channel(16);
+    tracker.spawn(applier::run(Store::new(client.clone()), apply_rx, token.clone()));
+    let receiver = transport::server::Receiver::new(
+        config.node_id,
+        config.mesh.clone(),
+        databases,
+        clock.clone(),
+        apply_tx,
+        metrics.clone(),
+    );
+    let service = transport::pb::replication_server::ReplicationServer::new(receiver)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let grpc_token = token.clone();
+    let grpc_task = tracker.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                grpc_token.cancelled_owned(),
+            )
+            .await
+    });
+    if let Some(listener) = admin {
+        tracker.spawn(admin::serve(listener, metrics.clone(), ready.clone(), token.clone()));
+    }
+    tracker.close();
+    info!(node_id = config.node_id, listen = %config.listen, peers = config.peers.len(), redis = %url, "geosync started");
+
+    let mut grpc_task = grpc_task;
+    let result = tokio::select! {
+        _ = token.cancelled() => Ok(()),
+        r = &mut grpc_task => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                error!(error = %e, "grpc server failed");
+                Err(StartError::Grpc(e))
+            }
+            Err(e) => {
+                error!(error = %e, "grpc server task failed");
+                Ok(())
+            }
+        },
+    };
+    token.cancel();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await.is_err() {
+        error!("some tasks did not stop within 10 s");
+    }
+    info!("geosync stopped");
+    result
+}

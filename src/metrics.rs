@@ -1,0 +1,120 @@
+//! Prometheus metrics, served at `/metrics` by [`crate::admin`].
+//!
+//! One [`Metrics`] per agent, shared by every stage. Names are documented in
+//! the README; they are part of the interface operators build alerts on.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label set naming a peer by its configured address.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// The peer's address as configured (outgoing) or its node id (incoming).
+    pub peer: String,
+}
+
+/// Label set naming a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Short machine-readable reason.
+    pub reason: String,
+}
+
+/// Every metric the agent keeps.
+#[derive(Default)]
+pub struct Metrics {
+    registry: Registry,
+    /// Changes of local writes stamped for shipping.
+    pub changes_stamped: Counter,
+    /// Keys whose stamp was retried because their metadata held a newer stamp.
+    pub stamp_retries: Counter,
+    /// Changes sent to each peer (re-sends after a reconnect count again).
+    pub changes_shipped: Family<PeerLabel, Counter>,
+    /// Batches acknowledged by each peer.
+    pub batches_acked: Family<PeerLabel, Counter>,
+    /// Changes from peers that won and were written.
+    pub changes_applied: Family<PeerLabel, Counter>,
+    /// Changes from peers older than (or equal to) what the key held.
+    pub changes_rejected_older: Family<PeerLabel, Counter>,
+    /// 1 while the outgoing stream to the peer is up.
+    pub peer_connected: Family<PeerLabel, Gauge>,
+    /// Batches stamped here but not yet acknowledged by the peer.
+    pub peer_lag_batches: Family<PeerLabel, Gauge>,
+    /// Age in milliseconds of the oldest batch the peer has not acknowledged.
+    pub peer_lag_ms: Family<PeerLabel, Gauge>,
+    /// Incoming batches refused, by reason (clock skew, malformed, ...).
+    pub batches_refused: Family<ReasonLabel, Counter>,
+    /// Full resynchronisations with the local Redis.
+    pub sync_full: Counter,
+    /// Partial resynchronisations the local Redis accepted.
+    pub sync_partial_ok: Counter,
+    /// Replication offset processed from the local Redis.
+    pub repl_offset: Gauge,
+    /// Client writes to keys under the reserved `__geosync:` prefix (not replicated).
+    pub reserved_key_writes: Counter,
+    /// Keys of types geosync cannot carry (module types), by type.
+    pub unsupported_keys: Family<ReasonLabel, Counter>,
+    /// Commands whose effect geosync does not replicate (SWAPDB), by command.
+    pub unsupported_commands: Family<ReasonLabel, Counter>,
+    /// Changes dropped because the outbox was full (never expected; see docs).
+    pub outbox_len: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut m = Metrics::default();
+        let mut r = Registry::with_prefix("geosync");
+        r.register("changes_stamped", "Changes of local writes stamped", m.changes_stamped.clone());
+        r.register("stamp_retries", "Keys re-stamped after meeting a newer stamp", m.stamp_retries.clone());
+        r.register("changes_shipped", "Changes sent to a peer", m.changes_shipped.clone());
+        r.register("batches_acked", "Batches acknowledged by a peer", m.batches_acked.clone());
+        r.register("changes_applied", "Changes from peers applied", m.changes_applied.clone());
+        r.register(
+            "changes_rejected_older",
+            "Changes from peers rejected as older",
+            m.changes_rejected_older.clone(),
+        );
+        r.register("peer_connected", "Outgoing stream to the peer is up", m.peer_connected.clone());
+        r.register("peer_lag_batches", "Batches not yet acknowledged by the peer", m.peer_lag_batches.clone());
+        r.register("peer_lag_ms", "Age of the oldest unacknowledged batch", m.peer_lag_ms.clone());
+        r.register("batches_refused", "Incoming batches refused", m.batches_refused.clone());
+        r.register("sync_full", "Full resynchronisations with the local Redis", m.sync_full.clone());
+        r.register("sync_partial_ok", "Partial resynchronisations accepted", m.sync_partial_ok.clone());
+        r.register("repl_offset", "Replication offset processed", m.repl_offset.clone());
+        r.register(
+            "reserved_key_writes",
+            "Client writes to reserved __geosync: keys (not replicated)",
+            m.reserved_key_writes.clone(),
+        );
+        r.register("unsupported_keys", "Keys of types geosync cannot carry", m.unsupported_keys.clone());
+        r.register(
+            "unsupported_commands",
+            "Commands whose effect is not replicated",
+            m.unsupported_commands.clone(),
+        );
+        r.register("outbox_batches", "Batches held for peers", m.outbox_len.clone());
+        m.registry = r;
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+
+    /// Shorthand for a peer label.
+    pub fn peer(peer: &str) -> PeerLabel {
+        PeerLabel { peer: peer.to_string() }
+    }
+
+    /// Shorthand for a reason label.
+    pub fn reason(reason: &str) -> ReasonLabel {
+        ReasonLabel { reason: reason.to_string() }
+    }
+}

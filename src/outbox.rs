@@ -1,0 +1,207 @@
+//! The outbox: stamped batches kept until every peer has acknowledged them.
+//!
+//! Bounded: when it holds `capacity` batches, [`Outbox::push`] waits, which
+//! stalls the stamper and, behind it, the tailer (end-to-end backpressure).
+//! Each peer has a cursor; acks are cumulative by sequence number.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::change::{Change, encode_batch};
+use crate::metrics::Metrics;
+
+/// One stamped batch, encoded once and shared by every peer's sender.
+#[derive(Debug)]
+pub struct OutBatch {
+    /// Sequence number, from 1, per agent process.
+    pub seq: u64,
+    /// rmp-serde encoding of the changes.
+    pub payload: Bytes,
+    /// Number of changes.
+    pub count: u32,
+    /// When it was stamped (for lag).
+    pub created: Instant,
+}
+
+struct Inner {
+    next_seq: u64,
+    batches: VecDeque<Arc<OutBatch>>,
+    acked: HashMap<String, u64>,
+}
+
+/// Batches awaiting acknowledgement by the peers.
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    space: Notify,
+    latest: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbox {
+    /// An outbox for the given peers, holding at most `capacity` batches.
+    pub fn new(peers: &[String], capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Outbox {
+            inner: Mutex::new(Inner {
+                next_seq: 1,
+                batches: VecDeque::new(),
+                acked: peers.iter().map(|p| (p.clone(), 0)).collect(),
+            }),
+            capacity,
+            space: Notify::new(),
+            latest: watch::channel(0).0,
+            metrics,
+        }
+    }
+
+    /// Adds a batch, waiting for room. False when shutdown came first.
+    pub async fn push(&self, changes: Vec<Change>, shutdown: &CancellationToken) -> bool {
+        let payload = Bytes::from(encode_batch(&changes));
+        loop {
+            let notified = self.space.notified();
+            {
+                let mut inner = self.inner.lock().expect("outbox lock");
+                if inner.batches.len() < self.capacity {
+                    let seq = inner.next_seq;
+                    inner.next_seq += 1;
+                    if inner.acked.is_empty() {
+                        // No peers: nothing to keep.
+                        self.latest.send_replace(seq);
+                        return true;
+                    }
+                    inner.batches.push_back(Arc::new(OutBatch {
+                        seq,
+                        payload,
+                        count: changes.len() as u32,
+                        created: Instant::now(),
+                    }));
+                    self.metrics.outbox_len.set(inner.batches.len() as i64);
+                    drop(inner);
+                    self.latest.send_replace(seq);
+                    self.update_lag();
+                    return true;
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = shutdown.cancelled() => return false,
+            }
+        }
+    }
+
+    /// The first batch after `seq`, if any.
+    pub fn next_after(&self, seq: u64) -> Option<Arc<OutBatch>> {
+        let inner = self.inner.lock().expect("outbox lock");
+        let first = inner.batches.front()?.seq;
+        let idx = if seq < first { 0 } else { (seq - first + 1) as usize };
+        inner.batches.get(idx).cloned()
+    }
+
+    /// Watches the newest sequence number (senders wait on it for work).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    /// What the peer has acknowledged so far.
+    pub fn acked(&self, peer: &str) -> u64 {
+        self.inner.lock().expect("outbox lock").acked.get(peer).copied().unwrap_or(0)
+    }
+
+    /// Records a cumulative ack and drops batches every peer has.
+    pub fn ack(&self, peer: &str, seq: u64) {
+        {
+            let mut inner = self.inner.lock().expect("outbox lock");
+            let newest = inner.next_seq - 1;
+            if let Some(a) = inner.acked.get_mut(peer) {
+                *a = (*a).max(seq.min(newest));
+            }
+            let low = inner.acked.values().copied().min().unwrap_or(newest);
+            while inner.batches.front().is_some_and(|b| b.seq <= low) {
+                inner.batches.pop_front();
+            }
+            self.metrics.outbox_len.set(inner.batches.len() as i64);
+        }
+        self.space.notify_waiters();
+        self.update_lag();
+    }
+
+    /// Refreshes the per-peer lag gauges.
+    pub fn update_lag(&self) {
+        let inner = self.inner.lock().expect("outbox lock");
+        let newest = inner.next_seq - 1;
+        for (peer, acked) in &inner.acked {
+            let label = Metrics::peer(peer);
+            self.metrics.peer_lag_batches.get_or_create(&label).set((newest - acked) as i64);
+            let age = inner
+                .batches
+                .iter()
+                .find(|b| b.seq > *acked)
+                .map(|b| b.created.elapsed().as_millis() as i64)
+                .unwrap_or(0);
+            self.metrics.peer_lag_ms.get_or_create(&label).set(age);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::Op;
+    use serde_bytes::ByteBuf;
+
+    fn change() -> Vec<Change> {
+        vec![Change {
+            db: 0,
+            key: ByteBuf::from(b"k".to_vec()),
+            stamp: "x".into(),
+            op: Op::Delete,
+        }]
+    }
+
+    #[tokio::test]
+    async fn batches_stay_until_every_peer_acks() {
+        let peers = vec!["a".to_string(), "b".to_string()];
+        let ob = Outbox::new(&peers, 10, Arc::new(Metrics::new()));
+        let t = CancellationToken::new();
+        for _ in 0..3 {
+            assert!(ob.push(change(), &t).await);
+        }
+        assert_eq!(ob.next_after(0).unwrap().seq, 1);
+        assert_eq!(ob.next_after(2).unwrap().seq, 3);
+        assert!(ob.next_after(3).is_none());
+        ob.ack("a", 3);
+        assert_eq!(ob.next_after(0).unwrap().seq, 1, "b has not acked");
+        ob.ack("b", 2);
+        assert_eq!(ob.next_after(0).unwrap().seq, 3);
+        assert_eq!(ob.acked("a"), 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_waits_for_acks() {
+        let peers = vec!["a".to_string()];
+        let ob = Arc::new(Outbox::new(&peers, 2, Arc::new(Metrics::new())));
+        let t = CancellationToken::new();
+        assert!(ob.push(change(), &t).await);
+        assert!(ob.push(change(), &t).await);
+        let ob2 = ob.clone();
+        let t2 = t.clone();
+        let third = tokio::spawn(async move { ob2.push(change(), &t2).await });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished());
+        ob.ack("a", 1);
+        assert!(third.await.unwrap());
+        assert_eq!(ob.next_after(1).unwrap().seq, 2);
+        assert_eq!(ob.next_after(2).unwrap().seq, 3);
+        // shutdown releases a waiting push
+        let ob3 = ob.clone();
+        let t3 = t.clone();
+        let fourth = tokio::spawn(async move { ob3.push(change(), &t3).await });
+        t.cancel();
+        assert!(!fourth.await.unwrap());
+    }
+}

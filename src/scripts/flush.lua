@@ -1,0 +1,49 @@
+-- geosync flush script: a stamped FLUSHDB from a peer. Deletes every key whose
+-- recorded stamp is older than ARGV[1] (and keys never stamped), drops their
+-- metadata, and raises the database's flush floor to ARGV[1].
+--
+-- KEYS[1]  the flush floor key
+-- KEYS[2]  the apply marker key
+-- ARGV[1]  the flush stamp
+-- ARGV[2]  the metadata key prefix (buckets are prefix .. n)
+--
+-- Returns the number of keys deleted, or -1 when the floor was already newer.
+redis.call('INCR', KEYS[2])
+local stamp, prefix = ARGV[1], ARGV[2]
+local floor = redis.call('GET', KEYS[1])
+if floor and floor >= stamp then return -1 end
+local deleted = 0
+local cursor = '0'
+local buckets, users = {}, {}
+repeat
+  local r = redis.call('SCAN', cursor, 'COUNT', 1000)
+  cursor = r[1]
+  for _, key in ipairs(r[2]) do
+    if string.sub(key, 1, #prefix) == prefix then
+      buckets[#buckets + 1] = key
+    elseif string.sub(key, 1, 10) ~= '__geosync:' then
+      users[#users + 1] = key
+    end
+  end
+until cursor == '0'
+-- metadata older than the flush goes; keys stamped after it stay
+local keep = {}
+for _, bucket in ipairs(buckets) do
+  local flat = redis.call('HGETALL', bucket)
+  for i = 1, #flat, 2 do
+    local rec = parse_record(flat[i + 1])
+    if rec.stamp < stamp then
+      redis.call('HDEL', bucket, flat[i])
+    else
+      keep[flat[i]] = true
+    end
+  end
+end
+for _, key in ipairs(users) do
+  if not keep[key] then
+    redis.call('DEL', key)
+    deleted = deleted + 1
+  end
+end
+redis.call('SET', KEYS[1], stamp)
+return deleted

@@ -1,0 +1,179 @@
+-- geosync: functions shared by the stamp and apply scripts.
+--
+-- A metadata record is one hash field per user key, in the bucket hash
+-- named by the agent (KEYS). Its value is
+--   stamp (20 hex) .. flag ('v' value, 't' tombstone) .. digest (16 hex) .. expiry ms (decimal, empty if none)
+-- Stamps compare as plain strings (fixed-width lowercase hex).
+
+local STAMP_LEN = 20
+local NO_DIGEST = '0000000000000000'
+local CHUNK = 512
+
+local function parse_record(rec)
+  if not rec then return nil end
+  return {
+    stamp = string.sub(rec, 1, STAMP_LEN),
+    flag = string.sub(rec, STAMP_LEN + 1, STAMP_LEN + 1),
+    digest = string.sub(rec, STAMP_LEN + 2, STAMP_LEN + 17),
+    expiry = tonumber(string.sub(rec, STAMP_LEN + 18)),
+  }
+end
+
+local function make_record(stamp, flag, digest, expiry)
+  local e = ''
+  if expiry and expiry > 0 then e = tostring(expiry) end
+  return stamp .. flag .. digest .. e
+end
+
+local function sorted_pairs(flat)
+  local idx = {}
+  for i = 1, #flat, 2 do idx[#idx + 1] = i end
+  table.sort(idx, function(a, b) return flat[a] < flat[b] end)
+  local out = {}
+  for _, i in ipairs(idx) do
+    out[#out + 1] = flat[i]
+    out[#out + 1] = flat[i + 1]
+  end
+  return out
+end
+
+local function or_empty(v)
+  if v == false or v == nil then return '' end
+  return tostring(v)
+end
+
+local function read_stream(key)
+  local info = redis.call('XINFO', 'STREAM', key)
+  local f = {}
+  for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+  local out = { f['last-generated-id'], tostring(f['entries-added']), f['max-deleted-entry-id'] }
+  local groups = redis.call('XINFO', 'GROUPS', key)
+  out[#out + 1] = tostring(#groups)
+  for _, g in ipairs(groups) do
+    local gf = {}
+    for i = 1, #g, 2 do gf[g[i]] = g[i + 1] end
+    out[#out + 1] = gf['name']
+    out[#out + 1] = gf['last-delivered-id']
+    out[#out + 1] = or_empty(gf['entries-read'])
+  end
+  local entries = redis.call('XRANGE', key, '-', '+')
+  for _, e in ipairs(entries) do
+    out[#out + 1] = e[1]
+    out[#out + 1] = tostring(#e[2])
+    for _, x in ipairs(e[2]) do out[#out + 1] = x end
+  end
+  return out
+end
+
+-- The key's state: type name, absolute expiry in ms (-1 for none) and the
+-- flat value (see change.rs), or nil when the key does not exist.
+local function read_state(key)
+  local t = redis.call('TYPE', key)['ok']
+  if t == 'none' then return nil end
+  local exp = redis.call('PEXPIRETIME', key)
+  local flat
+  if t == 'string' then
+    flat = { redis.call('GET', key) }
+  elseif t == 'list' then
+    flat = redis.call('LRANGE', key, 0, -1)
+  elseif t == 'set' then
+    flat = redis.call('SMEMBERS', key)
+    table.sort(flat)
+  elseif t == 'zset' then
+    flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  elseif t == 'hash' then
+    flat = sorted_pairs(redis.call('HGETALL', key))
+  elseif t == 'stream' then
+    flat = read_stream(key)
+  else
+    return { t = t, exp = exp, flat = {}, unsupported = true }
+  end
+  return { t = t, exp = exp, flat = flat }
+end
+
+-- A short digest of a state; equal states give equal digests.
+local function digest(state)
+  local parts = { state.t, tostring(state.exp), tostring(#state.flat) }
+  for _, x in ipairs(state.flat) do
+    parts[#parts + 1] = #x .. ':' .. x
+  end
+  return string.sub(redis.sha1hex(table.concat(parts, '|')), 1, 16)
+end
+
+local function push_chunks(cmd, key, items, from, to, step)
+  local args = {}
+  for i = from, to do
+    args[#args + 1] = items[i]
+    if #args >= CHUNK * step then
+      redis.call(cmd, key, unpack(args))
+      args = {}
+    end
+  end
+  if #args > 0 then redis.call(cmd, key, unpack(args)) end
+end
+
+local function write_stream(key, flat, from, to)
+  local last_id, added, max_del = flat[from], flat[from + 1], flat[from + 2]
+  local ngroups = tonumber(flat[from + 3])
+  local i = from + 4
+  local groups = {}
+  for _ = 1, ngroups do
+    groups[#groups + 1] = { flat[i], flat[i + 1], flat[i + 2] }
+    i = i + 3
+  end
+  local any = false
+  while i <= to do
+    local id, n = flat[i], tonumber(flat[i + 1])
+    local args = { 'XADD', key, id }
+    for j = i + 2, i + 1 + n do args[#args + 1] = flat[j] end
+    redis.call(unpack(args))
+    any = true
+    i = i + 2 + n
+  end
+  if not any then
+    -- An empty stream: create it through a throw-away group.
+    redis.call('XGROUP', 'CREATE', key, '__geosync:tmp', '0', 'MKSTREAM')
+    redis.call('XGROUP', 'DESTROY', key, '__geosync:tmp')
+  end
+  redis.call('XSETID', key, last_id, 'ENTRIESADDED', added, 'MAXDELETEDID', max_del)
+  for _, g in ipairs(groups) do
+    if g[3] ~= '' then
+      redis.call('XGROUP', 'CREATE', key, g[1], g[2], 'ENTRIESREAD', g[3])
+    else
+      redis.call('XGROUP', 'CREATE', key, g[1], g[2])
+    end
+  end
+end
+
+-- Writes a state into a key that does not exist. `flat` holds the value in
+-- items from..to.
+local function write_state(key, t, exp, flat, from, to)
+  if t == 'string' then
+    redis.call('SET', key, flat[from])
+  elseif t == 'list' then
+    push_chunks('RPUSH', key, flat, from, to, 1)
+  elseif t == 'set' then
+    push_chunks('SADD', key, flat, from, to, 1)
+  elseif t == 'zset' then
+    local swapped = {}
+    for i = from, to, 2 do
+      swapped[#swapped + 1] = flat[i + 1]
+      swapped[#swapped + 1] = flat[i]
+    end
+    push_chunks('ZADD', key, swapped, 1, #swapped, 2)
+  elseif t == 'hash' then
+    push_chunks('HSET', key, flat, from, to, 2)
+  elseif t == 'stream' then
+    write_stream(key, flat, from, to)
+  else
+    return redis.error_reply('geosync: cannot write type ' .. t)
+  end
+  if exp and exp > 0 then
+    redis.call('PEXPIREAT', key, exp)
+  end
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end

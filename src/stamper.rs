@@ -1,0 +1,203 @@
+//! The stamper: turns dirty keys into stamped changes.
+//!
+//! It coalesces the tailer's events into batches (a transaction's keys are
+//! never split), takes one stamp from the agent's clock per batch, and runs
+//! the stamp script in the local Redis, which reads each key's state and
+//! records the stamp atomically. What the script read is what is shipped.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use indexmap::IndexSet;
+use serde_bytes::ByteBuf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+use uhlc::HLC;
+
+use crate::backoff::Backoff;
+use crate::change::{Change, Op};
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::stamp;
+use crate::state::Readiness;
+use crate::store::{Store, StoreError};
+use crate::tailer::TailEvent;
+
+/// Everything the stamper works with.
+pub struct Stamper {
+    /// Connection to the local Redis, owned by this stage.
+    pub store: Store,
+    /// The agent's clock.
+    pub clock: Arc<HLC>,
+    /// Where stamped batches go.
+    pub outbox: Arc<Outbox>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Readiness flags.
+    pub ready: Arc<Readiness>,
+    /// Most keys per batch.
+    pub batch_keys: usize,
+    /// Number of databases of the local Redis (for FLUSHALL).
+    pub databases: u32,
+}
+
+impl Stamper {
+    /// Runs until the tailer's channel closes or shutdown.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<TailEvent>, shutdown: CancellationToken) {
+        let mut pending: IndexSet<(u32, Bytes)> = IndexSet::new();
+        let mut snapshot_done = false;
+        loop {
+            if pending.is_empty() {
+                let ev = tokio::select! {
+                    ev = rx.recv() => ev,
+                    _ = shutdown.cancelled() => return,
+                };
+                let Some(ev) = ev else { return };
+                if !self.take(ev, &mut pending, &mut snapshot_done, &shutdown).await {
+                    return;
+                }
+            }
+            // Coalesce whatever else is already waiting, up to a batch.
+            while pending.len() < self.batch_keys {
+                match rx.try_recv() {
+                    Ok(ev) => {
+                        if !self.take(ev, &mut pending, &mut snapshot_done, &shutdown).await {
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !pending.is_empty() && !self.stamp_pending(&mut pending, &shutdown).await {
+                return;
+            }
+            if snapshot_done && pending.is_empty() {
+                self.ready.snapshot_done();
+                snapshot_done = false;
+            }
+        }
+    }
+
+    /// Adds an event to the pending set; a flush first stamps what is pending.
+    async fn take(
+        &mut self,
+        ev: TailEvent,
+        pending: &mut IndexSet<(u32, Bytes)>,
+        snapshot_done: &mut bool,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        match ev {
+            TailEvent::Dirty(keys) => {
+                pending.extend(keys);
+                true
+            }
+            TailEvent::SnapshotDone => {
+                *snapshot_done = true;
+                true
+            }
+            TailEvent::Flush(db) => {
+                while !pending.is_empty() {
+                    if !self.stamp_pending(pending, shutdown).await {
+                        return false;
+                    }
+                }
+                self.flush(db, shutdown).await
+            }
+        }
+    }
+
+    async fn flush(&mut self, db: Option<u32>, shutdown: &CancellationToken) -> bool {
+        let dbs: Vec<u32> = match db {
+            Some(db) => vec![db],
+            None => (0..self.databases).collect(),
+        };
+        let ts = self.clock.new_timestamp();
+        let enc = stamp::encode(&ts);
+        let mut backoff = Backoff::new();
+        loop {
+            match self.store.set_floor(&dbs, &enc).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(error = %e, "recording a flush failed; retrying");
+                    if !backoff.wait(shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        let changes: Vec<Change> = dbs
+            .iter()
+            .map(|db| Change {
+                db: *db,
+                key: ByteBuf::new(),
+                stamp: enc.clone(),
+                op: Op::FlushDb,
+            })
+            .collect();
+        self.metrics.changes_stamped.inc_by(changes.len() as u64);
+        self.outbox.push(changes, shutdown).await
+    }
+
+    /// Stamps the pending keys as one batch. Keys that must be retried
+    /// stay pending. Returns false on shutdown.
+    async fn stamp_pending(&mut self, pending: &mut IndexSet<(u32, Bytes)>, shutdown: &CancellationToken) -> bool {
+        // `run` adds whole events only while fewer than `batch_keys` are
+        // pending, so taking everything never splits a transaction.
+        let batch: Vec<(u32, Bytes)> = pending.drain(..).collect();
+        let mut per_db: Vec<(u32, Vec<Bytes>)> = Vec::new();
+        for (db, key) in batch {
+            match per_db.iter_mut().find(|(d, _)| *d == db) {
+                Some((_, keys)) => keys.push(key),
+                None => per_db.push((db, vec![key])),
+            }
+        }
+        let ts = self.clock.new_timestamp();
+        let enc = stamp::encode(&ts);
+        let mut backoff = Backoff::new();
+        let outcomes = loop {
+            match self.store.stamp(&per_db, &enc).await {
+                Ok(o) => break o,
+                Err(e) if e.is_retryable() => {
+                    warn!(error = %e, "stamping failed; retrying");
+                    if !backoff.wait(shutdown).await {
+                        return false;
+                    }
+                }
+                Err(e @ StoreError::BadReply(_)) | Err(e @ StoreError::Redis(_)) => {
+                    error!(error = %e, keys = per_db.iter().map(|(_, k)| k.len()).sum::<usize>(), "stamping failed; keeping the keys for a retry");
+                    for (db, keys) in per_db {
+                        pending.extend(keys.into_iter().map(|k| (db, k)));
+                    }
+                    return backoff.wait(shutdown).await;
+                }
+            }
+        };
+        let mut changes = Vec::new();
+        for ((db, _), outcome) in per_db.iter().zip(outcomes) {
+            for (key, newer) in outcome.retry {
+                self.metrics.stamp_retries.inc();
+                match stamp::decode(newer.as_bytes()) {
+                    Ok(t) => {
+                        if let Err(e) = self.clock.update_with_timestamp(&t) {
+                            error!(error = %e, key = %String::from_utf8_lossy(&key), "a recorded stamp is beyond the clock skew limit; the key waits for the clock");
+                        }
+                    }
+                    Err(e) => error!(error = %e, "metadata holds a malformed stamp"),
+                }
+                debug!(db, key = %String::from_utf8_lossy(&key), "metadata is newer; stamping again");
+                pending.insert((*db, key));
+            }
+            for (key, kind) in outcome.unsupported {
+                self.metrics.unsupported_keys.get_or_create(&Metrics::reason(&kind)).inc();
+                warn!(db, key = %String::from_utf8_lossy(&key), r#type = %kind, "key type is not replicated");
+            }
+            changes.extend(outcome.changes);
+        }
+        if changes.is_empty() {
+            return true;
+        }
+        self.metrics.changes_stamped.inc_by(changes.len() as u64);
+        self.outbox.push(changes, shutdown).await
+    }
+}

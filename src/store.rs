@@ -1,0 +1,407 @@
+//! The agent's side of its own Redis: reserved key names, metadata buckets,
+//! and the Lua scripts that stamp and apply changes atomically.
+//!
+//! Everything geosync writes into a user's Redis lives under
+//! [`RESERVED_PREFIX`]. Per-key metadata sits in bucket hashes
+//! (`__geosync:m:<n>`), one field per user key, so that small buckets keep
+//! Redis's compact listpack encoding.
+
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{RedisError, Value as RValue};
+use serde_bytes::ByteBuf;
+
+use crate::change::{Change, Op, Value};
+
+/// Every key geosync owns starts with this; client keys with it are not replicated.
+pub const RESERVED_PREFIX: &[u8] = b"__geosync:";
+/// Prefix of the metadata bucket hashes.
+pub const META_PREFIX: &str = "__geosync:m:";
+/// Number of metadata buckets per database. Fixed: changing it would orphan
+/// existing metadata. 16384 buckets stay in listpack encoding (at most 128
+/// fields each) up to about two million keys per database.
+pub const META_BUCKETS: u32 = 16384;
+/// Key holding the database's flush floor: the stamp of the last FLUSHDB.
+pub const FLOOR_KEY: &str = "__geosync:floor";
+/// Key the apply scripts write first, marking their transaction as geosync's.
+pub const APPLY_MARKER_KEY: &str = "__geosync:applied";
+
+const LIB: &str = include_str!("scripts/lib.lua");
+const STAMP: &str = include_str!("scripts/stamp.lua");
+const APPLY: &str = include_str!("scripts/apply.lua");
+const FLUSH: &str = include_str!("scripts/flush.lua");
+
+/// True for keys in geosync's reserved namespace.
+pub fn is_reserved(key: &[u8]) -> bool {
+    key.starts_with(RESERVED_PREFIX)
+}
+
+/// The metadata bucket of a key (FNV-1a, stable across versions and hosts).
+pub fn meta_bucket(key: &[u8]) -> String {
+    let mut h: u32 = 0x811c9dc5;
+    for b in key {
+        h ^= *b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    format!("{META_PREFIX}{}", h % META_BUCKETS)
+}
+
+/// Errors talking to the local Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Connection or command failure.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// A script answered something this version does not understand.
+    #[error("unexpected script reply: {0}")]
+    BadReply(String),
+}
+
+impl StoreError {
+    /// Connection trouble is worth retrying; a bad reply is a bug.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                    || matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading))
+            }
+            StoreError::BadReply(_) => false,
+        }
+    }
+}
+
+/// Which of the scripts a pipelined call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Stamp,
+    Apply,
+    Flush,
+}
+
+/// One script call of a pipeline: database, script, KEYS, ARGV.
+type Call = (u32, Which, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// A compiled script: body and SHA1.
+struct Script {
+    body: String,
+    sha: String,
+}
+
+impl Script {
+    fn new(main: &str) -> Self {
+        let body = format!("{LIB}\n{main}");
+        let sha = redis::Script::new(&body).get_hash().to_string();
+        Script { body, sha }
+    }
+}
+
+/// What the stamp script found for one database.
+#[derive(Debug, Default)]
+pub struct StampOutcome {
+    /// Changes to ship.
+    pub changes: Vec<Change>,
+    /// Keys whose metadata holds a newer stamp: (key, that stamp).
+    pub retry: Vec<(Bytes, String)>,
+    /// Keys of types geosync cannot carry: (key, type).
+    pub unsupported: Vec<(Bytes, String)>,
+}
+
+/// What applying one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Changes that won and were written.
+    pub applied: u64,
+    /// Changes older than (or equal to) what the key already had.
+    pub older: u64,
+}
+
+/// A connection to the local Redis for one pipeline stage.
+///
+/// Each stage owns its own `Store`, so `SELECT` state is never shared.
+pub struct Store {
+    client: redis::Client,
+    conn: Option<MultiplexedConnection>,
+    stamp: Script,
+    apply: Script,
+    flush: Script,
+}
+
+impl Store {
+    /// A store for the Redis at `url` (connects lazily).
+    pub fn new(client: redis::Client) -> Self {
+        Store {
+            client,
+            conn: None,
+            stamp: Script::new(STAMP),
+            apply: Script::new(APPLY),
+            flush: Script::new(FLUSH),
+        }
+    }
+
+    /// The live connection, connecting if needed.
+    pub async fn conn(&mut self) -> Result<&mut MultiplexedConnection, StoreError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.client.get_multiplexed_async_connection().await?);
+        }
+        Ok(self.conn.as_mut().expect("just set"))
+    }
+
+    fn script(&self, which: Which) -> &Script {
+        match which {
+            Which::Stamp => &self.stamp,
+            Which::Apply => &self.apply,
+            Which::Flush => &self.flush,
+        }
+    }
+
+    /// Runs a pipeline of `SELECT db` + script calls, loading the scripts
+    /// when the server lost them (a restart), and dropping the connection on
+    /// connection errors so the next call reconnects.
+    async fn run(&mut self, calls: &[Call]) -> Result<Vec<RValue>, StoreError> {
+        for attempt in 0..2 {
+            let mut pipe = redis::pipe();
+            for (db, which, keys, args) in calls {
+                let script = self.script(*which);
+                pipe.cmd("SELECT").arg(*db).ignore();
+                pipe.cmd("EVALSHA").arg(&script.sha).arg(keys.len()).arg(keys).arg(args);
+            }
+            let conn = self.conn().await?;
+            let res: Result<Vec<RValue>, RedisError> = pipe.query_async(conn).await;
+            match res {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) && attempt == 0 => {
+                    let bodies: Vec<String> = [&self.stamp, &self.apply, &self.flush]
+                        .iter()
+                        .map(|s| s.body.clone())
+                        .collect();
+                    let conn = self.conn().await?;
+                    for body in bodies {
+                        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(body).query_async(conn).await?;
+                    }
+                }
+                Err(e) => {
+                    if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                        self.conn = None;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        unreachable!("second attempt returns")
+    }
+
+    /// Stamps dirty keys, grouped by database, with one stamp, in one
+    /// pipelined round trip (one atomic script per database).
+    pub async fn stamp(&mut self, per_db: &[(u32, Vec<Bytes>)], stamp: &str) -> Result<Vec<StampOutcome>, StoreError> {
+        let calls: Vec<_> = per_db
+            .iter()
+            .map(|(db, keys)| {
+                let mut k: Vec<Vec<u8>> = Vec::with_capacity(keys.len() * 2 + 1);
+                k.push(FLOOR_KEY.as_bytes().to_vec());
+                for key in keys {
+                    k.push(key.to_vec());
+                    k.push(meta_bucket(key).into_bytes());
+                }
+                (*db, Which::Stamp, k, vec![stamp.as_bytes().to_vec()])
+            })
+            .collect();
+        let replies = self.run(&calls).await?;
+        per_db
+            .iter()
+            .zip(replies)
+            .map(|((db, _), reply)| parse_stamp_reply(*db, stamp, reply))
+            .collect()
+    }
+
+    /// Applies one peer batch: one atomic script per database (flushes in
+    /// their own call, in order), all in one pipelined round trip.
+    pub async fn apply(&mut self, changes: &[Change]) -> Result<ApplyOutcome, StoreError> {
+        let mut calls: Vec<Call> = Vec::new();
+        // Segments: consecutive changes of one database without a flush.
+        let mut open: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+        let mut counts: Vec<usize> = Vec::new();
+        for c in changes {
+            if let Op::FlushDb = c.op {
+                open.remove(&c.db);
+                calls.push((
+                    c.db,
+                    Which::Flush,
+                    vec![FLOOR_KEY.into(), APPLY_MARKER_KEY.into()],
+                    vec![c.stamp.clone().into_bytes(), META_PREFIX.into()],
+                ));
+                counts.push(0);
+                continue;
+            }
+            let idx = *open.entry(c.db).or_insert_with(|| {
+                calls.push((c.db, Which::Apply, vec![FLOOR_KEY.into(), APPLY_MARKER_KEY.into()], vec![]));
+                counts.push(0);
+                calls.len() - 1
+            });
+            let (_, _, keys, args) = &mut calls[idx];
+            counts[idx] += 1;
+            keys.push(c.key.to_vec());
+            keys.push(meta_bucket(&c.key).into_bytes());
+            args.push(c.stamp.clone().into_bytes());
+            match &c.op {
+                Op::Put { value, expire_at_ms } => {
+                    let flat = value.to_flat();
+                    args.push(b"p".to_vec());
+                    args.push(value.type_name().into());
+                    args.push(expire_at_ms.unwrap_or(-1).to_string().into_bytes());
+                    args.push(flat.len().to_string().into_bytes());
+                    args.extend(flat);
+                }
+                Op::Delete => args.push(b"d".to_vec()),
+                Op::FlushDb => unreachable!("handled above"),
+            }
+        }
+        if calls.is_empty() {
+            return Ok(ApplyOutcome::default());
+        }
+        let replies = self.run(&calls).await?;
+        let mut out = ApplyOutcome::default();
+        for ((_, which, _, _), reply) in calls.iter().zip(replies) {
+            if *which == Which::Flush {
+                match reply {
+                    RValue::Int(n) if n >= 0 => out.applied += 1,
+                    RValue::Int(_) => out.older += 1,
+                    other => return Err(StoreError::BadReply(format!("flush: {other:?}"))),
+                }
+                continue;
+            }
+            let RValue::Array(items) = reply else {
+                return Err(StoreError::BadReply(format!("apply: {reply:?}")));
+            };
+            for it in items {
+                match it {
+                    RValue::Int(1) => out.applied += 1,
+                    RValue::Int(0) => out.older += 1,
+                    other => return Err(StoreError::BadReply(format!("apply item: {other:?}"))),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a local FLUSHDB/FLUSHALL: raises the floor of each database.
+    pub async fn set_floor(&mut self, dbs: &[u32], stamp: &str) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for db in dbs {
+            pipe.cmd("SELECT").arg(*db).ignore();
+            pipe.cmd("SET").arg(FLOOR_KEY).arg(stamp).ignore();
+        }
+        let conn = self.conn().await?;
+        let res: Result<(), RedisError> = pipe.query_async(conn).await;
+        if let Err(e) = res {
+            self.conn = None;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+fn bulk(v: &RValue) -> Option<Vec<u8>> {
+    match v {
+        RValue::BulkString(b) => Some(b.clone()),
+        RValue::SimpleString(s) => Some(s.clone().into_bytes()),
+        RValue::Okay => Some(b"OK".to_vec()),
+        RValue::Int(n) => Some(n.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn bulk_pairs(v: &RValue, what: &str) -> Result<Vec<(Bytes, String)>, StoreError> {
+    let RValue::Array(items) = v else {
+        return Err(StoreError::BadReply(format!("{what}: {v:?}")));
+    };
+    items
+        .chunks(2)
+        .map(|c| match c {
+            [a, b] => match (bulk(a), bulk(b)) {
+                (Some(a), Some(b)) => Ok((Bytes::from(a), String::from_utf8_lossy(&b).into_owned())),
+                _ => Err(StoreError::BadReply(format!("{what}: {c:?}"))),
+            },
+            _ => Err(StoreError::BadReply(format!("{what}: odd length"))),
+        })
+        .collect()
+}
+
+fn parse_stamp_reply(db: u32, stamp: &str, reply: RValue) -> Result<StampOutcome, StoreError> {
+    let bad = |what: &str| StoreError::BadReply(format!("stamp: {what}"));
+    let RValue::Array(parts) = reply else {
+        return Err(bad("not an array"));
+    };
+    let [changes, retry, unsupported] = parts.as_slice() else {
+        return Err(bad("want three parts"));
+    };
+    let RValue::Array(changes) = changes else {
+        return Err(bad("changes not an array"));
+    };
+    let mut out = StampOutcome {
+        retry: bulk_pairs(retry, "retry")?,
+        unsupported: bulk_pairs(unsupported, "unsupported")?,
+        ..Default::default()
+    };
+    for c in changes {
+        let RValue::Array(f) = c else {
+            return Err(bad("change not an array"));
+        };
+        let key = f.first().and_then(bulk).ok_or_else(|| bad("key"))?;
+        let op = f.get(1).and_then(bulk).ok_or_else(|| bad("op"))?;
+        let op = match op.as_slice() {
+            b"d" => Op::Delete,
+            b"p" => {
+                let t = f.get(2).and_then(bulk).ok_or_else(|| bad("type"))?;
+                let t = String::from_utf8_lossy(&t).into_owned();
+                let exp = match f.get(3) {
+                    Some(RValue::Int(n)) => *n,
+                    _ => return Err(bad("expiry")),
+                };
+                let Some(RValue::Array(flat)) = f.get(4) else {
+                    return Err(bad("value"));
+                };
+                let flat: Vec<Vec<u8>> = flat.iter().map(bulk).collect::<Option<_>>().ok_or_else(|| bad("value item"))?;
+                let value = Value::from_flat(&t, &flat).map_err(|e| bad(&e.to_string()))?;
+                Op::Put {
+                    value,
+                    expire_at_ms: (exp > 0).then_some(exp),
+                }
+            }
+            _ => return Err(bad("unknown op")),
+        };
+        out.changes.push(Change {
+            db,
+            key: ByteBuf::from(key),
+            stamp: stamp.to_string(),
+            op,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_stable_and_in_range() {
+        // Fixed values: a change here would orphan every deployed metadata record.
+        assert_eq!(meta_bucket(b""), format!("{META_PREFIX}{}", 0x811c9dc5u32 % META_BUCKETS));
+        assert_eq!(meta_bucket(b"user:1"), meta_bucket(b"user:1"));
+        for k in 0..1000u32 {
+            let b = meta_bucket(k.to_string().as_bytes());
+            let n: u32 = b[META_PREFIX.len()..].parse().unwrap();
+            assert!(n < META_BUCKETS);
+        }
+    }
+
+    #[test]
+    fn reserved_prefix() {
+        assert!(is_reserved(b"__geosync:m:1"));
+        assert!(!is_reserved(b"__geosync"));
+        assert!(!is_reserved(b"user"));
+    }
+}

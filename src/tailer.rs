@@ -1,0 +1,544 @@
+//! The tailer: follows the local Redis as a replica and reports which keys
+//! each write touched.
+//!
+//! One session is: connect, `AUTH`, `REPLCONF listening-port`, `REPLCONF capa
+//! eof capa psync2`, `PSYNC`, receive the RDB snapshot (length-prefixed or
+//! diskless with an EOF marker) into the data directory, hand every key in it
+//! to the stamper, then follow the command stream, acknowledging the offset
+//! every second and on `REPLCONF GETACK`. A session ends with a reason; the
+//! tailer reconnects with capped, jittered backoff.
+//!
+//! What it emits is [`TailEvent`]s: sets of dirty keys, never values. The
+//! stamper reads the values atomically inside Redis (DESIGN.md, "Why ship
+//! state, and why stamp inside Redis").
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::keyspec::{KeyLookup, KeySpecTable, written_keys_from_server};
+use crate::metrics::Metrics;
+use crate::rdb::{RdbEntry, RdbReader};
+use crate::resp::{self, Frame};
+use crate::store::{self, is_reserved};
+
+/// What the tailer tells the stamper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailEvent {
+    /// Keys written together: one command, or one MULTI/EXEC (a client's
+    /// transaction or a script's effects). Stamped in one batch.
+    Dirty(Vec<(u32, Bytes)>),
+    /// FLUSHDB of one database, or FLUSHALL (`None`).
+    Flush(Option<u32>),
+    /// Every key of a full resync's snapshot has been reported.
+    SnapshotDone,
+}
+
+/// Why a replication session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// Network trouble.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The master closed the connection.
+    #[error("master closed the connection")]
+    Closed,
+    /// The master refused a handshake step.
+    #[error("handshake step {step} refused: {reply}")]
+    Handshake {
+        /// The step.
+        step: &'static str,
+        /// The master's reply.
+        reply: String,
+    },
+    /// The stream is not RESP.
+    #[error("replication stream: {0}")]
+    Protocol(String),
+    /// The snapshot could not be parsed.
+    #[error("snapshot: {0}")]
+    Rdb(#[from] crate::rdb::RdbError),
+    /// Key specs or key lookups failed.
+    #[error("key specs: {0}")]
+    KeySpec(#[from] crate::keyspec::KeySpecError),
+    /// Side connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The stamper is gone (shutdown).
+    #[error("stamper stopped")]
+    StamperGone,
+    /// Shutdown was requested.
+    #[error("shutdown")]
+    Shutdown,
+}
+
+/// Settings the tailer needs.
+pub struct TailerConfig {
+    /// The local Redis.
+    pub client: redis::Client,
+    /// Port announced with `REPLCONF listening-port`.
+    pub announce_port: u16,
+    /// Where the snapshot is written while it is parsed.
+    pub data_dir: PathBuf,
+}
+
+/// Runs replication sessions until shutdown.
+pub async fn run(
+    cfg: TailerConfig,
+    tx: mpsc::Sender<TailEvent>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::with(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = session(&cfg, &tx, &metrics, &shutdown) => r,
+            _ = shutdown.cancelled() => Err(TailError::Shutdown),
+        };
+        match result {
+            Err(TailError::Shutdown) | Err(TailError::StamperGone) => {
+                info!("tailer stopped");
+                return;
+            }
+            Err(e) => warn!(error = %e, "replication session ended"),
+            Ok(()) => warn!("replication session ended"),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff.reset(Duration::from_millis(100));
+        }
+        if !backoff.wait(&shutdown).await {
+            return;
+        }
+    }
+}
+
+/// The socket to the master, with its read buffer.
+struct Link {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+}
+
+impl Link {
+    async fn fill(&mut self) -> Result<(), TailError> {
+        if self.rd.read_buf(&mut self.buf).await? == 0 {
+            return Err(TailError::Closed);
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, args: &[&[u8]]) -> Result<(), TailError> {
+        self.wr.write_all(&resp::encode_command(args)).await?;
+        Ok(())
+    }
+
+    /// Reads one reply frame.
+    async fn reply(&mut self) -> Result<Frame, TailError> {
+        loop {
+            if let Some((f, used)) = resp::parse(&self.buf).map_err(|e| TailError::Protocol(e.to_string()))? {
+                self.buf.advance(used);
+                return Ok(f);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Sends a command and expects `+OK` (or any simple string).
+    async fn call_ok(&mut self, step: &'static str, args: &[&[u8]]) -> Result<(), TailError> {
+        self.send(args).await?;
+        match self.reply().await? {
+            Frame::Simple(_) => Ok(()),
+            other => Err(TailError::Handshake {
+                step,
+                reply: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Reads one CRLF-terminated line, skipping the bare `\n` keep-alives the
+    /// master sends while it prepares a snapshot.
+    async fn line(&mut self) -> Result<Vec<u8>, TailError> {
+        loop {
+            while self.buf.first() == Some(&b'\n') {
+                self.buf.advance(1);
+            }
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..i].to_vec();
+                self.buf.advance(i + 2);
+                return Ok(line);
+            }
+            if self.buf.len() > 64 * 1024 {
+                return Err(TailError::Protocol("line too long".into()));
+            }
+            self.fill().await?;
+        }
+    }
+}
+
+/// Writes the snapshot that follows `+FULLRESYNC` into `path`.
+/// Returns true when it was a diskless (EOF-marker) transfer.
+async fn receive_snapshot(link: &mut Link, path: &PathBuf) -> Result<bool, TailError> {
+    let header = link.line().await?;
+    let header = String::from_utf8_lossy(&header).into_owned();
+    let file = tokio::fs::File::create(path).await?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let diskless = if let Some(mark) = header.strip_prefix("$EOF:") {
+        let mark = mark.as_bytes().to_vec();
+        if mark.len() != 40 {
+            return Err(TailError::Protocol(format!("bad EOF mark {header:?}")));
+        }
+        // Stream until the buffer ends with the mark; keep the last 40 bytes
+        // back since they may turn out to be the mark.
+        loop {
+            if link.buf.len() >= 40 && link.buf[link.buf.len() - 40..] == mark[..] {
+                let n = link.buf.len() - 40;
+                out.write_all(&link.buf[..n]).await?;
+                link.buf.clear();
+                break;
+            }
+            if link.buf.len() > 40 + (1 << 16) {
+                let n = link.buf.len() - 40;
+                out.write_all(&link.buf[..n]).await?;
+                link.buf.advance(n);
+            }
+            link.fill().await?;
+        }
+        true
+    } else if let Some(len) = header.strip_prefix('$') {
+        let mut left: usize = len
+            .parse()
+            .map_err(|_| TailError::Protocol(format!("bad snapshot header {header:?}")))?;
+        while left > 0 {
+            if link.buf.is_empty() {
+                link.fill().await?;
+            }
+            let n = left.min(link.buf.len());
+            out.write_all(&link.buf[..n]).await?;
+            link.buf.advance(n);
+            left -= n;
+        }
+        false
+    } else {
+        return Err(TailError::Protocol(format!("bad snapshot header {header:?}")));
+    };
+    out.flush().await?;
+    Ok(diskless)
+}
+
+/// Parses the snapshot file and reports its keys in chunks.
+async fn report_snapshot(path: PathBuf, tx: &mpsc::Sender<TailEvent>) -> Result<u64, TailError> {
+    let tx = tx.clone();
+    tokio::task::spawn_blocking(move || -> Result<u64, TailError> {
+        let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
+        let mut rdb = RdbReader::new(file)?;
+        let mut chunk = Vec::with_capacity(1024);
+        let mut n = 0u64;
+        while let Some(entry) = rdb.next_entry()? {
+            if let RdbEntry::Key(k) = entry {
+                if is_reserved(&k.key) {
+                    continue;
+                }
+                n += 1;
+                chunk.push((k.db as u32, Bytes::from(k.key)));
+                if chunk.len() >= 1024 {
+                    tx.blocking_send(TailEvent::Dirty(std::mem::take(&mut chunk)))
+                        .map_err(|_| TailError::StamperGone)?;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            tx.blocking_send(TailEvent::Dirty(chunk)).map_err(|_| TailError::StamperGone)?;
+        }
+        tx.blocking_send(TailEvent::SnapshotDone).map_err(|_| TailError::StamperGone)?;
+        let _ = std::fs::remove_file(&path);
+        Ok(n)
+    })
+    .await
+    .map_err(|e| TailError::Protocol(format!("snapshot task: {e}")))?
+}
+
+async fn handshake(cfg: &TailerConfig, link: &mut Link) -> Result<(), TailError> {
+    let info = cfg.client.get_connection_info();
+    let redis = info.redis_settings();
+    if let Some(password) = redis.password() {
+        match redis.username() {
+            Some(user) => link.call_ok("AUTH", &[b"AUTH", user.as_bytes(), password.as_bytes()]).await?,
+            None => link.call_ok("AUTH", &[b"AUTH", password.as_bytes()]).await?,
+        }
+    }
+    link.call_ok("PING", &[b"PING"]).await?;
+    let port = cfg.announce_port.to_string();
+    link.call_ok(
+        "REPLCONF listening-port",
+        &[b"REPLCONF", b"listening-port", port.as_bytes()],
+    )
+    .await?;
+    link.call_ok(
+        "REPLCONF capa",
+        &[b"REPLCONF", b"capa", b"eof", b"capa", b"psync2"],
+    )
+    .await
+}
+
+/// One replication session, from connect to the first error.
+async fn session(
+    cfg: &TailerConfig,
+    tx: &mpsc::Sender<TailEvent>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<(), TailError> {
+    let addr = match cfg.client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        other => return Err(TailError::Protocol(format!("unsupported address {other:?}"))),
+    };
+    let mut side = cfg.client.get_multiplexed_async_connection().await?;
+    let specs = KeySpecTable::load(&mut side).await?;
+    let stream = TcpStream::connect(&addr).await?;
+    stream.set_nodelay(true)?;
+    let (rd, wr) = stream.into_split();
+    let mut link = Link {
+        rd,
+        wr,
+        buf: BytesMut::with_capacity(1 << 16),
+    };
+    handshake(cfg, &mut link).await?;
+    link.send(&[b"PSYNC", b"?", b"-1"]).await?;
+    let reply = link.line().await?;
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let mut parts = reply.trim_start_matches('+').split(' ');
+    let offset: i64 = match parts.next() {
+        Some("FULLRESYNC") => {
+            let replid = parts.next().unwrap_or_default().to_string();
+            let offset: i64 = parts
+                .next()
+                .and_then(|o| o.parse().ok())
+                .ok_or_else(|| TailError::Protocol(format!("bad FULLRESYNC {reply:?}")))?;
+            metrics.sync_full.inc();
+            info!(%replid, offset, "full resync");
+            let path = cfg.data_dir.join("sync.rdb");
+            let diskless = receive_snapshot(&mut link, &path).await?;
+            if diskless {
+                // After a diskless transfer the master waits for our first ACK.
+                let off = offset.to_string();
+                link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
+            }
+            let keys = report_snapshot(path, tx).await?;
+            info!(keys, diskless, "snapshot reported");
+            offset
+        }
+        _ => {
+            return Err(TailError::Handshake {
+                step: "PSYNC",
+                reply,
+            });
+        }
+    };
+    follow(link, offset, &specs, &mut side, tx, metrics, shutdown).await
+}
+
+/// State of the command stream between commands.
+struct StreamState {
+    db: u32,
+    /// Inside MULTI: the keys so far, and whether the block is geosync's own.
+    multi: Option<(Vec<(u32, Bytes)>, bool, bool)>,
+}
+
+/// Follows the command stream from `offset`.
+async fn follow(
+    mut link: Link,
+    mut offset: i64,
+    specs: &KeySpecTable,
+    side: &mut redis::aio::MultiplexedConnection,
+    tx: &mpsc::Sender<TailEvent>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<(), TailError> {
+    let mut state = StreamState { db: 0, multi: None };
+    let mut ack = tokio::time::interval(Duration::from_secs(1));
+    ack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Handle every complete command in the buffer.
+        while let Some((frame, used)) =
+            resp::parse(&link.buf).map_err(|e| TailError::Protocol(e.to_string()))?
+        {
+            link.buf.advance(used);
+            let argv = frame
+                .into_command()
+                .ok_or_else(|| TailError::Protocol("command is not an array of bulk strings".into()))?;
+            let getack = handle(&argv, &mut state, specs, side, tx, metrics).await?;
+            offset += used as i64;
+            metrics.repl_offset.set(offset);
+            if getack {
+                let off = offset.to_string();
+                link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
+            }
+        }
+        tokio::select! {
+            r = link.rd.read_buf(&mut link.buf) => {
+                if r? == 0 {
+                    return Err(TailError::Closed);
+                }
+            }
+            _ = ack.tick() => {
+                let off = offset.to_string();
+                link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
+            }
+            _ = shutdown.cancelled() => return Err(TailError::Shutdown),
+        }
+    }
+}
+
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_lowercase()
+}
+
+/// Reserved keys that geosync itself writes; client writes to any other
+/// reserved key are reported.
+fn is_own_key(key: &[u8]) -> bool {
+    key.starts_with(store::META_PREFIX.as_bytes())
+        || key == store::FLOOR_KEY.as_bytes()
+        || key == store::APPLY_MARKER_KEY.as_bytes()
+}
+
+/// Handles one command; returns true when the master asked for an ACK.
+async fn handle(
+    argv: &[Bytes],
+    state: &mut StreamState,
+    specs: &KeySpecTable,
+    side: &mut redis::aio::MultiplexedConnection,
+    tx: &mpsc::Sender<TailEvent>,
+    metrics: &Metrics,
+) -> Result<bool, TailError> {
+    let Some(name) = argv.first().map(|n| lower(n)) else {
+        return Ok(false);
+    };
+    let send = |ev| async move { tx.send(ev).await.map_err(|_| TailError::StamperGone) };
+    match name.as_str() {
+        "ping" => return Ok(false),
+        "replconf" => {
+            return Ok(argv.get(1).map(|a| lower(a)) == Some("getack".into()));
+        }
+        "select" => {
+            state.db = argv
+                .get(1)
+                .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok())
+                .ok_or_else(|| TailError::Protocol("bad SELECT".into()))?;
+            return Ok(false);
+        }
+        "multi" => {
+            state.multi = Some((Vec::new(), false, true));
+            return Ok(false);
+        }
+        "exec" => {
+            if let Some((keys, ours, _)) = state.multi.take()
+                && !ours
+                && !keys.is_empty()
+            {
+                send(TailEvent::Dirty(keys)).await?;
+            }
+            return Ok(false);
+        }
+        "flushdb" | "flushall" => {
+            // Keys written earlier in the same transaction go first.
+            if let Some((keys, ours, _)) = &mut state.multi
+                && !*ours
+                && !keys.is_empty()
+            {
+                send(TailEvent::Dirty(std::mem::take(keys))).await?;
+            }
+            let ours = state.multi.as_ref().is_some_and(|m| m.1);
+            if !ours {
+                let db = (name == "flushdb").then_some(state.db);
+                send(TailEvent::Flush(db)).await?;
+            }
+            return Ok(false);
+        }
+        "swapdb" => {
+            metrics.unsupported_commands.get_or_create(&Metrics::reason("swapdb")).inc();
+            warn!(
+                command = "SWAPDB",
+                "SWAPDB is not replicated: the swapped databases diverge from the other regions until rewritten (see docs/decisions/004-swapdb.md)"
+            );
+            return Ok(false);
+        }
+        _ => {}
+    }
+    let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_ref()).collect();
+    let mut keys: Vec<(u32, Bytes)> = match specs.written_keys(&refs) {
+        KeyLookup::Keys(idx) => idx.into_iter().filter_map(|i| argv.get(i)).map(|k| (state.db, k.clone())).collect(),
+        KeyLookup::AskServer | KeyLookup::UnknownCommand => match written_keys_from_server(side, &refs).await {
+            Ok(keys) => keys.into_iter().map(|k| (state.db, Bytes::from(k))).collect(),
+            Err(e) => {
+                metrics.unsupported_commands.get_or_create(&Metrics::reason(&name)).inc();
+                error!(command = %name, error = %e, "cannot tell which keys a replicated command wrote; its change is not shipped");
+                Vec::new()
+            }
+        },
+    };
+    // MOVE and COPY ... DB n write the key into another database.
+    match name.as_str() {
+        "move" => {
+            if let (Some(k), Some(db)) = (argv.get(1), argv.get(2).and_then(|d| std::str::from_utf8(d).ok()?.parse().ok())) {
+                keys.push((db, k.clone()));
+            }
+        }
+        "copy" => {
+            if let Some(pos) = argv.iter().position(|a| a.eq_ignore_ascii_case(b"db"))
+                && let (Some(dst), Some(db)) = (argv.get(2), argv.get(pos + 1).and_then(|d| std::str::from_utf8(d).ok()?.parse().ok()))
+            {
+                keys.retain(|(_, k)| k != dst);
+                keys.push((db, dst.clone()));
+            }
+        }
+        _ => {}
+    }
+    if let Some((group, ours, first)) = &mut state.multi {
+        if *first {
+            *first = false;
+            if keys.iter().any(|(_, k)| k.as_ref() == store::APPLY_MARKER_KEY.as_bytes()) {
+                *ours = true;
+            }
+        }
+        if *ours {
+            return Ok(false);
+        }
+        group.extend(filter_reserved(keys, &name, metrics));
+        return Ok(false);
+    }
+    let keys = filter_reserved(keys, &name, metrics);
+    if !keys.is_empty() {
+        send(TailEvent::Dirty(keys)).await?;
+    }
+    Ok(false)
+}
+
+fn filter_reserved(keys: Vec<(u32, Bytes)>, command: &str, metrics: &Metrics) -> Vec<(u32, Bytes)> {
+    keys.into_iter()
+        .filter(|(db, k)| {
+            if !is_reserved(k) {
+                return true;
+            }
+            if !is_own_key(k) {
+                metrics.reserved_key_writes.inc();
+                warn!(
+                    db,
+                    key = %String::from_utf8_lossy(k),
+                    command,
+                    "a client wrote a key under the reserved __geosync: prefix; it is not replicated"
+                );
+            } else {
+                debug!(key = %String::from_utf8_lossy(k), "own key");
+            }
+            false
+        })
+        .collect()
+}

@@ -1,0 +1,320 @@
+//! The receiving side: accepts origins' streams, checks every batch, applies
+//! it through the applier and acknowledges it.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, error, info, info_span, warn};
+use uhlc::HLC;
+
+use super::PROTOCOL_VERSION;
+use super::pb::replication_server::Replication;
+use super::pb::{Ack, OriginMessage, PeerMessage, Welcome, origin_message, peer_message};
+use crate::applier::ApplyJob;
+use crate::change::{Change, Op, decode_batch};
+use crate::metrics::Metrics;
+use crate::stamp;
+use crate::store::is_reserved;
+
+/// Per origin node: its current session and the last batch applied from it.
+#[derive(Default)]
+struct Origins {
+    sessions: HashMap<u32, (u64, u64, bool)>,
+}
+
+/// The gRPC service.
+pub struct Receiver {
+    node_id: u32,
+    mesh: String,
+    databases: u32,
+    clock: Arc<HLC>,
+    apply: mpsc::Sender<ApplyJob>,
+    metrics: Arc<Metrics>,
+    origins: Arc<Mutex<Origins>>,
+}
+
+impl Receiver {
+    /// A receiver applying through `apply`.
+    pub fn new(
+        node_id: u32,
+        mesh: String,
+        databases: u32,
+        clock: Arc<HLC>,
+        apply: mpsc::Sender<ApplyJob>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Receiver {
+            node_id,
+            mesh,
+            databases,
+            clock,
+            apply,
+            metrics,
+            origins: Arc::new(Mutex::new(Origins::default())),
+        }
+    }
+}
+
+/// Why a batch was refused.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("malformed batch: {0}")]
+    Malformed(String),
+    #[error("stamp {stamp} is too far in the future: {why}")]
+    ClockSkew { stamp: String, why: String },
+}
+
+impl Refusal {
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Malformed(_) => "malformed",
+            Refusal::ClockSkew { .. } => "clock_skew",
+        }
+    }
+}
+
+/// Checks a batch from `origin` and observes its stamps.
+fn check_batch(payload: &[u8], origin: u32, databases: u32, clock: &HLC) -> Result<Vec<Change>, Refusal> {
+    let changes = decode_batch(payload).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let mut newest = None;
+    for c in &changes {
+        let ts = stamp::decode(c.stamp.as_bytes()).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let from = stamp::id_to_node_id(ts.get_id()).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        if from != origin {
+            return Err(Refusal::Malformed(format!(
+                "change stamped by node {from} arrived from node {origin}"
+            )));
+        }
+        if c.db >= databases {
+            return Err(Refusal::Malformed(format!("database {} does not exist here", c.db)));
+        }
+        match c.op {
+            Op::FlushDb => {}
+            _ if c.key.is_empty() => return Err(Refusal::Malformed("empty key".into())),
+            _ if is_reserved(&c.key) => {
+                return Err(Refusal::Malformed("key under the reserved __geosync: prefix".into()));
+            }
+            _ => {}
+        }
+        if newest.is_none_or(|n| ts > n) {
+            newest = Some(ts);
+        }
+    }
+    if let Some(ts) = newest {
+        clock.update_with_timestamp(&ts).map_err(|e| Refusal::ClockSkew {
+            stamp: c_stamp(&ts),
+            why: e.to_string(),
+        })?;
+    }
+    Ok(changes)
+}
+
+fn c_stamp(ts: &uhlc::Timestamp) -> String {
+    stamp::encode(ts)
+}
+
+type PeerStream = Pin<Box<dyn Stream<Item = Result<PeerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replication for Receiver {
+    type ReplicateStream = PeerStream;
+
+    async fn replicate(&self, request: Request<Streaming<OriginMessage>>) -> Result<Response<PeerStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(OriginMessage {
+                kind: Some(origin_message::Kind::Hello(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("the first message must be Hello")),
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol version {} is not supported (this agent speaks {PROTOCOL_VERSION})",
+                hello.protocol_version
+            )));
+        }
+        if hello.mesh != self.mesh {
+            return Err(Status::failed_precondition(format!(
+                "mesh {:?} does not match this agent's mesh {:?}",
+                hello.mesh, self.mesh
+            )));
+        }
+        if hello.node_id == self.node_id {
+            error!(node_id = hello.node_id, "a peer uses this agent's own node id; refused");
+            return Err(Status::already_exists(format!(
+                "node id {} is this agent's own: node ids must be unique in the mesh",
+                hello.node_id
+            )));
+        }
+        let origin = hello.node_id;
+        let acked = {
+            let mut o = self.origins.lock().expect("origins lock");
+            match o.sessions.get(&origin) {
+                Some((session, _, true)) if *session != hello.session => {
+                    error!(node_id = origin, "two agents claim the same node id; refused the second");
+                    return Err(Status::already_exists(format!(
+                        "node id {origin} is already connected from another agent: node ids must be unique in the mesh"
+                    )));
+                }
+                _ => {}
+            }
+            let entry = o.sessions.entry(origin).or_insert((hello.session, 0, true));
+            if entry.0 != hello.session {
+                *entry = (hello.session, 0, true);
+            }
+            entry.2 = true;
+            entry.1
+        };
+        info!(origin, session = hello.session, acked, "origin connected");
+        let (tx, rx) = mpsc::channel::<Result<PeerMessage, Status>>(64);
+        let welcome = PeerMessage {
+            kind: Some(peer_message::Kind::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                mesh: self.mesh.clone(),
+                node_id: self.node_id,
+                acked_seq: acked,
+            })),
+        };
+        tx.send(Ok(welcome)).await.map_err(|_| Status::cancelled("closed"))?;
+        let (clock, apply, metrics, origins, databases) = (
+            self.clock.clone(),
+            self.apply.clone(),
+            self.metrics.clone(),
+            self.origins.clone(),
+            self.databases,
+        );
+        let session = hello.session;
+        tokio::spawn(
+            async move {
+                let label = Metrics::peer(&origin.to_string());
+                let end = loop {
+                    let msg = match inbound.message().await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break "origin closed the stream".to_string(),
+                        Err(e) => break format!("stream error: {e}"),
+                    };
+                    let Some(origin_message::Kind::Batch(batch)) = msg.kind else {
+                        metrics.batches_refused.get_or_create(&Metrics::reason("malformed")).inc();
+                        let _ = tx.send(Err(Status::invalid_argument("expected a Batch"))).await;
+                        break "unexpected message".to_string();
+                    };
+                    let seq = batch.seq;
+                    let last = origins.lock().expect("origins lock").sessions.get(&origin).map(|s| s.1).unwrap_or(0);
+                    if seq <= last {
+                        // Already applied (a resend after reconnect): ack again.
+                        let _ = tx.send(Ok(ack(seq))).await;
+                        continue;
+                    }
+                    let changes = match check_batch(&batch.changes, origin, databases, &clock) {
+                        Ok(c) => c,
+                        Err(r) => {
+                            metrics.batches_refused.get_or_create(&Metrics::reason(r.reason())).inc();
+                            warn!(seq, error = %r, "batch refused; the origin will send it again");
+                            let _ = tx.send(Err(Status::failed_precondition(r.to_string()))).await;
+                            break format!("refused batch {seq}");
+                        }
+                    };
+                    let (done_tx, done_rx) = oneshot::channel();
+                    if apply.send(ApplyJob { changes, done: done_tx }).await.is_err() {
+                        break "applier stopped".to_string();
+                    }
+                    match done_rx.await {
+                        Ok(Ok(outcome)) => {
+                            metrics.changes_applied.get_or_create(&label).inc_by(outcome.applied);
+                            metrics.changes_rejected_older.get_or_create(&label).inc_by(outcome.older);
+                            if let Some(s) = origins.lock().expect("origins lock").sessions.get_mut(&origin)
+                                && s.0 == session
+                            {
+                                s.1 = s.1.max(seq);
+                            }
+                            if tx.send(Ok(ack(seq))).await.is_err() {
+                                break "origin went away".to_string();
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            error!(seq, error = %e, "applying a batch failed");
+                            let _ = tx.send(Err(Status::internal(format!("apply failed: {e}")))).await;
+                            break format!("apply failed: {e}");
+                        }
+                        Err(_) => break "applier stopped".to_string(),
+                    }
+                };
+                if let Some(s) = origins.lock().expect("origins lock").sessions.get_mut(&origin)
+                    && s.0 == session
+                {
+                    s.2 = false;
+                }
+                info!(reason = %end, "origin stream ended");
+            }
+            .instrument(info_span!("origin", node_id = origin)),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn ack(seq: u64) -> PeerMessage {
+    PeerMessage {
+        kind: Some(peer_message::Kind::Ack(Ack { seq })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::{Value, encode_batch};
+    use serde_bytes::ByteBuf;
+    use std::time::Duration;
+
+    fn clock() -> Arc<HLC> {
+        stamp::new_clock(1, Duration::from_millis(500)).unwrap()
+    }
+
+    fn put(stamp: String, key: &[u8]) -> Change {
+        Change {
+            db: 0,
+            key: ByteBuf::from(key.to_vec()),
+            stamp,
+            op: Op::Put {
+                value: Value::String(ByteBuf::from(b"v".to_vec())),
+                expire_at_ms: None,
+            },
+        }
+    }
+
+    #[test]
+    fn refuses_bad_batches_with_a_reason() {
+        let c = clock();
+        let other = stamp::new_clock(2, Duration::from_millis(500)).unwrap();
+        let good = stamp::encode(&other.new_timestamp());
+        assert!(check_batch(&encode_batch(&[put(good.clone(), b"k")]), 2, 16, &c).is_ok());
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"garbage".to_vec(), "malformed"),
+            (encode_batch(&[put("zz".into(), b"k")]), "malformed"),
+            (encode_batch(&[put(good.clone(), b"k")]), "malformed"), // wrong origin below
+            (encode_batch(&[put(good.clone(), b"__geosync:m:1")]), "malformed"),
+            (encode_batch(&[put(good.clone(), b"")]), "malformed"),
+        ];
+        for (i, (payload, reason)) in cases.iter().enumerate() {
+            let origin = if i == 2 { 3 } else { 2 };
+            let err = check_batch(payload, origin, 16, &c).unwrap_err();
+            assert_eq!(err.reason(), *reason, "case {i}: {err}");
+        }
+        // a database the local Redis does not have
+        let mut far_db = put(good, b"k");
+        far_db.db = 99;
+        assert_eq!(check_batch(&encode_batch(&[far_db]), 2, 16, &c).unwrap_err().reason(), "malformed");
+        // a stamp ten seconds ahead
+        let now = other.new_timestamp();
+        let ahead = uhlc::Timestamp::new(
+            uhlc::NTP64(now.get_time().as_u64() + (10u64 << 32)),
+            *now.get_id(),
+        );
+        let err = check_batch(&encode_batch(&[put(stamp::encode(&ahead), b"k")]), 2, 16, &c).unwrap_err();
+        assert_eq!(err.reason(), "clock_skew");
+    }
+}
