@@ -13,6 +13,7 @@ use tracing::warn;
 
 use crate::backoff::Backoff;
 use crate::change::Change;
+use crate::state::Readiness;
 use crate::store::{ApplyOutcome, Store, StoreError};
 
 /// A batch to apply and where to send the result.
@@ -25,7 +26,15 @@ pub struct ApplyJob {
 
 /// Applies jobs until the channel closes or shutdown. Connection failures
 /// are retried with backoff (the batch waits; the peer stream stalls).
-pub async fn run(mut store: Store, mut rx: mpsc::Receiver<ApplyJob>, shutdown: CancellationToken) {
+///
+/// Nothing is applied before the first snapshot has been stamped: local
+/// writes made while the agent was down get their stamps first, instead of
+/// being overwritten unseen by peers' changes that reached us earlier.
+pub async fn run(mut store: Store, mut rx: mpsc::Receiver<ApplyJob>, ready: Arc<Readiness>, shutdown: CancellationToken) {
+    tokio::select! {
+        _ = ready.wait_snapshot() => {}
+        _ = shutdown.cancelled() => return,
+    }
     loop {
         let job = tokio::select! {
             j = rx.recv() => j,

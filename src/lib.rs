@@ -168,6 +168,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             client: client.clone(),
             announce_port: config.listen.port(),
             data_dir: config.data_dir.clone(),
+            databases,
         },
         tail_tx,
         metrics.clone(),
@@ -203,7 +204,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     // Peers → applier.
     let (apply_tx, apply_rx) = mpsc::channel(16);
-    tracker.spawn(applier::run(Store::new(client.clone()), apply_rx, token.clone()));
+    tracker.spawn(applier::run(Store::new(client.clone()), apply_rx, ready.clone(), token.clone()));
     let receiver = transport::server::Receiver::new(
         config.node_id,
         config.mesh.clone(),

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// reached once.
 pub struct Readiness {
     snapshot: AtomicBool,
+    snapshot_watch: tokio::sync::watch::Sender<bool>,
     peers: Vec<String>,
     reached: Mutex<HashSet<String>>,
 }
@@ -17,6 +18,7 @@ impl Readiness {
     pub fn new(peers: &[String]) -> Self {
         Readiness {
             snapshot: AtomicBool::new(false),
+            snapshot_watch: tokio::sync::watch::channel(false).0,
             peers: peers.to_vec(),
             reached: Mutex::new(HashSet::new()),
         }
@@ -25,6 +27,13 @@ impl Readiness {
     /// The first full sync has been stamped.
     pub fn snapshot_done(&self) {
         self.snapshot.store(true, Ordering::SeqCst);
+        self.snapshot_watch.send_replace(true);
+    }
+
+    /// Waits until the first full sync has been stamped.
+    pub async fn wait_snapshot(&self) {
+        let mut rx = self.snapshot_watch.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
     }
 
     /// A peer answered a handshake.

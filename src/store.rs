@@ -23,6 +23,9 @@ pub const META_PREFIX: &str = "__geosync:m:";
 pub const META_BUCKETS: u32 = 16384;
 /// Key holding the database's flush floor: the stamp of the last FLUSHDB.
 pub const FLOOR_KEY: &str = "__geosync:floor";
+/// Offset of the flag byte ('v' value, 't' tombstone) in a metadata record
+/// (after the 20-byte stamp; see scripts/lib.lua).
+pub const RECORD_FLAG_AT: usize = crate::stamp::ENCODED_LEN;
 /// Key the apply scripts write first, marking their transaction as geosync's.
 pub const APPLY_MARKER_KEY: &str = "__geosync:applied";
 

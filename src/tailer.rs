@@ -88,6 +88,8 @@ pub struct TailerConfig {
     pub announce_port: u16,
     /// Where the snapshot is written while it is parsed.
     pub data_dir: PathBuf,
+    /// Number of databases of the local Redis.
+    pub databases: u32,
 }
 
 /// Runs replication sessions until shutdown.
@@ -258,12 +260,70 @@ async fn report_snapshot(path: PathBuf, tx: &mpsc::Sender<TailEvent>) -> Result<
         if !chunk.is_empty() {
             tx.blocking_send(TailEvent::Dirty(chunk)).map_err(|_| TailError::StamperGone)?;
         }
-        tx.blocking_send(TailEvent::SnapshotDone).map_err(|_| TailError::StamperGone)?;
         let _ = std::fs::remove_file(&path);
         Ok(n)
     })
     .await
     .map_err(|e| TailError::Protocol(format!("snapshot task: {e}")))?
+}
+
+/// After a full resync, reports every key the metadata records as holding a
+/// value. Those missing from the snapshot were deleted while nobody was
+/// watching; the stamper turns them into tombstones (or, when their expiry
+/// has passed, into the expiry every region applies on its own).
+async fn report_recorded(
+    side: &mut redis::aio::MultiplexedConnection,
+    databases: u32,
+    tx: &mpsc::Sender<TailEvent>,
+) -> Result<u64, TailError> {
+    let mut n = 0;
+    for db in 0..databases {
+        redis::cmd("SELECT").arg(db).exec_async(side).await?;
+        let mut cursor = 0u64;
+        let mut buckets: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", store::META_PREFIX))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(side)
+                .await?;
+            buckets.extend(keys);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        for bucket in buckets {
+            let mut cursor = 0u64;
+            loop {
+                let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
+                    .arg(&bucket)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(side)
+                    .await?;
+                let keys: Vec<(u32, Bytes)> = flat
+                    .chunks(2)
+                    .filter(|p| p.len() == 2 && p[1].get(store::RECORD_FLAG_AT) == Some(&b'v'))
+                    .map(|p| (db, Bytes::from(p[0].clone())))
+                    .collect();
+                n += keys.len() as u64;
+                if !keys.is_empty() {
+                    tx.send(TailEvent::Dirty(keys)).await.map_err(|_| TailError::StamperGone)?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    redis::cmd("SELECT").arg(0).exec_async(side).await?;
+    Ok(n)
 }
 
 async fn handshake(cfg: &TailerConfig, link: &mut Link) -> Result<(), TailError> {
@@ -332,7 +392,9 @@ async fn session(
                 link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
             }
             let keys = report_snapshot(path, tx).await?;
-            info!(keys, diskless, "snapshot reported");
+            let recorded = report_recorded(&mut side, cfg.databases, tx).await?;
+            tx.send(TailEvent::SnapshotDone).await.map_err(|_| TailError::StamperGone)?;
+            info!(keys, recorded, diskless, "snapshot reported");
             offset
         }
         _ => {

@@ -28,10 +28,12 @@ pub(crate) fn decode(blob: &[u8]) -> Result<Vec<i64>, String> {
             [a, b, c, d, e, f, g, h] => i64::from_le_bytes([a, b, c, d, e, f, g, h]),
             _ => return Err("intset chunk of unexpected width".to_string()),
         };
-        if let Some(&prev) = out.last() {
-            if v <= prev {
-                return Err(format!("intset is not strictly ascending ({prev} then {v})"));
-            }
+        if let Some(&prev) = out.last()
+            && v <= prev
+        {
+            return Err(format!(
+                "intset is not strictly ascending ({prev} then {v})"
+            ));
         }
         out.push(v);
     }

@@ -21,9 +21,7 @@ pub(crate) fn decompress(input: &[u8], out_len: usize) -> Result<Vec<u8>, String
                 .get(i..i + run)
                 .ok_or_else(|| format!("LZF literal run of {run} bytes overruns the input"))?;
             if out.len() + run > out_len {
-                return Err(format!(
-                    "LZF output exceeds the declared length {out_len}"
-                ));
+                return Err(format!("LZF output exceeds the declared length {out_len}"));
             }
             out.extend_from_slice(lit);
             i += run;
@@ -37,7 +35,9 @@ pub(crate) fn decompress(input: &[u8], out_len: usize) -> Result<Vec<u8>, String
                 len += usize::from(extra);
                 i += 1;
             }
-            let lo = *input.get(i).ok_or("LZF back reference offset byte missing")?;
+            let lo = *input
+                .get(i)
+                .ok_or("LZF back reference offset byte missing")?;
             i += 1;
             let back = ((ctrl & 0x1f) << 8) + usize::from(lo) + 1;
             let len = len + 2;
@@ -47,9 +47,7 @@ pub(crate) fn decompress(input: &[u8], out_len: usize) -> Result<Vec<u8>, String
                 ));
             }
             if out.len() + len > out_len {
-                return Err(format!(
-                    "LZF output exceeds the declared length {out_len}"
-                ));
+                return Err(format!("LZF output exceeds the declared length {out_len}"));
             }
             // Copy byte by byte: source and destination may overlap.
             let start = out.len() - back;

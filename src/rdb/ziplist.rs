@@ -69,17 +69,29 @@ pub(crate) fn decode(zl: &[u8]) -> Result<Vec<Elem<'_>>, String> {
         let (elem, header, data_len) = match enc >> 6 {
             0 => {
                 let len = usize::from(enc & 0x3f);
-                (Elem::Str(slice_at(zl, q + 1, len, "ziplist string")?), 1, len)
+                (
+                    Elem::Str(slice_at(zl, q + 1, len, "ziplist string")?),
+                    1,
+                    len,
+                )
             }
             1 => {
                 let next = slice_at(zl, q + 1, 1, "ziplist length")?[0];
                 let len = (usize::from(enc & 0x3f) << 8) | usize::from(next);
-                (Elem::Str(slice_at(zl, q + 2, len, "ziplist string")?), 2, len)
+                (
+                    Elem::Str(slice_at(zl, q + 2, len, "ziplist string")?),
+                    2,
+                    len,
+                )
             }
             2 => {
                 let b = slice_at(zl, q + 1, 4, "ziplist length")?;
                 let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                (Elem::Str(slice_at(zl, q + 5, len, "ziplist string")?), 5, len)
+                (
+                    Elem::Str(slice_at(zl, q + 5, len, "ziplist string")?),
+                    5,
+                    len,
+                )
             }
             _ => {
                 let (width, value) = match enc {
@@ -116,12 +128,12 @@ pub(crate) fn decode(zl: &[u8]) -> Result<Vec<Elem<'_>>, String> {
         prev_raw = raw;
         p += raw;
     }
-    if let Some(last) = last_start {
-        if last != tail {
-            return Err(format!(
-                "ziplist tail offset {tail} does not point at the last entry ({last})"
-            ));
-        }
+    if let Some(last) = last_start
+        && last != tail
+    {
+        return Err(format!(
+            "ziplist tail offset {tail} does not point at the last entry ({last})"
+        ));
     }
     if count != u16::MAX && usize::from(count) != out.len() {
         return Err(format!(
@@ -150,9 +162,12 @@ fn zipmap_len(zm: &[u8], p: usize) -> Result<(usize, usize), String> {
     }
 }
 
+/// Field/value pairs borrowed from a zipmap blob.
+pub(crate) type ZipmapPairs<'a> = Vec<(&'a [u8], &'a [u8])>;
+
 /// Decodes and validates a zipmap (Redis 2.x small hash encoding) into
 /// field/value pairs.
-pub(crate) fn decode_zipmap(zm: &[u8]) -> Result<Vec<(&[u8], &[u8])>, String> {
+pub(crate) fn decode_zipmap(zm: &[u8]) -> Result<ZipmapPairs<'_>, String> {
     if zm.len() < 2 {
         return Err(format!("zipmap of {} bytes is too short", zm.len()));
     }

@@ -1,0 +1,107 @@
+//! One test per trap that makes naive active-active designs diverge
+//! (DESIGN.md), each on real redis-server processes and real agents.
+
+mod support;
+
+use std::time::Duration;
+
+use redis::Commands;
+use support::*;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// INCR in one region against SET in another: what travels is the key's
+/// state, so the later stamp's value wins everywhere and no region computes
+/// INCR on top of the other's SET (which would give 101).
+#[test]
+fn incr_against_set_converges_to_one_value() {
+    let mut mesh = Mesh::start(2);
+    let mut a = mesh.regions[0].redis.conn();
+    let mut b = mesh.regions[1].redis.conn();
+    let _: () = a.set("k", 5).unwrap();
+    wait_until("k reaches region 2", SETTLE, || b.get::<_, Option<i64>>("k").unwrap() == Some(5));
+
+    // Region 2's agent is down while both regions write: the writes conflict.
+    mesh.regions[1].agent.kill();
+    let six: i64 = a.incr("k", 1).unwrap();
+    assert_eq!(six, 6);
+    let _: () = b.set("k", 100).unwrap();
+    // Region 2's write is stamped when its agent returns, after region 1's INCR.
+    mesh.regions[1].agent.restart();
+    mesh.wait_ready();
+    mesh.wait_converged(&[0], SETTLE);
+    let va: i64 = a.get("k").unwrap();
+    let vb: i64 = b.get("k").unwrap();
+    assert_eq!((va, vb), (100, 100), "the later stamp (region 2's SET) wins in both regions");
+    wait_until("region 2 rejects the older INCR state", SETTLE, || {
+        mesh.regions[1].agent.metric("geosync_changes_rejected_older_total") >= 1.0
+    });
+    assert_eq!(b.get::<_, i64>("k").unwrap(), 100);
+}
+
+/// A delete against a concurrent update: the later stamp wins, whichever it
+/// is, and a delete that wins stays deleted.
+#[test]
+fn delete_against_update_later_stamp_wins() {
+    let mut mesh = Mesh::start(2);
+    let mut a = mesh.regions[0].redis.conn();
+    let mut b = mesh.regions[1].redis.conn();
+    let _: () = a.set("upd", "v1").unwrap();
+    let _: () = a.set("del", "v1").unwrap();
+    wait_until("keys reach region 2", SETTLE, || b.exists::<_, bool>("del").unwrap() && b.exists::<_, bool>("upd").unwrap());
+
+    // Update after delete: region 1 deletes `upd`, region 2 (agent down) updates it later.
+    mesh.regions[1].agent.kill();
+    let _: () = a.del("upd").unwrap();
+    let _: () = b.set("upd", "v2").unwrap();
+    mesh.regions[1].agent.restart();
+    mesh.wait_ready();
+    mesh.wait_converged(&[0], SETTLE);
+    assert_eq!(a.get::<_, Option<String>>("upd").unwrap().as_deref(), Some("v2"));
+
+    // Delete after update: region 2 updates `del`, region 1 (agent down) deletes it later.
+    mesh.regions[0].agent.kill();
+    let before = mesh.regions[1].agent.metric("geosync_changes_stamped_total");
+    let _: () = b.set("del", "v2").unwrap();
+    wait_until("region 2 stamped its update", SETTLE, || mesh.regions[1].agent.metric("geosync_changes_stamped_total") > before);
+    let _: () = a.del("del").unwrap();
+    mesh.regions[0].agent.restart();
+    mesh.wait_ready();
+    mesh.wait_converged(&[0], SETTLE);
+    assert_eq!(b.get::<_, Option<String>>("del").unwrap(), None, "the later delete wins in region 2");
+    assert_eq!(a.get::<_, Option<String>>("del").unwrap(), None, "the older update did not revive the key");
+}
+
+/// A change applied from a peer is never shipped again: count what each
+/// agent stamps and ships.
+#[test]
+fn applied_changes_are_not_shipped_back() {
+    let mesh = Mesh::start(3);
+    let mut a = mesh.regions[0].redis.conn();
+    for i in 0..50 {
+        let _: () = a.set(format!("k{i}"), i).unwrap();
+    }
+    let _: () = a.hset("h", "f", "v").unwrap();
+    let _: () = a.rpush("l", &["x", "y"]).unwrap();
+    mesh.wait_converged(&[0], SETTLE);
+    // Let every echo that could happen happen: acks for everything region 1 sent.
+    wait_until("all batches acked", SETTLE, || {
+        mesh.regions[0].agent.metric("geosync_peer_lag_batches") == 0.0
+    });
+    let r1 = &mesh.regions[0].agent;
+    assert_eq!(r1.metric("geosync_changes_stamped_total"), 52.0);
+    assert_eq!(r1.metric("geosync_changes_shipped_total"), 104.0, "52 changes to each of two peers");
+    for r in &mesh.regions[1..] {
+        assert_eq!(r.agent.metric("geosync_changes_applied_total"), 52.0);
+        assert_eq!(r.agent.metric("geosync_changes_stamped_total"), 0.0, "agent {} stamped an applied change", r.agent.node_id);
+        assert_eq!(r.agent.metric("geosync_changes_shipped_total"), 0.0, "agent {} shipped an applied change", r.agent.node_id);
+    }
+    // And a write in region 2 is stamped once, by region 2 only.
+    let mut b = mesh.regions[1].redis.conn();
+    let _: () = b.set("from2", "x").unwrap();
+    mesh.wait_converged(&[0], SETTLE);
+    wait_until("region 2's change acked", SETTLE, || mesh.regions[1].agent.metric("geosync_peer_lag_batches") == 0.0);
+    assert_eq!(mesh.regions[0].agent.metric("geosync_changes_stamped_total"), 52.0);
+    assert_eq!(mesh.regions[2].agent.metric("geosync_changes_stamped_total"), 0.0);
+    assert_eq!(mesh.regions[1].agent.metric("geosync_changes_stamped_total"), 1.0);
+}
