@@ -899,7 +899,7 @@ impl<R: Read> RdbReader<R> {
             }
             other => other,
         })?;
-        if false && is_empty_collection(&value) {
+        if is_empty_collection(&value) {
             return Ok(None);
         }
         Ok(Some(RdbKey {

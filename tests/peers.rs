@@ -1,0 +1,170 @@
+//! The peer protocol against a real agent: this test plays other regions'
+//! agents over gRPC, sending hand-made batches.
+
+mod support;
+
+use std::time::Duration;
+
+use geosync::change::{Change, Op, Value, encode_batch};
+use geosync::stamp;
+use geosync::transport::pb::replication_client::ReplicationClient;
+use geosync::transport::pb::{Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message};
+use geosync::transport::PROTOCOL_VERSION;
+use redis::Commands;
+use serde_bytes::ByteBuf;
+use support::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use uhlc::{NTP64, Timestamp};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// A fake origin: its outgoing channel and the agent's answers.
+struct Origin {
+    tx: mpsc::Sender<OriginMessage>,
+    rx: tonic::Streaming<PeerMessage>,
+}
+
+async fn connect(port: u16, node_id: u32, mesh: &str) -> Result<Origin, tonic::Status> {
+    let mut client = ReplicationClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(OriginMessage {
+        kind: Some(origin_message::Kind::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            mesh: mesh.into(),
+            node_id,
+            session: rand::random(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut rx = client.replicate(ReceiverStream::new(rx)).await?.into_inner();
+    match rx.message().await?.and_then(|m| m.kind) {
+        Some(peer_message::Kind::Welcome(w)) => assert_eq!(w.mesh, mesh),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    Ok(Origin { tx, rx })
+}
+
+impl Origin {
+    /// Sends a batch and returns the agent's answer (an ack seq, or the error).
+    async fn send(&mut self, seq: u64, payload: Vec<u8>) -> Result<u64, tonic::Status> {
+        self.tx
+            .send(OriginMessage {
+                kind: Some(origin_message::Kind::Batch(Batch { seq, changes: payload, count: 1 })),
+            })
+            .await
+            .unwrap();
+        match self.rx.message().await?.and_then(|m| m.kind) {
+            Some(peer_message::Kind::Ack(a)) => Ok(a.seq),
+            other => panic!("expected Ack, got {other:?}"),
+        }
+    }
+}
+
+fn put(key: &str, value: &str, at: &Timestamp) -> Vec<u8> {
+    encode_batch(&[Change {
+        db: 0,
+        key: ByteBuf::from(key.as_bytes().to_vec()),
+        stamp: stamp::encode(at),
+        op: Op::Put {
+            value: Value::String(ByteBuf::from(value.as_bytes().to_vec())),
+            expire_at_ms: None,
+        },
+    }])
+}
+
+fn now_ntp() -> u64 {
+    uhlc::system_time_clock().as_u64()
+}
+
+/// Two regions receive the same two equal-time changes in opposite orders
+/// and both keep the one `uhlc` orders higher (node 1 over node 256).
+#[test]
+fn equal_time_changes_resolve_identically_in_every_region() {
+    let mesh = Mesh::start(2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = now_ntp();
+    let a = Timestamp::new(NTP64(t), stamp::node_id_to_id(1000).unwrap()); // bytes e8 03
+    let b = Timestamp::new(NTP64(t), stamp::node_id_to_id(259).unwrap()); // bytes 03 01
+    assert!(a > b);
+    rt.block_on(async {
+        let (r1, r2) = (mesh.regions[0].agent.listen, mesh.regions[1].agent.listen);
+        let mut o_a1 = connect(r1, 1000, "geosync").await.unwrap();
+        let mut o_b1 = connect(r1, 259, "geosync").await.unwrap();
+        let mut o_a2 = connect(r2, 1000, "geosync").await.unwrap();
+        let mut o_b2 = connect(r2, 259, "geosync").await.unwrap();
+        // region 1 gets a then b; region 2 gets b then a
+        assert_eq!(o_a1.send(1, put("tie", "from-1000", &a)).await.unwrap(), 1);
+        assert_eq!(o_b1.send(1, put("tie", "from-259", &b)).await.unwrap(), 1);
+        assert_eq!(o_b2.send(1, put("tie", "from-259", &b)).await.unwrap(), 1);
+        assert_eq!(o_a2.send(1, put("tie", "from-1000", &a)).await.unwrap(), 1);
+    });
+    for r in &mesh.regions {
+        let v: String = r.redis.conn().get("tie").unwrap();
+        assert_eq!(v, "from-1000", "region {}", r.agent.node_id);
+    }
+    mesh.wait_converged(&[0], SETTLE);
+}
+
+/// Bad input gets a clear refusal and a metric, nothing is half-applied,
+/// and the agent keeps serving other origins.
+#[test]
+fn bad_batches_are_refused_and_counted() {
+    let mesh = Mesh::start(1);
+    let agent = &mesh.regions[0].agent;
+    let mut c = mesh.regions[0].redis.conn();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let port = agent.listen;
+        // the agent's own node id
+        let err = connect(port, 1, "geosync").await.err().expect("own node id refused");
+        assert_eq!(err.code(), tonic::Code::AlreadyExists);
+        assert!(err.message().contains("unique"), "{}", err.message());
+        // another mesh
+        let err = connect(port, 9, "other").await.err().expect("other mesh refused");
+        assert!(err.message().contains("mesh"), "{}", err.message());
+
+        // garbage payload
+        let mut o = connect(port, 9, "geosync").await.unwrap();
+        let err = o.send(1, b"\xc1garbage".to_vec()).await.unwrap_err();
+        assert!(err.message().contains("malformed"), "{}", err.message());
+
+        // a batch whose second change is bad: nothing of it is applied
+        let mut o = connect(port, 9, "geosync").await.unwrap();
+        let now = Timestamp::new(NTP64(now_ntp()), stamp::node_id_to_id(9).unwrap());
+        let mut changes = geosync::change::decode_batch(&put("good", "v", &now)).unwrap();
+        changes.push(Change {
+            db: 0,
+            key: ByteBuf::from(b"bad".to_vec()),
+            stamp: "not-a-stamp".into(),
+            op: Op::Delete,
+        });
+        let err = o.send(1, encode_batch(&changes)).await.unwrap_err();
+        assert!(err.message().contains("malformed"), "{}", err.message());
+
+        // a stamp ten seconds in the future
+        let mut o = connect(port, 9, "geosync").await.unwrap();
+        let ahead = Timestamp::new(NTP64(now_ntp() + (10 << 32)), stamp::node_id_to_id(9).unwrap());
+        let err = o.send(1, put("future", "v", &ahead)).await.unwrap_err();
+        assert!(err.message().contains("future"), "{}", err.message());
+
+        // a change stamped by another node than the sender
+        let mut o = connect(port, 9, "geosync").await.unwrap();
+        let other = Timestamp::new(NTP64(now_ntp()), stamp::node_id_to_id(10).unwrap());
+        let err = o.send(1, put("forwarded", "v", &other)).await.unwrap_err();
+        assert!(err.message().contains("node 10"), "{}", err.message());
+
+        // and a good batch still goes through
+        let mut o = connect(port, 9, "geosync").await.unwrap();
+        let ok = Timestamp::new(NTP64(now_ntp()), stamp::node_id_to_id(9).unwrap());
+        assert_eq!(o.send(7, put("fine", "v", &ok)).await.unwrap(), 7);
+    });
+    assert!(!c.exists::<_, bool>("good").unwrap(), "a refused batch is not half-applied");
+    assert!(!c.exists::<_, bool>("future").unwrap());
+    assert!(!c.exists::<_, bool>("forwarded").unwrap());
+    assert_eq!(c.get::<_, String>("fine").unwrap(), "v");
+    assert_eq!(metric_sum(&agent.get("/metrics").unwrap().1, "geosync_batches_refused_total"), 4.0);
+    let body = agent.get("/metrics").unwrap().1;
+    assert!(body.contains("reason=\"clock_skew\""), "{body}");
+}
