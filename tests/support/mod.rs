@@ -44,6 +44,7 @@ pub fn now_ms() -> i64 {
 /// A redis-server process in its own temp dir, killed on drop.
 pub struct Redis {
     pub port: u16,
+    pub password: Option<String>,
     child: Child,
     pub dir: tempfile::TempDir,
 }
@@ -69,7 +70,8 @@ impl Redis {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e} (install redis-server)", redis_server_bin()));
-        let r = Redis { port, child, dir };
+        let password = extra.windows(2).find(|w| w[0] == "--requirepass").map(|w| w[1].to_string());
+        let r = Redis { port, password, child, dir };
         let url = r.url();
         wait_until(&format!("redis on port {port}"), Duration::from_secs(10), || {
             redis::Client::open(url.as_str())
@@ -82,7 +84,10 @@ impl Redis {
 
     /// The URL agents and clients use.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// A new client connection (database 0).

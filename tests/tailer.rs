@@ -1,0 +1,184 @@
+//! The tailer against real servers: both snapshot transfer forms, AUTH,
+//! existing data of every type, and the commands whose keys are not simply
+//! "the first argument".
+
+mod support;
+
+use std::time::Duration;
+
+use redis::Commands;
+use support::*;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn write_every_type(c: &mut redis::Connection, prefix: &str) {
+    let _: () = c.set(format!("{prefix}str"), "v").unwrap();
+    let _: () = c.set(format!("{prefix}int"), 12345).unwrap();
+    let _: () = c.set(format!("{prefix}big"), "x".repeat(10_000)).unwrap();
+    let _: () = c.rpush(format!("{prefix}list"), &["a", "b", "c"]).unwrap();
+    let big: Vec<String> = (0..600).map(|i| format!("e{i}")).collect();
+    let _: () = c.rpush(format!("{prefix}biglist"), &big).unwrap();
+    let _: () = c.sadd(format!("{prefix}intset"), &[1, 2, 3]).unwrap();
+    let _: () = c.sadd(format!("{prefix}set"), &big).unwrap();
+    let _: () = c.zadd_multiple(format!("{prefix}zset"), &[(1.5, "a"), (2.0, "b")]).unwrap();
+    let big_z: Vec<(f64, String)> = (0..300).map(|i| (i as f64 / 3.0, format!("m{i}"))).collect();
+    let _: () = c.zadd_multiple(format!("{prefix}bigzset"), &big_z).unwrap();
+    let _: () = c.hset_multiple(format!("{prefix}hash"), &[("f", "v"), ("g", "w")]).unwrap();
+    let big_h: Vec<(String, String)> = (0..300).map(|i| (format!("f{i}"), format!("v{i}"))).collect();
+    let _: () = c.hset_multiple(format!("{prefix}bighash"), &big_h).unwrap();
+    let _: String = redis::cmd("XADD").arg(format!("{prefix}stream")).arg("1-1").arg("f").arg("v").query(c).unwrap();
+    let _: String = redis::cmd("XADD").arg(format!("{prefix}stream")).arg("2-1").arg("g").arg("w").query(c).unwrap();
+    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(format!("{prefix}stream")).arg("grp").arg("1-1").query(c).unwrap();
+    let _: () = c.set_ex(format!("{prefix}ttl"), "v", 3600).unwrap();
+}
+
+fn existing_data_reaches_peers(redis_args: &[&str]) {
+    // Data written before any agent runs travels through the snapshot.
+    let dir = tempfile::tempdir().unwrap();
+    let r1 = Redis::start(redis_args);
+    let r2 = Redis::start(redis_args);
+    write_every_type(&mut r1.conn(), "pre:");
+    write_every_type(&mut r1.conn_db(3), "db3:");
+    let (l1, l2, a1, a2) = (free_port(), free_port(), free_port(), free_port());
+    let agent1 = Agent::start(1, &r1.url(), l1, a1, &[l2], dir.path());
+    let agent2 = Agent::start(2, &r2.url(), l2, a2, &[l1], dir.path());
+    let mesh = Mesh {
+        regions: vec![Region { redis: r1, agent: agent1 }, Region { redis: r2, agent: agent2 }],
+        dir,
+    };
+    mesh.wait_ready();
+    mesh.wait_converged(&[0, 3], SETTLE);
+    assert_eq!(mesh.regions[1].redis.conn_db(3).get::<_, String>("db3:str").unwrap(), "v");
+    // and the live stream after it
+    write_every_type(&mut mesh.regions[0].redis.conn(), "live:");
+    mesh.wait_converged(&[0, 3], SETTLE);
+    let n: usize = redis::cmd("DBSIZE").query(&mut mesh.regions[1].redis.conn()).unwrap();
+    assert!(n > 28, "region 2 holds the keys (and metadata): {n}");
+}
+
+#[test]
+fn diskless_snapshot_and_stream() {
+    existing_data_reaches_peers(&["--repl-diskless-sync", "yes"]);
+}
+
+#[test]
+fn disk_snapshot_and_stream() {
+    existing_data_reaches_peers(&["--repl-diskless-sync", "no"]);
+}
+
+#[test]
+fn password_protected_redis() {
+    let mesh = Mesh::start_with(2, &["--requirepass", "s3cret"]);
+    let _: () = mesh.regions[0].redis.conn().set("k", "v").unwrap();
+    mesh.wait_converged(&[0], SETTLE);
+    assert_eq!(mesh.regions[1].redis.conn().get::<_, String>("k").unwrap(), "v");
+}
+
+/// Commands that write keys in other positions or other databases.
+#[test]
+fn multi_key_and_cross_db_commands() {
+    let mesh = Mesh::start(2);
+    let mut c = mesh.regions[0].redis.conn();
+    let mut q = |args: &[&str]| {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let _: redis::Value = cmd.query(&mut c).unwrap();
+    };
+    q(&["MSET", "m1", "a", "m2", "b", "m3", "c"]);
+    q(&["RENAME", "m1", "renamed"]);
+    q(&["SADD", "s1", "x", "y"]);
+    q(&["SMOVE", "s1", "s2", "x"]);
+    q(&["RPUSH", "l1", "a", "b"]);
+    q(&["LMOVE", "l1", "l2", "LEFT", "RIGHT"]);
+    q(&["COPY", "m2", "copied"]);
+    q(&["COPY", "m3", "copied-to-2", "DB", "2"]);
+    q(&["SET", "mover", "v"]);
+    q(&["MOVE", "mover", "1"]);
+    q(&["RPUSH", "tosort", "3", "1", "2"]);
+    q(&["SORT", "tosort", "STORE", "sorted"]);
+    q(&["ZADD", "z1", "1", "a"]);
+    q(&["ZADD", "z2", "2", "b"]);
+    q(&["ZUNIONSTORE", "zu", "2", "z1", "z2"]);
+    q(&["EVAL", "redis.call('SET', KEYS[1], 'x'); redis.call('SET', KEYS[2], 'y')", "2", "e1", "e2"]);
+    q(&["SET", "gone", "v"]);
+    q(&["UNLINK", "gone"]);
+    mesh.wait_converged(&[0, 1, 2], SETTLE);
+    let mut r2 = mesh.regions[1].redis.conn();
+    assert_eq!(r2.get::<_, String>("renamed").unwrap(), "a");
+    assert!(!r2.exists::<_, bool>("m1").unwrap());
+    assert_eq!(r2.lrange::<_, Vec<String>>("sorted", 0, -1).unwrap(), vec!["1", "2", "3"]);
+    assert_eq!(mesh.regions[1].redis.conn_db(1).get::<_, String>("mover").unwrap(), "v");
+    assert!(!r2.exists::<_, bool>("mover").unwrap());
+    assert_eq!(mesh.regions[1].redis.conn_db(2).get::<_, String>("copied-to-2").unwrap(), "c");
+    assert_eq!(r2.get::<_, String>("e2").unwrap(), "y");
+}
+
+/// FLUSHDB and FLUSHALL are stamped deletes of everything older.
+#[test]
+fn flushes_travel_as_stamped_deletes() {
+    let mesh = Mesh::start(2);
+    let mut a0 = mesh.regions[0].redis.conn();
+    let mut a1 = mesh.regions[0].redis.conn_db(1);
+    let mut b0 = mesh.regions[1].redis.conn();
+    for i in 0..20 {
+        let _: () = a0.set(format!("k{i}"), i).unwrap();
+        let _: () = a1.set(format!("k{i}"), i).unwrap();
+    }
+    mesh.wait_converged(&[0, 1], SETTLE);
+    let _: () = redis::cmd("FLUSHDB").query(&mut a1).unwrap();
+    let _: () = a1.set("after-flush", "v").unwrap();
+    mesh.wait_converged(&[0, 1], SETTLE);
+    assert_eq!(mesh.regions[1].redis.conn_db(1).keys::<_, Vec<String>>("k*").unwrap().len(), 0);
+    assert_eq!(mesh.regions[1].redis.conn_db(1).get::<_, String>("after-flush").unwrap(), "v");
+    assert_eq!(b0.keys::<_, Vec<String>>("k*").unwrap().len(), 20, "db 0 untouched");
+    let _: () = redis::cmd("FLUSHALL").query(&mut b0).unwrap();
+    mesh.wait_converged(&[0, 1], SETTLE);
+    assert_eq!(a0.keys::<_, Vec<String>>("*").unwrap().iter().filter(|k| !k.starts_with("__geosync:")).count(), 0);
+}
+
+/// A transaction arrives whole: a reader in the other region never sees
+/// half of one.
+#[test]
+fn transactions_arrive_whole() {
+    let mesh = Mesh::start(2);
+    let url = mesh.regions[0].redis.url();
+    let writer = std::thread::spawn(move || {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        for i in 0..300 {
+            let _: () = redis::pipe().atomic().set("ta", i).set("tb", i).incr("tc", 1).query(&mut c).unwrap();
+        }
+    });
+    let mut r = mesh.regions[1].redis.conn();
+    let mut seen = 0;
+    loop {
+        let (a, b): (Option<i64>, Option<i64>) = redis::cmd("MGET").arg("ta").arg("tb").query(&mut r).unwrap();
+        assert_eq!(a, b, "region 2 saw half a transaction");
+        if a.is_some() {
+            seen += 1;
+        }
+        if writer.is_finished() && a == Some(299) {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert!(seen > 0);
+    mesh.wait_converged(&[0], SETTLE);
+    assert_eq!(r.get::<_, i64>("tc").unwrap(), 300);
+}
+
+/// Client keys under the reserved prefix stay local and are reported.
+#[test]
+fn reserved_prefix_is_not_replicated() {
+    let mesh = Mesh::start(2);
+    let mut a = mesh.regions[0].redis.conn();
+    let _: () = a.set("__geosync:mine", "x").unwrap();
+    let _: () = a.set("marker", "x").unwrap();
+    mesh.wait_converged(&[0], SETTLE);
+    assert!(!mesh.regions[1].redis.conn().exists::<_, bool>("__geosync:mine").unwrap());
+    wait_until("the reserved write is counted", SETTLE, || {
+        mesh.regions[0].agent.metric("geosync_reserved_key_writes_total") == 1.0
+    });
+    assert!(mesh.regions[0].agent.log_text().contains("reserved __geosync: prefix"));
+}
