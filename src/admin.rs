@@ -39,7 +39,10 @@ pub async fn serve(
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     match s.ready.missing() {
         None => (StatusCode::OK, "ready\n".to_string()),
-        Some(m) => (StatusCode::SERVICE_UNAVAILABLE, format!("waiting for: {m}\n")),
+        Some(m) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("waiting for: {m}\n"),
+        ),
     }
 }
 

@@ -30,7 +30,12 @@ pub struct ApplyJob {
 /// Nothing is applied before the first snapshot has been stamped: local
 /// writes made while the agent was down get their stamps first, instead of
 /// being overwritten unseen by peers' changes that reached us earlier.
-pub async fn run(mut store: Store, mut rx: mpsc::Receiver<ApplyJob>, ready: Arc<Readiness>, shutdown: CancellationToken) {
+pub async fn run(
+    mut store: Store,
+    mut rx: mpsc::Receiver<ApplyJob>,
+    ready: Arc<Readiness>,
+    shutdown: CancellationToken,
+) {
     tokio::select! {
         _ = ready.wait_snapshot() => {}
         _ = shutdown.cancelled() => return,

@@ -90,7 +90,7 @@ fn buf(b: &[u8]) -> ByteBuf {
 }
 
 fn pairs(items: &[Vec<u8>]) -> Option<Vec<(ByteBuf, ByteBuf)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return None;
     }
     Some(
@@ -142,7 +142,9 @@ impl Value {
     /// fields and values).
     pub fn to_flat(&self) -> Vec<Vec<u8>> {
         fn flat_pairs(v: &[(ByteBuf, ByteBuf)]) -> Vec<Vec<u8>> {
-            v.iter().flat_map(|(a, b)| [a.to_vec(), b.to_vec()]).collect()
+            v.iter()
+                .flat_map(|(a, b)| [a.to_vec(), b.to_vec()])
+                .collect()
         }
         match self {
             Value::String(s) => vec![s.to_vec()],
@@ -189,7 +191,9 @@ impl Value {
             "hash" => pairs(items)
                 .map(Value::Hash)
                 .ok_or_else(|| err("odd item count")),
-            "stream" => stream_from_flat(items).map(Value::Stream).ok_or_else(|| err("bad stream layout")),
+            "stream" => stream_from_flat(items)
+                .map(Value::Stream)
+                .ok_or_else(|| err("bad stream layout")),
             _ => Err(err("unknown type")),
         }
     }
@@ -218,7 +222,7 @@ fn stream_from_flat(items: &[Vec<u8>]) -> Option<StreamState> {
     while let Some(id) = next() {
         let id = text(id)?;
         let n: usize = text(next()?)?.parse().ok()?;
-        if n % 2 != 0 {
+        if !n.is_multiple_of(2) {
             return None;
         }
         let mut fields = Vec::with_capacity((n / 2).min(1024));
@@ -272,7 +276,10 @@ mod tests {
                 last_id: "2-0".into(),
                 entries_added: 3,
                 max_deleted_id: "1-5".into(),
-                groups: vec![(b("g"), "1-1".into(), Some(1)), (b("h"), "0-0".into(), None)],
+                groups: vec![
+                    (b("g"), "1-1".into(), Some(1)),
+                    (b("h"), "0-0".into(), None),
+                ],
             }),
         ];
         for v in values {

@@ -10,7 +10,11 @@ use serde::Deserialize;
 
 /// The `geosync` command line.
 #[derive(Debug, Parser)]
-#[command(name = "geosync", version, about = "Active-active geo-replication agent for Redis")]
+#[command(
+    name = "geosync",
+    version,
+    about = "Active-active geo-replication agent for Redis"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -186,19 +190,30 @@ struct Unchecked {
 }
 
 fn parse_addr(setting: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse()
-        .map_err(|e| bad(setting, format!("{s:?} is not a host:port socket address ({e})")))
+    s.parse().map_err(|e| {
+        bad(
+            setting,
+            format!("{s:?} is not a host:port socket address ({e})"),
+        )
+    })
 }
 
 impl Config {
     fn validate(u: Unchecked) -> Result<Config, ConfigError> {
         let node_id = u.node_id.ok_or_else(|| bad("node-id", "is required"))?;
-        crate::stamp::node_id_to_id(node_id).map_err(|_| bad("node-id", format!("{node_id} is not in 1..=65535")))?;
+        crate::stamp::node_id_to_id(node_id)
+            .map_err(|_| bad("node-id", format!("{node_id} is not in 1..=65535")))?;
         let redis_url = u.redis.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
         let info = redis::Client::open(redis_url.as_str())
             .map_err(|e| bad("redis", format!("{redis_url:?}: {e}")))?;
-        if !matches!(info.get_connection_info().addr(), redis::ConnectionAddr::Tcp(_, _)) {
-            return Err(bad("redis", "only redis:// over TCP is supported in this version"));
+        if !matches!(
+            info.get_connection_info().addr(),
+            redis::ConnectionAddr::Tcp(_, _)
+        ) {
+            return Err(bad(
+                "redis",
+                "only redis:// over TCP is supported in this version",
+            ));
         }
         let listen = parse_addr("listen", u.listen.as_deref().unwrap_or("127.0.0.1:7001"))?;
         let mut peers = Vec::new();
@@ -216,7 +231,11 @@ impl Config {
             }
             peers.push(p);
         }
-        let admin = u.admin.as_deref().map(|a| parse_addr("admin", a)).transpose()?;
+        let admin = u
+            .admin
+            .as_deref()
+            .map(|a| parse_addr("admin", a))
+            .transpose()?;
         let data_dir = u.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
         let mesh = u.mesh.unwrap_or_else(|| "geosync".into());
         if mesh.is_empty() || mesh.len() > 128 {
@@ -224,11 +243,17 @@ impl Config {
         }
         let skew = u.max_clock_skew_ms.unwrap_or(500);
         if skew == 0 || skew > 3_600_000 {
-            return Err(bad("max-clock-skew-ms", format!("{skew} is not in 1..=3600000")));
+            return Err(bad(
+                "max-clock-skew-ms",
+                format!("{skew} is not in 1..=3600000"),
+            ));
         }
         let batch_keys = u.batch_keys.unwrap_or(512);
         if batch_keys == 0 || batch_keys > 100_000 {
-            return Err(bad("batch-keys", format!("{batch_keys} is not in 1..=100000")));
+            return Err(bad(
+                "batch-keys",
+                format!("{batch_keys} is not in 1..=100000"),
+            ));
         }
         let outbox_batches = u.outbox_batches.unwrap_or(10_000);
         if outbox_batches == 0 {
@@ -269,9 +294,20 @@ mod tests {
     #[test]
     fn the_documented_command_line_parses() {
         let c = parse(&[
-            "--node-id", "1", "--redis", "redis://127.0.0.1:6379", "--listen", "127.0.0.1:7001",
-            "--peer", "http://127.0.0.1:7002", "--peer", "http://127.0.0.1:7003",
-            "--admin", "127.0.0.1:9001", "--data-dir", "./data/1",
+            "--node-id",
+            "1",
+            "--redis",
+            "redis://127.0.0.1:6379",
+            "--listen",
+            "127.0.0.1:7001",
+            "--peer",
+            "http://127.0.0.1:7002",
+            "--peer",
+            "http://127.0.0.1:7003",
+            "--admin",
+            "127.0.0.1:9001",
+            "--data-dir",
+            "./data/1",
         ])
         .unwrap();
         assert_eq!(c.node_id, 1);
@@ -291,7 +327,10 @@ mod tests {
             (&["--node-id", "1", "--peer", "127.0.0.1:7002"], "peer"),
             (&["--node-id", "1", "--admin", "x:y"], "admin"),
             (&["--node-id", "1", "--log-format", "xml"], "log-format"),
-            (&["--node-id", "1", "--max-clock-skew-ms", "0"], "max-clock-skew-ms"),
+            (
+                &["--node-id", "1", "--max-clock-skew-ms", "0"],
+                "max-clock-skew-ms",
+            ),
         ];
         for (args, setting) in cases {
             let err = parse(args).unwrap_err();

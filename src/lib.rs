@@ -102,8 +102,10 @@ fn prepare_data_dir(config: &Config) -> Result<(), StartError> {
             s.trim(),
             config.node_id
         ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&id_file, format!("{}\n", config.node_id))
-            .map_err(|e| err(format!("cannot write {}: {e}", id_file.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&id_file, format!("{}\n", config.node_id))
+                .map_err(|e| err(format!("cannot write {}: {e}", id_file.display())))
+        }
         Err(e) => Err(err(format!("cannot read {}: {e}", id_file.display()))),
     }
 }
@@ -111,7 +113,9 @@ fn prepare_data_dir(config: &Config) -> Result<(), StartError> {
 fn redacted(url: &str) -> String {
     match url.parse::<http::Uri>() {
         Ok(u) => match u.authority() {
-            Some(a) if a.as_str().contains('@') => url.replace(a.as_str(), a.as_str().rsplit('@').next().unwrap_or("")),
+            Some(a) if a.as_str().contains('@') => {
+                url.replace(a.as_str(), a.as_str().rsplit('@').next().unwrap_or(""))
+            }
             _ => url.to_string(),
         },
         Err(_) => "(unparsable url)".into(),
@@ -126,7 +130,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         url: url.clone(),
         message,
     };
-    let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| redis_err(e.to_string()))?;
+    let client =
+        redis::Client::open(config.redis_url.as_str()).map_err(|e| redis_err(e.to_string()))?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
@@ -143,21 +148,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let metrics = Arc::new(Metrics::new());
     let clock = stamp::new_clock(config.node_id, config.max_clock_skew).expect("node id validated");
     let ready = Arc::new(Readiness::new(&config.peers));
-    let outbox = Arc::new(Outbox::new(&config.peers, config.outbox_batches, metrics.clone()));
+    let outbox = Arc::new(Outbox::new(
+        &config.peers,
+        config.outbox_batches,
+        metrics.clone(),
+    ));
     let tracker = TaskTracker::new();
     let token = shutdown.child_token();
 
-    let grpc = tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind {
-        what: "--listen",
-        addr: config.listen,
-        source,
-    })?;
-    let admin = match config.admin {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-            what: "--admin",
-            addr,
+    let grpc = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "--listen",
+            addr: config.listen,
             source,
-        })?),
+        })?;
+    let admin = match config.admin {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "--admin",
+                    addr,
+                    source,
+                })?,
+        ),
         None => None,
     };
 
@@ -204,7 +219,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     // Peers → applier.
     let (apply_tx, apply_rx) = mpsc::channel(16);
-    tracker.spawn(applier::run(Store::new(client.clone()), apply_rx, ready.clone(), token.clone()));
+    tracker.spawn(applier::run(
+        Store::new(client.clone()),
+        apply_rx,
+        ready.clone(),
+        token.clone(),
+    ));
     let receiver = transport::server::Receiver::new(
         config.node_id,
         config.mesh.clone(),
@@ -227,7 +247,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             .await
     });
     if let Some(listener) = admin {
-        tracker.spawn(admin::serve(listener, metrics.clone(), ready.clone(), token.clone()));
+        tracker.spawn(admin::serve(
+            listener,
+            metrics.clone(),
+            ready.clone(),
+            token.clone(),
+        ));
     }
     tracker.close();
     info!(node_id = config.node_id, listen = %config.listen, peers = config.peers.len(), redis = %url, "geosync started");
@@ -248,7 +273,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         },
     };
     token.cancel();
-    if tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait()).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
         error!("some tasks did not stop within 10 s");
     }
     info!("geosync stopped");

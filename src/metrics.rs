@@ -68,35 +68,91 @@ impl Metrics {
     pub fn new() -> Self {
         let mut m = Metrics::default();
         let mut r = Registry::with_prefix("geosync");
-        r.register("changes_stamped", "Changes of local writes stamped", m.changes_stamped.clone());
-        r.register("stamp_retries", "Keys re-stamped after meeting a newer stamp", m.stamp_retries.clone());
-        r.register("changes_shipped", "Changes sent to a peer", m.changes_shipped.clone());
-        r.register("batches_acked", "Batches acknowledged by a peer", m.batches_acked.clone());
-        r.register("changes_applied", "Changes from peers applied", m.changes_applied.clone());
+        r.register(
+            "changes_stamped",
+            "Changes of local writes stamped",
+            m.changes_stamped.clone(),
+        );
+        r.register(
+            "stamp_retries",
+            "Keys re-stamped after meeting a newer stamp",
+            m.stamp_retries.clone(),
+        );
+        r.register(
+            "changes_shipped",
+            "Changes sent to a peer",
+            m.changes_shipped.clone(),
+        );
+        r.register(
+            "batches_acked",
+            "Batches acknowledged by a peer",
+            m.batches_acked.clone(),
+        );
+        r.register(
+            "changes_applied",
+            "Changes from peers applied",
+            m.changes_applied.clone(),
+        );
         r.register(
             "changes_rejected_older",
             "Changes from peers rejected as older",
             m.changes_rejected_older.clone(),
         );
-        r.register("peer_connected", "Outgoing stream to the peer is up", m.peer_connected.clone());
-        r.register("peer_lag_batches", "Batches not yet acknowledged by the peer", m.peer_lag_batches.clone());
-        r.register("peer_lag_ms", "Age of the oldest unacknowledged batch", m.peer_lag_ms.clone());
-        r.register("batches_refused", "Incoming batches refused", m.batches_refused.clone());
-        r.register("sync_full", "Full resynchronisations with the local Redis", m.sync_full.clone());
-        r.register("sync_partial_ok", "Partial resynchronisations accepted", m.sync_partial_ok.clone());
-        r.register("repl_offset", "Replication offset processed", m.repl_offset.clone());
+        r.register(
+            "peer_connected",
+            "Outgoing stream to the peer is up",
+            m.peer_connected.clone(),
+        );
+        r.register(
+            "peer_lag_batches",
+            "Batches not yet acknowledged by the peer",
+            m.peer_lag_batches.clone(),
+        );
+        r.register(
+            "peer_lag_ms",
+            "Age of the oldest unacknowledged batch",
+            m.peer_lag_ms.clone(),
+        );
+        r.register(
+            "batches_refused",
+            "Incoming batches refused",
+            m.batches_refused.clone(),
+        );
+        r.register(
+            "sync_full",
+            "Full resynchronisations with the local Redis",
+            m.sync_full.clone(),
+        );
+        r.register(
+            "sync_partial_ok",
+            "Partial resynchronisations accepted",
+            m.sync_partial_ok.clone(),
+        );
+        r.register(
+            "repl_offset",
+            "Replication offset processed",
+            m.repl_offset.clone(),
+        );
         r.register(
             "reserved_key_writes",
             "Client writes to reserved __geosync: keys (not replicated)",
             m.reserved_key_writes.clone(),
         );
-        r.register("unsupported_keys", "Keys of types geosync cannot carry", m.unsupported_keys.clone());
+        r.register(
+            "unsupported_keys",
+            "Keys of types geosync cannot carry",
+            m.unsupported_keys.clone(),
+        );
         r.register(
             "unsupported_commands",
             "Commands whose effect is not replicated",
             m.unsupported_commands.clone(),
         );
-        r.register("outbox_batches", "Batches held for peers", m.outbox_len.clone());
+        r.register(
+            "outbox_batches",
+            "Batches held for peers",
+            m.outbox_len.clone(),
+        );
         m.registry = r;
         m
     }
@@ -104,17 +160,22 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
         out
     }
 
     /// Shorthand for a peer label.
     pub fn peer(peer: &str) -> PeerLabel {
-        PeerLabel { peer: peer.to_string() }
+        PeerLabel {
+            peer: peer.to_string(),
+        }
     }
 
     /// Shorthand for a reason label.
     pub fn reason(reason: &str) -> ReasonLabel {
-        ReasonLabel { reason: reason.to_string() }
+        ReasonLabel {
+            reason: reason.to_string(),
+        }
     }
 }

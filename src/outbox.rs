@@ -98,7 +98,11 @@ impl Outbox {
     pub fn next_after(&self, seq: u64) -> Option<Arc<OutBatch>> {
         let inner = self.inner.lock().expect("outbox lock");
         let first = inner.batches.front()?.seq;
-        let idx = if seq < first { 0 } else { (seq - first + 1) as usize };
+        let idx = if seq < first {
+            0
+        } else {
+            (seq - first + 1) as usize
+        };
         inner.batches.get(idx).cloned()
     }
 
@@ -109,7 +113,13 @@ impl Outbox {
 
     /// What the peer has acknowledged so far.
     pub fn acked(&self, peer: &str) -> u64 {
-        self.inner.lock().expect("outbox lock").acked.get(peer).copied().unwrap_or(0)
+        self.inner
+            .lock()
+            .expect("outbox lock")
+            .acked
+            .get(peer)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Records a cumulative ack and drops batches every peer has.
@@ -136,7 +146,10 @@ impl Outbox {
         let newest = inner.next_seq - 1;
         for (peer, acked) in &inner.acked {
             let label = Metrics::peer(peer);
-            self.metrics.peer_lag_batches.get_or_create(&label).set((newest - acked) as i64);
+            self.metrics
+                .peer_lag_batches
+                .get_or_create(&label)
+                .set((newest - acked) as i64);
             let age = inner
                 .batches
                 .iter()

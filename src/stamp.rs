@@ -70,12 +70,7 @@ pub fn new_clock(node_id: u32, max_delta: Duration) -> Result<Arc<HLC>, StampErr
 /// ```
 pub fn encode(ts: &Timestamp) -> String {
     let id = ts.get_id().to_le_bytes();
-    format!(
-        "{:016x}{:02x}{:02x}",
-        ts.get_time().as_u64(),
-        id[0],
-        id[1]
-    )
+    format!("{:016x}{:02x}{:02x}", ts.get_time().as_u64(), id[0], id[1])
 }
 
 /// Decodes the form written by [`encode`].

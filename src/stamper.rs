@@ -54,7 +54,10 @@ impl Stamper {
                     _ = shutdown.cancelled() => return,
                 };
                 let Some(ev) = ev else { return };
-                if !self.take(ev, &mut pending, &mut snapshot_done, &shutdown).await {
+                if !self
+                    .take(ev, &mut pending, &mut snapshot_done, &shutdown)
+                    .await
+                {
                     return;
                 }
             }
@@ -62,7 +65,10 @@ impl Stamper {
             while pending.len() < self.batch_keys {
                 match rx.try_recv() {
                     Ok(ev) => {
-                        if !self.take(ev, &mut pending, &mut snapshot_done, &shutdown).await {
+                        if !self
+                            .take(ev, &mut pending, &mut snapshot_done, &shutdown)
+                            .await
+                        {
                             return;
                         }
                     }
@@ -141,7 +147,11 @@ impl Stamper {
 
     /// Stamps the pending keys as one batch. Keys that must be retried
     /// stay pending. Returns false on shutdown.
-    async fn stamp_pending(&mut self, pending: &mut IndexSet<(u32, Bytes)>, shutdown: &CancellationToken) -> bool {
+    async fn stamp_pending(
+        &mut self,
+        pending: &mut IndexSet<(u32, Bytes)>,
+        shutdown: &CancellationToken,
+    ) -> bool {
         // `run` adds whole events only while fewer than `batch_keys` are
         // pending, so taking everything never splits a transaction.
         let batch: Vec<(u32, Bytes)> = pending.drain(..).collect();
@@ -189,7 +199,10 @@ impl Stamper {
                 pending.insert((*db, key));
             }
             for (key, kind) in outcome.unsupported {
-                self.metrics.unsupported_keys.get_or_create(&Metrics::reason(&kind)).inc();
+                self.metrics
+                    .unsupported_keys
+                    .get_or_create(&Metrics::reason(&kind))
+                    .inc();
                 warn!(db, key = %String::from_utf8_lossy(&key), r#type = %kind, "key type is not replicated");
             }
             changes.extend(outcome.changes);

@@ -38,7 +38,10 @@ impl Readiness {
 
     /// A peer answered a handshake.
     pub fn peer_reached(&self, peer: &str) {
-        self.reached.lock().expect("readiness lock").insert(peer.to_string());
+        self.reached
+            .lock()
+            .expect("readiness lock")
+            .insert(peer.to_string());
     }
 
     /// `None` when ready, else what is still missing.

@@ -69,7 +69,10 @@ impl StoreError {
                     || e.is_connection_dropped()
                     || e.is_timeout()
                     || e.is_connection_refusal()
-                    || matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading))
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                    )
             }
             StoreError::BadReply(_) => false,
         }
@@ -169,20 +172,31 @@ impl Store {
             for (db, which, keys, args) in calls {
                 let script = self.script(*which);
                 pipe.cmd("SELECT").arg(*db).ignore();
-                pipe.cmd("EVALSHA").arg(&script.sha).arg(keys.len()).arg(keys).arg(args);
+                pipe.cmd("EVALSHA")
+                    .arg(&script.sha)
+                    .arg(keys.len())
+                    .arg(keys)
+                    .arg(args);
             }
             let conn = self.conn().await?;
             let res: Result<Vec<RValue>, RedisError> = pipe.query_async(conn).await;
             match res {
                 Ok(v) => return Ok(v),
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) && attempt == 0 => {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                        && attempt == 0 =>
+                {
                     let bodies: Vec<String> = [&self.stamp, &self.apply, &self.flush]
                         .iter()
                         .map(|s| s.body.clone())
                         .collect();
                     let conn = self.conn().await?;
                     for body in bodies {
-                        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(body).query_async(conn).await?;
+                        let _: String = redis::cmd("SCRIPT")
+                            .arg("LOAD")
+                            .arg(body)
+                            .query_async(conn)
+                            .await?;
                     }
                 }
                 Err(e) => {
@@ -198,7 +212,11 @@ impl Store {
 
     /// Stamps dirty keys, grouped by database, with one stamp, in one
     /// pipelined round trip (one atomic script per database).
-    pub async fn stamp(&mut self, per_db: &[(u32, Vec<Bytes>)], stamp: &str) -> Result<Vec<StampOutcome>, StoreError> {
+    pub async fn stamp(
+        &mut self,
+        per_db: &[(u32, Vec<Bytes>)],
+        stamp: &str,
+    ) -> Result<Vec<StampOutcome>, StoreError> {
         let calls: Vec<_> = per_db
             .iter()
             .map(|(db, keys)| {
@@ -239,7 +257,12 @@ impl Store {
                 continue;
             }
             let idx = *open.entry(c.db).or_insert_with(|| {
-                calls.push((c.db, Which::Apply, vec![FLOOR_KEY.into(), APPLY_MARKER_KEY.into()], vec![]));
+                calls.push((
+                    c.db,
+                    Which::Apply,
+                    vec![FLOOR_KEY.into(), APPLY_MARKER_KEY.into()],
+                    vec![],
+                ));
                 counts.push(0);
                 calls.len() - 1
             });
@@ -249,7 +272,10 @@ impl Store {
             keys.push(meta_bucket(&c.key).into_bytes());
             args.push(c.stamp.clone().into_bytes());
             match &c.op {
-                Op::Put { value, expire_at_ms } => {
+                Op::Put {
+                    value,
+                    expire_at_ms,
+                } => {
                     let flat = value.to_flat();
                     args.push(b"p".to_vec());
                     args.push(value.type_name().into());
@@ -324,7 +350,9 @@ fn bulk_pairs(v: &RValue, what: &str) -> Result<Vec<(Bytes, String)>, StoreError
         .chunks(2)
         .map(|c| match c {
             [a, b] => match (bulk(a), bulk(b)) {
-                (Some(a), Some(b)) => Ok((Bytes::from(a), String::from_utf8_lossy(&b).into_owned())),
+                (Some(a), Some(b)) => {
+                    Ok((Bytes::from(a), String::from_utf8_lossy(&b).into_owned()))
+                }
                 _ => Err(StoreError::BadReply(format!("{what}: {c:?}"))),
             },
             _ => Err(StoreError::BadReply(format!("{what}: odd length"))),
@@ -366,7 +394,11 @@ fn parse_stamp_reply(db: u32, stamp: &str, reply: RValue) -> Result<StampOutcome
                 let Some(RValue::Array(flat)) = f.get(4) else {
                     return Err(bad("value"));
                 };
-                let flat: Vec<Vec<u8>> = flat.iter().map(bulk).collect::<Option<_>>().ok_or_else(|| bad("value item"))?;
+                let flat: Vec<Vec<u8>> = flat
+                    .iter()
+                    .map(bulk)
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| bad("value item"))?;
                 let value = Value::from_flat(&t, &flat).map_err(|e| bad(&e.to_string()))?;
                 Op::Put {
                     value,
@@ -392,7 +424,10 @@ mod tests {
     #[test]
     fn buckets_are_stable_and_in_range() {
         // Fixed values: a change here would orphan every deployed metadata record.
-        assert_eq!(meta_bucket(b""), format!("{META_PREFIX}{}", 0x811c9dc5u32 % META_BUCKETS));
+        assert_eq!(
+            meta_bucket(b""),
+            format!("{META_PREFIX}{}", 0x811c9dc5u32 % META_BUCKETS)
+        );
         assert_eq!(meta_bucket(b"user:1"), meta_bucket(b"user:1"));
         for k in 0..1000u32 {
             let b = meta_bucket(k.to_string().as_bytes());

@@ -146,7 +146,9 @@ impl Link {
     /// Reads one reply frame.
     async fn reply(&mut self) -> Result<Frame, TailError> {
         loop {
-            if let Some((f, used)) = resp::parse(&self.buf).map_err(|e| TailError::Protocol(e.to_string()))? {
+            if let Some((f, used)) =
+                resp::parse(&self.buf).map_err(|e| TailError::Protocol(e.to_string()))?
+            {
                 self.buf.advance(used);
                 return Ok(f);
             }
@@ -230,7 +232,9 @@ async fn receive_snapshot(link: &mut Link, path: &PathBuf) -> Result<bool, TailE
         }
         false
     } else {
-        return Err(TailError::Protocol(format!("bad snapshot header {header:?}")));
+        return Err(TailError::Protocol(format!(
+            "bad snapshot header {header:?}"
+        )));
     };
     out.flush().await?;
     Ok(diskless)
@@ -258,7 +262,8 @@ async fn report_snapshot(path: PathBuf, tx: &mpsc::Sender<TailEvent>) -> Result<
             }
         }
         if !chunk.is_empty() {
-            tx.blocking_send(TailEvent::Dirty(chunk)).map_err(|_| TailError::StamperGone)?;
+            tx.blocking_send(TailEvent::Dirty(chunk))
+                .map_err(|_| TailError::StamperGone)?;
         }
         let _ = std::fs::remove_file(&path);
         Ok(n)
@@ -313,7 +318,9 @@ async fn report_recorded(
                     .collect();
                 n += keys.len() as u64;
                 if !keys.is_empty() {
-                    tx.send(TailEvent::Dirty(keys)).await.map_err(|_| TailError::StamperGone)?;
+                    tx.send(TailEvent::Dirty(keys))
+                        .await
+                        .map_err(|_| TailError::StamperGone)?;
                 }
                 cursor = next;
                 if cursor == 0 {
@@ -331,8 +338,14 @@ async fn handshake(cfg: &TailerConfig, link: &mut Link) -> Result<(), TailError>
     let redis = info.redis_settings();
     if let Some(password) = redis.password() {
         match redis.username() {
-            Some(user) => link.call_ok("AUTH", &[b"AUTH", user.as_bytes(), password.as_bytes()]).await?,
-            None => link.call_ok("AUTH", &[b"AUTH", password.as_bytes()]).await?,
+            Some(user) => {
+                link.call_ok("AUTH", &[b"AUTH", user.as_bytes(), password.as_bytes()])
+                    .await?
+            }
+            None => {
+                link.call_ok("AUTH", &[b"AUTH", password.as_bytes()])
+                    .await?
+            }
         }
     }
     link.call_ok("PING", &[b"PING"]).await?;
@@ -358,7 +371,11 @@ async fn session(
 ) -> Result<(), TailError> {
     let addr = match cfg.client.get_connection_info().addr() {
         redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-        other => return Err(TailError::Protocol(format!("unsupported address {other:?}"))),
+        other => {
+            return Err(TailError::Protocol(format!(
+                "unsupported address {other:?}"
+            )));
+        }
     };
     let mut side = cfg.client.get_multiplexed_async_connection().await?;
     let specs = KeySpecTable::load(&mut side).await?;
@@ -393,7 +410,9 @@ async fn session(
             }
             let keys = report_snapshot(path, tx).await?;
             let recorded = report_recorded(&mut side, cfg.databases, tx).await?;
-            tx.send(TailEvent::SnapshotDone).await.map_err(|_| TailError::StamperGone)?;
+            tx.send(TailEvent::SnapshotDone)
+                .await
+                .map_err(|_| TailError::StamperGone)?;
             info!(keys, recorded, diskless, "snapshot reported");
             offset
         }
@@ -407,11 +426,21 @@ async fn session(
     follow(link, offset, &specs, &mut side, tx, metrics, shutdown).await
 }
 
+/// An open MULTI block of the stream.
+#[derive(Default)]
+struct Multi {
+    /// Keys written so far.
+    keys: Vec<(u32, Bytes)>,
+    /// The block is geosync's own apply script (its first write is the marker).
+    ours: bool,
+    /// No command of the block has been seen yet.
+    seen_first: bool,
+}
+
 /// State of the command stream between commands.
 struct StreamState {
     db: u32,
-    /// Inside MULTI: the keys so far, and whether the block is geosync's own.
-    multi: Option<(Vec<(u32, Bytes)>, bool, bool)>,
+    multi: Option<Multi>,
 }
 
 /// Follows the command stream from `offset`.
@@ -433,9 +462,9 @@ async fn follow(
             resp::parse(&link.buf).map_err(|e| TailError::Protocol(e.to_string()))?
         {
             link.buf.advance(used);
-            let argv = frame
-                .into_command()
-                .ok_or_else(|| TailError::Protocol("command is not an array of bulk strings".into()))?;
+            let argv = frame.into_command().ok_or_else(|| {
+                TailError::Protocol("command is not an array of bulk strings".into())
+            })?;
             let getack = handle(&argv, &mut state, specs, side, tx, metrics).await?;
             offset += used as i64;
             metrics.repl_offset.set(offset);
@@ -497,27 +526,27 @@ async fn handle(
             return Ok(false);
         }
         "multi" => {
-            state.multi = Some((Vec::new(), false, true));
+            state.multi = Some(Multi::default());
             return Ok(false);
         }
         "exec" => {
-            if let Some((keys, ours, _)) = state.multi.take()
-                && !ours
-                && !keys.is_empty()
+            if let Some(m) = state.multi.take()
+                && !m.ours
+                && !m.keys.is_empty()
             {
-                send(TailEvent::Dirty(keys)).await?;
+                send(TailEvent::Dirty(m.keys)).await?;
             }
             return Ok(false);
         }
         "flushdb" | "flushall" => {
             // Keys written earlier in the same transaction go first.
-            if let Some((keys, ours, _)) = &mut state.multi
-                && !*ours
-                && !keys.is_empty()
+            if let Some(m) = &mut state.multi
+                && !m.ours
+                && !m.keys.is_empty()
             {
-                send(TailEvent::Dirty(std::mem::take(keys))).await?;
+                send(TailEvent::Dirty(std::mem::take(&mut m.keys))).await?;
             }
-            let ours = state.multi.as_ref().is_some_and(|m| m.1);
+            let ours = state.multi.as_ref().is_some_and(|m| m.ours);
             if !ours {
                 let db = (name == "flushdb").then_some(state.db);
                 send(TailEvent::Flush(db)).await?;
@@ -525,7 +554,10 @@ async fn handle(
             return Ok(false);
         }
         "swapdb" => {
-            metrics.unsupported_commands.get_or_create(&Metrics::reason("swapdb")).inc();
+            metrics
+                .unsupported_commands
+                .get_or_create(&Metrics::reason("swapdb"))
+                .inc();
             warn!(
                 command = "SWAPDB",
                 "SWAPDB is not replicated: the swapped databases diverge from the other regions until rewritten (see docs/decisions/004-swapdb.md)"
@@ -536,26 +568,46 @@ async fn handle(
     }
     let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_ref()).collect();
     let mut keys: Vec<(u32, Bytes)> = match specs.written_keys(&refs) {
-        KeyLookup::Keys(idx) => idx.into_iter().filter_map(|i| argv.get(i)).map(|k| (state.db, k.clone())).collect(),
-        KeyLookup::AskServer | KeyLookup::UnknownCommand => match written_keys_from_server(side, &refs).await {
-            Ok(keys) => keys.into_iter().map(|k| (state.db, Bytes::from(k))).collect(),
-            Err(e) => {
-                metrics.unsupported_commands.get_or_create(&Metrics::reason(&name)).inc();
-                error!(command = %name, error = %e, "cannot tell which keys a replicated command wrote; its change is not shipped");
-                Vec::new()
+        KeyLookup::Keys(idx) => idx
+            .into_iter()
+            .filter_map(|i| argv.get(i))
+            .map(|k| (state.db, k.clone()))
+            .collect(),
+        KeyLookup::AskServer | KeyLookup::UnknownCommand => {
+            match written_keys_from_server(side, &refs).await {
+                Ok(keys) => keys
+                    .into_iter()
+                    .map(|k| (state.db, Bytes::from(k)))
+                    .collect(),
+                Err(e) => {
+                    metrics
+                        .unsupported_commands
+                        .get_or_create(&Metrics::reason(&name))
+                        .inc();
+                    error!(command = %name, error = %e, "cannot tell which keys a replicated command wrote; its change is not shipped");
+                    Vec::new()
+                }
             }
-        },
+        }
     };
     // MOVE and COPY ... DB n write the key into another database.
     match name.as_str() {
         "move" => {
-            if let (Some(k), Some(db)) = (argv.get(1), argv.get(2).and_then(|d| std::str::from_utf8(d).ok()?.parse().ok())) {
+            if let (Some(k), Some(db)) = (
+                argv.get(1),
+                argv.get(2)
+                    .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok()),
+            ) {
                 keys.push((db, k.clone()));
             }
         }
         "copy" => {
             if let Some(pos) = argv.iter().position(|a| a.eq_ignore_ascii_case(b"db"))
-                && let (Some(dst), Some(db)) = (argv.get(2), argv.get(pos + 1).and_then(|d| std::str::from_utf8(d).ok()?.parse().ok()))
+                && let (Some(dst), Some(db)) = (
+                    argv.get(2),
+                    argv.get(pos + 1)
+                        .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok()),
+                )
             {
                 keys.retain(|(_, k)| k != dst);
                 keys.push((db, dst.clone()));
@@ -563,17 +615,16 @@ async fn handle(
         }
         _ => {}
     }
-    if let Some((group, ours, first)) = &mut state.multi {
-        if *first {
-            *first = false;
-            if keys.iter().any(|(_, k)| k.as_ref() == store::APPLY_MARKER_KEY.as_bytes()) {
-                *ours = true;
-            }
+    if let Some(m) = &mut state.multi {
+        if !m.seen_first {
+            m.seen_first = true;
+            m.ours = keys
+                .iter()
+                .any(|(_, k)| k.as_ref() == store::APPLY_MARKER_KEY.as_bytes());
         }
-        if *ours {
-            return Ok(false);
+        if !m.ours {
+            m.keys.extend(filter_reserved(keys, &name, metrics));
         }
-        group.extend(filter_reserved(keys, &name, metrics));
         return Ok(false);
     }
     let keys = filter_reserved(keys, &name, metrics);

@@ -19,7 +19,9 @@ fn incr_against_set_converges_to_one_value() {
     let mut a = mesh.regions[0].redis.conn();
     let mut b = mesh.regions[1].redis.conn();
     let _: () = a.set("k", 5).unwrap();
-    wait_until("k reaches region 2", SETTLE, || b.get::<_, Option<i64>>("k").unwrap() == Some(5));
+    wait_until("k reaches region 2", SETTLE, || {
+        b.get::<_, Option<i64>>("k").unwrap() == Some(5)
+    });
 
     // Region 2's agent is down while both regions write: the writes conflict.
     mesh.regions[1].agent.kill();
@@ -32,9 +34,16 @@ fn incr_against_set_converges_to_one_value() {
     mesh.wait_converged(&[0], SETTLE);
     let va: i64 = a.get("k").unwrap();
     let vb: i64 = b.get("k").unwrap();
-    assert_eq!((va, vb), (100, 100), "the later stamp (region 2's SET) wins in both regions");
+    assert_eq!(
+        (va, vb),
+        (100, 100),
+        "the later stamp (region 2's SET) wins in both regions"
+    );
     wait_until("region 2 rejects the older INCR state", SETTLE, || {
-        mesh.regions[1].agent.metric("geosync_changes_rejected_older_total") >= 1.0
+        mesh.regions[1]
+            .agent
+            .metric("geosync_changes_rejected_older_total")
+            >= 1.0
     });
     assert_eq!(b.get::<_, i64>("k").unwrap(), 100);
 }
@@ -48,7 +57,9 @@ fn delete_against_update_later_stamp_wins() {
     let mut b = mesh.regions[1].redis.conn();
     let _: () = a.set("upd", "v1").unwrap();
     let _: () = a.set("del", "v1").unwrap();
-    wait_until("keys reach region 2", SETTLE, || b.exists::<_, bool>("del").unwrap() && b.exists::<_, bool>("upd").unwrap());
+    wait_until("keys reach region 2", SETTLE, || {
+        b.exists::<_, bool>("del").unwrap() && b.exists::<_, bool>("upd").unwrap()
+    });
 
     // Update after delete: region 1 deletes `upd`, region 2 (agent down) updates it later.
     mesh.regions[1].agent.kill();
@@ -57,19 +68,37 @@ fn delete_against_update_later_stamp_wins() {
     mesh.regions[1].agent.restart();
     mesh.wait_ready();
     mesh.wait_converged(&[0], SETTLE);
-    assert_eq!(a.get::<_, Option<String>>("upd").unwrap().as_deref(), Some("v2"));
+    assert_eq!(
+        a.get::<_, Option<String>>("upd").unwrap().as_deref(),
+        Some("v2")
+    );
 
     // Delete after update: region 2 updates `del`, region 1 (agent down) deletes it later.
     mesh.regions[0].agent.kill();
-    let before = mesh.regions[1].agent.metric("geosync_changes_stamped_total");
+    let before = mesh.regions[1]
+        .agent
+        .metric("geosync_changes_stamped_total");
     let _: () = b.set("del", "v2").unwrap();
-    wait_until("region 2 stamped its update", SETTLE, || mesh.regions[1].agent.metric("geosync_changes_stamped_total") > before);
+    wait_until("region 2 stamped its update", SETTLE, || {
+        mesh.regions[1]
+            .agent
+            .metric("geosync_changes_stamped_total")
+            > before
+    });
     let _: () = a.del("del").unwrap();
     mesh.regions[0].agent.restart();
     mesh.wait_ready();
     mesh.wait_converged(&[0], SETTLE);
-    assert_eq!(b.get::<_, Option<String>>("del").unwrap(), None, "the later delete wins in region 2");
-    assert_eq!(a.get::<_, Option<String>>("del").unwrap(), None, "the older update did not revive the key");
+    assert_eq!(
+        b.get::<_, Option<String>>("del").unwrap(),
+        None,
+        "the later delete wins in region 2"
+    );
+    assert_eq!(
+        a.get::<_, Option<String>>("del").unwrap(),
+        None,
+        "the older update did not revive the key"
+    );
 }
 
 /// A change applied from a peer is never shipped again: count what each
@@ -90,18 +119,49 @@ fn applied_changes_are_not_shipped_back() {
     });
     let r1 = &mesh.regions[0].agent;
     assert_eq!(r1.metric("geosync_changes_stamped_total"), 52.0);
-    assert_eq!(r1.metric("geosync_changes_shipped_total"), 104.0, "52 changes to each of two peers");
+    assert_eq!(
+        r1.metric("geosync_changes_shipped_total"),
+        104.0,
+        "52 changes to each of two peers"
+    );
     for r in &mesh.regions[1..] {
         assert_eq!(r.agent.metric("geosync_changes_applied_total"), 52.0);
-        assert_eq!(r.agent.metric("geosync_changes_stamped_total"), 0.0, "agent {} stamped an applied change", r.agent.node_id);
-        assert_eq!(r.agent.metric("geosync_changes_shipped_total"), 0.0, "agent {} shipped an applied change", r.agent.node_id);
+        assert_eq!(
+            r.agent.metric("geosync_changes_stamped_total"),
+            0.0,
+            "agent {} stamped an applied change",
+            r.agent.node_id
+        );
+        assert_eq!(
+            r.agent.metric("geosync_changes_shipped_total"),
+            0.0,
+            "agent {} shipped an applied change",
+            r.agent.node_id
+        );
     }
     // And a write in region 2 is stamped once, by region 2 only.
     let mut b = mesh.regions[1].redis.conn();
     let _: () = b.set("from2", "x").unwrap();
     mesh.wait_converged(&[0], SETTLE);
-    wait_until("region 2's change acked", SETTLE, || mesh.regions[1].agent.metric("geosync_peer_lag_batches") == 0.0);
-    assert_eq!(mesh.regions[0].agent.metric("geosync_changes_stamped_total"), 52.0);
-    assert_eq!(mesh.regions[2].agent.metric("geosync_changes_stamped_total"), 0.0);
-    assert_eq!(mesh.regions[1].agent.metric("geosync_changes_stamped_total"), 1.0);
+    wait_until("region 2's change acked", SETTLE, || {
+        mesh.regions[1].agent.metric("geosync_peer_lag_batches") == 0.0
+    });
+    assert_eq!(
+        mesh.regions[0]
+            .agent
+            .metric("geosync_changes_stamped_total"),
+        52.0
+    );
+    assert_eq!(
+        mesh.regions[2]
+            .agent
+            .metric("geosync_changes_stamped_total"),
+        0.0
+    );
+    assert_eq!(
+        mesh.regions[1]
+            .agent
+            .metric("geosync_changes_stamped_total"),
+        1.0
+    );
 }

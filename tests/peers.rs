@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use geosync::change::{Change, Op, Value, encode_batch};
 use geosync::stamp;
-use geosync::transport::pb::replication_client::ReplicationClient;
-use geosync::transport::pb::{Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message};
 use geosync::transport::PROTOCOL_VERSION;
+use geosync::transport::pb::replication_client::ReplicationClient;
+use geosync::transport::pb::{
+    Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message,
+};
 use redis::Commands;
 use serde_bytes::ByteBuf;
 use support::*;
@@ -26,7 +28,9 @@ struct Origin {
 }
 
 async fn connect(port: u16, node_id: u32, mesh: &str) -> Result<Origin, tonic::Status> {
-    let mut client = ReplicationClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
+    let mut client = ReplicationClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
     let (tx, rx) = mpsc::channel(16);
     tx.send(OriginMessage {
         kind: Some(origin_message::Kind::Hello(Hello {
@@ -38,7 +42,10 @@ async fn connect(port: u16, node_id: u32, mesh: &str) -> Result<Origin, tonic::S
     })
     .await
     .unwrap();
-    let mut rx = client.replicate(ReceiverStream::new(rx)).await?.into_inner();
+    let mut rx = client
+        .replicate(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     match rx.message().await?.and_then(|m| m.kind) {
         Some(peer_message::Kind::Welcome(w)) => assert_eq!(w.mesh, mesh),
         other => panic!("expected Welcome, got {other:?}"),
@@ -51,7 +58,11 @@ impl Origin {
     async fn send(&mut self, seq: u64, payload: Vec<u8>) -> Result<u64, tonic::Status> {
         self.tx
             .send(OriginMessage {
-                kind: Some(origin_message::Kind::Batch(Batch { seq, changes: payload, count: 1 })),
+                kind: Some(origin_message::Kind::Batch(Batch {
+                    seq,
+                    changes: payload,
+                    count: 1,
+                })),
             })
             .await
             .unwrap();
@@ -118,11 +129,17 @@ fn bad_batches_are_refused_and_counted() {
     rt.block_on(async {
         let port = agent.listen;
         // the agent's own node id
-        let err = connect(port, 1, "geosync").await.err().expect("own node id refused");
+        let err = connect(port, 1, "geosync")
+            .await
+            .err()
+            .expect("own node id refused");
         assert_eq!(err.code(), tonic::Code::AlreadyExists);
         assert!(err.message().contains("unique"), "{}", err.message());
         // another mesh
-        let err = connect(port, 9, "other").await.err().expect("other mesh refused");
+        let err = connect(port, 9, "other")
+            .await
+            .err()
+            .expect("other mesh refused");
         assert!(err.message().contains("mesh"), "{}", err.message());
 
         // garbage payload
@@ -145,7 +162,10 @@ fn bad_batches_are_refused_and_counted() {
 
         // a stamp ten seconds in the future
         let mut o = connect(port, 9, "geosync").await.unwrap();
-        let ahead = Timestamp::new(NTP64(now_ntp() + (10 << 32)), stamp::node_id_to_id(9).unwrap());
+        let ahead = Timestamp::new(
+            NTP64(now_ntp() + (10 << 32)),
+            stamp::node_id_to_id(9).unwrap(),
+        );
         let err = o.send(1, put("future", "v", &ahead)).await.unwrap_err();
         assert!(err.message().contains("future"), "{}", err.message());
 
@@ -160,11 +180,20 @@ fn bad_batches_are_refused_and_counted() {
         let ok = Timestamp::new(NTP64(now_ntp()), stamp::node_id_to_id(9).unwrap());
         assert_eq!(o.send(7, put("fine", "v", &ok)).await.unwrap(), 7);
     });
-    assert!(!c.exists::<_, bool>("good").unwrap(), "a refused batch is not half-applied");
+    assert!(
+        !c.exists::<_, bool>("good").unwrap(),
+        "a refused batch is not half-applied"
+    );
     assert!(!c.exists::<_, bool>("future").unwrap());
     assert!(!c.exists::<_, bool>("forwarded").unwrap());
     assert_eq!(c.get::<_, String>("fine").unwrap(), "v");
-    assert_eq!(metric_sum(&agent.get("/metrics").unwrap().1, "geosync_batches_refused_total"), 4.0);
+    assert_eq!(
+        metric_sum(
+            &agent.get("/metrics").unwrap().1,
+            "geosync_batches_refused_total"
+        ),
+        4.0
+    );
     let body = agent.get("/metrics").unwrap().1;
     assert!(body.contains("reason=\"clock_skew\""), "{body}");
 }

@@ -39,13 +39,24 @@ fn setup() -> (Redis, Store, redis::Connection) {
     (r, store, c)
 }
 
-fn stamp_one(rt: &tokio::runtime::Runtime, store: &mut Store, key: &str, at: &Timestamp) -> geosync::store::StampOutcome {
+fn stamp_one(
+    rt: &tokio::runtime::Runtime,
+    store: &mut Store,
+    key: &str,
+    at: &Timestamp,
+) -> geosync::store::StampOutcome {
     let keys = vec![(0u32, vec![bytes::Bytes::from(key.as_bytes().to_vec())])];
-    rt.block_on(store.stamp(&keys, &stamp::encode(at))).unwrap().pop().unwrap()
+    rt.block_on(store.stamp(&keys, &stamp::encode(at)))
+        .unwrap()
+        .pop()
+        .unwrap()
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// A remote change lands after a local write but before its stamp: the
@@ -57,11 +68,17 @@ fn remote_change_between_local_write_and_stamp_wins_in_both_regions() {
     let (_r, mut store, mut c) = setup();
     let _: () = c.set("k", "local").unwrap();
     let remote = ts(1 << 40, 2);
-    let out = rt.block_on(store.apply(&[put("k", "remote", &remote)])).unwrap();
+    let out = rt
+        .block_on(store.apply(&[put("k", "remote", &remote)]))
+        .unwrap();
     assert_eq!(out.applied, 1);
     let later = ts((1 << 40) + 5, 1);
     let outcome = stamp_one(&rt, &mut store, "k", &later);
-    assert!(outcome.changes.is_empty(), "the remote value must not be shipped back: {:?}", outcome.changes);
+    assert!(
+        outcome.changes.is_empty(),
+        "the remote value must not be shipped back: {:?}",
+        outcome.changes
+    );
     assert!(outcome.retry.is_empty());
     assert_eq!(c.get::<_, String>("k").unwrap(), "remote");
     assert_eq!(recorded_stamp(&mut c, "k"), stamp::encode(&remote));
@@ -74,7 +91,8 @@ fn local_write_after_remote_change_is_shipped_with_a_newer_stamp() {
     let rt = rt();
     let (_r, mut store, mut c) = setup();
     let remote = ts(1 << 40, 2);
-    rt.block_on(store.apply(&[put("k", "remote", &remote)])).unwrap();
+    rt.block_on(store.apply(&[put("k", "remote", &remote)]))
+        .unwrap();
     let _: () = c.set("k", "local").unwrap();
     let later = ts((1 << 40) + 5, 1);
     let outcome = stamp_one(&rt, &mut store, "k", &later);
@@ -97,13 +115,21 @@ fn a_stale_stamp_is_returned_for_retry_not_written() {
     let rt = rt();
     let (_r, mut store, mut c) = setup();
     let remote = ts(1 << 40, 2);
-    rt.block_on(store.apply(&[put("k", "remote", &remote)])).unwrap();
+    rt.block_on(store.apply(&[put("k", "remote", &remote)]))
+        .unwrap();
     let _: () = c.set("k", "local").unwrap();
     let stale = ts((1 << 40) - 5, 1);
     let outcome = stamp_one(&rt, &mut store, "k", &stale);
     assert!(outcome.changes.is_empty());
-    assert_eq!(outcome.retry, vec![(bytes::Bytes::from_static(b"k"), stamp::encode(&remote))]);
-    assert_eq!(recorded_stamp(&mut c, "k"), stamp::encode(&remote), "metadata never goes backwards");
+    assert_eq!(
+        outcome.retry,
+        vec![(bytes::Bytes::from_static(b"k"), stamp::encode(&remote))]
+    );
+    assert_eq!(
+        recorded_stamp(&mut c, "k"),
+        stamp::encode(&remote),
+        "metadata never goes backwards"
+    );
 }
 
 /// Applying is idempotent and monotonic: an older or equal stamp changes
@@ -114,8 +140,15 @@ fn apply_is_monotonic_and_idempotent() {
     let (_r, mut store, mut c) = setup();
     let t1 = ts(100 << 32, 2);
     let t2 = ts(200 << 32, 3);
-    assert_eq!(rt.block_on(store.apply(&[put("k", "two", &t2)])).unwrap().applied, 1);
-    let out = rt.block_on(store.apply(&[put("k", "one", &t1), put("k", "two-again", &t2)])).unwrap();
+    assert_eq!(
+        rt.block_on(store.apply(&[put("k", "two", &t2)]))
+            .unwrap()
+            .applied,
+        1
+    );
+    let out = rt
+        .block_on(store.apply(&[put("k", "one", &t1), put("k", "two-again", &t2)]))
+        .unwrap();
     assert_eq!((out.applied, out.older), (0, 2));
     assert_eq!(c.get::<_, String>("k").unwrap(), "two");
     assert_eq!(recorded_stamp(&mut c, "k"), stamp::encode(&t2));
@@ -134,8 +167,10 @@ fn equal_time_tie_break_follows_uhlc_order() {
     for (first, second) in [(&from1, &from256), (&from256, &from1)] {
         let _: () = c.del(&["k", meta_bucket(b"k").as_str()]).unwrap();
         let name = |x: &Timestamp| if x == &from1 { "node1" } else { "node256" };
-        rt.block_on(store.apply(&[put("k", name(first), first)])).unwrap();
-        rt.block_on(store.apply(&[put("k", name(second), second)])).unwrap();
+        rt.block_on(store.apply(&[put("k", name(first), first)]))
+            .unwrap();
+        rt.block_on(store.apply(&[put("k", name(second), second)]))
+            .unwrap();
         assert_eq!(c.get::<_, String>("k").unwrap(), "node1");
     }
 }

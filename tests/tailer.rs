@@ -20,15 +20,41 @@ fn write_every_type(c: &mut redis::Connection, prefix: &str) {
     let _: () = c.rpush(format!("{prefix}biglist"), &big).unwrap();
     let _: () = c.sadd(format!("{prefix}intset"), &[1, 2, 3]).unwrap();
     let _: () = c.sadd(format!("{prefix}set"), &big).unwrap();
-    let _: () = c.zadd_multiple(format!("{prefix}zset"), &[(1.5, "a"), (2.0, "b")]).unwrap();
-    let big_z: Vec<(f64, String)> = (0..300).map(|i| (i as f64 / 3.0, format!("m{i}"))).collect();
+    let _: () = c
+        .zadd_multiple(format!("{prefix}zset"), &[(1.5, "a"), (2.0, "b")])
+        .unwrap();
+    let big_z: Vec<(f64, String)> = (0..300)
+        .map(|i| (i as f64 / 3.0, format!("m{i}")))
+        .collect();
     let _: () = c.zadd_multiple(format!("{prefix}bigzset"), &big_z).unwrap();
-    let _: () = c.hset_multiple(format!("{prefix}hash"), &[("f", "v"), ("g", "w")]).unwrap();
-    let big_h: Vec<(String, String)> = (0..300).map(|i| (format!("f{i}"), format!("v{i}"))).collect();
+    let _: () = c
+        .hset_multiple(format!("{prefix}hash"), &[("f", "v"), ("g", "w")])
+        .unwrap();
+    let big_h: Vec<(String, String)> = (0..300)
+        .map(|i| (format!("f{i}"), format!("v{i}")))
+        .collect();
     let _: () = c.hset_multiple(format!("{prefix}bighash"), &big_h).unwrap();
-    let _: String = redis::cmd("XADD").arg(format!("{prefix}stream")).arg("1-1").arg("f").arg("v").query(c).unwrap();
-    let _: String = redis::cmd("XADD").arg(format!("{prefix}stream")).arg("2-1").arg("g").arg("w").query(c).unwrap();
-    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(format!("{prefix}stream")).arg("grp").arg("1-1").query(c).unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}stream"))
+        .arg("1-1")
+        .arg("f")
+        .arg("v")
+        .query(c)
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{prefix}stream"))
+        .arg("2-1")
+        .arg("g")
+        .arg("w")
+        .query(c)
+        .unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(format!("{prefix}stream"))
+        .arg("grp")
+        .arg("1-1")
+        .query(c)
+        .unwrap();
     let _: () = c.set_ex(format!("{prefix}ttl"), "v", 3600).unwrap();
 }
 
@@ -43,16 +69,34 @@ fn existing_data_reaches_peers(redis_args: &[&str]) {
     let agent1 = Agent::start(1, &r1.url(), l1, a1, &[l2], dir.path());
     let agent2 = Agent::start(2, &r2.url(), l2, a2, &[l1], dir.path());
     let mesh = Mesh {
-        regions: vec![Region { redis: r1, agent: agent1 }, Region { redis: r2, agent: agent2 }],
+        regions: vec![
+            Region {
+                redis: r1,
+                agent: agent1,
+            },
+            Region {
+                redis: r2,
+                agent: agent2,
+            },
+        ],
         dir,
     };
     mesh.wait_ready();
     mesh.wait_converged(&[0, 3], SETTLE);
-    assert_eq!(mesh.regions[1].redis.conn_db(3).get::<_, String>("db3:str").unwrap(), "v");
+    assert_eq!(
+        mesh.regions[1]
+            .redis
+            .conn_db(3)
+            .get::<_, String>("db3:str")
+            .unwrap(),
+        "v"
+    );
     // and the live stream after it
     write_every_type(&mut mesh.regions[0].redis.conn(), "live:");
     mesh.wait_converged(&[0, 3], SETTLE);
-    let n: usize = redis::cmd("DBSIZE").query(&mut mesh.regions[1].redis.conn()).unwrap();
+    let n: usize = redis::cmd("DBSIZE")
+        .query(&mut mesh.regions[1].redis.conn())
+        .unwrap();
     assert!(n > 28, "region 2 holds the keys (and metadata): {n}");
 }
 
@@ -71,7 +115,10 @@ fn password_protected_redis() {
     let mesh = Mesh::start_with(2, &["--requirepass", "s3cret"]);
     let _: () = mesh.regions[0].redis.conn().set("k", "v").unwrap();
     mesh.wait_converged(&[0], SETTLE);
-    assert_eq!(mesh.regions[1].redis.conn().get::<_, String>("k").unwrap(), "v");
+    assert_eq!(
+        mesh.regions[1].redis.conn().get::<_, String>("k").unwrap(),
+        "v"
+    );
 }
 
 /// Commands that write keys in other positions or other databases.
@@ -101,17 +148,40 @@ fn multi_key_and_cross_db_commands() {
     q(&["ZADD", "z1", "1", "a"]);
     q(&["ZADD", "z2", "2", "b"]);
     q(&["ZUNIONSTORE", "zu", "2", "z1", "z2"]);
-    q(&["EVAL", "redis.call('SET', KEYS[1], 'x'); redis.call('SET', KEYS[2], 'y')", "2", "e1", "e2"]);
+    q(&[
+        "EVAL",
+        "redis.call('SET', KEYS[1], 'x'); redis.call('SET', KEYS[2], 'y')",
+        "2",
+        "e1",
+        "e2",
+    ]);
     q(&["SET", "gone", "v"]);
     q(&["UNLINK", "gone"]);
     mesh.wait_converged(&[0, 1, 2], SETTLE);
     let mut r2 = mesh.regions[1].redis.conn();
     assert_eq!(r2.get::<_, String>("renamed").unwrap(), "a");
     assert!(!r2.exists::<_, bool>("m1").unwrap());
-    assert_eq!(r2.lrange::<_, Vec<String>>("sorted", 0, -1).unwrap(), vec!["1", "2", "3"]);
-    assert_eq!(mesh.regions[1].redis.conn_db(1).get::<_, String>("mover").unwrap(), "v");
+    assert_eq!(
+        r2.lrange::<_, Vec<String>>("sorted", 0, -1).unwrap(),
+        vec!["1", "2", "3"]
+    );
+    assert_eq!(
+        mesh.regions[1]
+            .redis
+            .conn_db(1)
+            .get::<_, String>("mover")
+            .unwrap(),
+        "v"
+    );
     assert!(!r2.exists::<_, bool>("mover").unwrap());
-    assert_eq!(mesh.regions[1].redis.conn_db(2).get::<_, String>("copied-to-2").unwrap(), "c");
+    assert_eq!(
+        mesh.regions[1]
+            .redis
+            .conn_db(2)
+            .get::<_, String>("copied-to-2")
+            .unwrap(),
+        "c"
+    );
     assert_eq!(r2.get::<_, String>("e2").unwrap(), "y");
 }
 
@@ -130,12 +200,38 @@ fn flushes_travel_as_stamped_deletes() {
     let _: () = redis::cmd("FLUSHDB").query(&mut a1).unwrap();
     let _: () = a1.set("after-flush", "v").unwrap();
     mesh.wait_converged(&[0, 1], SETTLE);
-    assert_eq!(mesh.regions[1].redis.conn_db(1).keys::<_, Vec<String>>("k*").unwrap().len(), 0);
-    assert_eq!(mesh.regions[1].redis.conn_db(1).get::<_, String>("after-flush").unwrap(), "v");
-    assert_eq!(b0.keys::<_, Vec<String>>("k*").unwrap().len(), 20, "db 0 untouched");
+    assert_eq!(
+        mesh.regions[1]
+            .redis
+            .conn_db(1)
+            .keys::<_, Vec<String>>("k*")
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        mesh.regions[1]
+            .redis
+            .conn_db(1)
+            .get::<_, String>("after-flush")
+            .unwrap(),
+        "v"
+    );
+    assert_eq!(
+        b0.keys::<_, Vec<String>>("k*").unwrap().len(),
+        20,
+        "db 0 untouched"
+    );
     let _: () = redis::cmd("FLUSHALL").query(&mut b0).unwrap();
     mesh.wait_converged(&[0, 1], SETTLE);
-    assert_eq!(a0.keys::<_, Vec<String>>("*").unwrap().iter().filter(|k| !k.starts_with("__geosync:")).count(), 0);
+    assert_eq!(
+        a0.keys::<_, Vec<String>>("*")
+            .unwrap()
+            .iter()
+            .filter(|k| !k.starts_with("__geosync:"))
+            .count(),
+        0
+    );
 }
 
 /// A transaction arrives whole: a reader in the other region never sees
@@ -147,13 +243,23 @@ fn transactions_arrive_whole() {
     let writer = std::thread::spawn(move || {
         let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
         for i in 0..300 {
-            let _: () = redis::pipe().atomic().set("ta", i).set("tb", i).incr("tc", 1).query(&mut c).unwrap();
+            let _: () = redis::pipe()
+                .atomic()
+                .set("ta", i)
+                .set("tb", i)
+                .incr("tc", 1)
+                .query(&mut c)
+                .unwrap();
         }
     });
     let mut r = mesh.regions[1].redis.conn();
     let mut seen = 0;
     loop {
-        let (a, b): (Option<i64>, Option<i64>) = redis::cmd("MGET").arg("ta").arg("tb").query(&mut r).unwrap();
+        let (a, b): (Option<i64>, Option<i64>) = redis::cmd("MGET")
+            .arg("ta")
+            .arg("tb")
+            .query(&mut r)
+            .unwrap();
         assert_eq!(a, b, "region 2 saw half a transaction");
         if a.is_some() {
             seen += 1;
@@ -176,9 +282,23 @@ fn reserved_prefix_is_not_replicated() {
     let _: () = a.set("__geosync:mine", "x").unwrap();
     let _: () = a.set("marker", "x").unwrap();
     mesh.wait_converged(&[0], SETTLE);
-    assert!(!mesh.regions[1].redis.conn().exists::<_, bool>("__geosync:mine").unwrap());
+    assert!(
+        !mesh.regions[1]
+            .redis
+            .conn()
+            .exists::<_, bool>("__geosync:mine")
+            .unwrap()
+    );
     wait_until("the reserved write is counted", SETTLE, || {
-        mesh.regions[0].agent.metric("geosync_reserved_key_writes_total") == 1.0
+        mesh.regions[0]
+            .agent
+            .metric("geosync_reserved_key_writes_total")
+            == 1.0
     });
-    assert!(mesh.regions[0].agent.log_text().contains("reserved __geosync: prefix"));
+    assert!(
+        mesh.regions[0]
+            .agent
+            .log_text()
+            .contains("reserved __geosync: prefix")
+    );
 }

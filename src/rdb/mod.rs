@@ -138,7 +138,7 @@ pub enum RdbError {
     /// The stream does not start with "REDIS" or "VALKEY" and a version number.
     #[error("not an RDB stream: it must start with \"REDIS\" or \"VALKEY\" and a version number")]
     BadMagic,
-    /// The RDB version is newer (or otherwise other) than this parser knows.
+    /// The RDB version is outside the range this parser understands.
     #[error("unsupported RDB version {0}")]
     UnsupportedVersion(u32),
     /// A value type byte this parser does not know.
@@ -199,7 +199,7 @@ pub enum RdbFlavor {
     Valkey,
 }
 
-/// One item of an RDB stream, in stream order.
+/// One item of an RDB stream, in stream order, as the replica must replay it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RdbEntry {
     /// Auxiliary metadata field (redis-ver, repl-id, repl-offset, ...).
@@ -625,7 +625,8 @@ fn is_empty_collection(v: &RdbValue) -> bool {
 
 // ----------------------------------------------------------------- reader
 
-/// Incremental RDB decoder over any byte source.
+/// Incremental RDB decoder over any byte source, so a replica can consume the
+/// master's snapshot key by key without holding it in memory.
 pub struct RdbReader<R: Read> {
     src: Source<R>,
     version: u32,

@@ -65,8 +65,14 @@ pub async fn run(
         metrics.peer_connected.get_or_create(&label).set(0);
         match end {
             SessionEnd::Shutdown => return,
-            SessionEnd::Misconfigured(why) => error!(%peer, %why, "peer refused this agent; fix the configuration"),
-            SessionEnd::Refused(status) if status.code() == tonic::Code::AlreadyExists || status.code() == tonic::Code::FailedPrecondition && !status.message().contains("batch") => {
+            SessionEnd::Misconfigured(why) => {
+                error!(%peer, %why, "peer refused this agent; fix the configuration")
+            }
+            SessionEnd::Refused(status)
+                if status.code() == tonic::Code::AlreadyExists
+                    || status.code() == tonic::Code::FailedPrecondition
+                        && !status.message().contains("batch") =>
+            {
                 error!(%peer, reason = %status.message(), "peer refused this agent")
             }
             other => warn!(%peer, reason = %other, "peer session ended"),
@@ -100,7 +106,9 @@ async fn session(
         },
         _ = shutdown.cancelled() => return SessionEnd::Shutdown,
     };
-    let mut client = ReplicationClient::new(channel).max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX);
+    let mut client = ReplicationClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
     let (tx, rx) = mpsc::channel::<OriginMessage>(WINDOW as usize + 1);
     let hello = OriginMessage {
         kind: Some(origin_message::Kind::Hello(Hello {
@@ -144,7 +152,9 @@ async fn session(
     loop {
         // Fill the window.
         while sent < acked + WINDOW {
-            let Some(batch) = outbox.next_after(sent) else { break };
+            let Some(batch) = outbox.next_after(sent) else {
+                break;
+            };
             let msg = OriginMessage {
                 kind: Some(origin_message::Kind::Batch(Batch {
                     seq: batch.seq,
@@ -155,18 +165,21 @@ async fn session(
             if tx.send(msg).await.is_err() {
                 return SessionEnd::Closed;
             }
-            metrics.changes_shipped.get_or_create(&label).inc_by(batch.count as u64);
+            metrics
+                .changes_shipped
+                .get_or_create(&label)
+                .inc_by(batch.count as u64);
             sent = batch.seq;
         }
         tokio::select! {
             m = inbound.message() => match m {
                 Ok(Some(m)) => {
-                    if let Some(peer_message::Kind::Ack(a)) = m.kind {
-                        if a.seq > acked {
-                            metrics.batches_acked.get_or_create(&label).inc_by(a.seq - acked);
-                            acked = a.seq;
-                            outbox.ack(peer, a.seq);
-                        }
+                    if let Some(peer_message::Kind::Ack(a)) = m.kind
+                        && a.seq > acked
+                    {
+                        metrics.batches_acked.get_or_create(&label).inc_by(a.seq - acked);
+                        acked = a.seq;
+                        outbox.ack(peer, a.seq);
                     }
                 }
                 Ok(None) => return SessionEnd::Closed,

@@ -79,25 +79,37 @@ impl Refusal {
 }
 
 /// Checks a batch from `origin` and observes its stamps.
-fn check_batch(payload: &[u8], origin: u32, databases: u32, clock: &HLC) -> Result<Vec<Change>, Refusal> {
+fn check_batch(
+    payload: &[u8],
+    origin: u32,
+    databases: u32,
+    clock: &HLC,
+) -> Result<Vec<Change>, Refusal> {
     let changes = decode_batch(payload).map_err(|e| Refusal::Malformed(e.to_string()))?;
     let mut newest = None;
     for c in &changes {
-        let ts = stamp::decode(c.stamp.as_bytes()).map_err(|e| Refusal::Malformed(e.to_string()))?;
-        let from = stamp::id_to_node_id(ts.get_id()).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let ts =
+            stamp::decode(c.stamp.as_bytes()).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let from =
+            stamp::id_to_node_id(ts.get_id()).map_err(|e| Refusal::Malformed(e.to_string()))?;
         if from != origin {
             return Err(Refusal::Malformed(format!(
                 "change stamped by node {from} arrived from node {origin}"
             )));
         }
         if c.db >= databases {
-            return Err(Refusal::Malformed(format!("database {} does not exist here", c.db)));
+            return Err(Refusal::Malformed(format!(
+                "database {} does not exist here",
+                c.db
+            )));
         }
         match c.op {
             Op::FlushDb => {}
             _ if c.key.is_empty() => return Err(Refusal::Malformed("empty key".into())),
             _ if is_reserved(&c.key) => {
-                return Err(Refusal::Malformed("key under the reserved __geosync: prefix".into()));
+                return Err(Refusal::Malformed(
+                    "key under the reserved __geosync: prefix".into(),
+                ));
             }
             _ => {}
         }
@@ -106,10 +118,12 @@ fn check_batch(payload: &[u8], origin: u32, databases: u32, clock: &HLC) -> Resu
         }
     }
     if let Some(ts) = newest {
-        clock.update_with_timestamp(&ts).map_err(|e| Refusal::ClockSkew {
-            stamp: c_stamp(&ts),
-            why: e.to_string(),
-        })?;
+        clock
+            .update_with_timestamp(&ts)
+            .map_err(|e| Refusal::ClockSkew {
+                stamp: c_stamp(&ts),
+                why: e.to_string(),
+            })?;
     }
     Ok(changes)
 }
@@ -124,7 +138,10 @@ type PeerStream = Pin<Box<dyn Stream<Item = Result<PeerMessage, Status>> + Send>
 impl Replication for Receiver {
     type ReplicateStream = PeerStream;
 
-    async fn replicate(&self, request: Request<Streaming<OriginMessage>>) -> Result<Response<PeerStream>, Status> {
+    async fn replicate(
+        &self,
+        request: Request<Streaming<OriginMessage>>,
+    ) -> Result<Response<PeerStream>, Status> {
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(OriginMessage {
@@ -145,7 +162,10 @@ impl Replication for Receiver {
             )));
         }
         if hello.node_id == self.node_id {
-            error!(node_id = hello.node_id, "a peer uses this agent's own node id; refused");
+            error!(
+                node_id = hello.node_id,
+                "a peer uses this agent's own node id; refused"
+            );
             return Err(Status::already_exists(format!(
                 "node id {} is this agent's own: node ids must be unique in the mesh",
                 hello.node_id
@@ -156,7 +176,10 @@ impl Replication for Receiver {
             let mut o = self.origins.lock().expect("origins lock");
             match o.sessions.get(&origin) {
                 Some((session, _, true)) if *session != hello.session => {
-                    error!(node_id = origin, "two agents claim the same node id; refused the second");
+                    error!(
+                        node_id = origin,
+                        "two agents claim the same node id; refused the second"
+                    );
                     return Err(Status::already_exists(format!(
                         "node id {origin} is already connected from another agent: node ids must be unique in the mesh"
                     )));
@@ -180,7 +203,9 @@ impl Replication for Receiver {
                 acked_seq: acked,
             })),
         };
-        tx.send(Ok(welcome)).await.map_err(|_| Status::cancelled("closed"))?;
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("closed"))?;
         let (clock, apply, metrics, origins, databases) = (
             self.clock.clone(),
             self.apply.clone(),
@@ -199,12 +224,23 @@ impl Replication for Receiver {
                         Err(e) => break format!("stream error: {e}"),
                     };
                     let Some(origin_message::Kind::Batch(batch)) = msg.kind else {
-                        metrics.batches_refused.get_or_create(&Metrics::reason("malformed")).inc();
-                        let _ = tx.send(Err(Status::invalid_argument("expected a Batch"))).await;
+                        metrics
+                            .batches_refused
+                            .get_or_create(&Metrics::reason("malformed"))
+                            .inc();
+                        let _ = tx
+                            .send(Err(Status::invalid_argument("expected a Batch")))
+                            .await;
                         break "unexpected message".to_string();
                     };
                     let seq = batch.seq;
-                    let last = origins.lock().expect("origins lock").sessions.get(&origin).map(|s| s.1).unwrap_or(0);
+                    let last = origins
+                        .lock()
+                        .expect("origins lock")
+                        .sessions
+                        .get(&origin)
+                        .map(|s| s.1)
+                        .unwrap_or(0);
                     if seq <= last {
                         // Already applied (a resend after reconnect): ack again.
                         let _ = tx.send(Ok(ack(seq))).await;
@@ -213,21 +249,43 @@ impl Replication for Receiver {
                     let changes = match check_batch(&batch.changes, origin, databases, &clock) {
                         Ok(c) => c,
                         Err(r) => {
-                            metrics.batches_refused.get_or_create(&Metrics::reason(r.reason())).inc();
+                            metrics
+                                .batches_refused
+                                .get_or_create(&Metrics::reason(r.reason()))
+                                .inc();
                             warn!(seq, error = %r, "batch refused; the origin will send it again");
-                            let _ = tx.send(Err(Status::failed_precondition(r.to_string()))).await;
+                            let _ = tx
+                                .send(Err(Status::failed_precondition(r.to_string())))
+                                .await;
                             break format!("refused batch {seq}");
                         }
                     };
                     let (done_tx, done_rx) = oneshot::channel();
-                    if apply.send(ApplyJob { changes, done: done_tx }).await.is_err() {
+                    if apply
+                        .send(ApplyJob {
+                            changes,
+                            done: done_tx,
+                        })
+                        .await
+                        .is_err()
+                    {
                         break "applier stopped".to_string();
                     }
                     match done_rx.await {
                         Ok(Ok(outcome)) => {
-                            metrics.changes_applied.get_or_create(&label).inc_by(outcome.applied);
-                            metrics.changes_rejected_older.get_or_create(&label).inc_by(outcome.older);
-                            if let Some(s) = origins.lock().expect("origins lock").sessions.get_mut(&origin)
+                            metrics
+                                .changes_applied
+                                .get_or_create(&label)
+                                .inc_by(outcome.applied);
+                            metrics
+                                .changes_rejected_older
+                                .get_or_create(&label)
+                                .inc_by(outcome.older);
+                            if let Some(s) = origins
+                                .lock()
+                                .expect("origins lock")
+                                .sessions
+                                .get_mut(&origin)
                                 && s.0 == session
                             {
                                 s.1 = s.1.max(seq);
@@ -238,13 +296,19 @@ impl Replication for Receiver {
                         }
                         Ok(Err(e)) => {
                             error!(seq, error = %e, "applying a batch failed");
-                            let _ = tx.send(Err(Status::internal(format!("apply failed: {e}")))).await;
+                            let _ = tx
+                                .send(Err(Status::internal(format!("apply failed: {e}"))))
+                                .await;
                             break format!("apply failed: {e}");
                         }
                         Err(_) => break "applier stopped".to_string(),
                     }
                 };
-                if let Some(s) = origins.lock().expect("origins lock").sessions.get_mut(&origin)
+                if let Some(s) = origins
+                    .lock()
+                    .expect("origins lock")
+                    .sessions
+                    .get_mut(&origin)
                     && s.0 == session
                 {
                     s.2 = false;
@@ -296,7 +360,10 @@ mod tests {
             (b"garbage".to_vec(), "malformed"),
             (encode_batch(&[put("zz".into(), b"k")]), "malformed"),
             (encode_batch(&[put(good.clone(), b"k")]), "malformed"), // wrong origin below
-            (encode_batch(&[put(good.clone(), b"__geosync:m:1")]), "malformed"),
+            (
+                encode_batch(&[put(good.clone(), b"__geosync:m:1")]),
+                "malformed",
+            ),
             (encode_batch(&[put(good.clone(), b"")]), "malformed"),
         ];
         for (i, (payload, reason)) in cases.iter().enumerate() {
@@ -307,14 +374,25 @@ mod tests {
         // a database the local Redis does not have
         let mut far_db = put(good, b"k");
         far_db.db = 99;
-        assert_eq!(check_batch(&encode_batch(&[far_db]), 2, 16, &c).unwrap_err().reason(), "malformed");
+        assert_eq!(
+            check_batch(&encode_batch(&[far_db]), 2, 16, &c)
+                .unwrap_err()
+                .reason(),
+            "malformed"
+        );
         // a stamp ten seconds ahead
         let now = other.new_timestamp();
         let ahead = uhlc::Timestamp::new(
             uhlc::NTP64(now.get_time().as_u64() + (10u64 << 32)),
             *now.get_id(),
         );
-        let err = check_batch(&encode_batch(&[put(stamp::encode(&ahead), b"k")]), 2, 16, &c).unwrap_err();
+        let err = check_batch(
+            &encode_batch(&[put(stamp::encode(&ahead), b"k")]),
+            2,
+            16,
+            &c,
+        )
+        .unwrap_err();
         assert_eq!(err.reason(), "clock_skew");
     }
 }

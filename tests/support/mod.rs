@@ -33,12 +33,19 @@ pub fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut cond: F
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// A redis-server process in its own temp dir, killed on drop.
@@ -67,18 +74,33 @@ impl Redis {
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e} (install redis-server)", redis_server_bin()));
-        let password = extra.windows(2).find(|w| w[0] == "--requirepass").map(|w| w[1].to_string());
-        let r = Redis { port, password, child, dir };
-        let url = r.url();
-        wait_until(&format!("redis on port {port}"), Duration::from_secs(10), || {
-            redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (install redis-server)",
+                redis_server_bin()
+            )
         });
+        let password = extra
+            .windows(2)
+            .find(|w| w[0] == "--requirepass")
+            .map(|w| w[1].to_string());
+        let r = Redis {
+            port,
+            password,
+            child,
+            dir,
+        };
+        let url = r.url();
+        wait_until(
+            &format!("redis on port {port}"),
+            Duration::from_secs(10),
+            || {
+                redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                    .is_ok()
+            },
+        );
         r
     }
 
@@ -92,12 +114,18 @@ impl Redis {
 
     /// A new client connection (database 0).
     pub fn conn(&self) -> Connection {
-        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 
     /// A new client connection to database `db`.
     pub fn conn_db(&self, db: u32) -> Connection {
-        redis::Client::open(format!("{}/{db}", self.url())).unwrap().get_connection().unwrap()
+        redis::Client::open(format!("{}/{db}", self.url()))
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 }
 
@@ -124,7 +152,14 @@ pub struct Agent {
 
 impl Agent {
     /// Starts an agent for `redis` with the given ports and peers.
-    pub fn start(node_id: u32, redis_url: &str, listen: u16, admin: u16, peers: &[u16], dir: &Path) -> Agent {
+    pub fn start(
+        node_id: u32,
+        redis_url: &str,
+        listen: u16,
+        admin: u16,
+        peers: &[u16],
+        dir: &Path,
+    ) -> Agent {
         let data_dir = dir.join(format!("agent-{node_id}"));
         std::fs::create_dir_all(&data_dir).unwrap();
         let log = dir.join(format!("agent-{node_id}.log"));
@@ -140,10 +175,13 @@ impl Agent {
             cmd.args(["--peer", &format!("http://127.0.0.1:{p}")]);
         }
         let logf = std::fs::File::create(&log).unwrap();
-        cmd.env("GEOSYNC_LOG", std::env::var("GEOSYNC_LOG").unwrap_or_else(|_| "info".into()))
-            .env("NO_COLOR", "1")
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf);
+        cmd.env(
+            "GEOSYNC_LOG",
+            std::env::var("GEOSYNC_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("NO_COLOR", "1")
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf);
         let child = cmd.spawn().expect("start geosync");
         Agent {
             node_id,
@@ -170,7 +208,9 @@ impl Agent {
 
     /// Sum of every sample of a metric (all label sets) whose line starts with `name`.
     pub fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.get("/metrics").unwrap_or_else(|| panic!("agent {} has no /metrics", self.node_id));
+        let (_, body) = self
+            .get("/metrics")
+            .unwrap_or_else(|| panic!("agent {} has no /metrics", self.node_id));
         metric_sum(&body, name)
     }
 
@@ -187,7 +227,14 @@ impl Agent {
         self.kill();
         let old = std::fs::read_to_string(&self.log).unwrap_or_default();
         std::fs::write(self.log.with_extension("log.previous"), old).unwrap();
-        let mut fresh = Agent::start(self.node_id, &self.redis_url, self.listen, self.admin, &self.peers, &self.dir);
+        let mut fresh = Agent::start(
+            self.node_id,
+            &self.redis_url,
+            self.listen,
+            self.admin,
+            &self.peers,
+            &self.dir,
+        );
         self.child = fresh.child.take();
     }
 
@@ -262,8 +309,20 @@ impl Mesh {
         let mut regions = Vec::new();
         for i in 0..n {
             let redis = Redis::start(redis_args);
-            let peers: Vec<u16> = listens.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| *p).collect();
-            let agent = Agent::start(i as u32 + 1, &redis.url(), listens[i], admins[i], &peers, dir.path());
+            let peers: Vec<u16> = listens
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| *p)
+                .collect();
+            let agent = Agent::start(
+                i as u32 + 1,
+                &redis.url(),
+                listens[i],
+                admins[i],
+                &peers,
+                dir.path(),
+            );
             regions.push(Region { redis, agent });
         }
         let mesh = Mesh { regions, dir };
@@ -274,7 +333,11 @@ impl Mesh {
     /// Waits until every agent's `/readyz` is 200.
     pub fn wait_ready(&self) {
         for r in &self.regions {
-            wait_until(&format!("agent {} ready", r.agent.node_id), Duration::from_secs(30), || r.agent.is_ready());
+            wait_until(
+                &format!("agent {} ready", r.agent.node_id),
+                Duration::from_secs(30),
+                || r.agent.is_ready(),
+            );
         }
     }
 
@@ -297,7 +360,11 @@ impl Mesh {
                 panic!(
                     "regions did not converge within {timeout:?}; {} differences, first ones:\n{}",
                     diffs.len(),
-                    shown.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
+                    shown
+                        .iter()
+                        .map(|d| format!("  {d}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -308,7 +375,11 @@ impl Mesh {
     pub fn differences(&self, dbs: &[u32]) -> Vec<String> {
         let mut out = Vec::new();
         for &db in dbs {
-            let snaps: Vec<Snapshot> = self.regions.iter().map(|r| snapshot(&mut r.redis.conn_db(db))).collect();
+            let snaps: Vec<Snapshot> = self
+                .regions
+                .iter()
+                .map(|r| snapshot(&mut r.redis.conn_db(db)))
+                .collect();
             for (i, s) in snaps.iter().enumerate().skip(1) {
                 for d in diff(&snaps[0], s) {
                     out.push(format!("db {db}, region 1 vs region {}: {d}", i + 1));
@@ -377,8 +448,18 @@ pub fn read_key(c: &mut Connection, key: &[u8]) -> Option<KeyState> {
             KeyValue::Set(m)
         }
         "zset" => {
-            let v: Vec<Vec<u8>> = redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES").query(c).unwrap();
-            KeyValue::ZSet(v.chunks(2).map(|p| (p[0].clone(), String::from_utf8_lossy(&p[1]).into_owned())).collect())
+            let v: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query(c)
+                .unwrap();
+            KeyValue::ZSet(
+                v.chunks(2)
+                    .map(|p| (p[0].clone(), String::from_utf8_lossy(&p[1]).into_owned()))
+                    .collect(),
+            )
         }
         "hash" => {
             let mut v: Vec<(Vec<u8>, Vec<u8>)> = c.hgetall(key).unwrap();
@@ -386,7 +467,12 @@ pub fn read_key(c: &mut Connection, key: &[u8]) -> Option<KeyState> {
             KeyValue::Hash(v)
         }
         "stream" => {
-            let entries: Value = redis::cmd("XRANGE").arg(key).arg("-").arg("+").query(c).unwrap();
+            let entries: Value = redis::cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .query(c)
+                .unwrap();
             let entries = match entries {
                 Value::Array(es) => es
                     .iter()
@@ -459,12 +545,15 @@ pub fn snapshot(c: &mut Connection) -> Snapshot {
             for (key, rec) in recs {
                 let rec = String::from_utf8_lossy(&rec).into_owned();
                 let exp = rec.get(37..).and_then(|e| e.parse().ok());
-                snap.meta.insert(key, (rec[..20].to_string(), rec.as_bytes()[20] as char, exp));
+                snap.meta.insert(
+                    key,
+                    (rec[..20].to_string(), rec.as_bytes()[20] as char, exp),
+                );
             }
-        } else if !k.starts_with(b"__geosync:") {
-            if let Some(s) = read_key(c, &k) {
-                snap.keys.insert(k, s);
-            }
+        } else if !k.starts_with(b"__geosync:")
+            && let Some(s) = read_key(c, &k)
+        {
+            snap.keys.insert(k, s);
         }
     }
     snap
@@ -475,7 +564,8 @@ pub fn snapshot(c: &mut Connection) -> Snapshot {
 const EXPIRY_MARGIN_MS: i64 = 1500;
 
 fn volatile(s: Option<&KeyState>, now: i64) -> bool {
-    s.and_then(|s| s.expire_at).is_some_and(|e| e <= now + EXPIRY_MARGIN_MS)
+    s.and_then(|s| s.expire_at)
+        .is_some_and(|e| e <= now + EXPIRY_MARGIN_MS)
 }
 
 /// Differences between two snapshots, one line each.
@@ -490,7 +580,12 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Vec<String> {
         if x == y || volatile(x, now) || volatile(y, now) {
             continue;
         }
-        out.push(format!("key {:?}: {:?} vs {:?}", String::from_utf8_lossy(k), x, y));
+        out.push(format!(
+            "key {:?}: {:?} vs {:?}",
+            String::from_utf8_lossy(k),
+            x,
+            y
+        ));
     }
     // Metadata: an expired value record counts as the tombstone it becomes.
     let norm = |m: Option<&(String, char, Option<i64>)>| {
@@ -505,7 +600,12 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Vec<String> {
     for k in mkeys {
         let (x, y) = (norm(a.meta.get(k)), norm(b.meta.get(k)));
         if x != y {
-            out.push(format!("metadata of {:?}: {:?} vs {:?}", String::from_utf8_lossy(k), x, y));
+            out.push(format!(
+                "metadata of {:?}: {:?} vs {:?}",
+                String::from_utf8_lossy(k),
+                x,
+                y
+            ));
         }
     }
     out

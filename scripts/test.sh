@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs geosync's whole test suite: unit tests, integration tests against
+# real redis-server processes and agents, and doc tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/ensure-deps.sh
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-targets --no-fail-fast
+else
+  cargo test --workspace --all-targets --no-fail-fast
+fi
+cargo test --workspace --doc
