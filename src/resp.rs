@@ -191,10 +191,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Bytes captured from a Redis 7.0 master's replication stream: a SELECT,
-    /// a SET with its PXAT rewrite, and a script's effects wrapped in
-    /// MULTI/EXEC.
-    const CAPTURED: &[u8] = b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$4\r\nPXAT\r\n$13\r\n1700000000000\r\n*1\r\n$5\r\nMULTI\r\n*3\r\n$4\r\nincr\r\n$1\r\nc\r\n*1\r\n$4\r\nEXEC\r\n";
+    /// Bytes captured from a Redis 7.0.15 master's replication stream after
+    /// `SET k v EX 100` (replicated with an absolute PXAT) and
+    /// `EVAL "redis.call('incr','c'); redis.call('set','d','e')" 0` (replicated
+    /// as its effects wrapped in MULTI/EXEC).
+    const CAPTURED: &[u8] = b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n$4\r\nPXAT\r\n$13\r\n1795313597283\r\n*1\r\n$5\r\nMULTI\r\n*2\r\n$4\r\nincr\r\n$1\r\nc\r\n*3\r\n$3\r\nset\r\n$1\r\nd\r\n$1\r\ne\r\n*1\r\n$4\r\nEXEC\r\n";
 
     #[test]
     fn parses_a_captured_stream_with_exact_offsets() {
@@ -206,8 +207,8 @@ mod tests {
         }
         assert_eq!(at, CAPTURED.len());
         let names: Vec<_> = cmds.iter().map(|c| c[0].clone()).collect();
-        assert_eq!(names, ["SELECT", "SET", "MULTI", "incr", "EXEC"]);
-        assert_eq!(cmds[1][4], "1700000000000");
+        assert_eq!(names, ["SELECT", "SET", "MULTI", "incr", "set", "EXEC"]);
+        assert_eq!(cmds[1][4], "1795313597283");
     }
 
     #[test]
