@@ -24,25 +24,43 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn redis(dir: &std::path::Path) -> (Proc, u16) {
     let port = free_port();
-    let child = Command::new(std::env::var("GEOSYNC_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()))
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server");
+    let child = Command::new(
+        std::env::var("GEOSYNC_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()),
+    )
+    .args([
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--repl-diskless-sync-delay",
+        "0",
+    ])
+    .arg("--dir")
+    .arg(dir)
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("redis-server");
     let p = Proc(child);
     wait("redis", || conn(port).is_some());
     (p, port)
 }
 
 fn conn(port: u16) -> Option<redis::Connection> {
-    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?.get_connection().ok()?;
+    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .ok()?
+        .get_connection()
+        .ok()?;
     redis::cmd("PING").query::<String>(&mut c).ok()?;
     Some(c)
 }
@@ -50,7 +68,10 @@ fn conn(port: u16) -> Option<redis::Connection> {
 fn wait(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < Duration::from_secs(300), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -76,7 +97,9 @@ fn load(c: &mut redis::Connection, n: usize, key_len: usize) {
 
 fn stamped(admin: u16) -> f64 {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", admin)) else { return 0.0 };
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", admin)) else {
+        return 0.0;
+    };
     let _ = write!(s, "GET /metrics HTTP/1.0\r\n\r\n");
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
@@ -100,8 +123,19 @@ fn measure(n: usize, key_len: usize) {
     let (listen, admin) = (free_port(), free_port());
     let _agent = Proc(
         Command::new(env!("CARGO_BIN_EXE_geosync"))
-            .args(["run", "--node-id", "1", "--redis", &format!("redis://127.0.0.1:{geo_port}")])
-            .args(["--listen", &format!("127.0.0.1:{listen}"), "--admin", &format!("127.0.0.1:{admin}")])
+            .args([
+                "run",
+                "--node-id",
+                "1",
+                "--redis",
+                &format!("redis://127.0.0.1:{geo_port}"),
+            ])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+            ])
             .arg("--data-dir")
             .arg(dir.path().join("agent"))
             .stdout(Stdio::null())
@@ -110,7 +144,9 @@ fn measure(n: usize, key_len: usize) {
             .expect("geosync"),
     );
     let mut geo = conn(geo_port).unwrap();
-    wait("agent", || stamped(admin) >= 0.0 && conn(geo_port).is_some());
+    wait("agent", || {
+        stamped(admin) >= 0.0 && conn(geo_port).is_some()
+    });
     let empty = info_field(&mut geo, "used_memory_dataset");
     load(&mut geo, n, key_len);
     wait("every key stamped", || stamped(admin) >= n as f64);
@@ -135,7 +171,10 @@ impl TapMkdir for std::path::PathBuf {
 }
 
 fn main() {
-    let n: usize = std::env::var("GEOSYNC_BENCH_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("GEOSYNC_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     for key_len in [8, 32] {
         measure(n, key_len);
     }

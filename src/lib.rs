@@ -21,6 +21,7 @@
 //!
 //! [`run`] is the whole agent; the binary and the tests both call it.
 
+pub mod acklog;
 pub mod admin;
 pub mod applier;
 pub mod backoff;
@@ -122,6 +123,35 @@ fn redacted(url: &str) -> String {
     }
 }
 
+/// Writes the peers' acknowledged stamps to the data directory once a second
+/// when they changed, and once more at shutdown.
+async fn persist_acks(
+    outbox: Arc<Outbox>,
+    data_dir: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
+    let mut last = outbox.acked_stamps();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.cancelled() => true,
+        };
+        let now = outbox.acked_stamps();
+        if now != last {
+            match acklog::save(&data_dir, &now) {
+                Ok(()) => last = now,
+                Err(e) => {
+                    error!(error = %e, "cannot record peers' acknowledgements; after a crash more will be re-shipped")
+                }
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` is cancelled or a stage fails fatally.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     prepare_data_dir(&config)?;
@@ -148,9 +178,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let metrics = Arc::new(Metrics::new());
     let clock = stamp::new_clock(config.node_id, config.max_clock_skew).expect("node id validated");
     let ready = Arc::new(Readiness::new(&config.peers));
+    let acked = acklog::load(&config.data_dir).map_err(|e| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message: format!(
+            "cannot read {}: {e}",
+            acklog::path(&config.data_dir).display()
+        ),
+    })?;
     let outbox = Arc::new(Outbox::new(
         &config.peers,
         config.outbox_batches,
+        acked,
         metrics.clone(),
     ));
     let tracker = TaskTracker::new();
@@ -184,6 +222,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             announce_port: config.listen.port(),
             data_dir: config.data_dir.clone(),
             databases,
+            node_id: config.node_id,
         },
         tail_tx,
         metrics.clone(),
@@ -197,6 +236,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         ready: ready.clone(),
         batch_keys: config.batch_keys,
         databases,
+        node_id: config.node_id,
+        peers: config.peers.clone(),
+        reship: None,
     };
     tracker.spawn(stamper.run(tail_rx, token.clone()));
 
@@ -246,6 +288,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             )
             .await
     });
+    tracker.spawn(persist_acks(
+        outbox.clone(),
+        config.data_dir.clone(),
+        token.clone(),
+    ));
     if let Some(listener) = admin {
         tracker.spawn(admin::serve(
             listener,

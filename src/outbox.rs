@@ -24,6 +24,8 @@ pub struct OutBatch {
     pub payload: Bytes,
     /// Number of changes.
     pub count: u32,
+    /// The largest stamp in the batch (encoded).
+    pub max_stamp: String,
     /// When it was stamped (for lag).
     pub created: Instant,
 }
@@ -32,6 +34,9 @@ struct Inner {
     next_seq: u64,
     batches: VecDeque<Arc<OutBatch>>,
     acked: HashMap<String, u64>,
+    /// Per peer, the largest stamp it acknowledged (survives restarts
+    /// through [`Outbox::acked_stamps`] and the data directory).
+    acked_stamps: HashMap<String, String>,
 }
 
 /// Batches awaiting acknowledgement by the peers.
@@ -44,13 +49,23 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An outbox for the given peers, holding at most `capacity` batches.
-    pub fn new(peers: &[String], capacity: usize, metrics: Arc<Metrics>) -> Self {
+    /// An outbox for the given peers, holding at most `capacity` batches,
+    /// starting from the acknowledged stamps a previous run recorded.
+    pub fn new(
+        peers: &[String],
+        capacity: usize,
+        acked_stamps: HashMap<String, String>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Outbox {
             inner: Mutex::new(Inner {
                 next_seq: 1,
                 batches: VecDeque::new(),
                 acked: peers.iter().map(|p| (p.clone(), 0)).collect(),
+                acked_stamps: acked_stamps
+                    .into_iter()
+                    .filter(|(p, _)| peers.contains(p))
+                    .collect(),
             }),
             capacity,
             space: Notify::new(),
@@ -62,6 +77,12 @@ impl Outbox {
     /// Adds a batch, waiting for room. False when shutdown came first.
     pub async fn push(&self, changes: Vec<Change>, shutdown: &CancellationToken) -> bool {
         let payload = Bytes::from(encode_batch(&changes));
+        let max_stamp = changes
+            .iter()
+            .map(|c| c.stamp.as_str())
+            .max()
+            .unwrap_or("")
+            .to_string();
         loop {
             let notified = self.space.notified();
             {
@@ -78,6 +99,7 @@ impl Outbox {
                         seq,
                         payload,
                         count: changes.len() as u32,
+                        max_stamp,
                         created: Instant::now(),
                     }));
                     self.metrics.outbox_len.set(inner.batches.len() as i64);
@@ -127,8 +149,25 @@ impl Outbox {
         {
             let mut inner = self.inner.lock().expect("outbox lock");
             let newest = inner.next_seq - 1;
-            if let Some(a) = inner.acked.get_mut(peer) {
-                *a = (*a).max(seq.min(newest));
+            let Some(prev) = inner.acked.get(peer).copied() else {
+                return;
+            };
+            let seq = seq.min(newest);
+            if seq > prev {
+                inner.acked.insert(peer.to_string(), seq);
+                let stamp = inner
+                    .batches
+                    .iter()
+                    .take_while(|b| b.seq <= seq)
+                    .map(|b| b.max_stamp.as_str())
+                    .max()
+                    .map(str::to_string);
+                if let Some(stamp) = stamp {
+                    let slot = inner.acked_stamps.entry(peer.to_string()).or_default();
+                    if stamp > *slot {
+                        *slot = stamp;
+                    }
+                }
             }
             let low = inner.acked.values().copied().min().unwrap_or(newest);
             while inner.batches.front().is_some_and(|b| b.seq <= low) {
@@ -138,6 +177,11 @@ impl Outbox {
         }
         self.space.notify_waiters();
         self.update_lag();
+    }
+
+    /// Per peer, the largest stamp it has acknowledged.
+    pub fn acked_stamps(&self) -> HashMap<String, String> {
+        self.inner.lock().expect("outbox lock").acked_stamps.clone()
     }
 
     /// Refreshes the per-peer lag gauges.
@@ -167,11 +211,16 @@ mod tests {
     use crate::change::Op;
     use serde_bytes::ByteBuf;
 
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
     fn change() -> Vec<Change> {
         vec![Change {
             db: 0,
             key: ByteBuf::from(b"k".to_vec()),
-            stamp: "x".into(),
+            stamp: format!(
+                "{:020}",
+                SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            ),
             op: Op::Delete,
         }]
     }
@@ -179,7 +228,7 @@ mod tests {
     #[tokio::test]
     async fn batches_stay_until_every_peer_acks() {
         let peers = vec!["a".to_string(), "b".to_string()];
-        let ob = Outbox::new(&peers, 10, Arc::new(Metrics::new()));
+        let ob = Outbox::new(&peers, 10, HashMap::new(), Arc::new(Metrics::new()));
         let t = CancellationToken::new();
         for _ in 0..3 {
             assert!(ob.push(change(), &t).await);
@@ -192,12 +241,24 @@ mod tests {
         ob.ack("b", 2);
         assert_eq!(ob.next_after(0).unwrap().seq, 3);
         assert_eq!(ob.acked("a"), 3);
+        let stamps = ob.acked_stamps();
+        assert!(
+            stamps["a"] > stamps["b"],
+            "a acked a later batch: {stamps:?}"
+        );
+        ob.ack("b", 1);
+        assert_eq!(ob.acked_stamps(), stamps, "acks never go backwards");
     }
 
     #[tokio::test]
     async fn a_full_outbox_waits_for_acks() {
         let peers = vec!["a".to_string()];
-        let ob = Arc::new(Outbox::new(&peers, 2, Arc::new(Metrics::new())));
+        let ob = Arc::new(Outbox::new(
+            &peers,
+            2,
+            HashMap::new(),
+            Arc::new(Metrics::new()),
+        ));
         let t = CancellationToken::new();
         assert!(ob.push(change(), &t).await);
         assert!(ob.push(change(), &t).await);

@@ -40,6 +40,13 @@ pub struct Stamper {
     pub batch_keys: usize,
     /// Number of databases of the local Redis (for FLUSHALL).
     pub databases: u32,
+    /// This region's node id.
+    pub node_id: u32,
+    /// The configured peers.
+    pub peers: Vec<String>,
+    /// While a full resync is reported: re-ship this node's unchanged keys
+    /// stamped after this floor (the outbox may have been lost).
+    pub reship: Option<String>,
 }
 
 impl Stamper {
@@ -80,6 +87,7 @@ impl Stamper {
             }
             if snapshot_done && pending.is_empty() {
                 self.ready.snapshot_done();
+                self.reship = None;
                 snapshot_done = false;
             }
         }
@@ -96,6 +104,10 @@ impl Stamper {
         match ev {
             TailEvent::Dirty(keys) => {
                 pending.extend(keys);
+                true
+            }
+            TailEvent::SnapshotStart => {
+                self.reship = crate::acklog::reship_floor(&self.outbox.acked_stamps(), &self.peers);
                 true
             }
             TailEvent::SnapshotDone => {
@@ -166,7 +178,11 @@ impl Stamper {
         let enc = stamp::encode(&ts);
         let mut backoff = Backoff::new();
         let outcomes = loop {
-            match self.store.stamp(&per_db, &enc).await {
+            match self
+                .store
+                .stamp(&per_db, &enc, self.reship.as_deref(), self.node_id)
+                .await
+            {
                 Ok(o) => break o,
                 Err(e) if e.is_retryable() => {
                     warn!(error = %e, "stamping failed; retrying");

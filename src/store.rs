@@ -212,11 +212,22 @@ impl Store {
 
     /// Stamps dirty keys, grouped by database, with one stamp, in one
     /// pipelined round trip (one atomic script per database).
+    ///
+    /// With `reship = Some(floor)`, unchanged keys last stamped by this node
+    /// (`node_id`) after `floor` are shipped again with their recorded stamp
+    /// (used after a restart, when the outbox is gone).
     pub async fn stamp(
         &mut self,
         per_db: &[(u32, Vec<Bytes>)],
         stamp: &str,
+        reship: Option<&str>,
+        node_id: u32,
     ) -> Result<Vec<StampOutcome>, StoreError> {
+        let args = vec![
+            stamp.as_bytes().to_vec(),
+            reship.unwrap_or("").as_bytes().to_vec(),
+            node_suffix(node_id).into_bytes(),
+        ];
         let calls: Vec<_> = per_db
             .iter()
             .map(|(db, keys)| {
@@ -226,14 +237,14 @@ impl Store {
                     k.push(key.to_vec());
                     k.push(meta_bucket(key).into_bytes());
                 }
-                (*db, Which::Stamp, k, vec![stamp.as_bytes().to_vec()])
+                (*db, Which::Stamp, k, args.clone())
             })
             .collect();
         let replies = self.run(&calls).await?;
         per_db
             .iter()
             .zip(replies)
-            .map(|((db, _), reply)| parse_stamp_reply(*db, stamp, reply))
+            .map(|((db, _), reply)| parse_stamp_reply(*db, reply))
             .collect()
     }
 
@@ -360,7 +371,14 @@ fn bulk_pairs(v: &RValue, what: &str) -> Result<Vec<(Bytes, String)>, StoreError
         .collect()
 }
 
-fn parse_stamp_reply(db: u32, stamp: &str, reply: RValue) -> Result<StampOutcome, StoreError> {
+/// The last four hex digits of every stamp this node makes.
+pub fn node_suffix(node_id: u32) -> String {
+    let id = crate::stamp::node_id_to_id(node_id).expect("validated node id");
+    let ts = uhlc::Timestamp::new(uhlc::NTP64(0), id);
+    crate::stamp::encode(&ts)[16..].to_string()
+}
+
+fn parse_stamp_reply(db: u32, reply: RValue) -> Result<StampOutcome, StoreError> {
     let bad = |what: &str| StoreError::BadReply(format!("stamp: {what}"));
     let RValue::Array(parts) = reply else {
         return Err(bad("not an array"));
@@ -381,17 +399,18 @@ fn parse_stamp_reply(db: u32, stamp: &str, reply: RValue) -> Result<StampOutcome
             return Err(bad("change not an array"));
         };
         let key = f.first().and_then(bulk).ok_or_else(|| bad("key"))?;
-        let op = f.get(1).and_then(bulk).ok_or_else(|| bad("op"))?;
+        let stamp = f.get(1).and_then(bulk).ok_or_else(|| bad("stamp"))?;
+        let op = f.get(2).and_then(bulk).ok_or_else(|| bad("op"))?;
         let op = match op.as_slice() {
             b"d" => Op::Delete,
             b"p" => {
-                let t = f.get(2).and_then(bulk).ok_or_else(|| bad("type"))?;
+                let t = f.get(3).and_then(bulk).ok_or_else(|| bad("type"))?;
                 let t = String::from_utf8_lossy(&t).into_owned();
-                let exp = match f.get(3) {
+                let exp = match f.get(4) {
                     Some(RValue::Int(n)) => *n,
                     _ => return Err(bad("expiry")),
                 };
-                let Some(RValue::Array(flat)) = f.get(4) else {
+                let Some(RValue::Array(flat)) = f.get(5) else {
                     return Err(bad("value"));
                 };
                 let flat: Vec<Vec<u8>> = flat
@@ -410,7 +429,7 @@ fn parse_stamp_reply(db: u32, stamp: &str, reply: RValue) -> Result<StampOutcome
         out.changes.push(Change {
             db,
             key: ByteBuf::from(key),
-            stamp: stamp.to_string(),
+            stamp: String::from_utf8_lossy(&stamp).into_owned(),
             op,
         });
     }
@@ -434,6 +453,14 @@ mod tests {
             let n: u32 = b[META_PREFIX.len()..].parse().unwrap();
             assert!(n < META_BUCKETS);
         }
+    }
+
+    #[test]
+    fn node_suffix_is_the_end_of_every_stamp() {
+        let clock = crate::stamp::new_clock(300, std::time::Duration::from_millis(500)).unwrap();
+        let s = crate::stamp::encode(&clock.new_timestamp());
+        assert!(s.ends_with(&node_suffix(300)));
+        assert_eq!(node_suffix(1), "0100");
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub enum TailEvent {
     Dirty(Vec<(u32, Bytes)>),
     /// FLUSHDB of one database, or FLUSHALL (`None`).
     Flush(Option<u32>),
+    /// A full resync starts: the keys that follow, up to `SnapshotDone`,
+    /// are the snapshot's and the metadata's.
+    SnapshotStart,
     /// Every key of a full resync's snapshot has been reported.
     SnapshotDone,
 }
@@ -90,6 +93,8 @@ pub struct TailerConfig {
     pub data_dir: PathBuf,
     /// Number of databases of the local Redis.
     pub databases: u32,
+    /// This region's node id.
+    pub node_id: u32,
 }
 
 /// Runs replication sessions until shutdown.
@@ -273,14 +278,18 @@ async fn report_snapshot(path: PathBuf, tx: &mpsc::Sender<TailEvent>) -> Result<
 }
 
 /// After a full resync, reports every key the metadata records as holding a
-/// value. Those missing from the snapshot were deleted while nobody was
-/// watching; the stamper turns them into tombstones (or, when their expiry
-/// has passed, into the expiry every region applies on its own).
+/// value, and this node's own tombstones. Values missing from the snapshot
+/// were deleted while nobody was watching; the stamper turns them into
+/// tombstones (or, when their expiry has passed, into the expiry every
+/// region applies on its own). Own tombstones may never have reached a peer;
+/// the stamper re-ships those newer than what every peer acknowledged.
 async fn report_recorded(
     side: &mut redis::aio::MultiplexedConnection,
     databases: u32,
+    node_id: u32,
     tx: &mpsc::Sender<TailEvent>,
 ) -> Result<u64, TailError> {
+    let own = store::node_suffix(node_id).into_bytes();
     let mut n = 0;
     for db in 0..databases {
         redis::cmd("SELECT").arg(db).exec_async(side).await?;
@@ -313,7 +322,13 @@ async fn report_recorded(
                     .await?;
                 let keys: Vec<(u32, Bytes)> = flat
                     .chunks(2)
-                    .filter(|p| p.len() == 2 && p[1].get(store::RECORD_FLAG_AT) == Some(&b'v'))
+                    .filter(|p| {
+                        p.len() == 2
+                            && (p[1].get(store::RECORD_FLAG_AT) == Some(&b'v')
+                                || p[1]
+                                    .get(store::RECORD_FLAG_AT - own.len()..store::RECORD_FLAG_AT)
+                                    == Some(own.as_slice()))
+                    })
                     .map(|p| (db, Bytes::from(p[0].clone())))
                     .collect();
                 n += keys.len() as u64;
@@ -408,8 +423,11 @@ async fn session(
                 let off = offset.to_string();
                 link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
             }
+            tx.send(TailEvent::SnapshotStart)
+                .await
+                .map_err(|_| TailError::StamperGone)?;
             let keys = report_snapshot(path, tx).await?;
-            let recorded = report_recorded(&mut side, cfg.databases, tx).await?;
+            let recorded = report_recorded(&mut side, cfg.databases, cfg.node_id, tx).await?;
             tx.send(TailEvent::SnapshotDone)
                 .await
                 .map_err(|_| TailError::StamperGone)?;

@@ -165,3 +165,55 @@ fn applied_changes_are_not_shipped_back() {
         1.0
     );
 }
+
+/// kill -9 after stamping but before any peer acknowledged: the restarted
+/// agent re-ships what its metadata says it stamped and nobody acked.
+#[test]
+fn stamped_but_unshipped_changes_survive_an_agent_crash() {
+    let mut mesh = Mesh::start(2);
+    let mut a = mesh.regions[0].redis.conn();
+    let mut b = mesh.regions[1].redis.conn();
+    let _: () = a.set("before", "1").unwrap();
+    wait_until("first key reaches region 2", SETTLE, || {
+        b.exists::<_, bool>("before").unwrap()
+    });
+    // acknowledged stamps reach the data dir (written once a second)
+    let acked = mesh.regions[0].agent.data_dir.join("acked");
+    wait_until("region 1 records region 2's ack", SETTLE, || acked.exists());
+
+    // Region 2's agent is away, so region 1 can stamp but not ship.
+    mesh.regions[1].agent.kill();
+    let before = mesh.regions[0]
+        .agent
+        .metric("geosync_changes_stamped_total");
+    let _: () = a.set("lost-if-not-reshipped", "v").unwrap();
+    let _: () = a.hset("h-lost", "f", "v").unwrap();
+    let _: () = a.del("before").unwrap();
+    wait_until("region 1 stamped the writes", SETTLE, || {
+        mesh.regions[0]
+            .agent
+            .metric("geosync_changes_stamped_total")
+            >= before + 3.0
+    });
+    mesh.regions[0].agent.kill();
+    mesh.regions[1].agent.restart();
+    mesh.regions[0].agent.restart();
+    mesh.wait_ready();
+    mesh.wait_converged(&[0], SETTLE);
+    assert_eq!(
+        b.get::<_, Option<String>>("lost-if-not-reshipped")
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+    assert_eq!(
+        b.hget::<_, _, Option<String>>("h-lost", "f")
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+    assert!(
+        !b.exists::<_, bool>("before").unwrap(),
+        "the delete was re-shipped too"
+    );
+}

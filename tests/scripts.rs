@@ -46,7 +46,7 @@ fn stamp_one(
     at: &Timestamp,
 ) -> geosync::store::StampOutcome {
     let keys = vec![(0u32, vec![bytes::Bytes::from(key.as_bytes().to_vec())])];
-    rt.block_on(store.stamp(&keys, &stamp::encode(at)))
+    rt.block_on(store.stamp(&keys, &stamp::encode(at), None, 1))
         .unwrap()
         .pop()
         .unwrap()

@@ -68,7 +68,7 @@ fn existing_data_reaches_peers(redis_args: &[&str]) {
     let (l1, l2, a1, a2) = (free_port(), free_port(), free_port(), free_port());
     let agent1 = Agent::start(1, &r1.url(), l1, a1, &[l2], dir.path());
     let agent2 = Agent::start(2, &r2.url(), l2, a2, &[l1], dir.path());
-    let mesh = Mesh {
+    let mut mesh = Mesh {
         regions: vec![
             Region {
                 redis: r1,

@@ -4,14 +4,24 @@
 -- KEYS[1]  the database's flush floor key
 -- KEYS[2i], KEYS[2i+1]  a dirty key and its metadata bucket
 -- ARGV[1]  the batch stamp
+-- ARGV[2]  re-ship floor, or '' : after the agent restarts, keys whose
+--          recorded stamp is this node's own (ends with ARGV[3]) and newer
+--          than ARGV[2] may never have reached every peer; when unchanged
+--          they are shipped again with their recorded stamp
+-- ARGV[3]  this node's id as the last 4 hex digits of its stamps
 --
 -- Returns { changes, retry, unsupported }:
---   changes: { key, 'p', type, expiry, flat } or { key, 'd' } per key to ship
+--   changes: { key, stamp, 'p', type, expiry, flat } or { key, stamp, 'd' }
 --   retry: key, newer stamp, ... for keys whose metadata holds a stamp newer
 --          than ARGV[1] (the agent observes that stamp and tries again)
 --   unsupported: key, type, ... for keys of types geosync cannot carry
-local stamp = ARGV[1]
+local stamp, reship, me = ARGV[1], ARGV[2], ARGV[3]
 local changes, retry, unsupported = {}, {}, {}
+
+-- Recorded by this node after the re-ship floor: maybe never delivered.
+local function own_unacked(rec)
+  return reship ~= '' and rec.stamp > reship and string.sub(rec.stamp, -4) == me
+end
 
 local floor = redis.call('GET', KEYS[1])
 if floor and floor >= stamp then
@@ -29,7 +39,9 @@ for i = 2, #KEYS, 2 do
   local rec = parse_record(raw)
   local state = read_state(key)
   if state == nil then
-    if rec == nil or rec.flag == 't' then
+    if rec ~= nil and rec.flag == 't' and own_unacked(rec) then
+      changes[#changes + 1] = { key, rec.stamp, 'd' }
+    elseif rec == nil or rec.flag == 't' then
       -- nothing there and nothing recorded: nothing to ship
     elseif rec.expiry and rec.expiry <= now then
       -- Expired: every region expires it at the same absolute time on its
@@ -40,7 +52,7 @@ for i = 2, #KEYS, 2 do
       retry[#retry + 1] = rec.stamp
     else
       redis.call('HSET', bucket, key, make_record(stamp, 't', NO_DIGEST, nil))
-      changes[#changes + 1] = { key, 'd' }
+      changes[#changes + 1] = { key, stamp, 'd' }
     end
   elseif state.unsupported then
     unsupported[#unsupported + 1] = key
@@ -49,12 +61,15 @@ for i = 2, #KEYS, 2 do
     local d = digest(state)
     if rec ~= nil and rec.flag == 'v' and rec.digest == d then
       -- unchanged since it was last stamped or applied
+      if own_unacked(rec) then
+        changes[#changes + 1] = { key, rec.stamp, 'p', state.t, state.exp, state.flat }
+      end
     elseif rec ~= nil and rec.stamp > stamp then
       retry[#retry + 1] = key
       retry[#retry + 1] = rec.stamp
     else
       redis.call('HSET', bucket, key, make_record(stamp, 'v', d, state.exp))
-      changes[#changes + 1] = { key, 'p', state.t, state.exp, state.flat }
+      changes[#changes + 1] = { key, stamp, 'p', state.t, state.exp, state.flat }
     end
   end
 end

@@ -201,8 +201,18 @@ impl Agent {
         http_get(self.admin, path)
     }
 
-    /// True once `/readyz` answers 200.
-    pub fn is_ready(&self) -> bool {
+    /// True once `/readyz` answers 200. Panics with the log if the process
+    /// has exited.
+    pub fn is_ready(&mut self) -> bool {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!(
+                "agent {} exited with {status}:\n{}",
+                self.node_id,
+                self.log_text()
+            );
+        }
         matches!(self.get("/readyz"), Some((200, _)))
     }
 
@@ -325,19 +335,16 @@ impl Mesh {
             );
             regions.push(Region { redis, agent });
         }
-        let mesh = Mesh { regions, dir };
+        let mut mesh = Mesh { regions, dir };
         mesh.wait_ready();
         mesh
     }
 
     /// Waits until every agent's `/readyz` is 200.
-    pub fn wait_ready(&self) {
-        for r in &self.regions {
-            wait_until(
-                &format!("agent {} ready", r.agent.node_id),
-                Duration::from_secs(30),
-                || r.agent.is_ready(),
-            );
+    pub fn wait_ready(&mut self) {
+        for r in &mut self.regions {
+            let what = format!("agent {} ready", r.agent.node_id);
+            wait_until(&what, Duration::from_secs(30), || r.agent.is_ready());
         }
     }
 
