@@ -1,0 +1,142 @@
+//! The command line as a user meets it: precedence of flags, environment
+//! and file, and clear errors that name the bad setting.
+
+mod support;
+
+use std::process::{Command, Output};
+
+fn geosync(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_geosync"));
+    c.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GEOSYNC_") {
+            c.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A closed port: the agent gets past its settings and fails on Redis.
+fn dead_redis() -> String {
+    format!("redis://127.0.0.1:{}", support::free_port())
+}
+
+#[test]
+fn a_bad_setting_names_itself_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    for (args, setting) in [
+        (vec!["run", "--data-dir", d], "node-id"),
+        (vec!["run", "--node-id", "0", "--data-dir", d], "node-id"),
+        (
+            vec![
+                "run",
+                "--node-id",
+                "1",
+                "--peer",
+                "not a url",
+                "--data-dir",
+                d,
+            ],
+            "peer",
+        ),
+        (
+            vec![
+                "run",
+                "--node-id",
+                "1",
+                "--listen",
+                "nowhere",
+                "--data-dir",
+                d,
+            ],
+            "listen",
+        ),
+    ] {
+        let o = geosync(&args, &[]);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("`{setting}`")),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn flags_win_over_env_and_env_over_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("g.toml");
+    std::fs::write(&file, "node-id = 0\n").unwrap();
+    let f = file.to_str().unwrap();
+    let d = dir.path().join("data");
+    let d = d.to_str().unwrap();
+    let redis = dead_redis();
+    // file alone: its bad node-id is reported
+    let o = geosync(
+        &["run", "--config", f, "--redis", &redis, "--data-dir", d],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("`node-id`"));
+    // env over file: a good env value gets the agent to the Redis connection
+    let o = geosync(
+        &["run", "--config", f, "--redis", &redis, "--data-dir", d],
+        &[("GEOSYNC_NODE_ID", "3")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("local redis"), "{}", stderr(&o));
+    // flag over env: a bad env value is overridden by the flag
+    let o = geosync(
+        &["run", "--node-id", "3", "--redis", &redis, "--data-dir", d],
+        &[("GEOSYNC_NODE_ID", "0")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("local redis"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_data_dir_of_another_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    std::fs::write(dir.path().join("node-id"), "2\n").unwrap();
+    let o = geosync(
+        &[
+            "run",
+            "--node-id",
+            "1",
+            "--redis",
+            &dead_redis(),
+            "--data-dir",
+            d,
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("belongs to node 2"), "{}", stderr(&o));
+}
+
+#[test]
+fn the_example_config_file_parses() {
+    let o = geosync(
+        &[
+            "run",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/geosync.example.toml"),
+            "--redis",
+            &dead_redis(),
+            "--data-dir",
+            tempfile::tempdir().unwrap().path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("local redis"), "{}", stderr(&o));
+}
