@@ -302,3 +302,77 @@ fn reserved_prefix_is_not_replicated() {
             .contains("reserved __geosync: prefix")
     );
 }
+
+/// A client's WAIT makes the master send REPLCONF GETACK; the agent answers
+/// at once with its offset, so WAIT counts it as a replica that has the write.
+#[test]
+fn getack_is_answered() {
+    let mesh = Mesh::start(1);
+    let mut c = mesh.regions[0].redis.conn();
+    let _: () = c.set("k", "v").unwrap();
+    let acked: i64 = redis::cmd("WAIT").arg(1).arg(10_000).query(&mut c).unwrap();
+    assert_eq!(acked, 1);
+}
+
+/// An ACL user with only the rights the agent needs.
+#[test]
+fn acl_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = "user default on nopass ~* &* +@all\nuser geosync on >agentpw ~* &* +@all\n";
+    let acl_file = dir.path().join("users.acl");
+    std::fs::write(&acl_file, acl).unwrap();
+    let r1 = Redis::start(&["--aclfile", acl_file.to_str().unwrap()]);
+    let r2 = Redis::start(&[]);
+    let (l1, l2, a1, a2) = (free_port(), free_port(), free_port(), free_port());
+    let url1 = format!("redis://geosync:agentpw@127.0.0.1:{}", r1.port);
+    let agent1 = Agent::start(1, &url1, l1, a1, &[l2], dir.path());
+    let agent2 = Agent::start(2, &r2.url(), l2, a2, &[l1], dir.path());
+    let mut mesh = Mesh {
+        regions: vec![
+            Region {
+                redis: r1,
+                agent: agent1,
+            },
+            Region {
+                redis: r2,
+                agent: agent2,
+            },
+        ],
+        dir,
+    };
+    mesh.wait_ready();
+    let _: () = mesh.regions[0].redis.conn().set("k", "v").unwrap();
+    mesh.wait_converged(&[0], SETTLE);
+    assert_eq!(
+        mesh.regions[1].redis.conn().get::<_, String>("k").unwrap(),
+        "v"
+    );
+}
+
+/// /healthz is up at once; /readyz says what it waits for until every peer
+/// has been reached.
+#[test]
+fn readiness_waits_for_every_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Redis::start(&[]);
+    let (l1, l2, a1) = (free_port(), free_port(), free_port());
+    let mut agent = Agent::start(1, &r.url(), l1, a1, &[l2], dir.path());
+    wait_until("healthz", SETTLE, || {
+        matches!(agent.get("/healthz"), Some((200, _)))
+    });
+    wait_until("snapshot stamped", SETTLE, || {
+        agent
+            .get("/readyz")
+            .is_some_and(|(_, body)| !body.contains("initial sync"))
+    });
+    let (status, body) = agent.get("/readyz").unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        body.contains(&format!("peer http://127.0.0.1:{l2}")),
+        "{body}"
+    );
+    // the peer comes up: ready
+    let r2 = Redis::start(&[]);
+    let _peer = Agent::start(2, &r2.url(), l2, free_port(), &[l1], dir.path());
+    wait_until("ready once the peer answers", SETTLE, || agent.is_ready());
+}
