@@ -1,5 +1,5 @@
 //! Settings: command-line flags, `GEOSYNC_*` environment variables and a TOML
-//! file, in that order of precedence, checked once by [`Config::validate`].
+//! file, in that order of precedence, checked once when they are merged into a [`Config`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

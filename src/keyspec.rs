@@ -40,7 +40,7 @@
 //!   legacy first/last/step = 1/1/1 for it: the legacy range is therefore only used for commands
 //!   that have no key specs at all (pre-7 servers, some modules), never as a complement.
 //! * The server's keyword search for a positive `startfrom` stops before the last argument, and
-//!   a backwards search stops before argv[1]; this is mirrored exactly. For `keynum`, the server
+//!   a backwards search stops before `argv[1]`; this is mirrored exactly. For `keynum`, the server
 //!   computes `last = first + numkeys - 1` whatever the keystep; mirrored too.
 //! * `COMMAND GETKEYSANDFLAGS` has arity -4: it rejects a bare command name (`PING`, `MULTI`,
 //!   `EXEC`, `FLUSHALL`), so [`written_keys_from_server`] answers `Ok(vec![])` for a one-element
@@ -55,7 +55,7 @@
 //!   server (NO_MANDATORY_KEYS) but `[a]` locally, because locally the positions that are inside
 //!   argv are still returned (an unusable numkeys contributes no keys). Such commands are rejected
 //!   before execution, so they never appear in a replication stream; the local answer only has to
-//!   be safe (no panic, nothing outside argv, argv[0] never a key).
+//!   be safe (no panic, nothing outside argv, `argv[0]` never a key).
 
 use std::collections::{HashMap, HashSet};
 
@@ -237,7 +237,7 @@ impl KeySpecTable {
         Ok(Self { commands })
     }
 
-    /// Keys of one command (argv[0] is the command name, any case), restricted to the keys the command may write
+    /// Keys of one command (`argv[0]` is the command name, any case), restricted to the keys the command may write
     /// (spec flags RW, OW or RM; keys flagged RO only, and specs flagged NOT_KEY, are left out).
     pub fn written_keys(&self, argv: &[&[u8]]) -> KeyLookup {
         match self.resolve(argv) {
@@ -403,7 +403,7 @@ fn clip(invalid: bool) -> Eval {
 
 /// The server's keyword search: forward from `startfrom` up to (not including) the last
 /// argument, or, for `startfrom <= 0`, backwards from `argc + startfrom` down to (not including)
-/// argv[1]. Returns the index after the keyword.
+/// `argv[1]`. Returns the index after the keyword.
 fn keyword_search(argv: &[&[u8]], argc: i64, keyword: &[u8], startfrom: i64) -> Option<i64> {
     let matches = |i: i64| {
         usize::try_from(i)
@@ -423,7 +423,7 @@ fn keyword_search(argv: &[&[u8]], argc: i64, keyword: &[u8], startfrom: i64) -> 
     found.map(|i| i + 1)
 }
 
-/// Pushes `first, first+step, ... <= last`, keeping only indices inside argv and past argv[0].
+/// Pushes `first, first+step, ... <= last`, keeping only indices inside argv and past `argv[0]`.
 /// Returns true when the range is invalid for this argv (the server's
 /// `last >= argc || last < first || first >= argc` check, plus `first < 1`).
 fn push_range(first: i64, last: i64, step: i64, argc: i64, out: &mut Vec<usize>) -> bool {
@@ -1381,7 +1381,7 @@ mod tests {
     }
 
     /// Arity violations, garbage numkeys and out-of-range indices never panic and only ever
-    /// return indices inside argv (and never argv[0]).
+    /// return indices inside argv (and never `argv[0]`).
     #[tokio::test]
     async fn never_panics_or_leaves_argv() {
         let (_server, _conn, table) = setup().await;

@@ -121,15 +121,11 @@ fn check_batch(
         clock
             .update_with_timestamp(&ts)
             .map_err(|e| Refusal::ClockSkew {
-                stamp: c_stamp(&ts),
+                stamp: stamp::encode(&ts),
                 why: e.to_string(),
             })?;
     }
     Ok(changes)
-}
-
-fn c_stamp(ts: &uhlc::Timestamp) -> String {
-    stamp::encode(ts)
 }
 
 type PeerStream = Pin<Box<dyn Stream<Item = Result<PeerMessage, Status>> + Send>>;
