@@ -28,11 +28,14 @@ pub enum Command {
     Run(RunArgs),
 }
 
-/// Flags of `geosync run`; each also reads `GEOSYNC_<NAME>` and the config file.
-#[derive(Debug, Args, Default)]
+/// Flags of `geosync run`; each also reads `GEOSYNC_<NAME>`, and the TOML
+/// file given by `--config` has the same names (`peer` is a list there).
+#[derive(Debug, Args, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RunArgs {
     /// TOML file with the same setting names (flags and env win over it).
     #[arg(long, env = "GEOSYNC_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// This region's node id, 1..=65535, unique in the mesh and stable across restarts.
     #[arg(long, env = "GEOSYNC_NODE_ID")]
@@ -45,6 +48,7 @@ pub struct RunArgs {
     pub listen: Option<String>,
     /// A peer agent's gRPC address (repeat per peer), e.g. http://10.0.0.2:7001.
     #[arg(long = "peer", env = "GEOSYNC_PEERS", value_delimiter = ',')]
+    #[serde(rename = "peer", alias = "peers")]
     pub peers: Vec<String>,
     /// Address of the admin HTTP server (/healthz, /readyz, /metrics).
     #[arg(long, env = "GEOSYNC_ADMIN")]
@@ -67,24 +71,6 @@ pub struct RunArgs {
     /// Log format: text or json.
     #[arg(long, env = "GEOSYNC_LOG_FORMAT")]
     pub log_format: Option<String>,
-}
-
-/// The TOML file: the same names as the flags (`peer` is a list).
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    node_id: Option<u32>,
-    redis: Option<String>,
-    listen: Option<String>,
-    #[serde(alias = "peers")]
-    peer: Option<Vec<String>>,
-    admin: Option<String>,
-    data_dir: Option<PathBuf>,
-    mesh: Option<String>,
-    max_clock_skew_ms: Option<u64>,
-    batch_keys: Option<usize>,
-    outbox_batches: Option<usize>,
-    log_format: Option<String>,
 }
 
 /// A setting that stops the start, naming the setting.
@@ -145,48 +131,38 @@ impl RunArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let file = match &self.config {
             Some(path) => load_file(path)?,
-            None => FileConfig::default(),
+            None => RunArgs::default(),
         };
-        let peers = if self.peers.is_empty() {
-            file.peer.unwrap_or_default()
-        } else {
-            self.peers
-        };
-        Config::validate(Unchecked {
-            node_id: self.node_id.or(file.node_id),
-            redis: self.redis.or(file.redis),
-            listen: self.listen.or(file.listen),
-            peers,
-            admin: self.admin.or(file.admin),
-            data_dir: self.data_dir.or(file.data_dir),
-            mesh: self.mesh.or(file.mesh),
-            max_clock_skew_ms: self.max_clock_skew_ms.or(file.max_clock_skew_ms),
-            batch_keys: self.batch_keys.or(file.batch_keys),
-            outbox_batches: self.outbox_batches.or(file.outbox_batches),
-            log_format: self.log_format.or(file.log_format),
-        })
+        Config::validate(self.or(file))
+    }
+
+    /// Each setting from `self`, else from `other`.
+    fn or(self, other: RunArgs) -> RunArgs {
+        RunArgs {
+            config: self.config,
+            node_id: self.node_id.or(other.node_id),
+            redis: self.redis.or(other.redis),
+            listen: self.listen.or(other.listen),
+            peers: if self.peers.is_empty() {
+                other.peers
+            } else {
+                self.peers
+            },
+            admin: self.admin.or(other.admin),
+            data_dir: self.data_dir.or(other.data_dir),
+            mesh: self.mesh.or(other.mesh),
+            max_clock_skew_ms: self.max_clock_skew_ms.or(other.max_clock_skew_ms),
+            batch_keys: self.batch_keys.or(other.batch_keys),
+            outbox_batches: self.outbox_batches.or(other.outbox_batches),
+            log_format: self.log_format.or(other.log_format),
+        }
     }
 }
 
-fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn load_file(path: &Path) -> Result<RunArgs, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| bad("config", format!("{}: {e}", path.display())))
-}
-
-/// Settings after merging, before checking.
-struct Unchecked {
-    node_id: Option<u32>,
-    redis: Option<String>,
-    listen: Option<String>,
-    peers: Vec<String>,
-    admin: Option<String>,
-    data_dir: Option<PathBuf>,
-    mesh: Option<String>,
-    max_clock_skew_ms: Option<u64>,
-    batch_keys: Option<usize>,
-    outbox_batches: Option<usize>,
-    log_format: Option<String>,
 }
 
 fn parse_addr(setting: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -199,7 +175,7 @@ fn parse_addr(setting: &'static str, s: &str) -> Result<SocketAddr, ConfigError>
 }
 
 impl Config {
-    fn validate(u: Unchecked) -> Result<Config, ConfigError> {
+    fn validate(u: RunArgs) -> Result<Config, ConfigError> {
         let node_id = u.node_id.ok_or_else(|| bad("node-id", "is required"))?;
         crate::stamp::node_id_to_id(node_id)
             .map_err(|_| bad("node-id", format!("{node_id} is not in 1..=65535")))?;

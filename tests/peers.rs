@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use geosync::change::{Change, Op, Value, encode_batch};
+use geosync::change::{Change, Op, encode_batch};
 use geosync::stamp;
 use geosync::transport::PROTOCOL_VERSION;
 use geosync::transport::pb::replication_client::ReplicationClient;
@@ -74,15 +74,7 @@ impl Origin {
 }
 
 fn put(key: &str, value: &str, at: &Timestamp) -> Vec<u8> {
-    encode_batch(&[Change {
-        db: 0,
-        key: ByteBuf::from(key.as_bytes().to_vec()),
-        stamp: stamp::encode(at),
-        op: Op::Put {
-            value: Value::String(ByteBuf::from(value.as_bytes().to_vec())),
-            expire_at_ms: None,
-        },
-    }])
+    encode_batch(&[string_put(key, value, at)])
 }
 
 fn now_ntp() -> u64 {

@@ -8,23 +8,15 @@ use geosync::stamp;
 use geosync::store::{Store, meta_bucket};
 use redis::Commands;
 use serde_bytes::ByteBuf;
-use support::Redis;
-use uhlc::{NTP64, Timestamp};
+use support::{Redis, stamp_at, string_put};
+use uhlc::Timestamp;
 
 fn ts(time: u64, node: u32) -> Timestamp {
-    Timestamp::new(NTP64(time), stamp::node_id_to_id(node).unwrap())
+    stamp_at(time, node)
 }
 
 fn put(key: &str, value: &str, at: &Timestamp) -> Change {
-    Change {
-        db: 0,
-        key: ByteBuf::from(key.as_bytes().to_vec()),
-        stamp: stamp::encode(at),
-        op: Op::Put {
-            value: Value::String(ByteBuf::from(value.as_bytes().to_vec())),
-            expire_at_ms: None,
-        },
-    }
+    string_put(key, value, at)
 }
 
 fn recorded_stamp(c: &mut redis::Connection, key: &str) -> String {

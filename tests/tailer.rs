@@ -60,28 +60,11 @@ fn write_every_type(c: &mut redis::Connection, prefix: &str) {
 
 fn existing_data_reaches_peers(redis_args: &[&str]) {
     // Data written before any agent runs travels through the snapshot.
-    let dir = tempfile::tempdir().unwrap();
     let r1 = Redis::start(redis_args);
     let r2 = Redis::start(redis_args);
     write_every_type(&mut r1.conn(), "pre:");
     write_every_type(&mut r1.conn_db(3), "db3:");
-    let (l1, l2, a1, a2) = (free_port(), free_port(), free_port(), free_port());
-    let agent1 = Agent::start(1, &r1.url(), l1, a1, &[l2], dir.path());
-    let agent2 = Agent::start(2, &r2.url(), l2, a2, &[l1], dir.path());
-    let mut mesh = Mesh {
-        regions: vec![
-            Region {
-                redis: r1,
-                agent: agent1,
-            },
-            Region {
-                redis: r2,
-                agent: agent2,
-            },
-        ],
-        dir,
-    };
-    mesh.wait_ready();
+    let mesh = Mesh::over(vec![r1, r2], None);
     mesh.wait_converged(&[0, 3], SETTLE);
     assert_eq!(
         mesh.regions[1]
@@ -323,24 +306,9 @@ fn acl_user() {
     std::fs::write(&acl_file, acl).unwrap();
     let r1 = Redis::start(&["--aclfile", acl_file.to_str().unwrap()]);
     let r2 = Redis::start(&[]);
-    let (l1, l2, a1, a2) = (free_port(), free_port(), free_port(), free_port());
     let url1 = format!("redis://geosync:agentpw@127.0.0.1:{}", r1.port);
-    let agent1 = Agent::start(1, &url1, l1, a1, &[l2], dir.path());
-    let agent2 = Agent::start(2, &r2.url(), l2, a2, &[l1], dir.path());
-    let mut mesh = Mesh {
-        regions: vec![
-            Region {
-                redis: r1,
-                agent: agent1,
-            },
-            Region {
-                redis: r2,
-                agent: agent2,
-            },
-        ],
-        dir,
-    };
-    mesh.wait_ready();
+    let url2 = r2.url();
+    let mesh = Mesh::over(vec![r1, r2], Some(vec![url1, url2]));
     let _: () = mesh.regions[0].redis.conn().set("k", "v").unwrap();
     mesh.wait_converged(&[0], SETTLE);
     assert_eq!(

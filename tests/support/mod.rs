@@ -313,12 +313,18 @@ impl Mesh {
 
     /// Like [`Mesh::start`], with extra redis-server arguments.
     pub fn start_with(n: usize, redis_args: &[&str]) -> Mesh {
+        Mesh::over((0..n).map(|_| Redis::start(redis_args)).collect(), None)
+    }
+
+    /// Starts one agent per given server (node ids 1..=n, each connecting
+    /// with its server's URL or the given one) and waits until all are ready.
+    pub fn over(servers: Vec<Redis>, urls: Option<Vec<String>>) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
+        let n = servers.len();
         let listens: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let admins: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let urls = urls.unwrap_or_else(|| servers.iter().map(|r| r.url()).collect());
         let mut regions = Vec::new();
-        for i in 0..n {
-            let redis = Redis::start(redis_args);
+        for (i, redis) in servers.into_iter().enumerate() {
             let peers: Vec<u16> = listens
                 .iter()
                 .enumerate()
@@ -327,9 +333,9 @@ impl Mesh {
                 .collect();
             let agent = Agent::start(
                 i as u32 + 1,
-                &redis.url(),
+                &urls[i],
                 listens[i],
-                admins[i],
+                free_port(),
                 &peers,
                 dir.path(),
             );
@@ -394,6 +400,28 @@ impl Mesh {
             }
         }
         out
+    }
+}
+
+/// A stamp at `time` (NTP64) made by `node`.
+pub fn stamp_at(time: u64, node: u32) -> uhlc::Timestamp {
+    uhlc::Timestamp::new(
+        uhlc::NTP64(time),
+        geosync::stamp::node_id_to_id(node).unwrap(),
+    )
+}
+
+/// A change setting string `key` (database 0) to `value` at `at`.
+pub fn string_put(key: &str, value: &str, at: &uhlc::Timestamp) -> geosync::change::Change {
+    use serde_bytes::ByteBuf;
+    geosync::change::Change {
+        db: 0,
+        key: ByteBuf::from(key.as_bytes().to_vec()),
+        stamp: geosync::stamp::encode(at),
+        op: geosync::change::Op::Put {
+            value: geosync::change::Value::String(ByteBuf::from(value.as_bytes().to_vec())),
+            expire_at_ms: None,
+        },
     }
 }
 
