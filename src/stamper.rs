@@ -134,7 +134,7 @@ impl Stamper {
         let enc = stamp::encode(&ts);
         let mut backoff = Backoff::new();
         loop {
-            match self.store.set_floor(&dbs, &enc).await {
+            match self.store.flush_local(&dbs, &enc).await {
                 Ok(()) => break,
                 Err(e) => {
                     warn!(error = %e, "recording a flush failed; retrying");

@@ -262,7 +262,11 @@ impl Store {
                     c.db,
                     Which::Flush,
                     vec![FLOOR_KEY.into(), APPLY_MARKER_KEY.into()],
-                    vec![c.stamp.clone().into_bytes(), META_PREFIX.into()],
+                    vec![
+                        c.stamp.clone().into_bytes(),
+                        META_PREFIX.into(),
+                        b"peer".to_vec(),
+                    ],
                 ));
                 counts.push(0);
                 continue;
@@ -326,20 +330,26 @@ impl Store {
         Ok(out)
     }
 
-    /// Records a local FLUSHDB/FLUSHALL: raises the floor of each database.
-    pub async fn set_floor(&mut self, dbs: &[u32], stamp: &str) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        for db in dbs {
-            pipe.cmd("SELECT").arg(*db).ignore();
-            pipe.cmd("SET").arg(FLOOR_KEY).arg(stamp).ignore();
-        }
-        let conn = self.conn().await?;
-        let res: Result<(), RedisError> = pipe.query_async(conn).await;
-        if let Err(e) = res {
-            self.conn = None;
-            return Err(e.into());
-        }
-        Ok(())
+    /// Records a local FLUSHDB/FLUSHALL: raises the floor of each database
+    /// to `stamp` and removes what peers' changes wrote between the flush
+    /// and this stamp (see scripts/flush.lua).
+    pub async fn flush_local(&mut self, dbs: &[u32], stamp: &str) -> Result<(), StoreError> {
+        let calls: Vec<Call> = dbs
+            .iter()
+            .map(|db| {
+                (
+                    *db,
+                    Which::Flush,
+                    vec![FLOOR_KEY.into(), APPLY_MARKER_KEY.into()],
+                    vec![
+                        stamp.as_bytes().to_vec(),
+                        META_PREFIX.into(),
+                        b"local".to_vec(),
+                    ],
+                )
+            })
+            .collect();
+        self.run(&calls).await.map(|_| ())
     }
 }
 

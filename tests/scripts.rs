@@ -182,3 +182,37 @@ fn tombstones_stop_older_puts() {
     assert_eq!(out.older, 1);
     assert!(!c.exists::<_, bool>("k").unwrap());
 }
+
+/// A peer's change applied between a local FLUSHDB and the flush's stamp is
+/// older than the flush: recording the flush removes it, as every other
+/// region's flush does, while a client's write made after the FLUSHDB stays.
+#[test]
+fn local_flush_removes_what_landed_before_its_stamp() {
+    let rt = rt();
+    let (_r, mut store, mut c) = setup();
+    let _: () = c.set("old", "x").unwrap();
+    let _: () = redis::cmd("FLUSHDB").query(&mut c).unwrap();
+    let landed = ts(100 << 32, 2);
+    rt.block_on(store.apply(&[put("landed", "remote", &landed)]))
+        .unwrap();
+    let _: () = c.set("after", "client").unwrap();
+    let flush = ts(200 << 32, 1);
+    rt.block_on(store.flush_local(&[0], &stamp::encode(&flush)))
+        .unwrap();
+    assert!(
+        !c.exists::<_, bool>("landed").unwrap(),
+        "older than the flush"
+    );
+    assert_eq!(c.get::<_, String>("after").unwrap(), "client");
+    assert!(
+        c.hget::<_, _, Option<String>>(meta_bucket(b"landed"), "landed")
+            .unwrap()
+            .is_none()
+    );
+    // and the floor keeps it from coming back
+    let out = rt
+        .block_on(store.apply(&[put("landed", "remote", &landed)]))
+        .unwrap();
+    assert_eq!(out.older, 1);
+    assert!(!c.exists::<_, bool>("landed").unwrap());
+}

@@ -1,15 +1,22 @@
--- geosync flush script: a stamped FLUSHDB from a peer. Deletes every key whose
--- recorded stamp is older than ARGV[1] (and keys never stamped), drops their
--- metadata, and raises the database's flush floor to ARGV[1].
+-- geosync flush script: a stamped FLUSHDB. Deletes every key whose recorded
+-- stamp is older than ARGV[1], drops their metadata, and raises the
+-- database's flush floor to ARGV[1].
+--
+-- From a peer (ARGV[3] = 'peer') keys never stamped are deleted too. In the
+-- region where the FLUSHDB ran (ARGV[3] = 'local') Redis already emptied the
+-- database; what this removes is what peers' changes wrote between the
+-- FLUSHDB and its stamp, while keys without metadata are clients' writes
+-- made after the FLUSHDB, and stay.
 --
 -- KEYS[1]  the flush floor key
 -- KEYS[2]  the apply marker key
 -- ARGV[1]  the flush stamp
 -- ARGV[2]  the metadata key prefix (buckets are prefix .. n)
+-- ARGV[3]  'peer' or 'local'
 --
 -- Returns the number of keys deleted, or -1 when the floor was already newer.
 redis.call('INCR', KEYS[2])
-local stamp, prefix = ARGV[1], ARGV[2]
+local stamp, prefix, from_peer = ARGV[1], ARGV[2], ARGV[3] == 'peer'
 local floor = redis.call('GET', KEYS[1])
 if floor and floor >= stamp then return -1 end
 local deleted = 0
@@ -34,13 +41,16 @@ for _, bucket in ipairs(buckets) do
     local rec = parse_record(flat[i + 1])
     if rec.stamp < stamp then
       redis.call('HDEL', bucket, flat[i])
+      if not from_peer then
+        deleted = deleted + redis.call('DEL', flat[i])
+      end
     else
       keep[flat[i]] = true
     end
   end
 end
 for _, key in ipairs(users) do
-  if not keep[key] then
+  if from_peer and not keep[key] then
     redis.call('DEL', key)
     deleted = deleted + 1
   end
