@@ -93,7 +93,7 @@ impl Stamper {
         }
     }
 
-    /// Adds an event to the pending set; a flush first stamps what is pending.
+    /// Adds an event to the pending set, or records a flush.
     async fn take(
         &mut self,
         ev: TailEvent,
@@ -114,18 +114,22 @@ impl Stamper {
                 *snapshot_done = true;
                 true
             }
-            TailEvent::Flush(db) => {
-                while !pending.is_empty() {
-                    if !self.stamp_pending(pending, shutdown).await {
-                        return false;
-                    }
-                }
-                self.flush(db, shutdown).await
-            }
+            // The flush is recorded before the keys still pending: those of
+            // the flushed database now hold only what clients wrote after
+            // the FLUSHDB, which must be stamped after the flush to survive
+            // it; the others are not affected by the order.
+            TailEvent::Flush(db) => self.flush(db, pending, shutdown).await,
         }
     }
 
-    async fn flush(&mut self, db: Option<u32>, shutdown: &CancellationToken) -> bool {
+    /// Records a FLUSHDB/FLUSHALL with its own stamp and ships it; keys the
+    /// flush script hands back are stamped again after it.
+    async fn flush(
+        &mut self,
+        db: Option<u32>,
+        pending: &mut IndexSet<(u32, Bytes)>,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let dbs: Vec<u32> = match db {
             Some(db) => vec![db],
             None => (0..self.databases).collect(),
@@ -134,8 +138,13 @@ impl Stamper {
         let enc = stamp::encode(&ts);
         let mut backoff = Backoff::new();
         loop {
-            match self.store.flush_local(&dbs, &enc).await {
-                Ok(()) => break,
+            match self.store.flush_local(&dbs, &enc, self.node_id).await {
+                Ok(restamp) => {
+                    for (db, keys) in restamp {
+                        pending.extend(keys.into_iter().map(|k| (db, k)));
+                    }
+                    break;
+                }
                 Err(e) => {
                     warn!(error = %e, "recording a flush failed; retrying");
                     if !backoff.wait(shutdown).await {

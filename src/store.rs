@@ -309,10 +309,11 @@ impl Store {
         let mut out = ApplyOutcome::default();
         for ((_, which, _, _), reply) in calls.iter().zip(replies) {
             if *which == Which::Flush {
-                match reply {
-                    RValue::Int(n) if n >= 0 => out.applied += 1,
-                    RValue::Int(_) => out.older += 1,
-                    other => return Err(StoreError::BadReply(format!("flush: {other:?}"))),
+                let (deleted, _) = parse_flush_reply(reply)?;
+                if deleted >= 0 {
+                    out.applied += 1;
+                } else {
+                    out.older += 1;
                 }
                 continue;
             }
@@ -332,8 +333,15 @@ impl Store {
 
     /// Records a local FLUSHDB/FLUSHALL: raises the floor of each database
     /// to `stamp` and removes what peers' changes wrote between the flush
-    /// and this stamp (see scripts/flush.lua).
-    pub async fn flush_local(&mut self, dbs: &[u32], stamp: &str) -> Result<(), StoreError> {
+    /// and this stamp (see scripts/flush.lua). Returns, per database, the
+    /// keys clients wrote after the FLUSHDB that were stamped before it and
+    /// must be stamped again.
+    pub async fn flush_local(
+        &mut self,
+        dbs: &[u32],
+        stamp: &str,
+        node_id: u32,
+    ) -> Result<Vec<(u32, Vec<Bytes>)>, StoreError> {
         let calls: Vec<Call> = dbs
             .iter()
             .map(|db| {
@@ -345,11 +353,36 @@ impl Store {
                         stamp.as_bytes().to_vec(),
                         META_PREFIX.into(),
                         b"local".to_vec(),
+                        node_suffix(node_id).into_bytes(),
                     ],
                 )
             })
             .collect();
-        self.run(&calls).await.map(|_| ())
+        let replies = self.run(&calls).await?;
+        dbs.iter()
+            .zip(replies)
+            .map(|(db, r)| Ok((*db, parse_flush_reply(r)?.1)))
+            .collect()
+    }
+}
+
+/// A flush script's reply: keys deleted (-1: already flushed later) and keys
+/// to stamp again.
+fn parse_flush_reply(reply: RValue) -> Result<(i64, Vec<Bytes>), StoreError> {
+    let bad = || StoreError::BadReply(format!("flush: {reply:?}"));
+    let RValue::Array(parts) = &reply else {
+        return Err(bad());
+    };
+    match parts.as_slice() {
+        [RValue::Int(n), RValue::Array(keys)] => {
+            let keys = keys
+                .iter()
+                .map(|k| bulk(k).map(Bytes::from))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(bad)?;
+            Ok((*n, keys))
+        }
+        _ => Err(bad()),
     }
 }
 

@@ -196,9 +196,31 @@ fn local_flush_removes_what_landed_before_its_stamp() {
     rt.block_on(store.apply(&[put("landed", "remote", &landed)]))
         .unwrap();
     let _: () = c.set("after", "client").unwrap();
+    // a client's write after the FLUSHDB, stamped (by node 1) before the flush was
+    let _: () = c.set("stamped-early", "client").unwrap();
+    let early = ts(150 << 32, 1);
+    assert_eq!(
+        stamp_one(&rt, &mut store, "stamped-early", &early)
+            .changes
+            .len(),
+        1
+    );
     let flush = ts(200 << 32, 1);
-    rt.block_on(store.flush_local(&[0], &stamp::encode(&flush)))
+    let restamp = rt
+        .block_on(store.flush_local(&[0], &stamp::encode(&flush), 1))
         .unwrap();
+    assert_eq!(
+        restamp,
+        vec![(0, vec![bytes::Bytes::from_static(b"stamped-early")])]
+    );
+    assert_eq!(c.get::<_, String>("stamped-early").unwrap(), "client");
+    let later = ts(300 << 32, 1);
+    let again = stamp_one(&rt, &mut store, "stamped-early", &later);
+    assert_eq!(
+        again.changes.len(),
+        1,
+        "stamped again, newer than the flush"
+    );
     assert!(
         !c.exists::<_, bool>("landed").unwrap(),
         "older than the flush"

@@ -344,3 +344,42 @@ fn readiness_waits_for_every_peer() {
     let _peer = Agent::start(2, &r2.url(), l2, free_port(), &[l1], dir.path());
     wait_until("ready once the peer answers", SETTLE, || agent.is_ready());
 }
+
+/// Writes right after a FLUSHDB, in the same transaction or just behind it,
+/// are stamped after the flush and survive it in every region.
+#[test]
+fn writes_after_a_flush_survive_it() {
+    let mesh = Mesh::start(2);
+    let mut a0 = mesh.regions[0].redis.conn();
+    let mut a1 = mesh.regions[0].redis.conn_db(1);
+    for i in 0..50 {
+        let _: () = a0.set(format!("k{i}"), "before").unwrap();
+        let _: () = a1.set(format!("k{i}"), "before").unwrap();
+    }
+    // db 0: a flush with writes just before and just behind it
+    let _: () = redis::pipe()
+        .set("k1", "pre-flush")
+        .cmd("FLUSHDB")
+        .set("k2", "after")
+        .set("k3", "after")
+        .query(&mut a0)
+        .unwrap();
+    // db 1: the same inside one transaction
+    let _: () = redis::pipe()
+        .atomic()
+        .set("k4", "pre-flush")
+        .cmd("FLUSHDB")
+        .set("k5", "after-in-multi")
+        .query(&mut a1)
+        .unwrap();
+    mesh.wait_converged(&[0, 1], SETTLE);
+    for (db, want) in [(0, vec!["k2", "k3"]), (1, vec!["k5"])] {
+        let mut b = mesh.regions[1].redis.conn_db(db);
+        let mut keys: Vec<String> = b.keys("k*").unwrap();
+        keys.sort();
+        assert_eq!(
+            keys, want,
+            "db {db}: only the writes after the flush are left"
+        );
+    }
+}

@@ -2,24 +2,32 @@
 -- stamp is older than ARGV[1], drops their metadata, and raises the
 -- database's flush floor to ARGV[1].
 --
--- From a peer (ARGV[3] = 'peer') keys never stamped are deleted too. In the
--- region where the FLUSHDB ran (ARGV[3] = 'local') Redis already emptied the
--- database; what this removes is what peers' changes wrote between the
--- FLUSHDB and its stamp, while keys without metadata are clients' writes
--- made after the FLUSHDB, and stay.
+-- From a peer (ARGV[3] = 'peer') keys never stamped are deleted too.
+--
+-- In the region where the FLUSHDB ran (ARGV[3] = 'local') Redis already
+-- emptied the database, metadata included, so every record found here was
+-- written after the FLUSHDB: a peer's change applied before the flush was
+-- stamped (older than the flush: deleted, as every peer does), or this
+-- node's stamp of a client's write made after the FLUSHDB (its stamp was
+-- taken before the flush's, but the write came after the flush: the key
+-- stays, its record goes, and the agent stamps it again, newer than the
+-- flush). Keys without metadata are clients' writes made after the FLUSHDB
+-- and stay.
 --
 -- KEYS[1]  the flush floor key
 -- KEYS[2]  the apply marker key
 -- ARGV[1]  the flush stamp
 -- ARGV[2]  the metadata key prefix (buckets are prefix .. n)
 -- ARGV[3]  'peer' or 'local'
+-- ARGV[4]  (local) this node's id as the last 4 hex digits of its stamps
 --
--- Returns the number of keys deleted, or -1 when the floor was already newer.
+-- Returns { keys deleted (-1 when the floor was already newer), keys to stamp again }.
 redis.call('INCR', KEYS[2])
-local stamp, prefix, from_peer = ARGV[1], ARGV[2], ARGV[3] == 'peer'
+local stamp, prefix, from_peer, me = ARGV[1], ARGV[2], ARGV[3] == 'peer', ARGV[4]
 local floor = redis.call('GET', KEYS[1])
-if floor and floor >= stamp then return -1 end
+if floor and floor >= stamp then return { -1, {} } end
 local deleted = 0
+local restamp = {}
 local cursor = '0'
 local buckets, users = {}, {}
 repeat
@@ -42,7 +50,11 @@ for _, bucket in ipairs(buckets) do
     if rec.stamp < stamp then
       redis.call('HDEL', bucket, flat[i])
       if not from_peer then
-        deleted = deleted + redis.call('DEL', flat[i])
+        if string.sub(rec.stamp, -4) == me then
+          restamp[#restamp + 1] = flat[i]
+        else
+          deleted = deleted + redis.call('DEL', flat[i])
+        end
       end
     else
       keep[flat[i]] = true
@@ -56,4 +68,4 @@ for _, key in ipairs(users) do
   end
 end
 redis.call('SET', KEYS[1], stamp)
-return deleted
+return { deleted, restamp }
