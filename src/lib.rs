@@ -30,6 +30,7 @@ pub mod config;
 pub mod keyspec;
 pub mod metrics;
 pub mod outbox;
+pub mod position;
 pub mod rdb;
 pub mod resp;
 pub mod stamp;
@@ -123,27 +124,37 @@ fn redacted(url: &str) -> String {
     }
 }
 
-/// Writes the peers' acknowledged stamps to the data directory once a second
-/// when they changed, and once more at shutdown.
-async fn persist_acks(
+/// Writes the agent's progress to the data directory once a second when it
+/// changed, and once more at shutdown: the peers' acknowledged stamps and
+/// the replication position up to which everything has been stamped.
+async fn persist_progress(
     outbox: Arc<Outbox>,
+    mut position: tokio::sync::watch::Receiver<Option<position::Position>>,
     data_dir: std::path::PathBuf,
     shutdown: CancellationToken,
 ) {
-    let mut last = outbox.acked_stamps();
+    let mut last_acks = outbox.acked_stamps();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         let stop = tokio::select! {
             _ = tick.tick() => false,
             _ = shutdown.cancelled() => true,
         };
-        let now = outbox.acked_stamps();
-        if now != last {
-            match acklog::save(&data_dir, &now) {
-                Ok(()) => last = now,
+        let acks = outbox.acked_stamps();
+        if acks != last_acks {
+            match acklog::save(&data_dir, &acks) {
+                Ok(()) => last_acks = acks,
                 Err(e) => {
                     error!(error = %e, "cannot record peers' acknowledgements; after a crash more will be re-shipped")
                 }
+            }
+        }
+        if position.has_changed().unwrap_or(false) {
+            let p = position.borrow_and_update().clone();
+            if let Some(p) = p
+                && let Err(e) = position::save(&data_dir, &p)
+            {
+                error!(error = %e, "cannot record the replication position; a restart will do a full resync");
             }
         }
         if stop {
@@ -228,6 +239,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         metrics.clone(),
         token.clone(),
     ));
+    let (position_tx, position_rx) = tokio::sync::watch::channel(None);
     let stamper = stamper::Stamper {
         store: Store::new(client.clone()),
         clock: clock.clone(),
@@ -239,6 +251,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         node_id: config.node_id,
         peers: config.peers.clone(),
         reship: None,
+        position: position_tx,
     };
     tracker.spawn(stamper.run(tail_rx, token.clone()));
 
@@ -288,8 +301,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             )
             .await
     });
-    tracker.spawn(persist_acks(
+    tracker.spawn(persist_progress(
         outbox.clone(),
+        position_rx,
         config.data_dir.clone(),
         token.clone(),
     ));

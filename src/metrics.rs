@@ -29,6 +29,9 @@ pub struct Metrics {
     registry: Registry,
     /// Changes of local writes stamped for shipping.
     pub changes_stamped: Counter,
+    /// Changes shipped again with their recorded stamp after a restart
+    /// (stamped before, maybe never acknowledged).
+    pub changes_reshipped: Counter,
     /// Keys whose stamp was retried because their metadata held a newer stamp.
     pub stamp_retries: Counter,
     /// Changes sent to each peer (re-sends after a reconnect count again).
@@ -72,6 +75,11 @@ impl Metrics {
             "changes_stamped",
             "Changes of local writes stamped",
             m.changes_stamped.clone(),
+        );
+        r.register(
+            "changes_reshipped",
+            "Changes shipped again with their recorded stamp after a restart",
+            m.changes_reshipped.clone(),
         );
         r.register(
             "stamp_retries",

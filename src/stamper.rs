@@ -19,6 +19,7 @@ use crate::backoff::Backoff;
 use crate::change::{Change, Op};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::position::Position;
 use crate::stamp;
 use crate::state::Readiness;
 use crate::store::{Store, StoreError};
@@ -47,63 +48,78 @@ pub struct Stamper {
     /// While a full resync is reported: re-ship this node's unchanged keys
     /// stamped after this floor (the outbox may have been lost).
     pub reship: Option<String>,
+    /// The stream position up to which every change has been stamped.
+    pub position: tokio::sync::watch::Sender<Option<Position>>,
+}
+
+/// What the stamper has taken from the tailer and not finished yet.
+#[derive(Default)]
+struct Pending {
+    /// Dirty keys, in arrival order, each once.
+    keys: IndexSet<(u32, Bytes)>,
+    /// A snapshot has been reported completely.
+    snapshot_done: bool,
+    /// The newest stream position reported; recorded once `keys` is empty.
+    position: Option<Position>,
 }
 
 impl Stamper {
     /// Runs until the tailer's channel closes or shutdown.
     pub async fn run(mut self, mut rx: mpsc::Receiver<TailEvent>, shutdown: CancellationToken) {
-        let mut pending: IndexSet<(u32, Bytes)> = IndexSet::new();
-        let mut snapshot_done = false;
+        let mut pending = Pending::default();
         loop {
-            if pending.is_empty() {
+            if pending.keys.is_empty() {
                 let ev = tokio::select! {
                     ev = rx.recv() => ev,
                     _ = shutdown.cancelled() => return,
                 };
                 let Some(ev) = ev else { return };
-                if !self
-                    .take(ev, &mut pending, &mut snapshot_done, &shutdown)
-                    .await
-                {
+                if !self.take(ev, &mut pending, &shutdown).await {
                     return;
                 }
             }
             // Coalesce whatever else is already waiting, up to a batch.
-            while pending.len() < self.batch_keys {
+            while pending.keys.len() < self.batch_keys {
                 match rx.try_recv() {
                     Ok(ev) => {
-                        if !self
-                            .take(ev, &mut pending, &mut snapshot_done, &shutdown)
-                            .await
-                        {
+                        if !self.take(ev, &mut pending, &shutdown).await {
                             return;
                         }
                     }
                     Err(_) => break,
                 }
             }
-            if !pending.is_empty() && !self.stamp_pending(&mut pending, &shutdown).await {
+            if !pending.keys.is_empty() && !self.stamp_pending(&mut pending.keys, &shutdown).await {
                 return;
             }
-            if snapshot_done && pending.is_empty() {
+            if !pending.keys.is_empty() {
+                continue;
+            }
+            if let Some(p) = pending.position.take() {
+                self.position.send_replace(Some(p));
+            }
+            if pending.snapshot_done {
                 self.ready.snapshot_done();
                 self.reship = None;
-                snapshot_done = false;
+                pending.snapshot_done = false;
             }
         }
     }
 
-    /// Adds an event to the pending set, or records a flush.
+    /// Adds an event to the pending work, or records a flush.
     async fn take(
         &mut self,
         ev: TailEvent,
-        pending: &mut IndexSet<(u32, Bytes)>,
-        snapshot_done: &mut bool,
+        pending: &mut Pending,
         shutdown: &CancellationToken,
     ) -> bool {
         match ev {
             TailEvent::Dirty(keys) => {
-                pending.extend(keys);
+                pending.keys.extend(keys);
+                true
+            }
+            TailEvent::Position(p) => {
+                pending.position = Some(p);
                 true
             }
             TailEvent::SnapshotStart => {
@@ -111,14 +127,14 @@ impl Stamper {
                 true
             }
             TailEvent::SnapshotDone => {
-                *snapshot_done = true;
+                pending.snapshot_done = true;
                 true
             }
             // The flush is recorded before the keys still pending: those of
             // the flushed database now hold only what clients wrote after
             // the FLUSHDB, which must be stamped after the flush to survive
             // it; the others are not affected by the order.
-            TailEvent::Flush(db) => self.flush(db, pending, shutdown).await,
+            TailEvent::Flush(db) => self.flush(db, &mut pending.keys, shutdown).await,
         }
     }
 
@@ -235,7 +251,11 @@ impl Stamper {
         if changes.is_empty() {
             return true;
         }
-        self.metrics.changes_stamped.inc_by(changes.len() as u64);
+        let reshipped = changes.iter().filter(|c| c.stamp != enc).count() as u64;
+        self.metrics.changes_reshipped.inc_by(reshipped);
+        self.metrics
+            .changes_stamped
+            .inc_by(changes.len() as u64 - reshipped);
         self.outbox.push(changes, shutdown).await
     }
 }

@@ -27,6 +27,7 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::Backoff;
 use crate::keyspec::{KeyLookup, KeySpecTable, written_keys_from_server};
 use crate::metrics::Metrics;
+use crate::position::Position;
 use crate::rdb::{RdbEntry, RdbReader};
 use crate::resp::{self, Frame};
 use crate::store::{self, is_reserved};
@@ -44,6 +45,9 @@ pub enum TailEvent {
     SnapshotStart,
     /// Every key of a full resync's snapshot has been reported.
     SnapshotDone,
+    /// Every write up to this point of the stream has been reported; once
+    /// the keys reported so far are stamped, the position may be recorded.
+    Position(Position),
 }
 
 /// Why a replication session ended.
@@ -277,8 +281,8 @@ async fn report_snapshot(path: PathBuf, tx: &mpsc::Sender<TailEvent>) -> Result<
     .map_err(|e| TailError::Protocol(format!("snapshot task: {e}")))?
 }
 
-/// After a full resync, reports every key the metadata records as holding a
-/// value, and this node's own tombstones. Values missing from the snapshot
+/// After a full resync (`values`), reports every key the metadata records as
+/// holding a value; after any resync, this node's own records. Values missing from the snapshot
 /// were deleted while nobody was watching; the stamper turns them into
 /// tombstones (or, when their expiry has passed, into the expiry every
 /// region applies on its own). Own tombstones may never have reached a peer;
@@ -287,6 +291,7 @@ async fn report_recorded(
     side: &mut redis::aio::MultiplexedConnection,
     databases: u32,
     node_id: u32,
+    values: bool,
     tx: &mpsc::Sender<TailEvent>,
 ) -> Result<u64, TailError> {
     let own = store::node_suffix(node_id).into_bytes();
@@ -324,7 +329,7 @@ async fn report_recorded(
                     .chunks(2)
                     .filter(|p| {
                         p.len() == 2
-                            && (p[1].get(store::RECORD_FLAG_AT) == Some(&b'v')
+                            && ((values && p[1].get(store::RECORD_FLAG_AT) == Some(&b'v'))
                                 || p[1]
                                     .get(store::RECORD_FLAG_AT - own.len()..store::RECORD_FLAG_AT)
                                     == Some(own.as_slice()))
@@ -403,12 +408,39 @@ async fn session(
         buf: BytesMut::with_capacity(1 << 16),
     };
     handshake(cfg, &mut link).await?;
-    link.send(&[b"PSYNC", b"?", b"-1"]).await?;
+    // Continue from the recorded position when there is one.
+    let resume = crate::position::load(&cfg.data_dir);
+    match &resume {
+        Some(p) => {
+            let next = (p.offset + 1).to_string();
+            link.send(&[b"PSYNC", p.replid.as_bytes(), next.as_bytes()])
+                .await?
+        }
+        None => link.send(&[b"PSYNC", b"?", b"-1"]).await?,
+    }
     let reply = link.line().await?;
     let reply = String::from_utf8_lossy(&reply).into_owned();
     let mut parts = reply.trim_start_matches('+').split(' ');
-    let offset: i64 = match parts.next() {
-        Some("FULLRESYNC") => {
+    let (replid, offset, db) = match (parts.next(), resume) {
+        (Some("CONTINUE"), Some(p)) => {
+            metrics.sync_partial_ok.inc();
+            // A new id means the master was promoted; the offsets carry on.
+            let replid = parts.next().map(str::to_string).unwrap_or(p.replid);
+            info!(%replid, offset = p.offset, "partial resync");
+            // The outbox did not survive a restart: re-ship what this node
+            // stamped and no peer acknowledged.
+            tx.send(TailEvent::SnapshotStart)
+                .await
+                .map_err(|_| TailError::StamperGone)?;
+            let recorded =
+                report_recorded(&mut side, cfg.databases, cfg.node_id, false, tx).await?;
+            tx.send(TailEvent::SnapshotDone)
+                .await
+                .map_err(|_| TailError::StamperGone)?;
+            info!(recorded, "own records reported");
+            (replid, p.offset, p.db)
+        }
+        (Some("FULLRESYNC"), _) => {
             let replid = parts.next().unwrap_or_default().to_string();
             let offset: i64 = parts
                 .next()
@@ -427,12 +459,12 @@ async fn session(
                 .await
                 .map_err(|_| TailError::StamperGone)?;
             let keys = report_snapshot(path, tx).await?;
-            let recorded = report_recorded(&mut side, cfg.databases, cfg.node_id, tx).await?;
+            let recorded = report_recorded(&mut side, cfg.databases, cfg.node_id, true, tx).await?;
             tx.send(TailEvent::SnapshotDone)
                 .await
                 .map_err(|_| TailError::StamperGone)?;
             info!(keys, recorded, diskless, "snapshot reported");
-            offset
+            (replid, offset, 0)
         }
         _ => {
             return Err(TailError::Handshake {
@@ -441,7 +473,11 @@ async fn session(
             });
         }
     };
-    follow(link, offset, &specs, &mut side, tx, metrics, shutdown).await
+    let start = Position { replid, offset, db };
+    tx.send(TailEvent::Position(start.clone()))
+        .await
+        .map_err(|_| TailError::StamperGone)?;
+    follow(link, start, &specs, &mut side, tx, metrics, shutdown).await
 }
 
 /// An open MULTI block of the stream.
@@ -464,14 +500,20 @@ struct StreamState {
 /// Follows the command stream from `offset`.
 async fn follow(
     mut link: Link,
-    mut offset: i64,
+    start: Position,
     specs: &KeySpecTable,
     side: &mut redis::aio::MultiplexedConnection,
     tx: &mpsc::Sender<TailEvent>,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), TailError> {
-    let mut state = StreamState { db: 0, multi: None };
+    let Position {
+        replid,
+        mut offset,
+        db,
+    } = start;
+    let mut state = StreamState { db, multi: None };
+    let mut reported = offset;
     let mut ack = tokio::time::interval(Duration::from_secs(1));
     ack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -500,6 +542,11 @@ async fn follow(
             _ = ack.tick() => {
                 let off = offset.to_string();
                 link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
+                if offset != reported && state.multi.is_none() {
+                    let p = Position { replid: replid.clone(), offset, db: state.db };
+                    tx.send(TailEvent::Position(p)).await.map_err(|_| TailError::StamperGone)?;
+                    reported = offset;
+                }
             }
             _ = shutdown.cancelled() => return Err(TailError::Shutdown),
         }

@@ -1,0 +1,202 @@
+//! Agent restarts: a partial resync when the master's backlog still holds
+//! the recorded position, and a full resync that ships only what changed
+//! unseen when it does not.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::Commands;
+use support::*;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+#[test]
+fn restart_under_writes_continues_with_a_partial_resync() {
+    // The writer below is fast (tens of thousands of writes a second): give
+    // the master a backlog that holds the time the agent is away.
+    let mut mesh = Mesh::start_with(2, &["--repl-backlog-size", "64mb"]);
+    let url = mesh.regions[0].redis.url();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, written) = (stop.clone(), written.clone());
+        std::thread::spawn(move || {
+            let mut c = redis::Client::open(url.clone())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            // Database 1 too: the master does not repeat SELECT after a
+            // partial resync, so the agent must remember where it was.
+            let mut c1 = redis::Client::open(format!("{url}/1"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let _: () = c.set(format!("w{}", i % 500), i).unwrap();
+                if i.is_multiple_of(3) {
+                    let _: () = c1.set(format!("w{}", i % 500), i).unwrap();
+                }
+                let _: () = c.hset("h", format!("f{}", i % 50), i).unwrap();
+                i += 1;
+                written.store(i, Ordering::SeqCst);
+            }
+        })
+    };
+    let position = mesh.regions[0].agent.data_dir.join("replication");
+    wait_until("the replication position is recorded", SETTLE, || {
+        position.exists()
+    });
+    wait_until("writes are flowing", SETTLE, || {
+        written.load(Ordering::SeqCst) > 2000
+    });
+    mesh.regions[0].agent.kill();
+    let before = written.load(Ordering::SeqCst);
+    wait_until("writes continue while the agent is down", SETTLE, || {
+        written.load(Ordering::SeqCst) > before + 500
+    });
+    mesh.regions[0].agent.restart();
+    mesh.wait_ready();
+    let agent = &mesh.regions[0].agent;
+    let at_restart = written.load(Ordering::SeqCst);
+    wait_until("writes continue after the restart", SETTLE, || {
+        written.load(Ordering::SeqCst) > at_restart + 500
+    });
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let settle = mesh.wait_converged(&[0, 1], SETTLE);
+    assert_eq!(
+        agent.metric("geosync_sync_partial_ok_total"),
+        1.0,
+        "continued with PSYNC"
+    );
+    assert_eq!(
+        agent.metric("geosync_sync_full_total"),
+        0.0,
+        "no full resync"
+    );
+    println!(
+        "resume: writes={} partial_ok=1 full=0 converged_after={:.2}s",
+        written.load(Ordering::SeqCst),
+        settle.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_full_resync_ships_only_what_changed_unseen() {
+    // A small backlog, so that writes made while the agent is down push
+    // its position out.
+    let mut mesh = Mesh::start_with(2, &["--repl-backlog-size", "16kb"]);
+    let mut a = mesh.regions[0].redis.conn();
+    let mut b = mesh.regions[1].redis.conn();
+    for k in ["stale", "deleted", "changed"] {
+        let _: () = a.set(k, "v0").unwrap();
+    }
+    mesh.wait_converged(&[0], SETTLE);
+    let position = mesh.regions[0].agent.data_dir.join("replication");
+    wait_until("the replication position is recorded", SETTLE, || {
+        position.exists()
+    });
+
+    mesh.regions[0].agent.kill();
+    // While region 1's agent is down: region 2 writes a newer value of a key
+    // region 1 still holds unchanged ...
+    let _: () = b.set("stale", "newer-in-2").unwrap();
+    // ... and region 1's clients delete one key and change another.
+    let _: () = a.del("deleted").unwrap();
+    let _: () = a.set("changed", "v1").unwrap();
+    // Enough traffic to overflow the 16 kB backlog.
+    let filler = "x".repeat(1000);
+    for i in 0..100 {
+        let _: () = a.set(format!("filler{i}"), &filler).unwrap();
+    }
+    mesh.regions[0].agent.restart();
+    mesh.wait_ready();
+    mesh.wait_converged(&[0], SETTLE);
+    let agent = &mesh.regions[0].agent;
+    assert_eq!(
+        agent.metric("geosync_sync_full_total"),
+        1.0,
+        "the backlog no longer held the position"
+    );
+    assert_eq!(agent.metric("geosync_sync_partial_ok_total"), 0.0);
+    assert_eq!(
+        b.get::<_, String>("stale").unwrap(),
+        "newer-in-2",
+        "an unchanged old value did not win"
+    );
+    assert_eq!(a.get::<_, String>("stale").unwrap(), "newer-in-2");
+    assert!(
+        !b.exists::<_, bool>("deleted").unwrap(),
+        "the delete made while the agent was down reached region 2"
+    );
+    assert_eq!(b.get::<_, String>("changed").unwrap(), "v1");
+    // Only what changed while it was away was stamped: the delete, the
+    // change and the filler keys.
+    assert_eq!(agent.metric("geosync_changes_stamped_total"), 102.0);
+}
+
+/// The master does not repeat SELECT after a partial resync: writes in
+/// database 1 made while the agent was down must still land in database 1.
+#[test]
+fn a_partial_resync_remembers_the_selected_database() {
+    let mut mesh = Mesh::start(2);
+    let mut a1 = mesh.regions[0].redis.conn_db(1);
+    let _: () = a1.set("x", "1").unwrap();
+    mesh.wait_converged(&[0, 1], SETTLE);
+    // Wait until the agent recorded the position after that write.
+    let mut a0 = mesh.regions[0].redis.conn();
+    let mut master_offset = || -> i64 {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut a0)
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let file = mesh.regions[0].agent.data_dir.join("replication");
+    let recorded = |f: &std::path::Path| -> (i64, u32) {
+        let t = std::fs::read_to_string(f).unwrap_or_default();
+        let p: Vec<&str> = t.split_whitespace().collect();
+        (
+            p.get(1).and_then(|o| o.parse().ok()).unwrap_or(-1),
+            p.get(2).and_then(|d| d.parse().ok()).unwrap_or(99),
+        )
+    };
+    let target = master_offset();
+    wait_until(
+        "the position after the db 1 write is recorded",
+        SETTLE,
+        || recorded(&file).0 >= target,
+    );
+    mesh.regions[0].agent.kill();
+    // The master's stream is still in database 1: no SELECT precedes these.
+    let _: () = a1.set("y", "2").unwrap();
+    let _: () = a1.del("x").unwrap();
+    mesh.regions[0].agent.restart();
+    mesh.wait_ready();
+    mesh.wait_converged(&[0, 1], SETTLE);
+    assert_eq!(
+        mesh.regions[0]
+            .agent
+            .metric("geosync_sync_partial_ok_total"),
+        1.0
+    );
+    let mut b1 = mesh.regions[1].redis.conn_db(1);
+    assert_eq!(
+        b1.get::<_, Option<String>>("y").unwrap().as_deref(),
+        Some("2")
+    );
+    assert!(!b1.exists::<_, bool>("x").unwrap());
+    assert!(
+        !mesh.regions[1].redis.conn().exists::<_, bool>("y").unwrap(),
+        "nothing landed in db 0"
+    );
+}
