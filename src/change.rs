@@ -54,6 +54,9 @@ pub enum Value {
     ZSet(Vec<(ByteBuf, ByteBuf)>),
     /// A hash: (field, value).
     Hash(Vec<(ByteBuf, ByteBuf)>),
+    /// A hash some of whose fields expire (Redis 7.4+): (field, value,
+    /// absolute expiry in Unix ms or -1).
+    HashTtl(Vec<(ByteBuf, ByteBuf, i64)>),
     /// A stream with its entries and consumer groups.
     Stream(StreamState),
 }
@@ -101,12 +104,23 @@ fn pairs(items: &[Vec<u8>]) -> Option<Vec<(ByteBuf, ByteBuf)>> {
     )
 }
 
+fn triples(items: &[Vec<u8>]) -> Option<Vec<(ByteBuf, ByteBuf, i64)>> {
+    if !items.len().is_multiple_of(3) {
+        return None;
+    }
+    items
+        .chunks_exact(3)
+        .map(|c| Some((buf(&c[0]), buf(&c[1]), text(&c[2])?.parse().ok()?)))
+        .collect()
+}
+
 fn text(b: &[u8]) -> Option<String> {
     String::from_utf8(b.to_vec()).ok()
 }
 
 impl Value {
-    /// The Redis type name, as `TYPE` prints it.
+    /// The tag of the value's flat form: the Redis type name as `TYPE`
+    /// prints it, or `hash+ttl` for a hash with field expiries.
     pub fn type_name(&self) -> &'static str {
         match self {
             Value::String(_) => "string",
@@ -114,6 +128,7 @@ impl Value {
             Value::Set(_) => "set",
             Value::ZSet(_) => "zset",
             Value::Hash(_) => "hash",
+            Value::HashTtl(_) => "hash+ttl",
             Value::Stream(_) => "stream",
         }
     }
@@ -124,6 +139,7 @@ impl Value {
             Value::String(_) => 1,
             Value::List(v) | Value::Set(v) => v.len(),
             Value::ZSet(v) | Value::Hash(v) => v.len(),
+            Value::HashTtl(v) => v.len(),
             Value::Stream(s) => s.entries.len(),
         }
     }
@@ -150,6 +166,10 @@ impl Value {
             Value::String(s) => vec![s.to_vec()],
             Value::List(v) | Value::Set(v) => v.iter().map(|b| b.to_vec()).collect(),
             Value::ZSet(v) | Value::Hash(v) => flat_pairs(v),
+            Value::HashTtl(v) => v
+                .iter()
+                .flat_map(|(f, x, e)| [f.to_vec(), x.to_vec(), e.to_string().into_bytes()])
+                .collect(),
             Value::Stream(s) => {
                 let mut out: Vec<Vec<u8>> = vec![
                     s.last_id.clone().into_bytes(),
@@ -191,6 +211,9 @@ impl Value {
             "hash" => pairs(items)
                 .map(Value::Hash)
                 .ok_or_else(|| err("odd item count")),
+            "hash+ttl" => triples(items)
+                .map(Value::HashTtl)
+                .ok_or_else(|| err("want field, value, expiry triples")),
             "stream" => stream_from_flat(items)
                 .map(Value::Stream)
                 .ok_or_else(|| err("bad stream layout")),
@@ -268,6 +291,10 @@ mod tests {
             Value::Set(vec![b("x"), b("y")]),
             Value::ZSet(vec![(b("m"), b("1.5")), (b("n"), b("inf"))]),
             Value::Hash(vec![(b("f"), b("v"))]),
+            Value::HashTtl(vec![
+                (b("f"), b("v"), 1_800_000_000_000),
+                (b("g"), b("w"), -1),
+            ]),
             Value::Stream(StreamState {
                 entries: vec![
                     ("1-1".into(), vec![(b("f"), b("v"))]),
@@ -294,6 +321,14 @@ mod tests {
         assert!(Value::from_flat("string", &[]).is_err());
         assert!(Value::from_flat("stream", &[b"1-0".to_vec()]).is_err());
         assert!(Value::from_flat("bitmap", &[]).is_err());
+        assert!(Value::from_flat("hash+ttl", &[b"f".to_vec(), b"v".to_vec()]).is_err());
+        assert!(
+            Value::from_flat(
+                "hash+ttl",
+                &[b"f".to_vec(), b"v".to_vec(), b"soon".to_vec()]
+            )
+            .is_err()
+        );
     }
 
     #[test]

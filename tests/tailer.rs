@@ -383,3 +383,71 @@ fn writes_after_a_flush_survive_it() {
         );
     }
 }
+
+/// Hash field expiry (Redis 7.4+): field TTLs travel as absolute times and
+/// expire in every region. On servers without it the test says so and
+/// checks nothing else (./scripts/test.sh runs it on Redis 8.2 too).
+#[test]
+fn hash_field_expiry_travels() {
+    let mesh = Mesh::start(2);
+    let mut a = mesh.regions[0].redis.conn();
+    if !has_field_expiry(&mut a) {
+        eprintln!("this server has no hash field expiry; nothing to check");
+        return;
+    }
+    let _: () = a
+        .hset_multiple("h", &[("keep", "1"), ("long", "2"), ("short", "3")])
+        .unwrap();
+    let _: redis::Value = redis::cmd("HPEXPIRE")
+        .arg("h")
+        .arg(3_600_000)
+        .arg("FIELDS")
+        .arg(1)
+        .arg("long")
+        .query(&mut a)
+        .unwrap();
+    let _: redis::Value = redis::cmd("HPEXPIRE")
+        .arg("h")
+        .arg(300)
+        .arg("FIELDS")
+        .arg(1)
+        .arg("short")
+        .query(&mut a)
+        .unwrap();
+    let mut b = mesh.regions[1].redis.conn();
+    wait_until(
+        "the hash reaches region 2 with its field expiry",
+        SETTLE,
+        || {
+            let t: Vec<i64> = redis::cmd("HPEXPIRETIME")
+                .arg("h")
+                .arg("FIELDS")
+                .arg(1)
+                .arg("long")
+                .query(&mut b)
+                .unwrap();
+            t[0] > 0
+        },
+    );
+    let ta: Vec<i64> = redis::cmd("HPEXPIRETIME")
+        .arg("h")
+        .arg("FIELDS")
+        .arg(1)
+        .arg("long")
+        .query(&mut a)
+        .unwrap();
+    let tb: Vec<i64> = redis::cmd("HPEXPIRETIME")
+        .arg("h")
+        .arg("FIELDS")
+        .arg(1)
+        .arg("long")
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(ta, tb, "the same absolute field expiry");
+    wait_until("the short field expires in both regions", SETTLE, || {
+        !a.hexists::<_, _, bool>("h", "short").unwrap()
+            && !b.hexists::<_, _, bool>("h", "short").unwrap()
+    });
+    mesh.wait_converged(&[0], SETTLE);
+    assert_eq!(b.hget::<_, _, String>("h", "keep").unwrap(), "1");
+}

@@ -65,8 +65,28 @@ local function read_stream(key)
   return out
 end
 
+-- Field expiry (HPEXPIRETIME, Redis 7.4+): nil when the server has none.
+local function field_expiries(key, fields)
+  local out = {}
+  local any = false
+  for i = 1, #fields, CHUNK do
+    local args = { 'HPEXPIRETIME', key, 'FIELDS', 0 }
+    for j = i, math.min(i + CHUNK - 1, #fields) do args[#args + 1] = fields[j] end
+    args[4] = #args - 4
+    local r = redis.pcall(unpack(args))
+    if type(r) == 'table' and r.err then return nil end
+    for _, e in ipairs(r) do
+      out[#out + 1] = e
+      if e > 0 then any = true end
+    end
+  end
+  if any then return out end
+  return nil
+end
+
 -- The key's state: type name, absolute expiry in ms (-1 for none) and the
--- flat value (see change.rs), or nil when the key does not exist.
+-- flat value (see change.rs), or nil when the key does not exist. A hash
+-- with field expiries is 'hash+ttl', its flat value field, value, expiry.
 local function read_state(key)
   local t = redis.call('TYPE', key)['ok']
   if t == 'none' then return nil end
@@ -83,6 +103,18 @@ local function read_state(key)
     flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
   elseif t == 'hash' then
     flat = sorted_pairs(redis.call('HGETALL', key))
+    local fields = {}
+    for i = 1, #flat, 2 do fields[#fields + 1] = flat[i] end
+    local exps = field_expiries(key, fields)
+    if exps then
+      local triples = {}
+      for i = 1, #fields do
+        triples[#triples + 1] = flat[2 * i - 1]
+        triples[#triples + 1] = flat[2 * i]
+        triples[#triples + 1] = tostring(exps[i])
+      end
+      t, flat = 'hash+ttl', triples
+    end
   elseif t == 'stream' then
     flat = read_stream(key)
   else
@@ -163,6 +195,19 @@ local function write_state(key, t, exp, flat, from, to)
     push_chunks('ZADD', key, swapped, 1, #swapped, 2)
   elseif t == 'hash' then
     push_chunks('HSET', key, flat, from, to, 2)
+  elseif t == 'hash+ttl' then
+    local pairs_ = {}
+    for i = from, to, 3 do
+      pairs_[#pairs_ + 1] = flat[i]
+      pairs_[#pairs_ + 1] = flat[i + 1]
+    end
+    push_chunks('HSET', key, pairs_, 1, #pairs_, 2)
+    for i = from, to, 3 do
+      local e = tonumber(flat[i + 2])
+      if e and e > 0 then
+        redis.call('HPEXPIREAT', key, e, 'FIELDS', 1, flat[i])
+      end
+    end
   elseif t == 'stream' then
     write_stream(key, flat, from, to)
   else

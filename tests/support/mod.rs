@@ -433,6 +433,8 @@ pub enum KeyValue {
     Set(Vec<Vec<u8>>),
     ZSet(Vec<(Vec<u8>, String)>),
     Hash(Vec<(Vec<u8>, Vec<u8>)>),
+    /// A hash with field expiries (Redis 7.4+): field, value, expiry or -1.
+    HashTtl(Vec<(Vec<u8>, Vec<u8>, i64)>),
     Stream {
         entries: Vec<(String, Vec<Vec<u8>>)>,
         last_id: String,
@@ -470,6 +472,32 @@ fn text(v: &Value) -> String {
     String::from_utf8_lossy(&bulk(v)).into_owned()
 }
 
+/// The fields' expiries (HPEXPIRETIME), or None when the server has no
+/// field expiry or no field of the hash expires.
+pub fn field_expiries(
+    c: &mut Connection,
+    key: &[u8],
+    fields: &[(Vec<u8>, Vec<u8>)],
+) -> Option<Vec<i64>> {
+    if fields.is_empty() {
+        return None;
+    }
+    let mut cmd = redis::cmd("HPEXPIRETIME");
+    cmd.arg(key).arg("FIELDS").arg(fields.len());
+    for (f, _) in fields {
+        cmd.arg(f);
+    }
+    let exps: Vec<i64> = cmd.query(c).ok()?;
+    exps.iter().any(|e| *e > 0).then_some(exps)
+}
+
+/// True when the server supports hash field expiry (Redis 7.4+).
+pub fn has_field_expiry(c: &mut Connection) -> bool {
+    let r: redis::RedisResult<redis::Value> =
+        redis::cmd("COMMAND").arg("INFO").arg("HPEXPIRE").query(c);
+    matches!(r, Ok(redis::Value::Array(v)) if v.first().is_some_and(|x| *x != redis::Value::Nil))
+}
+
 /// Reads one key's state; None if it does not exist.
 pub fn read_key(c: &mut Connection, key: &[u8]) -> Option<KeyState> {
     let t: String = redis::cmd("TYPE").arg(key).query(c).unwrap();
@@ -499,7 +527,15 @@ pub fn read_key(c: &mut Connection, key: &[u8]) -> Option<KeyState> {
         "hash" => {
             let mut v: Vec<(Vec<u8>, Vec<u8>)> = c.hgetall(key).unwrap();
             v.sort();
-            KeyValue::Hash(v)
+            match field_expiries(c, key, &v) {
+                Some(exps) => KeyValue::HashTtl(
+                    v.into_iter()
+                        .zip(exps)
+                        .map(|((f, x), e)| (f, x, e))
+                        .collect(),
+                ),
+                None => KeyValue::Hash(v),
+            }
         }
         "stream" => {
             let entries: Value = redis::cmd("XRANGE")
