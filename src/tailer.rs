@@ -28,7 +28,7 @@ use crate::backoff::Backoff;
 use crate::keyspec::{KeyLookup, KeySpecTable, written_keys_from_server};
 use crate::metrics::Metrics;
 use crate::position::Position;
-use crate::rdb::{RdbEntry, RdbReader};
+use crate::rdb::RdbReader;
 use crate::resp::{self, Frame};
 use crate::store::{self, is_reserved};
 
@@ -257,17 +257,17 @@ async fn report_snapshot(path: PathBuf, tx: &mpsc::Sender<TailEvent>) -> Result<
         let mut rdb = RdbReader::new(file)?;
         let mut chunk = Vec::with_capacity(1024);
         let mut n = 0u64;
-        while let Some(entry) = rdb.next_entry()? {
-            if let RdbEntry::Key(k) = entry {
-                if is_reserved(&k.key) {
-                    continue;
-                }
-                n += 1;
-                chunk.push((k.db as u32, Bytes::from(k.key)));
-                if chunk.len() >= 1024 {
-                    tx.blocking_send(TailEvent::Dirty(std::mem::take(&mut chunk)))
-                        .map_err(|_| TailError::StamperGone)?;
-                }
+        // Key-only mode: values are skipped, not decoded, so memory does not
+        // grow with the size of any value.
+        while let Some(k) = rdb.next_key()? {
+            if is_reserved(&k.key) {
+                continue;
+            }
+            n += 1;
+            chunk.push((k.db as u32, Bytes::from(k.key)));
+            if chunk.len() >= 1024 {
+                tx.blocking_send(TailEvent::Dirty(std::mem::take(&mut chunk)))
+                    .map_err(|_| TailError::StamperGone)?;
             }
         }
         if !chunk.is_empty() {

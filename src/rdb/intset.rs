@@ -1,10 +1,14 @@
 //! Intset decoding (RDB type 11: sets made only of integers).
 
+/// Size of an intset without members (encoding width and count), the
+/// smallest valid blob; any longer valid intset holds at least one member.
+pub(crate) const EMPTY_LEN: u64 = 8;
+
 /// Decodes and validates an intset blob: 32-bit LE encoding width (2, 4 or 8),
 /// 32-bit LE count, then `count` little-endian signed integers in strictly
 /// ascending order.
 pub(crate) fn decode(blob: &[u8]) -> Result<Vec<i64>, String> {
-    if blob.len() < 8 {
+    if (blob.len() as u64) < EMPTY_LEN {
         return Err(format!("intset of {} bytes is too short", blob.len()));
     }
     let width = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]);

@@ -53,6 +53,9 @@ pub(crate) fn parse_score(s: &[u8]) -> Option<f64> {
 }
 
 const HEADER_SIZE: usize = 6;
+/// Size of a listpack without elements (header and terminator), the smallest
+/// valid blob; any longer valid listpack holds at least one element.
+pub(crate) const EMPTY_LEN: u64 = HEADER_SIZE as u64 + 1;
 const EOF_BYTE: u8 = 0xff;
 const COUNT_UNKNOWN: u16 = u16::MAX;
 

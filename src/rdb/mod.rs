@@ -10,6 +10,14 @@
 //! verifies the CRC-64 trailer, and reports malformed or truncated input as an
 //! error, never as a panic.
 //!
+//! Callers that only need to know which keys exist use the key-only mode,
+//! [`RdbReader::next_key`]: it walks exactly the same framing (every opcode,
+//! value type and encoding, and the checksum over every byte) but skips value
+//! payloads through a fixed-size buffer instead of decoding them, so its
+//! memory does not depend on how large or how many the values' elements are;
+//! only the key name itself is allocated. Both modes can be mixed on one
+//! reader.
+//!
 //! The reader does not buffer: it asks `R` for exactly the bytes it needs, so
 //! nothing after the RDB trailer is consumed (the replication stream that
 //! follows the snapshot stays in `R`, see [`RdbReader::into_inner`]). Wrap
@@ -109,6 +117,10 @@ const PREALLOC_CAP: usize = 1024;
 /// Chunk size for reading long strings, so a corrupt huge length allocates
 /// only as much as the stream really delivers.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Skips up to this many bytes through a stack buffer; longer skips go
+/// through `io::copy` (which has its own fixed-size buffer).
+const SMALL_SKIP: usize = 64;
 
 /// Highest RDB version with the `REDIS` magic this parser accepts (Redis
 /// 7.4–8.x write 12).
@@ -263,6 +275,88 @@ pub struct RdbKey {
     pub value: RdbValue,
 }
 
+/// A key as the key-only mode ([`RdbReader::next_key`]) reports it: where it
+/// lives and what kind of value it holds, without the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdbKeyInfo {
+    /// Database number (from the last SELECTDB, 0 before any).
+    pub db: u64,
+    /// The key name.
+    pub key: Vec<u8>,
+    /// Absolute expiry in Unix milliseconds, if the key has one.
+    pub expire_at_ms: Option<i64>,
+    /// The kind of value the key holds.
+    pub value_type: RdbValueType,
+    /// The RDB type byte, i.e. the encoding the value was stored with.
+    pub type_byte: u8,
+}
+
+/// The kind of a key's value, independent of its encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RdbValueType {
+    /// A string.
+    String,
+    /// A list.
+    List,
+    /// A set.
+    Set,
+    /// A sorted set.
+    SortedSet,
+    /// A hash.
+    Hash,
+    /// A stream.
+    Stream,
+    /// A module value.
+    Module,
+}
+
+impl RdbValueType {
+    /// The name Redis' TYPE command uses ("string", "list", "set", "zset",
+    /// "hash", "stream"); "module" for module values, where Redis reports the
+    /// module's own type name instead.
+    pub fn name(self) -> &'static str {
+        match self {
+            RdbValueType::String => "string",
+            RdbValueType::List => "list",
+            RdbValueType::Set => "set",
+            RdbValueType::SortedSet => "zset",
+            RdbValueType::Hash => "hash",
+            RdbValueType::Stream => "stream",
+            RdbValueType::Module => "module",
+        }
+    }
+
+    /// The kind stored under an RDB value type byte (the same in the Redis and
+    /// Valkey flavors), or None for a byte that is not a value type.
+    pub fn from_type_byte(type_byte: u8) -> Option<Self> {
+        Some(match type_byte {
+            T_STRING => RdbValueType::String,
+            T_LIST | T_LIST_ZIPLIST | T_LIST_QUICKLIST | T_LIST_QUICKLIST_2 => RdbValueType::List,
+            T_SET | T_SET_INTSET | T_SET_LISTPACK => RdbValueType::Set,
+            T_ZSET | T_ZSET_2 | T_ZSET_ZIPLIST | T_ZSET_LISTPACK => RdbValueType::SortedSet,
+            T_HASH
+            | T_HASH_ZIPMAP
+            | T_HASH_ZIPLIST
+            | T_HASH_LISTPACK
+            | T_22
+            | T_HASH_LISTPACK_EX_PRE_GA
+            | T_HASH_METADATA
+            | T_HASH_LISTPACK_EX => RdbValueType::Hash,
+            T_STREAM_LISTPACKS | T_STREAM_LISTPACKS_2 | T_STREAM_LISTPACKS_3 => {
+                RdbValueType::Stream
+            }
+            T_MODULE_PRE_GA | T_MODULE_2 => RdbValueType::Module,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for RdbValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A decoded value, independent of the encoding it was stored with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RdbValue {
@@ -283,6 +377,21 @@ pub enum RdbValue {
         /// The 9-character module type name decoded from the module id.
         module_name: String,
     },
+}
+
+impl RdbValue {
+    /// The kind of this value.
+    pub fn value_type(&self) -> RdbValueType {
+        match self {
+            RdbValue::String(_) => RdbValueType::String,
+            RdbValue::List(_) => RdbValueType::List,
+            RdbValue::Set(_) => RdbValueType::Set,
+            RdbValue::SortedSet(_) => RdbValueType::SortedSet,
+            RdbValue::Hash(_) => RdbValueType::Hash,
+            RdbValue::Stream(_) => RdbValueType::Stream,
+            RdbValue::Module { .. } => RdbValueType::Module,
+        }
+    }
 }
 
 /// One hash field.
@@ -436,6 +545,24 @@ impl<R: Read> Source<R> {
         Ok(self.array::<1>()?[0])
     }
 
+    /// Consumes `n` bytes without keeping them, still feeding them to the
+    /// CRC. Memory use does not depend on `n`: short runs go through a small
+    /// stack buffer, longer ones through `io::copy` (fixed-size buffer) from
+    /// `inner` limited to `n` bytes into a sink that only updates the CRC.
+    fn skip(&mut self, n: u64) -> Result<(), RdbError> {
+        if n <= SMALL_SKIP as u64 {
+            let mut buf = [0u8; SMALL_SKIP];
+            return self.fill(&mut buf[..n as usize]);
+        }
+        let mut sink = CrcSink(&mut self.crc);
+        let copied = io::copy(&mut (&mut self.inner).take(n), &mut sink)?;
+        self.offset += copied;
+        if copied < n {
+            return Err(RdbError::UnexpectedEof);
+        }
+        Ok(())
+    }
+
     /// Reads `n` bytes, growing the buffer only as data arrives.
     fn bytes(&mut self, n: usize) -> Result<Vec<u8>, RdbError> {
         let mut out = Vec::with_capacity(n.min(READ_CHUNK));
@@ -447,6 +574,53 @@ impl<R: Read> Source<R> {
         }
         Ok(out)
     }
+}
+
+/// A writer that keeps nothing but the running CRC of what it is given.
+struct CrcSink<'a>(&'a mut u64);
+
+impl io::Write for CrcSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        *self.0 = crc64(*self.0, buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How a string is stored, read up to (not including) its payload; shared by
+/// the decoding ([`RdbReader::read_string`]) and skipping
+/// ([`RdbReader::skip_string`]) paths.
+enum StrHead {
+    /// `n` plain bytes follow.
+    Raw(usize),
+    /// An integer stored in binary (already consumed); the string is its
+    /// decimal text.
+    Int(i64),
+    /// `clen` LZF-compressed bytes follow, expanding to `len` bytes.
+    Lzf { clen: usize, len: usize },
+}
+
+/// Length of the decimal text of `v`.
+fn decimal_len(v: i64) -> u64 {
+    let digits = v.unsigned_abs().checked_ilog10().map_or(1, |d| d + 1);
+    u64::from(digits) + u64::from(v < 0)
+}
+
+/// A key whose type byte and name have been read; its value comes next.
+struct KeyHead {
+    type_byte: u8,
+    key: Vec<u8>,
+    expire_at_ms: Option<i64>,
+}
+
+/// One step of the opcode loop: a non-key item, or a key whose value is
+/// still in the stream (to be decoded or skipped by the caller).
+enum Item {
+    Entry(RdbEntry),
+    Key(KeyHead),
 }
 
 /// A length as stored in the stream: a plain number or a special string
@@ -614,6 +788,13 @@ fn hash_from_elems(elems: Vec<Elem<'_>>, what: &str) -> Result<RdbValue, String>
     ))
 }
 
+fn module_pre_ga_unsupported() -> RdbError {
+    RdbError::Unsupported(
+        "module value in the Redis 4.0 RC1 format (type 6) cannot be skipped without the module"
+            .to_string(),
+    )
+}
+
 fn is_empty_collection(v: &RdbValue) -> bool {
     match v {
         RdbValue::List(x) | RdbValue::Set(x) => x.is_empty(),
@@ -726,6 +907,79 @@ impl<R: Read> RdbReader<R> {
     /// Next item; Ok(None) after the EOF opcode (and checksum, verified when
     /// non-zero) was read.
     pub fn next_entry(&mut self) -> Result<Option<RdbEntry>, RdbError> {
+        self.guarded(|r| {
+            loop {
+                match r.read_item(false)? {
+                    None => return Ok(None),
+                    Some(Item::Entry(entry)) => return Ok(Some(entry)),
+                    Some(Item::Key(head)) => {
+                        let value = r.value_of(&head, Self::read_value)?;
+                        // An empty collection: Redis drops those on load too.
+                        if !is_empty_collection(&value) {
+                            return Ok(Some(RdbEntry::Key(RdbKey {
+                                db: r.db,
+                                key: head.key,
+                                expire_at_ms: head.expire_at_ms,
+                                value,
+                            })));
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Key-only mode: the next key (database, name, expiry, value type), with
+    /// every item in between and the key's value skipped rather than decoded.
+    /// Ok(None) after the EOF opcode and checksum, like [`Self::next_entry`].
+    ///
+    /// It yields exactly the keys `next_entry` yields (empty collections are
+    /// dropped in both), and checks the same framing: opcodes, lengths and
+    /// encodings of every value type down to each element's length, the
+    /// string length limit, and the CRC-64 trailer over every byte, skipped
+    /// ones included. What it does not check is the content of the skipped
+    /// payloads (listpack/ziplist/intset internals, LZF data, stream entries
+    /// and pending-list consistency); damage there is still caught by the
+    /// checksum, at the end of the stream.
+    ///
+    /// Memory does not depend on the values: payloads are skipped through a
+    /// fixed-size buffer and collections element by element, and aux fields
+    /// and function libraries are skipped too. Only the key name is
+    /// allocated (at most [`Self::set_max_string_len`] bytes).
+    pub fn next_key(&mut self) -> Result<Option<RdbKeyInfo>, RdbError> {
+        self.guarded(|r| {
+            loop {
+                let head = match r.read_item(true)? {
+                    None => return Ok(None),
+                    Some(Item::Key(head)) => head,
+                    // Not produced in key-only mode.
+                    Some(Item::Entry(_)) => continue,
+                };
+                if r.value_of(&head, Self::skip_value)? {
+                    let value_type = RdbValueType::from_type_byte(head.type_byte).ok_or(
+                        RdbError::UnknownType {
+                            type_byte: head.type_byte,
+                            version: r.version,
+                        },
+                    )?;
+                    return Ok(Some(RdbKeyInfo {
+                        db: r.db,
+                        key: head.key,
+                        expire_at_ms: head.expire_at_ms,
+                        value_type,
+                        type_byte: head.type_byte,
+                    }));
+                }
+            }
+        })
+    }
+
+    /// Runs one step unless the reader already finished or failed, and
+    /// records whether it did.
+    fn guarded<T>(
+        &mut self,
+        step: impl FnOnce(&mut Self) -> Result<Option<T>, RdbError>,
+    ) -> Result<Option<T>, RdbError> {
         match self.state {
             State::Finished => return Ok(None),
             State::Failed => {
@@ -735,8 +989,8 @@ impl<R: Read> RdbReader<R> {
             }
             State::Running => {}
         }
-        match self.read_next() {
-            Ok(Some(entry)) => Ok(Some(entry)),
+        match step(self) {
+            Ok(Some(item)) => Ok(Some(item)),
             Ok(None) => {
                 self.state = State::Finished;
                 Ok(None)
@@ -752,10 +1006,14 @@ impl<R: Read> RdbReader<R> {
         RdbError::Corrupt(format!("{msg} (near byte offset {})", self.src.offset))
     }
 
-    fn read_next(&mut self) -> Result<Option<RdbEntry>, RdbError> {
+    /// The opcode loop, shared by both modes: reads up to the next item. A
+    /// key is returned after its name, with its value still in the stream.
+    /// With `keys_only`, every non-key item is consumed (payloads skipped,
+    /// not decoded) and the loop goes on to the next key.
+    fn read_item(&mut self, keys_only: bool) -> Result<Option<Item>, RdbError> {
         loop {
             let op = self.src.u8()?;
-            match op {
+            let entry = match op {
                 OP_EOF => {
                     self.read_trailer()?;
                     return Ok(None);
@@ -763,33 +1021,42 @@ impl<R: Read> RdbReader<R> {
                 OP_SELECTDB => {
                     let db = self.read_length()?;
                     self.db = db;
-                    return Ok(Some(RdbEntry::SelectDb(db)));
+                    RdbEntry::SelectDb(db)
                 }
                 OP_RESIZEDB => {
                     let db_size = self.read_length()?;
                     let expires_size = self.read_length()?;
-                    return Ok(Some(RdbEntry::ResizeDb {
+                    RdbEntry::ResizeDb {
                         db_size,
                         expires_size,
-                    }));
+                    }
+                }
+                OP_AUX if keys_only => {
+                    self.skip_string()?;
+                    self.skip_string()?;
+                    continue;
                 }
                 OP_AUX => {
                     let key = self.read_string()?;
                     let value = self.read_string()?;
-                    return Ok(Some(RdbEntry::Aux { key, value }));
+                    RdbEntry::Aux { key, value }
                 }
                 OP_EXPIRETIME => {
                     let secs = i32::from_le_bytes(self.src.array()?);
                     self.pending_expire = Some(i64::from(secs) * 1000);
+                    continue;
                 }
                 OP_EXPIRETIME_MS => {
                     self.pending_expire = Some(self.read_ms()?);
+                    continue;
                 }
                 OP_FREQ => {
                     self.src.u8()?;
+                    continue;
                 }
                 OP_IDLE => {
                     self.read_length()?;
+                    continue;
                 }
                 OP_MODULE_AUX => {
                     let module_id = self.read_length()?;
@@ -802,7 +1069,16 @@ impl<R: Read> RdbReader<R> {
                     }
                     self.read_length()?; // when
                     self.skip_module_value(module_id)?;
-                    return Ok(Some(RdbEntry::ModuleAux { module_id }));
+                    RdbEntry::ModuleAux { module_id }
+                }
+                OP_FUNCTION_PRE_GA if keys_only => {
+                    self.skip_string()?; // name
+                    self.skip_string()?; // engine
+                    if self.read_length()? != 0 {
+                        self.skip_string()?; // description
+                    }
+                    self.skip_string()?; // code
+                    continue;
                 }
                 OP_FUNCTION_PRE_GA => {
                     // Redis 7.0 RC1/RC2 layout: name, engine, optional
@@ -819,21 +1095,33 @@ impl<R: Read> RdbReader<R> {
                     payload.extend_from_slice(&name);
                     payload.push(b'\n');
                     payload.extend_from_slice(&code);
-                    return Ok(Some(RdbEntry::Function { payload }));
+                    RdbEntry::Function { payload }
+                }
+                OP_FUNCTION2 if keys_only => {
+                    self.skip_string()?;
+                    continue;
                 }
                 OP_FUNCTION2 => {
                     let payload = self.read_string()?;
-                    return Ok(Some(RdbEntry::Function { payload }));
+                    RdbEntry::Function { payload }
                 }
                 OP_SLOT_INFO => {
                     let slot_id = self.read_length()?;
                     let slot_size = self.read_length()?;
                     let expires_slot_size = self.read_length()?;
-                    return Ok(Some(RdbEntry::SlotInfo {
+                    RdbEntry::SlotInfo {
                         slot_id,
                         slot_size,
                         expires_slot_size,
-                    }));
+                    }
+                }
+                OP_SLOT_IMPORT if self.flavor == RdbFlavor::Valkey && keys_only => {
+                    self.skip_string()?;
+                    for _ in 0..self.read_length()? {
+                        self.read_length()?;
+                        self.read_length()?;
+                    }
+                    continue;
                 }
                 OP_SLOT_IMPORT if self.flavor == RdbFlavor::Valkey => {
                     let job_name = self.read_string()?;
@@ -844,7 +1132,7 @@ impl<R: Read> RdbReader<R> {
                         let end = self.read_length()?;
                         ranges.push((start, end));
                     }
-                    return Ok(Some(RdbEntry::SlotImport { job_name, ranges }));
+                    RdbEntry::SlotImport { job_name, ranges }
                 }
                 op if op >= FIRST_OPCODE => {
                     return Err(RdbError::UnknownOpcode {
@@ -853,11 +1141,23 @@ impl<R: Read> RdbReader<R> {
                     });
                 }
                 type_byte => {
-                    if let Some(key) = self.read_key(type_byte)? {
-                        return Ok(Some(RdbEntry::Key(key)));
+                    if !self.is_value_type(type_byte) {
+                        return Err(RdbError::UnknownType {
+                            type_byte,
+                            version: self.version,
+                        });
                     }
-                    // An empty collection: Redis drops those on load too.
+                    let key = self.read_string()?;
+                    let expire_at_ms = self.pending_expire.take();
+                    return Ok(Some(Item::Key(KeyHead {
+                        type_byte,
+                        key,
+                        expire_at_ms,
+                    })));
                 }
+            };
+            if !keys_only {
+                return Ok(Some(Item::Entry(entry)));
             }
         }
     }
@@ -885,30 +1185,21 @@ impl<R: Read> RdbReader<R> {
         }
     }
 
-    fn read_key(&mut self, type_byte: u8) -> Result<Option<RdbKey>, RdbError> {
-        if !self.is_value_type(type_byte) {
-            return Err(RdbError::UnknownType {
-                type_byte,
-                version: self.version,
-            });
-        }
-        let key = self.read_string()?;
-        let expire_at_ms = self.pending_expire.take();
-        let value = self.read_value(type_byte).map_err(|e| match e {
-            RdbError::Corrupt(m) => {
-                RdbError::Corrupt(format!("{m}, in key {} (type {type_byte})", show_key(&key)))
-            }
+    /// Reads (`read_value`) or skips (`skip_value`) the value of `head`,
+    /// naming the key in corruption errors.
+    fn value_of<T>(
+        &mut self,
+        head: &KeyHead,
+        read: fn(&mut Self, u8) -> Result<T, RdbError>,
+    ) -> Result<T, RdbError> {
+        read(self, head.type_byte).map_err(|e| match e {
+            RdbError::Corrupt(m) => RdbError::Corrupt(format!(
+                "{m}, in key {} (type {})",
+                show_key(&head.key),
+                head.type_byte
+            )),
             other => other,
-        })?;
-        if is_empty_collection(&value) {
-            return Ok(None);
-        }
-        Ok(Some(RdbKey {
-            db: self.db,
-            key,
-            expire_at_ms,
-            value,
-        }))
+        })
     }
 
     // ------------------------------------------------------ primitives
@@ -950,21 +1241,20 @@ impl<R: Read> RdbReader<R> {
             .map_err(|_| self.corrupt(format!("{what} length {n} does not fit in memory")))
     }
 
-    fn read_string(&mut self) -> Result<Vec<u8>, RdbError> {
+    /// Reads a string's encoding and lengths, checking them against the
+    /// limits, up to the payload.
+    fn read_str_head(&mut self) -> Result<StrHead, RdbError> {
         match self.read_len()? {
-            Len::Plain(n) => {
-                let n = self.checked_len(n, "string")?;
-                self.src.bytes(n)
-            }
-            Len::Special(0) => Ok(i8::from_le_bytes(self.src.array()?)
-                .to_string()
-                .into_bytes()),
-            Len::Special(1) => Ok(i16::from_le_bytes(self.src.array()?)
-                .to_string()
-                .into_bytes()),
-            Len::Special(2) => Ok(i32::from_le_bytes(self.src.array()?)
-                .to_string()
-                .into_bytes()),
+            Len::Plain(n) => Ok(StrHead::Raw(self.checked_len(n, "string")?)),
+            Len::Special(0) => Ok(StrHead::Int(i64::from(i8::from_le_bytes(
+                self.src.array()?,
+            )))),
+            Len::Special(1) => Ok(StrHead::Int(i64::from(i16::from_le_bytes(
+                self.src.array()?,
+            )))),
+            Len::Special(2) => Ok(StrHead::Int(i64::from(i32::from_le_bytes(
+                self.src.array()?,
+            )))),
             Len::Special(3) => {
                 let clen = self.read_length()?;
                 let len = self.read_length()?;
@@ -975,11 +1265,41 @@ impl<R: Read> RdbReader<R> {
                         "LZF string claims {len} bytes from {clen} compressed bytes"
                     )));
                 }
-                let compressed = self.src.bytes(clen_usize)?;
-                lzf::decompress(&compressed, len_usize)
-                    .map_err(|m| self.corrupt(format!("invalid LZF string: {m}")))
+                Ok(StrHead::Lzf {
+                    clen: clen_usize,
+                    len: len_usize,
+                })
             }
             Len::Special(s) => Err(self.corrupt(format!("unknown string encoding {s}"))),
+        }
+    }
+
+    fn read_string(&mut self) -> Result<Vec<u8>, RdbError> {
+        match self.read_str_head()? {
+            StrHead::Raw(n) => self.src.bytes(n),
+            StrHead::Int(v) => Ok(v.to_string().into_bytes()),
+            StrHead::Lzf { clen, len } => {
+                let compressed = self.src.bytes(clen)?;
+                lzf::decompress(&compressed, len)
+                    .map_err(|m| self.corrupt(format!("invalid LZF string: {m}")))
+            }
+        }
+    }
+
+    /// Skipping counterpart of [`Self::read_string`]: consumes the string
+    /// without keeping or decompressing it, and returns the length it
+    /// decodes to.
+    fn skip_string(&mut self) -> Result<u64, RdbError> {
+        match self.read_str_head()? {
+            StrHead::Raw(n) => {
+                self.src.skip(n as u64)?;
+                Ok(n as u64)
+            }
+            StrHead::Int(v) => Ok(decimal_len(v)),
+            StrHead::Lzf { clen, len } => {
+                self.src.skip(clen as u64)?;
+                Ok(len as u64)
+            }
         }
     }
 
@@ -995,6 +1315,38 @@ impl<R: Read> RdbReader<R> {
 
     fn read_raw_stream_id(&mut self) -> Result<StreamId, RdbError> {
         Ok(StreamId::from_be_bytes(&self.src.array()?))
+    }
+
+    /// A sorted-set score of a type 3 (text) or type 5 (binary double) set;
+    /// NaN is rejected like Redis does.
+    fn read_zset_score(&mut self, t: u8) -> Result<f64, RdbError> {
+        let score = if t == T_ZSET_2 {
+            f64::from_le_bytes(self.src.array()?)
+        } else {
+            self.read_text_double()?
+        };
+        if score.is_nan() {
+            return Err(self.corrupt("sorted set with a NaN score"));
+        }
+        Ok(score)
+    }
+
+    /// Absolute expiry of a hash field stored as a length-encoded TTL (types
+    /// 22 and 24): 0 means none; relative to `min_expire` when given.
+    fn field_expiry(&self, ttl: u64, min_expire: Option<u64>) -> Result<Option<i64>, RdbError> {
+        if ttl == 0 {
+            return Ok(None);
+        }
+        let at = match min_expire {
+            Some(min) => ttl.checked_add(min).map(|v| v - 1),
+            None => Some(ttl),
+        };
+        match at {
+            Some(at) if at <= MAX_FIELD_EXPIRE_MS => Ok(Some(at as i64)),
+            _ => Err(self.corrupt(format!(
+                "hash field expiry out of range (ttl {ttl}, min expire {min_expire:?})"
+            ))),
+        }
     }
 
     /// Old (type 3) sorted-set score: length byte + text, or 253/254/255 for
@@ -1033,7 +1385,7 @@ impl<R: Read> RdbReader<R> {
                     self.src.array::<8>()?;
                 }
                 MODULE_OP_STRING => {
-                    self.read_string()?;
+                    self.skip_string()?;
                 }
                 other => {
                     return Err(self.corrupt(format!(
@@ -1071,14 +1423,7 @@ impl<R: Read> RdbReader<R> {
                 let mut out = Vec::with_capacity((n as usize).min(PREALLOC_CAP));
                 for _ in 0..n {
                     let member = self.read_string()?;
-                    let score = if t == T_ZSET_2 {
-                        f64::from_le_bytes(self.src.array()?)
-                    } else {
-                        self.read_text_double()?
-                    };
-                    if score.is_nan() {
-                        return Err(self.corrupt("sorted set with a NaN score"));
-                    }
+                    let score = self.read_zset_score(t)?;
                     out.push((member, score));
                 }
                 Ok(RdbValue::SortedSet(out))
@@ -1097,10 +1442,7 @@ impl<R: Read> RdbReader<R> {
                 }
                 Ok(RdbValue::Hash(out))
             }
-            T_MODULE_PRE_GA => Err(RdbError::Unsupported(
-                "module value in the Redis 4.0 RC1 format (type 6) cannot be skipped without the module"
-                    .to_string(),
-            )),
+            T_MODULE_PRE_GA => Err(module_pre_ga_unsupported()),
             T_MODULE_2 => {
                 let module_id = self.read_length()?;
                 self.skip_module_value(module_id)?;
@@ -1126,13 +1468,18 @@ impl<R: Read> RdbReader<R> {
             T_LIST_ZIPLIST => {
                 let blob = self.read_string()?;
                 let elems = self.read_blob_elems(&blob, true, "list ziplist")?;
-                Ok(RdbValue::List(elems.into_iter().map(Elem::to_bytes).collect()))
+                Ok(RdbValue::List(
+                    elems.into_iter().map(Elem::to_bytes).collect(),
+                ))
             }
             T_SET_INTSET => {
                 let blob = self.read_string()?;
-                let ints = intset::decode(&blob).map_err(|m| self.corrupt(format!("set intset: {m}")))?;
+                let ints =
+                    intset::decode(&blob).map_err(|m| self.corrupt(format!("set intset: {m}")))?;
                 Ok(RdbValue::Set(
-                    ints.into_iter().map(|v| v.to_string().into_bytes()).collect(),
+                    ints.into_iter()
+                        .map(|v| v.to_string().into_bytes())
+                        .collect(),
                 ))
             }
             T_ZSET_ZIPLIST | T_ZSET_LISTPACK => {
@@ -1159,7 +1506,9 @@ impl<R: Read> RdbReader<R> {
             T_SET_LISTPACK => {
                 let blob = self.read_string()?;
                 let elems = self.read_blob_elems(&blob, false, "set listpack")?;
-                Ok(RdbValue::Set(elems.into_iter().map(Elem::to_bytes).collect()))
+                Ok(RdbValue::Set(
+                    elems.into_iter().map(Elem::to_bytes).collect(),
+                ))
             }
             T_STREAM_LISTPACKS | T_STREAM_LISTPACKS_2 | T_STREAM_LISTPACKS_3 => {
                 Ok(RdbValue::Stream(self.read_stream(t)?))
@@ -1232,22 +1581,7 @@ impl<R: Read> RdbReader<R> {
             let ttl = self.read_length()?;
             let field = self.read_string()?;
             let value = self.read_string()?;
-            let expire_at_ms = if ttl == 0 {
-                None
-            } else {
-                let at = match min_expire {
-                    Some(min) => ttl.checked_add(min).map(|v| v - 1),
-                    None => Some(ttl),
-                };
-                match at {
-                    Some(at) if at <= MAX_FIELD_EXPIRE_MS => Some(at as i64),
-                    _ => {
-                        return Err(self.corrupt(format!(
-                            "hash field expiry out of range (ttl {ttl}, min expire {min_expire:?})"
-                        )));
-                    }
-                }
-            };
+            let expire_at_ms = self.field_expiry(ttl, min_expire)?;
             out.push(HashField {
                 field,
                 value,
@@ -1405,6 +1739,192 @@ impl<R: Read> RdbReader<R> {
             entries_added,
             groups,
         })
+    }
+
+    // ------------------------------------------------ key-only skipping
+
+    /// Key-only counterpart of [`Self::read_value`] (keep the two in step):
+    /// consumes a value of type `t` with the same framing checks, holding
+    /// none of it. Returns whether the value has elements, i.e. false for
+    /// the empty collections `next_entry` drops.
+    fn skip_value(&mut self, t: u8) -> Result<bool, RdbError> {
+        match t {
+            T_STRING => {
+                self.skip_string()?;
+                Ok(true)
+            }
+            T_LIST | T_SET => self.skip_elements(|r| {
+                r.skip_string()?;
+                Ok(())
+            }),
+            T_ZSET | T_ZSET_2 => self.skip_elements(|r| {
+                r.skip_string()?;
+                r.read_zset_score(t)?;
+                Ok(())
+            }),
+            T_HASH => self.skip_elements(|r| {
+                r.skip_string()?;
+                r.skip_string()?;
+                Ok(())
+            }),
+            T_MODULE_PRE_GA => Err(module_pre_ga_unsupported()),
+            T_MODULE_2 => {
+                let module_id = self.read_length()?;
+                self.skip_module_value(module_id)?;
+                Ok(true)
+            }
+            T_HASH_ZIPMAP => self.skip_blob(ziplist::EMPTY_ZIPMAP_LEN, "hash zipmap"),
+            T_LIST_ZIPLIST => self.skip_blob(ziplist::EMPTY_LEN, "list ziplist"),
+            T_ZSET_ZIPLIST => self.skip_blob(ziplist::EMPTY_LEN, "sorted set ziplist"),
+            T_HASH_ZIPLIST => self.skip_blob(ziplist::EMPTY_LEN, "hash ziplist"),
+            T_SET_INTSET => self.skip_blob(intset::EMPTY_LEN, "set intset"),
+            T_SET_LISTPACK => self.skip_blob(listpack::EMPTY_LEN, "set listpack"),
+            T_ZSET_LISTPACK => self.skip_blob(listpack::EMPTY_LEN, "sorted set listpack"),
+            T_HASH_LISTPACK => self.skip_blob(listpack::EMPTY_LEN, "hash listpack"),
+            T_LIST_QUICKLIST | T_LIST_QUICKLIST_2 => self.skip_quicklist(t),
+            T_STREAM_LISTPACKS | T_STREAM_LISTPACKS_2 | T_STREAM_LISTPACKS_3 => {
+                self.skip_stream(t)?;
+                Ok(true)
+            }
+            T_22 if self.flavor == RdbFlavor::Valkey => self.skip_elements(|r| {
+                r.skip_string()?;
+                r.skip_string()?;
+                r.read_ms()?;
+                Ok(())
+            }),
+            T_22 | T_HASH_METADATA => {
+                let min_expire = if t == T_HASH_METADATA {
+                    Some(u64::from_le_bytes(self.src.array()?))
+                } else {
+                    None
+                };
+                self.skip_elements(|r| {
+                    let ttl = r.read_length()?;
+                    r.skip_string()?;
+                    r.skip_string()?;
+                    r.field_expiry(ttl, min_expire)?;
+                    Ok(())
+                })
+            }
+            T_HASH_LISTPACK_EX_PRE_GA | T_HASH_LISTPACK_EX => {
+                if t == T_HASH_LISTPACK_EX {
+                    self.src.array::<8>()?; // min expire
+                }
+                self.skip_blob(listpack::EMPTY_LEN, "hash listpack with TTLs")
+            }
+            _ => Err(RdbError::UnknownType {
+                type_byte: t,
+                version: self.version,
+            }),
+        }
+    }
+
+    /// Reads an element count, then consumes that many elements with
+    /// `skip_one`; returns whether there were any.
+    fn skip_elements(
+        &mut self,
+        mut skip_one: impl FnMut(&mut Self) -> Result<(), RdbError>,
+    ) -> Result<bool, RdbError> {
+        let n = self.read_length()?;
+        for _ in 0..n {
+            skip_one(self)?;
+        }
+        Ok(n > 0)
+    }
+
+    /// Skips a listpack / ziplist / intset / zipmap blob whose empty form is
+    /// `empty_len` bytes; returns whether it holds elements. A valid blob
+    /// longer than its empty form holds at least one, so the decoded length
+    /// (known without decompressing an LZF blob) tells.
+    fn skip_blob(&mut self, empty_len: u64, what: &str) -> Result<bool, RdbError> {
+        let len = self.skip_string()?;
+        self.blob_has_elems(len, empty_len, what)
+    }
+
+    fn blob_has_elems(&self, len: u64, empty_len: u64, what: &str) -> Result<bool, RdbError> {
+        if len < empty_len {
+            return Err(self.corrupt(format!("{what} of {len} bytes is too short")));
+        }
+        Ok(len > empty_len)
+    }
+
+    /// Key-only counterpart of [`Self::read_quicklist`].
+    fn skip_quicklist(&mut self, t: u8) -> Result<bool, RdbError> {
+        let nodes = self.read_length()?;
+        let mut any = false;
+        for _ in 0..nodes {
+            let container = if t == T_LIST_QUICKLIST_2 {
+                self.read_length()?
+            } else {
+                QUICKLIST_NODE_PACKED
+            };
+            let len = self.skip_string()?;
+            if len == 0 {
+                return Err(self.corrupt("empty quicklist node"));
+            }
+            any |= match container {
+                QUICKLIST_NODE_PLAIN => true,
+                QUICKLIST_NODE_PACKED if t == T_LIST_QUICKLIST => {
+                    self.blob_has_elems(len, ziplist::EMPTY_LEN, "quicklist ziplist node")?
+                }
+                QUICKLIST_NODE_PACKED => {
+                    self.blob_has_elems(len, listpack::EMPTY_LEN, "quicklist listpack node")?
+                }
+                other => {
+                    return Err(self.corrupt(format!("unknown quicklist container type {other}")));
+                }
+            };
+        }
+        Ok(any)
+    }
+
+    /// Key-only counterpart of [`Self::read_stream`]: node keys and listpacks,
+    /// metadata, and consumer groups with their pending lists and consumers.
+    fn skip_stream(&mut self, t: u8) -> Result<(), RdbError> {
+        let nodes = self.read_length()?;
+        for _ in 0..nodes {
+            let key_len = self.skip_string()?;
+            if key_len != 16 {
+                return Err(self.corrupt(format!(
+                    "stream node key has {key_len} bytes, expected a 16-byte id"
+                )));
+            }
+            if self.skip_string()? <= listpack::EMPTY_LEN {
+                return Err(self.corrupt("empty listpack inside a stream"));
+            }
+        }
+        self.read_length()?; // length
+        self.read_stream_id_lens()?; // last id
+        if t >= T_STREAM_LISTPACKS_2 {
+            self.read_stream_id_lens()?; // first id
+            self.read_stream_id_lens()?; // max deleted id
+            self.read_length()?; // entries added
+        }
+        let ngroups = self.read_length()?;
+        for _ in 0..ngroups {
+            self.skip_string()?; // name
+            self.read_stream_id_lens()?; // last delivered id
+            if t >= T_STREAM_LISTPACKS_2 {
+                self.read_length()?; // entries read
+            }
+            let npel = self.read_length()?;
+            for _ in 0..npel {
+                self.src.skip(16 + 8)?; // id, delivery time
+                self.read_length()?; // delivery count
+            }
+            let nconsumers = self.read_length()?;
+            for _ in 0..nconsumers {
+                self.skip_string()?; // name
+                // Seen time, and active time from type 21 on.
+                self.src
+                    .skip(if t >= T_STREAM_LISTPACKS_3 { 16 } else { 8 })?;
+                // Pending ids, 16 bytes each. A count too large to multiply
+                // cannot be satisfied either: the stream ends first.
+                let n = self.read_length()?;
+                self.src.skip(n.saturating_mul(16))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -49,13 +49,69 @@ const ALL_FIXTURES: &[(&str, &[u8])] = &[
 
 // ------------------------------------------------------------------ helpers
 
+/// Full decode; whenever it succeeds, also checks that the key-only mode
+/// agrees on the same bytes, so every test of a type or encoding covers the
+/// skipping path too.
 fn parse(bytes: &[u8]) -> Result<Vec<RdbEntry>, RdbError> {
+    let (out, full_read) = parse_full(bytes)?;
+    match parse_keys(bytes) {
+        Ok((got, keys_read)) => {
+            assert_eq!(
+                key_tuples(&got),
+                key_tuples_of_entries(&out),
+                "key-only mode disagrees with next_entry"
+            );
+            assert_eq!(
+                keys_read, full_read,
+                "the modes stopped at different offsets"
+            );
+        }
+        Err(e) => panic!("next_entry succeeded but next_key failed: {e}"),
+    }
+    Ok(out)
+}
+
+/// Full decode; also returns how many bytes were consumed.
+fn parse_full(bytes: &[u8]) -> Result<(Vec<RdbEntry>, u64), RdbError> {
     let mut reader = RdbReader::new(bytes)?;
     let mut out = Vec::new();
     while let Some(e) = reader.next_entry()? {
         out.push(e);
     }
-    Ok(out)
+    Ok((out, reader.bytes_read()))
+}
+
+/// Key-only parse; also returns how many bytes were consumed.
+fn parse_keys(bytes: &[u8]) -> Result<(Vec<RdbKeyInfo>, u64), RdbError> {
+    let mut reader = RdbReader::new(bytes)?;
+    let mut out = Vec::new();
+    while let Some(k) = reader.next_key()? {
+        assert_eq!(
+            RdbValueType::from_type_byte(k.type_byte),
+            Some(k.value_type),
+            "{k:?}"
+        );
+        out.push(k);
+    }
+    Ok((out, reader.bytes_read()))
+}
+
+type KeyTuple = (u64, Vec<u8>, Option<i64>, RdbValueType);
+
+fn key_tuples(keys: &[RdbKeyInfo]) -> Vec<KeyTuple> {
+    keys.iter()
+        .map(|k| (k.db, k.key.clone(), k.expire_at_ms, k.value_type))
+        .collect()
+}
+
+fn key_tuples_of_entries(entries: &[RdbEntry]) -> Vec<KeyTuple> {
+    entries
+        .iter()
+        .filter_map(|e| match e {
+            RdbEntry::Key(k) => Some((k.db, k.key.clone(), k.expire_at_ms, k.value.value_type())),
+            _ => None,
+        })
+        .collect()
 }
 
 fn keys(entries: &[RdbEntry]) -> BTreeMap<(u64, Vec<u8>), RdbKey> {
@@ -1735,4 +1791,441 @@ fn stream_id_ordering_and_display() {
         vec![sid(0, u64::MAX), sid(1, 5), sid(1, 10), sid(2, 0)]
     );
     assert_eq!(sid(1526919030474, 55).to_string(), "1526919030474-55");
+}
+
+// ------------------------------------------------------- key-only mode
+
+/// Key-only parse that keeps the keys read before an error.
+fn keys_until_error(bytes: &[u8]) -> (Vec<RdbKeyInfo>, Option<RdbError>) {
+    let mut reader = match RdbReader::new(bytes) {
+        Ok(r) => r,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
+    let mut out = Vec::new();
+    loop {
+        match reader.next_key() {
+            Ok(Some(k)) => out.push(k),
+            Ok(None) => return (out, None),
+            Err(e) => return (out, Some(e)),
+        }
+    }
+}
+
+#[test]
+fn key_only_mode_yields_the_same_keys_on_every_fixture() {
+    for (name, bytes) in ALL_FIXTURES {
+        let (entries, full_read) = parse_full(bytes).unwrap();
+        let (keys, keys_read) = parse_keys(bytes).unwrap();
+        let expected = key_tuples_of_entries(&entries);
+        assert_eq!(key_tuples(&keys), expected, "{name}");
+        assert_eq!(keys_read, bytes.len() as u64, "{name}");
+        assert_eq!(full_read, keys_read, "{name}");
+        if *name != "empty" {
+            assert!(!keys.is_empty(), "{name} has keys");
+        }
+        // The type byte is the one stored in front of the key name.
+        for k in &keys {
+            if let Ok(key) = std::str::from_utf8(&k.key)
+                && key.len() < 64
+                && bytes
+                    .windows(key.len() + 1)
+                    .filter(|w| w[0] as usize == key.len() && &w[1..] == key.as_bytes())
+                    .count()
+                    == 1
+            {
+                assert_eq!(stored(bytes, key).0, k.type_byte, "{name} {key}");
+            }
+        }
+    }
+}
+
+#[test]
+fn key_only_mode_reports_value_types_and_expiries() {
+    let (keys, _) = parse_keys(STRINGS).unwrap();
+    let by_name: BTreeMap<_, _> = keys.iter().map(|k| (k.key.clone(), k)).collect();
+    let k = by_name[&b("str:pexpire")];
+    assert_eq!(k.expire_at_ms, Some(4_102_444_800_123));
+    assert_eq!(
+        by_name[&b("str:expire")].expire_at_ms,
+        Some(4_102_444_800_000)
+    );
+    assert_eq!(by_name[&b("str:raw")].expire_at_ms, None);
+    assert_eq!(by_name[&b("str:lzf")].type_byte, T_STRING);
+    assert_eq!(by_name[&b("str:lzf")].value_type.name(), "string");
+
+    let (keys, _) = parse_keys(MULTIDB).unwrap();
+    let got: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            (
+                k.db,
+                String::from_utf8(k.key.clone()).unwrap(),
+                k.value_type.name(),
+            )
+        })
+        .collect();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    assert_eq!(
+        got_sorted,
+        vec![
+            (0, "db0:a".to_string(), "string"),
+            (0, "db0:b".to_string(), "string"),
+            (1, "db1:a".to_string(), "string"),
+            (1, "db1:list".to_string(), "list"),
+            (15, "db15:a".to_string(), "string"),
+        ]
+    );
+    let (keys, _) = parse_keys(STREAM).unwrap();
+    assert!(
+        keys.iter()
+            .all(|k| k.value_type == RdbValueType::Stream && k.type_byte == T_STREAM_LISTPACKS_2)
+    );
+}
+
+#[test]
+fn key_only_every_truncation_is_unexpected_eof() {
+    for (name, bytes) in ALL_FIXTURES {
+        for cut in cut_points(bytes.len()) {
+            match keys_until_error(&bytes[..cut]) {
+                (_, Some(RdbError::UnexpectedEof)) => {}
+                other => panic!("{name} cut at {cut}: expected UnexpectedEof, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn key_only_flipped_bytes_are_always_errors() {
+    for (name, bytes) in ALL_FIXTURES {
+        if *name == "nochecksum" {
+            continue;
+        }
+        for pos in cut_points(bytes.len()) {
+            for mask in [0xffu8, 0x01, 0x40] {
+                let mut bad = bytes.to_vec();
+                bad[pos] ^= mask;
+                if let (keys, None) = keys_until_error(&bad) {
+                    // As in full mode: only a version digit turning into a
+                    // pre-RDB-5 version (no checksum) goes unnoticed.
+                    let version = RdbReader::new(bad.as_slice()).unwrap().version();
+                    assert!(
+                        pos < 9 && version < 5,
+                        "{name}: byte {pos} ^ {mask:#x} parsed fine: {keys:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn key_only_checksum_mismatch_in_the_trailer() {
+    let mut bad = STRINGS.to_vec();
+    let n = bad.len();
+    let stored = u64::from_le_bytes(bad[n - 8..].try_into().unwrap());
+    bad[n - 1] ^= 0x80;
+    match keys_until_error(&bad) {
+        (keys, Some(RdbError::ChecksumMismatch { expected, actual })) => {
+            assert_eq!(actual, stored);
+            assert_eq!(expected, stored ^ (0x80 << 56));
+            assert_eq!(
+                key_tuples(&keys),
+                key_tuples(&parse_keys(STRINGS).unwrap().0)
+            );
+        }
+        other => panic!("expected a checksum mismatch, got {other:?}"),
+    }
+}
+
+/// A byte changed inside a value that key-only mode skips (a long raw
+/// string, an LZF payload, listpack / intset / quicklist / stream blobs,
+/// hash table members) is still caught: the skipped bytes feed the CRC.
+#[test]
+fn key_only_checksum_covers_skipped_payloads() {
+    let cases: &[(&str, &[u8], &str, usize)] = &[
+        ("strings_raw", STRINGS_RAW, "raw:20000", 5000),
+        ("strings_raw", STRINGS_RAW, "raw:100", 50),
+        ("strings", STRINGS, "str:lzf", 6),
+        ("strings", STRINGS, "str:raw", 4),
+        ("lists", LISTS, "list:compressed", 40),
+        ("lists", LISTS, "list:plain", 30),
+        ("list_encodings", LIST_ENCODINGS, "list:enc", 4000),
+        ("sets", SETS, "set:int16", 12),
+        ("sets", SETS, "set:toolong", 4),
+        ("zsets", ZSETS, "zset:skip", 3),
+        ("hashes", HASHES, "hash:lp", 10),
+        ("hashes", HASHES, "hash:ht", 3),
+        ("stream", STREAM, "s", 30),
+    ];
+    for &(name, fixture, key, delta) in cases {
+        let expected = key_tuples(&parse_keys(fixture).unwrap().0);
+        let value_start = fixture.len() - stored(fixture, key).1.len();
+        let pos = value_start + delta;
+        let mut bad = fixture.to_vec();
+        bad[pos] ^= 0x01;
+        match keys_until_error(&bad) {
+            (
+                keys,
+                Some(RdbError::ChecksumMismatch {
+                    expected: e,
+                    actual,
+                }),
+            ) => {
+                assert_ne!(e, actual);
+                assert_eq!(key_tuples(&keys), expected, "{name} {key}");
+            }
+            other => {
+                panic!("{name}: {key}+{delta} flipped: expected a checksum mismatch, got {other:?}")
+            }
+        }
+    }
+}
+
+#[test]
+fn key_only_random_mutations_with_checksum_disabled_never_panic() {
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    for (_, bytes) in ALL_FIXTURES {
+        let mut base = bytes.to_vec();
+        let n = base.len();
+        base[n - 8..].fill(0);
+        for _ in 0..400 {
+            let mut bad = base.clone();
+            let flips = 1 + rng.next() % 3;
+            for _ in 0..flips {
+                let pos = 9 + (rng.next() as usize) % (n - 17);
+                bad[pos] = rng.next() as u8;
+            }
+            if let Ok(mut reader) = RdbReader::new(bad.as_slice()) {
+                reader.set_max_string_len(1 << 20);
+                while let Ok(Some(_)) = reader.next_key() {}
+            }
+        }
+    }
+}
+
+#[test]
+fn key_only_byte_at_a_time_source_gives_the_same_result() {
+    for (name, bytes) in ALL_FIXTURES {
+        let expected = parse_keys(bytes).unwrap().0;
+        let mut reader = RdbReader::new(Trickle(bytes)).unwrap();
+        let mut got = Vec::new();
+        while let Some(k) = reader.next_key().unwrap() {
+            got.push(k);
+        }
+        assert_eq!(got, expected, "{name}");
+        assert_eq!(reader.bytes_read(), bytes.len() as u64, "{name}");
+    }
+}
+
+#[test]
+fn key_only_stops_right_after_the_trailer() {
+    let mut input = STRINGS_RAW.to_vec();
+    input.extend_from_slice(b"+replication stream continues");
+    let mut reader = RdbReader::new(io::Cursor::new(input)).unwrap();
+    while reader.next_key().unwrap().is_some() {}
+    assert_eq!(reader.bytes_read(), STRINGS_RAW.len() as u64);
+    assert!(reader.next_key().unwrap().is_none(), "stays finished");
+    let mut rest = String::new();
+    reader.into_inner().read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "+replication stream continues");
+}
+
+#[test]
+fn modes_can_be_mixed_on_one_reader() {
+    for (name, bytes) in ALL_FIXTURES {
+        let expected = key_tuples(&parse_keys(bytes).unwrap().0);
+        let mut reader = RdbReader::new(*bytes).unwrap();
+        let mut got = Vec::new();
+        let mut full = true;
+        loop {
+            if full {
+                match reader.next_entry().unwrap() {
+                    None => break,
+                    Some(RdbEntry::Key(k)) => {
+                        got.push((k.db, k.key, k.expire_at_ms, k.value.value_type()));
+                        full = false;
+                    }
+                    Some(_) => {}
+                }
+            } else {
+                match reader.next_key().unwrap() {
+                    None => break,
+                    Some(k) => got.push((k.db, k.key, k.expire_at_ms, k.value_type)),
+                }
+                full = true;
+            }
+        }
+        assert_eq!(got, expected, "{name}");
+    }
+}
+
+#[test]
+fn key_only_failed_reader_refuses_to_continue() {
+    let src = io::Read::chain(&STRINGS[..40], FailingReader);
+    let mut reader = RdbReader::new(src).unwrap();
+    let err = loop {
+        match reader.next_key() {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("cannot finish"),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, RdbError::Io(_)), "{err:?}");
+    assert!(matches!(reader.next_key(), Err(RdbError::Corrupt(_))));
+    assert!(matches!(reader.next_entry(), Err(RdbError::Corrupt(_))));
+}
+
+#[test]
+fn key_only_framing_errors_name_the_key() {
+    use super::listpack::tests::encode;
+    let lp = encode(&[Elem::Str(b"x")]);
+    // Unknown quicklist container.
+    let bytes = Rdb::redis(10)
+        .key(T_LIST_QUICKLIST_2, "l")
+        .len(1)
+        .len(3)
+        .str(&lp)
+        .finish();
+    let err = keys_until_error(&bytes).1.unwrap();
+    assert!(
+        matches!(&err, RdbError::Corrupt(m) if m.contains("container") && m.contains("\"l\"")),
+        "{err}"
+    );
+    // A listpack blob shorter than an empty listpack.
+    let bytes = Rdb::redis(10)
+        .key(T_SET_LISTPACK, "s")
+        .str(&[1, 2, 3])
+        .finish();
+    let err = keys_until_error(&bytes).1.unwrap();
+    assert!(
+        matches!(&err, RdbError::Corrupt(m) if m.contains("too short") && m.contains("\"s\"")),
+        "{err}"
+    );
+    // Stream node key that is not a 16-byte id.
+    let bytes = Rdb::redis(10)
+        .key(T_STREAM_LISTPACKS_3, "st")
+        .len(1)
+        .str(b"short")
+        .str(&lp)
+        .finish();
+    let err = keys_until_error(&bytes).1.unwrap();
+    assert!(
+        matches!(&err, RdbError::Corrupt(m) if m.contains("16-byte")),
+        "{err}"
+    );
+    // Hash field TTL out of range (type 24), NaN score, LZF limits, unknown
+    // type, string over the length limit: the same checks as full mode.
+    let bytes = Rdb::redis(12)
+        .key(T_HASH_METADATA, "h")
+        .ms(1)
+        .len(1)
+        .len(1 << 50)
+        .str(b"f")
+        .str(b"v")
+        .finish();
+    assert!(
+        matches!(keys_until_error(&bytes).1, Some(RdbError::Corrupt(m)) if m.contains("expiry"))
+    );
+    let bytes = Rdb::redis(4)
+        .key(T_ZSET, "z")
+        .len(1)
+        .str(b"a")
+        .byte(253)
+        .finish();
+    assert!(matches!(keys_until_error(&bytes).1, Some(RdbError::Corrupt(m)) if m.contains("NaN")));
+    let bytes = Rdb::redis(10)
+        .key(T_STRING, "k")
+        .byte(0xc3)
+        .len(2)
+        .len(1_000_000)
+        .raw(&[0, b'a'])
+        .finish();
+    assert!(matches!(keys_until_error(&bytes).1, Some(RdbError::Corrupt(m)) if m.contains("LZF")));
+    let bytes = Rdb::redis(10).key(8, "k").finish();
+    assert!(matches!(
+        keys_until_error(&bytes).1,
+        Some(RdbError::UnknownType { type_byte: 8, .. })
+    ));
+    let bytes = Rdb::redis(10)
+        .key(T_STRING, "k")
+        .len(5000)
+        .raw(&[0; 5000])
+        .finish();
+    let mut reader = RdbReader::new(bytes.as_slice()).unwrap();
+    reader.set_max_string_len(4096);
+    assert!(matches!(reader.next_key(), Err(RdbError::Corrupt(m)) if m.contains("limit")));
+}
+
+#[test]
+fn key_only_huge_declared_lengths_fail_without_huge_allocations() {
+    // Declared sizes far beyond the data: skipping stops at the end of the
+    // stream, nothing is allocated for them.
+    let mut cases = vec![
+        Rdb::redis(10)
+            .key(T_STRING, "k")
+            .byte(0x80)
+            .raw(&u32::MAX.to_be_bytes())
+            .raw(b"abc")
+            .buf
+            .clone(),
+        Rdb::redis(10)
+            .key(T_HASH, "k")
+            .byte(0x81)
+            .raw(&(1u64 << 62).to_be_bytes())
+            .str(b"f")
+            .str(b"v")
+            .buf
+            .clone(),
+        Rdb::redis(10)
+            .key(T_STREAM_LISTPACKS_3, "k")
+            .byte(0x81)
+            .raw(&(1u64 << 62).to_be_bytes())
+            .buf
+            .clone(),
+    ];
+    // A consumer claiming 2^62 pending ids (16 bytes each: the product
+    // overflows).
+    let mut r = Rdb::redis(10);
+    r.key(T_STREAM_LISTPACKS_3, "k").len(0).len(0).len(1).len(0);
+    r.len(0).len(0).len(0).len(0).len(0); // first, max deleted, added
+    r.len(1).str(b"g").len(0).len(0).len(0); // group, last id, entries read
+    r.len(0).len(1).str(b"c").ms(1).ms(2); // no PEL, one consumer
+    r.byte(0x81).raw(&(1u64 << 62).to_be_bytes());
+    cases.push(r.buf.clone());
+    for bytes in cases {
+        assert!(matches!(
+            keys_until_error(&bytes).1,
+            Some(RdbError::UnexpectedEof)
+        ));
+    }
+}
+
+#[test]
+fn key_only_skips_aux_functions_and_module_data() {
+    // Every non-key item is consumed; only the keys come out.
+    let (keys, _) = parse_keys(FUNCTIONS).unwrap();
+    assert_eq!(key_tuples(&keys).len(), 1);
+    assert_eq!(keys[0].key, b("after:function"));
+    let (keys, _) = parse_keys(EMPTY).unwrap();
+    assert!(keys.is_empty());
+}
+
+#[test]
+fn decimal_lengths() {
+    for v in [
+        0i64,
+        1,
+        9,
+        10,
+        -1,
+        -10,
+        99,
+        100,
+        i64::MAX,
+        i64::MIN,
+        i64::from(i32::MIN),
+    ] {
+        assert_eq!(decimal_len(v), v.to_string().len() as u64, "{v}");
+    }
 }

@@ -5,6 +5,11 @@
 use super::listpack::Elem;
 
 const ZIPLIST_HEADER_SIZE: usize = 10;
+/// Size of a ziplist without elements (header and terminator), the smallest
+/// valid blob; any longer valid ziplist holds at least one element.
+pub(crate) const EMPTY_LEN: u64 = ZIPLIST_HEADER_SIZE as u64 + 1;
+/// Size of a zipmap without entries (count byte and terminator).
+pub(crate) const EMPTY_ZIPMAP_LEN: u64 = 2;
 const ZIP_END: u8 = 0xff;
 const ZIP_BIG_PREVLEN: u8 = 0xfe;
 
