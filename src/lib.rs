@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod position;
 pub mod rdb;
+pub mod rebuild;
 pub mod resp;
 pub mod stamp;
 pub mod stamper;
@@ -234,6 +235,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             data_dir: config.data_dir.clone(),
             databases,
             node_id: config.node_id,
+            peers: config.peers.clone(),
+            mesh: config.mesh.clone(),
+            clock: clock.clone(),
         },
         tail_tx,
         metrics.clone(),
@@ -281,6 +285,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         token.clone(),
     ));
     let receiver = transport::server::Receiver::new(
+        client.clone(),
         config.node_id,
         config.mesh.clone(),
         databases,

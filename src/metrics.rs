@@ -52,6 +52,8 @@ pub struct Metrics {
     pub batches_refused: Family<ReasonLabel, Counter>,
     /// Full resynchronisations with the local Redis.
     pub sync_full: Counter,
+    /// Times the region was rebuilt from a peer after its Redis lost its data.
+    pub rebuilds: Counter,
     /// Partial resynchronisations the local Redis accepted.
     pub sync_partial_ok: Counter,
     /// Replication offset processed from the local Redis.
@@ -130,6 +132,11 @@ impl Metrics {
             "sync_full",
             "Full resynchronisations with the local Redis",
             m.sync_full.clone(),
+        );
+        r.register(
+            "rebuilds",
+            "Rebuilds of the region from a peer after its Redis lost its data",
+            m.rebuilds.clone(),
         );
         r.register(
             "sync_partial_ok",

@@ -33,6 +33,7 @@ const LIB: &str = include_str!("scripts/lib.lua");
 const STAMP: &str = include_str!("scripts/stamp.lua");
 const APPLY: &str = include_str!("scripts/apply.lua");
 const FLUSH: &str = include_str!("scripts/flush.lua");
+const READ: &str = include_str!("scripts/read.lua");
 
 /// True for keys in geosync's reserved namespace.
 pub fn is_reserved(key: &[u8]) -> bool {
@@ -85,6 +86,7 @@ enum Which {
     Stamp,
     Apply,
     Flush,
+    Read,
 }
 
 /// One script call of a pipeline: database, script, KEYS, ARGV.
@@ -133,6 +135,7 @@ pub struct Store {
     stamp: Script,
     apply: Script,
     flush: Script,
+    read: Script,
 }
 
 impl Store {
@@ -144,6 +147,7 @@ impl Store {
             stamp: Script::new(STAMP),
             apply: Script::new(APPLY),
             flush: Script::new(FLUSH),
+            read: Script::new(READ),
         }
     }
 
@@ -160,6 +164,7 @@ impl Store {
             Which::Stamp => &self.stamp,
             Which::Apply => &self.apply,
             Which::Flush => &self.flush,
+            Which::Read => &self.read,
         }
     }
 
@@ -186,7 +191,7 @@ impl Store {
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
                         && attempt == 0 =>
                 {
-                    let bodies: Vec<String> = [&self.stamp, &self.apply, &self.flush]
+                    let bodies: Vec<String> = [&self.stamp, &self.apply, &self.flush, &self.read]
                         .iter()
                         .map(|s| s.body.clone())
                         .collect();
@@ -329,6 +334,77 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Every key of database `db` that has a metadata record, as changes
+    /// carrying their recorded stamps, sent to `out` in batches of about
+    /// `batch` keys; stops early when `out` closes. Used to rebuild a peer's
+    /// region.
+    pub async fn read_recorded(
+        &mut self,
+        db: u32,
+        batch: usize,
+        out: &tokio::sync::mpsc::Sender<Vec<Change>>,
+    ) -> Result<u64, StoreError> {
+        let mut buckets: Vec<Vec<u8>> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let conn = self.conn().await?;
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::pipe()
+                .cmd("SELECT")
+                .arg(db)
+                .ignore()
+                .cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{META_PREFIX}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async::<((u64, Vec<Vec<u8>>),)>(conn)
+                .await?
+                .0;
+            buckets.extend(keys);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut sent = 0u64;
+        let mut keys: Vec<Bytes> = Vec::new();
+        for (i, bucket) in buckets.iter().enumerate() {
+            let conn = self.conn().await?;
+            let fields: Vec<Vec<u8>> = redis::pipe()
+                .cmd("SELECT")
+                .arg(db)
+                .ignore()
+                .cmd("HKEYS")
+                .arg(bucket)
+                .query_async::<(Vec<Vec<u8>>,)>(conn)
+                .await?
+                .0;
+            keys.extend(fields.into_iter().map(Bytes::from));
+            if keys.len() >= batch || (i + 1 == buckets.len() && !keys.is_empty()) {
+                let mut k: Vec<Vec<u8>> = Vec::with_capacity(keys.len() * 2);
+                for key in keys.drain(..) {
+                    let bucket = meta_bucket(&key);
+                    k.push(key.to_vec());
+                    k.push(bucket.into_bytes());
+                }
+                let reply = self.run(&[(db, Which::Read, k, vec![])]).await?;
+                let outcome = parse_stamp_reply(
+                    db,
+                    reply
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| StoreError::BadReply("read: no reply".into()))?,
+                )?;
+                sent += outcome.changes.len() as u64;
+                if !outcome.changes.is_empty() && out.send(outcome.changes).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(sent)
     }
 
     /// Records a local FLUSHDB/FLUSHALL: raises the floor of each database

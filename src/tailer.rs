@@ -99,6 +99,12 @@ pub struct TailerConfig {
     pub databases: u32,
     /// This region's node id.
     pub node_id: u32,
+    /// The peers, asked to rebuild the region when its Redis lost its data.
+    pub peers: Vec<String>,
+    /// The mesh name.
+    pub mesh: String,
+    /// The agent's clock.
+    pub clock: Arc<uhlc::HLC>,
 }
 
 /// Runs replication sessions until shutdown.
@@ -440,7 +446,7 @@ async fn session(
             info!(recorded, "own records reported");
             (replid, p.offset, p.db)
         }
-        (Some("FULLRESYNC"), _) => {
+        (Some("FULLRESYNC"), previous) => {
             let replid = parts.next().unwrap_or_default().to_string();
             let offset: i64 = parts
                 .next()
@@ -460,6 +466,22 @@ async fn session(
                 .map_err(|_| TailError::StamperGone)?;
             let keys = report_snapshot(path, tx).await?;
             let recorded = report_recorded(&mut side, cfg.databases, cfg.node_id, true, tx).await?;
+            // A new replication id with nothing in it, where this agent had
+            // followed a Redis before: it restarted empty and lost its data.
+            if previous.is_some_and(|p| p.replid != replid) && keys == 0 && recorded == 0 {
+                warn!(%replid, "the local redis restarted empty; rebuilding the region from a peer");
+                let rebuild = crate::rebuild::Rebuild {
+                    peers: &cfg.peers,
+                    node_id: cfg.node_id,
+                    mesh: &cfg.mesh,
+                    clock: &cfg.clock,
+                    metrics,
+                };
+                let mut store = crate::store::Store::new(cfg.client.clone());
+                if rebuild.run(&mut store, shutdown).await.is_none() {
+                    return Err(TailError::Shutdown);
+                }
+            }
             tx.send(TailEvent::SnapshotDone)
                 .await
                 .map_err(|_| TailError::StamperGone)?;

@@ -200,3 +200,61 @@ fn a_partial_resync_remembers_the_selected_database() {
         "nothing landed in db 0"
     );
 }
+
+/// A Redis without persistence restarts empty: it lost its data, it did not
+/// delete everything. The region is rebuilt from a peer and the other
+/// regions keep their data.
+#[test]
+fn a_redis_that_restarts_empty_is_rebuilt_from_a_peer() {
+    let mut mesh = Mesh::start(3);
+    for (i, r) in mesh.regions.iter().enumerate() {
+        let mut c = r.redis.conn();
+        for k in 0..30 {
+            let _: () = c.set(format!("r{i}:k{k}"), k).unwrap();
+        }
+        let _: () = c.hset("shared", format!("from{i}"), i).unwrap();
+        let _: () = r
+            .redis
+            .conn_db(2)
+            .rpush(format!("list{i}"), &["a", "b"])
+            .unwrap();
+    }
+    mesh.wait_converged(&[0, 2], SETTLE);
+    let file = mesh.regions[0].agent.data_dir.join("replication");
+    wait_until("region 1's position is recorded", SETTLE, || file.exists());
+    let keys_before: usize = redis::cmd("DBSIZE")
+        .query(&mut mesh.regions[1].redis.conn())
+        .unwrap();
+
+    mesh.regions[0].redis.restart_empty();
+    let agent = &mesh.regions[0].agent;
+    wait_until("region 1 is rebuilt", SETTLE, || {
+        agent
+            .get("/metrics")
+            .is_some_and(|(_, body)| metric_sum(&body, "geosync_rebuilds_total") == 1.0)
+    });
+    mesh.wait_ready();
+    mesh.wait_converged(&[0, 2], SETTLE);
+    let mut c = mesh.regions[0].redis.conn();
+    assert_eq!(
+        c.get::<_, i64>("r0:k29").unwrap(),
+        29,
+        "region 1's own keys came back from a peer"
+    );
+    assert_eq!(c.get::<_, i64>("r2:k5").unwrap(), 5);
+    let keys_after: usize = redis::cmd("DBSIZE")
+        .query(&mut mesh.regions[1].redis.conn())
+        .unwrap();
+    assert_eq!(keys_after, keys_before, "the other regions kept everything");
+    // and the region works as before
+    let _: () = c.set("after-rebuild", "x").unwrap();
+    mesh.wait_converged(&[0, 2], SETTLE);
+    assert_eq!(
+        mesh.regions[2]
+            .redis
+            .conn()
+            .get::<_, String>("after-rebuild")
+            .unwrap(),
+        "x"
+    );
+}

@@ -14,7 +14,10 @@ use uhlc::HLC;
 
 use super::PROTOCOL_VERSION;
 use super::pb::replication_server::Replication;
-use super::pb::{Ack, OriginMessage, PeerMessage, Welcome, origin_message, peer_message};
+use super::pb::{
+    Ack, OriginMessage, PeerMessage, SnapshotChunk, SnapshotRequest, Welcome, origin_message,
+    peer_message,
+};
 use crate::applier::ApplyJob;
 use crate::change::{Change, Op, decode_batch};
 use crate::metrics::Metrics;
@@ -29,6 +32,7 @@ struct Origins {
 
 /// The gRPC service.
 pub struct Receiver {
+    client: redis::Client,
     node_id: u32,
     mesh: String,
     databases: u32,
@@ -39,8 +43,9 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// A receiver applying through `apply`.
+    /// A receiver applying through `apply`, reading `client`'s Redis for snapshots.
     pub fn new(
+        client: redis::Client,
         node_id: u32,
         mesh: String,
         databases: u32,
@@ -49,6 +54,7 @@ impl Receiver {
         metrics: Arc<Metrics>,
     ) -> Self {
         Receiver {
+            client,
             node_id,
             mesh,
             databases,
@@ -129,10 +135,68 @@ fn check_batch(
 }
 
 type PeerStream = Pin<Box<dyn Stream<Item = Result<PeerMessage, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
+
+/// Keys per snapshot chunk.
+const SNAPSHOT_BATCH: usize = 512;
 
 #[tonic::async_trait]
 impl Replication for Receiver {
     type ReplicateStream = PeerStream;
+    type SnapshotStream = ChunkStream;
+
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let req = request.into_inner();
+        if req.protocol_version != PROTOCOL_VERSION
+            || req.mesh != self.mesh
+            || req.node_id == self.node_id
+        {
+            return Err(Status::failed_precondition(format!(
+                "snapshot refused: protocol {} mesh {:?} node {} (this agent: protocol {PROTOCOL_VERSION} mesh {:?} node {})",
+                req.protocol_version, req.mesh, req.node_id, self.mesh, self.node_id
+            )));
+        }
+        info!(
+            node_id = req.node_id,
+            "sending a snapshot to rebuild a region"
+        );
+        let (tx, rx) = mpsc::channel::<Result<SnapshotChunk, Status>>(4);
+        let mut store = crate::store::Store::new(self.client.clone());
+        let databases = self.databases;
+        let (batches, mut read) = mpsc::channel::<Vec<Change>>(2);
+        let err_tx = tx.clone();
+        tokio::spawn(async move {
+            let mut total = 0;
+            for db in 0..databases {
+                match store.read_recorded(db, SNAPSHOT_BATCH, &batches).await {
+                    Ok(n) => total += n,
+                    Err(e) => {
+                        error!(error = %e, db, "reading the snapshot failed");
+                        let status =
+                            Status::unavailable(format!("reading the snapshot failed: {e}"));
+                        let _ = err_tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+            info!(changes = total, "snapshot sent");
+        });
+        tokio::spawn(async move {
+            while let Some(changes) = read.recv().await {
+                let chunk = SnapshotChunk {
+                    count: changes.len() as u32,
+                    changes: crate::change::encode_batch(&changes),
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn replicate(
         &self,

@@ -52,6 +52,7 @@ pub fn now_ms() -> i64 {
 pub struct Redis {
     pub port: u16,
     pub password: Option<String>,
+    args: Vec<String>,
     child: Child,
     pub dir: tempfile::TempDir,
 }
@@ -62,24 +63,7 @@ impl Redis {
     pub fn start(extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut cmd = Command::new(redis_server_bin());
-        cmd.arg("--port")
-            .arg(port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--repl-diskless-sync-delay", "0"])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(dir.path().join("redis.log"))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
-                "cannot start {}: {e} (install redis-server)",
-                redis_server_bin()
-            )
-        });
+        let child = Self::spawn(port, dir.path(), extra);
         let password = extra
             .windows(2)
             .find(|w| w[0] == "--requirepass")
@@ -89,10 +73,38 @@ impl Redis {
             password,
             child,
             dir,
+            args: extra.iter().map(|a| a.to_string()).collect(),
         };
-        let url = r.url();
+        r.wait_up();
+        r
+    }
+
+    fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Child {
+        Command::new(redis_server_bin())
+            .arg("--port")
+            .arg(port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--repl-diskless-sync-delay", "0"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e} (install redis-server)",
+                    redis_server_bin()
+                )
+            })
+    }
+
+    fn wait_up(&self) {
+        let url = self.url();
         wait_until(
-            &format!("redis on port {port}"),
+            &format!("redis on port {}", self.port),
             Duration::from_secs(10),
             || {
                 redis::Client::open(url.as_str())
@@ -101,7 +113,16 @@ impl Redis {
                     .is_ok()
             },
         );
-        r
+    }
+
+    /// Kills the server and starts it again on the same port. It has no
+    /// persistence, so it comes back empty, with a new replication id.
+    pub fn restart_empty(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.child = Self::spawn(self.port, self.dir.path(), &args);
+        self.wait_up();
     }
 
     /// The URL agents and clients use.

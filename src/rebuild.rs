@@ -1,0 +1,102 @@
+//! Rebuilding a region whose Redis restarted empty.
+//!
+//! A Redis without persistence that restarts has lost its data; it did not
+//! delete everything. The tailer notices (a new replication id, an empty
+//! snapshot, no metadata, where the agent had followed a Redis before) and,
+//! before it reports the snapshot done, pulls every recorded key from a peer
+//! (`Snapshot` RPC) and applies it with the usual stamp comparison. Nothing
+//! is tombstoned, so the other regions keep their data.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use uhlc::HLC;
+
+use crate::backoff::Backoff;
+use crate::change::decode_batch;
+use crate::metrics::Metrics;
+use crate::stamp;
+use crate::store::Store;
+use crate::transport::PROTOCOL_VERSION;
+use crate::transport::pb::SnapshotRequest;
+use crate::transport::pb::replication_client::ReplicationClient;
+
+/// Who asks, and where to ask.
+pub struct Rebuild<'a> {
+    /// The peers' gRPC addresses, tried in order.
+    pub peers: &'a [String],
+    /// This region's node id.
+    pub node_id: u32,
+    /// The mesh name.
+    pub mesh: &'a str,
+    /// The agent's clock, which observes every stamp received.
+    pub clock: &'a Arc<HLC>,
+    /// Metrics.
+    pub metrics: &'a Metrics,
+}
+
+impl Rebuild<'_> {
+    /// Pulls and applies a peer's recorded keys, trying peers in turn until
+    /// one succeeds. Returns the number of changes applied, or None on
+    /// shutdown.
+    pub async fn run(&self, store: &mut Store, shutdown: &CancellationToken) -> Option<u64> {
+        let mut backoff = Backoff::with(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            for peer in self.peers {
+                match tokio::select! {
+                    r = self.pull(peer, store) => r,
+                    _ = shutdown.cancelled() => return None,
+                } {
+                    Ok(applied) => {
+                        self.metrics.rebuilds.inc();
+                        info!(%peer, applied, "region rebuilt from a peer");
+                        return Some(applied);
+                    }
+                    Err(e) => warn!(%peer, error = %e, "cannot rebuild from this peer"),
+                }
+            }
+            error!("the local redis lost its data and no peer could send it back yet; retrying");
+            if !backoff.wait(shutdown).await {
+                return None;
+            }
+        }
+    }
+
+    async fn pull(
+        &self,
+        peer: &str,
+        store: &mut Store,
+    ) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+        let mut client = ReplicationClient::connect(peer.to_string())
+            .await?
+            .max_decoding_message_size(usize::MAX);
+        let mut chunks = client
+            .snapshot(SnapshotRequest {
+                protocol_version: PROTOCOL_VERSION,
+                mesh: self.mesh.to_string(),
+                node_id: self.node_id,
+            })
+            .await?
+            .into_inner();
+        let mut applied = 0;
+        while let Some(chunk) = chunks.message().await? {
+            let changes = decode_batch(&chunk.changes)?;
+            let mut newest = None;
+            for c in &changes {
+                let ts = stamp::decode(c.stamp.as_bytes())?;
+                if newest.is_none_or(|n| ts > n) {
+                    newest = Some(ts);
+                }
+            }
+            if let Some(ts) = newest
+                && let Err(e) = self.clock.update_with_timestamp(&ts)
+            {
+                return Err(format!("snapshot stamp beyond the clock skew limit: {e}").into());
+            }
+            applied += store.apply(&changes).await?.applied;
+        }
+        Ok(applied)
+    }
+}

@@ -1,0 +1,24 @@
+-- geosync read script: the recorded state of a batch of keys, each with the
+-- stamp its metadata holds, for a peer rebuilding its region.
+--
+-- KEYS[2i-1], KEYS[2i]  a key and its metadata bucket
+--
+-- Returns { changes, {}, {} } in the stamp script's shape; keys without a
+-- record, or whose value changed since it was recorded (a local write the
+-- stamper has not reached yet: it ships on its own), are left out.
+local changes = {}
+for i = 1, #KEYS, 2 do
+  local key, bucket = KEYS[i], KEYS[i + 1]
+  local rec = parse_record(redis.call('HGET', bucket, key))
+  if rec ~= nil then
+    local state = read_state(key)
+    if rec.flag == 't' then
+      if state == nil then
+        changes[#changes + 1] = { key, rec.stamp, 'd' }
+      end
+    elseif state ~= nil and not state.unsupported and digest(state) == rec.digest then
+      changes[#changes + 1] = { key, rec.stamp, 'p', state.t, state.exp, state.flat }
+    end
+  end
+end
+return { changes, {}, {} }
