@@ -43,6 +43,13 @@ pub struct RunArgs {
     /// The local Redis, e.g. redis://:password@127.0.0.1:6379.
     #[arg(long, env = "GEOSYNC_REDIS")]
     pub redis: Option<String>,
+    /// A Sentinel (host:port, repeat per sentinel) that names the local master.
+    #[arg(long = "sentinel", env = "GEOSYNC_SENTINELS", value_delimiter = ',')]
+    #[serde(rename = "sentinel", alias = "sentinels")]
+    pub sentinels: Vec<String>,
+    /// The master's name in Sentinel (with --sentinel).
+    #[arg(long, env = "GEOSYNC_MASTER_NAME")]
+    pub master_name: Option<String>,
     /// Address the gRPC server listens on for peers.
     #[arg(long, env = "GEOSYNC_LISTEN")]
     pub listen: Option<String>,
@@ -110,6 +117,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Peer gRPC endpoints.
     pub peers: Vec<String>,
+    /// Sentinels naming the local master (empty: `redis_url` is the master).
+    pub sentinels: Vec<String>,
+    /// The master's name in Sentinel.
+    pub master_name: Option<String>,
     /// Admin HTTP address.
     pub admin: Option<SocketAddr>,
     /// The agent's directory.
@@ -148,6 +159,12 @@ impl RunArgs {
             } else {
                 self.peers
             },
+            sentinels: if self.sentinels.is_empty() {
+                other.sentinels
+            } else {
+                self.sentinels
+            },
+            master_name: self.master_name.or(other.master_name),
             admin: self.admin.or(other.admin),
             data_dir: self.data_dir.or(other.data_dir),
             mesh: self.mesh.or(other.mesh),
@@ -207,6 +224,31 @@ impl Config {
             }
             peers.push(p);
         }
+        let mut sentinels = Vec::new();
+        for s in u.sentinels {
+            let s = s.trim().to_string();
+            if s.is_empty() {
+                continue;
+            }
+            let ok = s
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(bad("sentinel", format!("{s:?}: want host:port")));
+            }
+            sentinels.push(s);
+        }
+        let master_name = u.master_name.filter(|m| !m.is_empty());
+        match (sentinels.is_empty(), &master_name) {
+            (false, None) => return Err(bad("master-name", "is required with --sentinel")),
+            (true, Some(_)) => {
+                return Err(bad(
+                    "sentinel",
+                    "--master-name needs at least one --sentinel",
+                ));
+            }
+            _ => {}
+        }
         let admin = u
             .admin
             .as_deref()
@@ -245,6 +287,8 @@ impl Config {
             redis_url,
             listen,
             peers,
+            sentinels,
+            master_name,
             admin,
             data_dir,
             mesh,

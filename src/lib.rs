@@ -28,6 +28,7 @@ pub mod backoff;
 pub mod change;
 pub mod config;
 pub mod keyspec;
+pub mod locator;
 pub mod metrics;
 pub mod outbox;
 pub mod position;
@@ -125,9 +126,9 @@ fn redacted(url: &str) -> String {
     }
 }
 
-/// Writes the agent's progress to the data directory once a second when it
-/// changed, and once more at shutdown: the peers' acknowledged stamps and
-/// the replication position up to which everything has been stamped.
+/// Writes the agent's progress to the data directory when it changed, and
+/// once more at shutdown: the peers' acknowledged stamps and the
+/// replication position up to which everything has been stamped.
 async fn persist_progress(
     outbox: Arc<Outbox>,
     mut position: tokio::sync::watch::Receiver<Option<position::Position>>,
@@ -135,10 +136,15 @@ async fn persist_progress(
     shutdown: CancellationToken,
 ) {
     let mut last_acks = outbox.acked_stamps();
+    let mut last_position = None;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
+        // Positions are written as they come (about once a second, and at
+        // once after a full sync, so a restart soon after it can resume);
+        // acks once a second.
         let stop = tokio::select! {
             _ = tick.tick() => false,
+            r = position.changed() => r.is_err(),
             _ = shutdown.cancelled() => true,
         };
         let acks = outbox.acked_stamps();
@@ -150,12 +156,15 @@ async fn persist_progress(
                 }
             }
         }
-        if position.has_changed().unwrap_or(false) {
-            let p = position.borrow_and_update().clone();
-            if let Some(p) = p
-                && let Err(e) = position::save(&data_dir, &p)
-            {
-                error!(error = %e, "cannot record the replication position; a restart will do a full resync");
+        let p = position.borrow_and_update().clone();
+        if p != last_position
+            && let Some(pos) = &p
+        {
+            match position::save(&data_dir, pos) {
+                Ok(()) => last_position = p,
+                Err(e) => {
+                    error!(error = %e, "cannot record the replication position; a restart will do a full resync")
+                }
             }
         }
         if stop {
@@ -172,8 +181,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         url: url.clone(),
         message,
     };
-    let client =
-        redis::Client::open(config.redis_url.as_str()).map_err(|e| redis_err(e.to_string()))?;
+    let locator = locator::Locator::new(
+        &config.redis_url,
+        &config.sentinels,
+        config.master_name.as_deref(),
+    );
+    let client = locator
+        .master()
+        .await
+        .map_err(|e| redis_err(format!("cannot find the master: {e}")))?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
@@ -226,11 +242,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         None => None,
     };
 
+    tracker.spawn(locator.clone().watch_switches(token.clone()));
     // Tailer → stamper.
     let (tail_tx, tail_rx) = mpsc::channel(1024);
     tracker.spawn(tailer::run(
         tailer::TailerConfig {
-            client: client.clone(),
+            locator: locator.clone(),
             announce_port: config.listen.port(),
             data_dir: config.data_dir.clone(),
             databases,
@@ -245,7 +262,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     ));
     let (position_tx, position_rx) = tokio::sync::watch::channel(None);
     let stamper = stamper::Stamper {
-        store: Store::new(client.clone()),
+        store: Store::new(locator.clone()),
         clock: clock.clone(),
         outbox: outbox.clone(),
         metrics: metrics.clone(),
@@ -279,13 +296,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     // Peers → applier.
     let (apply_tx, apply_rx) = mpsc::channel(16);
     tracker.spawn(applier::run(
-        Store::new(client.clone()),
+        Store::new(locator.clone()),
         apply_rx,
         ready.clone(),
         token.clone(),
     ));
     let receiver = transport::server::Receiver::new(
-        client.clone(),
+        locator.clone(),
         config.node_id,
         config.mesh.clone(),
         databases,

@@ -39,9 +39,15 @@ pub struct Rebuild<'a> {
 
 impl Rebuild<'_> {
     /// Pulls and applies a peer's recorded keys, trying peers in turn until
-    /// one succeeds. Returns the number of changes applied, or None on
-    /// shutdown.
-    pub async fn run(&self, store: &mut Store, shutdown: &CancellationToken) -> Option<u64> {
+    /// one succeeds (or, unless `until_done`, after one round). Returns the
+    /// number of changes applied, or None on shutdown or when one round
+    /// failed.
+    pub async fn run(
+        &self,
+        store: &mut Store,
+        until_done: bool,
+        shutdown: &CancellationToken,
+    ) -> Option<u64> {
         let mut backoff = Backoff::with(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             for peer in self.peers {
@@ -56,6 +62,10 @@ impl Rebuild<'_> {
                     }
                     Err(e) => warn!(%peer, error = %e, "cannot rebuild from this peer"),
                 }
+            }
+            if !until_done {
+                error!("no peer could send the region's state; continuing without it");
+                return None;
             }
             error!("the local redis lost its data and no peer could send it back yet; retrying");
             if !backoff.wait(shutdown).await {

@@ -22,7 +22,7 @@ use crate::outbox::Outbox;
 use crate::position::Position;
 use crate::stamp;
 use crate::state::Readiness;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::tailer::TailEvent;
 
 /// Everything the stamper works with.
@@ -215,7 +215,7 @@ impl Stamper {
                         return false;
                     }
                 }
-                Err(e @ StoreError::BadReply(_)) | Err(e @ StoreError::Redis(_)) => {
+                Err(e) => {
                     error!(error = %e, keys = per_db.iter().map(|(_, k)| k.len()).sum::<usize>(), "stamping failed; keeping the keys for a retry");
                     for (db, keys) in per_db {
                         pending.extend(keys.into_iter().map(|k| (db, k)));

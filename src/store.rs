@@ -12,6 +12,7 @@ use redis::{RedisError, Value as RValue};
 use serde_bytes::ByteBuf;
 
 use crate::change::{Change, Op, Value};
+use crate::locator::Locator;
 
 /// Every key geosync owns starts with this; client keys with it are not replicated.
 pub const RESERVED_PREFIX: &[u8] = b"__geosync:";
@@ -56,6 +57,9 @@ pub enum StoreError {
     /// Connection or command failure.
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
+    /// The master could not be found (Sentinel).
+    #[error("{0}")]
+    Locate(#[from] crate::locator::LocateError),
     /// A script answered something this version does not understand.
     #[error("unexpected script reply: {0}")]
     BadReply(String),
@@ -72,9 +76,12 @@ impl StoreError {
                     || e.is_connection_refusal()
                     || matches!(
                         e.kind(),
-                        redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                        redis::ErrorKind::Server(
+                            redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::ReadOnly
+                        )
                     )
             }
+            StoreError::Locate(_) => true,
             StoreError::BadReply(_) => false,
         }
     }
@@ -130,7 +137,8 @@ pub struct ApplyOutcome {
 ///
 /// Each stage owns its own `Store`, so `SELECT` state is never shared.
 pub struct Store {
-    client: redis::Client,
+    locator: Locator,
+    epoch: tokio::sync::watch::Receiver<u64>,
     conn: Option<MultiplexedConnection>,
     stamp: Script,
     apply: Script,
@@ -140,9 +148,10 @@ pub struct Store {
 
 impl Store {
     /// A store for the Redis at `url` (connects lazily).
-    pub fn new(client: redis::Client) -> Self {
+    pub fn new(locator: Locator) -> Self {
         Store {
-            client,
+            epoch: locator.epoch(),
+            locator,
             conn: None,
             stamp: Script::new(STAMP),
             apply: Script::new(APPLY),
@@ -153,8 +162,14 @@ impl Store {
 
     /// The live connection, connecting if needed.
     pub async fn conn(&mut self) -> Result<&mut MultiplexedConnection, StoreError> {
+        // Sentinel switched the master: leave the old one now.
+        if self.epoch.has_changed().unwrap_or(false) {
+            self.conn = None;
+        }
         if self.conn.is_none() {
-            self.conn = Some(self.client.get_multiplexed_async_connection().await?);
+            self.epoch.mark_unchanged();
+            let client = self.locator.master().await?;
+            self.conn = Some(client.get_multiplexed_async_connection().await?);
         }
         Ok(self.conn.as_mut().expect("just set"))
     }
@@ -205,7 +220,12 @@ impl Store {
                     }
                 }
                 Err(e) => {
-                    if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    // After a failover the old master answers READONLY: find the new one.
+                    if e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_unrecoverable_error()
+                        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                    {
                         self.conn = None;
                     }
                     return Err(e.into());

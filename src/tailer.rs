@@ -79,6 +79,12 @@ pub enum TailError {
     /// Side connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The master could not be found (Sentinel).
+    #[error("{0}")]
+    Locate(#[from] crate::locator::LocateError),
+    /// Sentinel announced another master.
+    #[error("sentinel switched the master")]
+    MasterSwitched,
     /// The stamper is gone (shutdown).
     #[error("stamper stopped")]
     StamperGone,
@@ -89,8 +95,8 @@ pub enum TailError {
 
 /// Settings the tailer needs.
 pub struct TailerConfig {
-    /// The local Redis.
-    pub client: redis::Client,
+    /// Where the local master is.
+    pub locator: crate::locator::Locator,
     /// Port announced with `REPLCONF listening-port`.
     pub announce_port: u16,
     /// Where the snapshot is written while it is parsed.
@@ -359,8 +365,39 @@ async fn report_recorded(
     Ok(n)
 }
 
-async fn handshake(cfg: &TailerConfig, link: &mut Link) -> Result<(), TailError> {
-    let info = cfg.client.get_connection_info();
+/// Applies a peer's recorded state (see [`crate::rebuild`]); with
+/// `until_done`, retries until a peer answers.
+async fn pull_from_peers(
+    cfg: &TailerConfig,
+    metrics: &Metrics,
+    until_done: bool,
+    shutdown: &CancellationToken,
+) -> Result<(), TailError> {
+    let rebuild = crate::rebuild::Rebuild {
+        peers: &cfg.peers,
+        node_id: cfg.node_id,
+        mesh: &cfg.mesh,
+        clock: &cfg.clock,
+        metrics,
+    };
+    let mut store = crate::store::Store::new(cfg.locator.clone());
+    if rebuild
+        .run(&mut store, until_done, shutdown)
+        .await
+        .is_none()
+        && shutdown.is_cancelled()
+    {
+        return Err(TailError::Shutdown);
+    }
+    Ok(())
+}
+
+async fn handshake(
+    cfg: &TailerConfig,
+    client: &redis::Client,
+    link: &mut Link,
+) -> Result<(), TailError> {
+    let info = client.get_connection_info();
     let redis = info.redis_settings();
     if let Some(password) = redis.password() {
         match redis.username() {
@@ -395,7 +432,10 @@ async fn session(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), TailError> {
-    let addr = match cfg.client.get_connection_info().addr() {
+    let mut epoch = cfg.locator.epoch();
+    epoch.mark_unchanged();
+    let client = cfg.locator.master().await?;
+    let addr = match client.get_connection_info().addr() {
         redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
         other => {
             return Err(TailError::Protocol(format!(
@@ -403,7 +443,7 @@ async fn session(
             )));
         }
     };
-    let mut side = cfg.client.get_multiplexed_async_connection().await?;
+    let mut side = client.get_multiplexed_async_connection().await?;
     let specs = KeySpecTable::load(&mut side).await?;
     let stream = TcpStream::connect(&addr).await?;
     stream.set_nodelay(true)?;
@@ -413,7 +453,7 @@ async fn session(
         wr,
         buf: BytesMut::with_capacity(1 << 16),
     };
-    handshake(cfg, &mut link).await?;
+    handshake(cfg, &client, &mut link).await?;
     // Continue from the recorded position when there is one.
     let resume = crate::position::load(&cfg.data_dir);
     match &resume {
@@ -431,7 +471,10 @@ async fn session(
         (Some("CONTINUE"), Some(p)) => {
             metrics.sync_partial_ok.inc();
             // A new id means the master was promoted; the offsets carry on.
-            let replid = parts.next().map(str::to_string).unwrap_or(p.replid);
+            let replid = parts
+                .next()
+                .map(str::to_string)
+                .unwrap_or_else(|| p.replid.clone());
             info!(%replid, offset = p.offset, "partial resync");
             // The outbox did not survive a restart: re-ship what this node
             // stamped and no peer acknowledged.
@@ -440,6 +483,13 @@ async fn session(
                 .map_err(|_| TailError::StamperGone)?;
             let recorded =
                 report_recorded(&mut side, cfg.databases, cfg.node_id, false, tx).await?;
+            // A promoted replica continued the stream, but may lack the old
+            // master's last writes, which this agent may have shipped or
+            // applied already: peers' recorded state brings them back.
+            if replid != p.replid {
+                warn!(%replid, "the local master changed; reconciling with a peer");
+                pull_from_peers(cfg, metrics, false, shutdown).await?;
+            }
             tx.send(TailEvent::SnapshotDone)
                 .await
                 .map_err(|_| TailError::StamperGone)?;
@@ -466,21 +516,17 @@ async fn session(
                 .map_err(|_| TailError::StamperGone)?;
             let keys = report_snapshot(path, tx).await?;
             let recorded = report_recorded(&mut side, cfg.databases, cfg.node_id, true, tx).await?;
-            // A new replication id with nothing in it, where this agent had
-            // followed a Redis before: it restarted empty and lost its data.
-            if previous.is_some_and(|p| p.replid != replid) && keys == 0 && recorded == 0 {
-                warn!(%replid, "the local redis restarted empty; rebuilding the region from a peer");
-                let rebuild = crate::rebuild::Rebuild {
-                    peers: &cfg.peers,
-                    node_id: cfg.node_id,
-                    mesh: &cfg.mesh,
-                    clock: &cfg.clock,
-                    metrics,
-                };
-                let mut store = crate::store::Store::new(cfg.client.clone());
-                if rebuild.run(&mut store, shutdown).await.is_none() {
-                    return Err(TailError::Shutdown);
-                }
+            // A new replication id that could not continue the old stream:
+            // the Redis restarted empty (it lost its data), or another
+            // server became master and did not have everything the old one
+            // had (what this agent shipped or applied there may be gone).
+            // Peers' recorded state brings it back; applying it only lets
+            // newer stamps win, so it is safe in every case.
+            if previous.is_some_and(|p| p.replid != replid) {
+                warn!(%replid, keys, recorded, "the local master changed and could not continue; rebuilding the region from a peer");
+                // An empty Redis must be rebuilt before it counts as synced;
+                // after a failover one round is enough to try.
+                pull_from_peers(cfg, metrics, keys == 0 && recorded == 0, shutdown).await?;
             }
             tx.send(TailEvent::SnapshotDone)
                 .await
@@ -499,7 +545,13 @@ async fn session(
     tx.send(TailEvent::Position(start.clone()))
         .await
         .map_err(|_| TailError::StamperGone)?;
-    follow(link, start, &specs, &mut side, tx, metrics, shutdown).await
+    let state = StreamState {
+        db: start.db,
+        multi: None,
+        specs,
+        side,
+    };
+    follow(link, start, state, tx, metrics, &mut epoch, shutdown).await
 }
 
 /// An open MULTI block of the stream.
@@ -513,28 +565,29 @@ struct Multi {
     seen_first: bool,
 }
 
-/// State of the command stream between commands.
+/// State of the command stream between commands, and what reading it needs.
 struct StreamState {
     db: u32,
     multi: Option<Multi>,
+    /// The server's key specs.
+    specs: KeySpecTable,
+    /// A plain connection for `COMMAND GETKEYSANDFLAGS`.
+    side: redis::aio::MultiplexedConnection,
 }
 
 /// Follows the command stream from `offset`.
 async fn follow(
     mut link: Link,
     start: Position,
-    specs: &KeySpecTable,
-    side: &mut redis::aio::MultiplexedConnection,
+    mut state: StreamState,
     tx: &mpsc::Sender<TailEvent>,
     metrics: &Metrics,
+    epoch: &mut tokio::sync::watch::Receiver<u64>,
     shutdown: &CancellationToken,
 ) -> Result<(), TailError> {
     let Position {
-        replid,
-        mut offset,
-        db,
+        replid, mut offset, ..
     } = start;
-    let mut state = StreamState { db, multi: None };
     let mut reported = offset;
     let mut ack = tokio::time::interval(Duration::from_secs(1));
     ack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -547,7 +600,7 @@ async fn follow(
             let argv = frame.into_command().ok_or_else(|| {
                 TailError::Protocol("command is not an array of bulk strings".into())
             })?;
-            let getack = handle(&argv, &mut state, specs, side, tx, metrics).await?;
+            let getack = handle(&argv, &mut state, tx, metrics).await?;
             offset += used as i64;
             metrics.repl_offset.set(offset);
             if getack {
@@ -570,6 +623,7 @@ async fn follow(
                     reported = offset;
                 }
             }
+            _ = epoch.changed() => return Err(TailError::MasterSwitched),
             _ = shutdown.cancelled() => return Err(TailError::Shutdown),
         }
     }
@@ -591,8 +645,6 @@ fn is_own_key(key: &[u8]) -> bool {
 async fn handle(
     argv: &[Bytes],
     state: &mut StreamState,
-    specs: &KeySpecTable,
-    side: &mut redis::aio::MultiplexedConnection,
     tx: &mpsc::Sender<TailEvent>,
     metrics: &Metrics,
 ) -> Result<bool, TailError> {
@@ -654,14 +706,14 @@ async fn handle(
         _ => {}
     }
     let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_ref()).collect();
-    let mut keys: Vec<(u32, Bytes)> = match specs.written_keys(&refs) {
+    let mut keys: Vec<(u32, Bytes)> = match state.specs.written_keys(&refs) {
         KeyLookup::Keys(idx) => idx
             .into_iter()
             .filter_map(|i| argv.get(i))
             .map(|k| (state.db, k.clone()))
             .collect(),
         KeyLookup::AskServer | KeyLookup::UnknownCommand => {
-            match written_keys_from_server(side, &refs).await {
+            match written_keys_from_server(&mut state.side, &refs).await {
                 Ok(keys) => keys
                     .into_iter()
                     .map(|k| (state.db, Bytes::from(k)))

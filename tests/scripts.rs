@@ -26,7 +26,7 @@ fn recorded_stamp(c: &mut redis::Connection, key: &str) -> String {
 
 fn setup() -> (Redis, Store, redis::Connection) {
     let r = Redis::start(&[]);
-    let store = Store::new(redis::Client::open(r.url()).unwrap());
+    let store = Store::new(geosync::locator::Locator::new(&r.url(), &[], None));
     let c = r.conn();
     (r, store, c)
 }

@@ -32,7 +32,7 @@ struct Origins {
 
 /// The gRPC service.
 pub struct Receiver {
-    client: redis::Client,
+    locator: crate::locator::Locator,
     node_id: u32,
     mesh: String,
     databases: u32,
@@ -45,7 +45,7 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver applying through `apply`, reading `client`'s Redis for snapshots.
     pub fn new(
-        client: redis::Client,
+        locator: crate::locator::Locator,
         node_id: u32,
         mesh: String,
         databases: u32,
@@ -54,7 +54,7 @@ impl Receiver {
         metrics: Arc<Metrics>,
     ) -> Self {
         Receiver {
-            client,
+            locator,
             node_id,
             mesh,
             databases,
@@ -164,7 +164,7 @@ impl Replication for Receiver {
             "sending a snapshot to rebuild a region"
         );
         let (tx, rx) = mpsc::channel::<Result<SnapshotChunk, Status>>(4);
-        let mut store = crate::store::Store::new(self.client.clone());
+        let mut store = crate::store::Store::new(self.locator.clone());
         let databases = self.databases;
         let (batches, mut read) = mpsc::channel::<Vec<Change>>(2);
         let err_tx = tx.clone();

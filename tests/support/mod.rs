@@ -163,6 +163,7 @@ pub struct Agent {
     pub node_id: u32,
     pub redis_url: String,
     pub peers: Vec<u16>,
+    pub extra: Vec<String>,
     pub dir: PathBuf,
     pub listen: u16,
     pub admin: u16,
@@ -181,6 +182,19 @@ impl Agent {
         peers: &[u16],
         dir: &Path,
     ) -> Agent {
+        Self::start_with(node_id, redis_url, listen, admin, peers, dir, &[])
+    }
+
+    /// Like [`Agent::start`], with extra `geosync run` arguments.
+    pub fn start_with(
+        node_id: u32,
+        redis_url: &str,
+        listen: u16,
+        admin: u16,
+        peers: &[u16],
+        dir: &Path,
+        extra: &[String],
+    ) -> Agent {
         let data_dir = dir.join(format!("agent-{node_id}"));
         std::fs::create_dir_all(&data_dir).unwrap();
         let log = dir.join(format!("agent-{node_id}.log"));
@@ -195,6 +209,7 @@ impl Agent {
         for p in peers {
             cmd.args(["--peer", &format!("http://127.0.0.1:{p}")]);
         }
+        cmd.args(extra);
         let logf = std::fs::File::create(&log).unwrap();
         cmd.env(
             "GEOSYNC_LOG",
@@ -208,6 +223,7 @@ impl Agent {
             node_id,
             redis_url: redis_url.to_string(),
             peers: peers.to_vec(),
+            extra: extra.to_vec(),
             dir: dir.to_path_buf(),
             listen,
             admin,
@@ -258,13 +274,14 @@ impl Agent {
         self.kill();
         let old = std::fs::read_to_string(&self.log).unwrap_or_default();
         std::fs::write(self.log.with_extension("log.previous"), old).unwrap();
-        let mut fresh = Agent::start(
+        let mut fresh = Agent::start_with(
             self.node_id,
             &self.redis_url,
             self.listen,
             self.admin,
             &self.peers,
             &self.dir,
+            &self.extra,
         );
         self.child = fresh.child.take();
     }

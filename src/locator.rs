@@ -1,0 +1,165 @@
+//! Finding the local master: a fixed address, or Sentinel.
+//!
+//! With `--sentinel` and `--master-name`, every new connection asks the
+//! sentinels (in order) where the master is and checks with `ROLE` that the
+//! answer is a master, so after a failover the agent follows the promoted
+//! replica. Credentials and options come from `--redis`; only the address is
+//! replaced.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+
+/// Where the local master is.
+#[derive(Clone, Debug)]
+pub struct Locator {
+    base_url: String,
+    sentinels: Vec<String>,
+    master_name: Option<String>,
+    /// Bumped on every `+switch-master` for our master name.
+    epoch: Arc<watch::Sender<u64>>,
+}
+
+/// The master could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    /// A connection or command failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No sentinel named a reachable master.
+    #[error("no sentinel names a master for {name:?} right now: {why}")]
+    NoMaster {
+        /// The master name.
+        name: String,
+        /// What the sentinels said.
+        why: String,
+    },
+}
+
+impl Locator {
+    /// The master at `url`, or the one Sentinel names `master_name`.
+    pub fn new(url: &str, sentinels: &[String], master_name: Option<&str>) -> Self {
+        Locator {
+            base_url: url.to_string(),
+            sentinels: sentinels.to_vec(),
+            master_name: master_name.map(str::to_string),
+            epoch: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Changes whenever Sentinel announces a new master: connections made
+    /// before must be dropped and made again.
+    pub fn epoch(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
+    /// Listens to every sentinel's `+switch-master` until shutdown, so the
+    /// agent leaves an old master at once instead of when it is demoted.
+    pub async fn watch_switches(self, shutdown: CancellationToken) {
+        let Some(name) = self.master_name.clone().filter(|_| self.uses_sentinel()) else {
+            return;
+        };
+        let tasks: Vec<_> = self
+            .sentinels
+            .iter()
+            .map(|s| {
+                tokio::spawn(
+                    self.clone()
+                        .listen(s.clone(), name.clone(), shutdown.clone()),
+                )
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn listen(self, sentinel: String, name: String, shutdown: CancellationToken) {
+        let mut backoff = Backoff::with(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            let session = async {
+                let client = redis::Client::open(format!("redis://{sentinel}"))?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe("+switch-master").await?;
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    let payload: String = msg.get_payload().unwrap_or_default();
+                    if payload.split(' ').next() == Some(name.as_str()) {
+                        info!(%sentinel, %payload, "sentinel switched the master");
+                        self.epoch.send_modify(|e| *e += 1);
+                    }
+                }
+                Ok::<(), redis::RedisError>(())
+            };
+            tokio::select! {
+                r = session => if let Err(e) = r {
+                    warn!(%sentinel, error = %e, "sentinel subscription ended");
+                },
+                _ = shutdown.cancelled() => return,
+            }
+            if !backoff.wait(&shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// True when the master is found through Sentinel.
+    pub fn uses_sentinel(&self) -> bool {
+        !self.sentinels.is_empty()
+    }
+
+    /// A client for the current master.
+    pub async fn master(&self) -> Result<redis::Client, LocateError> {
+        let Some(name) = self.master_name.as_deref().filter(|_| self.uses_sentinel()) else {
+            return Ok(redis::Client::open(self.base_url.as_str())?);
+        };
+        let mut why = Vec::new();
+        for sentinel in &self.sentinels {
+            match self.ask(sentinel, name).await {
+                Ok(client) => return Ok(client),
+                Err(e) => why.push(format!("{sentinel}: {e}")),
+            }
+        }
+        Err(LocateError::NoMaster {
+            name: name.to_string(),
+            why: why.join("; "),
+        })
+    }
+
+    async fn ask(
+        &self,
+        sentinel: &str,
+        name: &str,
+    ) -> Result<redis::Client, Box<dyn std::error::Error + Send + Sync>> {
+        let s = redis::Client::open(format!("redis://{sentinel}"))?;
+        let mut conn =
+            tokio::time::timeout(Duration::from_secs(2), s.get_multiplexed_async_connection())
+                .await??;
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(name)
+            .query_async(&mut conn)
+            .await?;
+        let (host, port) = addr.ok_or("unknown master name")?;
+        let mut url = url::Url::parse(&self.base_url)?;
+        url.set_host(Some(&host))?;
+        url.set_port(Some(port)).map_err(|_| "cannot set port")?;
+        let client = redis::Client::open(url.as_str())?;
+        let mut m = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_multiplexed_async_connection(),
+        )
+        .await??;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut m).await?;
+        match role.first() {
+            Some(redis::Value::BulkString(r)) if r == b"master" => Ok(client),
+            _ => Err(format!("{host}:{port} is not a master (yet)").into()),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Following the local master through Sentinel: three real redis-sentinel
+//! processes, a master with two replicas, and a failover.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use redis::Commands;
+use support::*;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// A redis-server in sentinel mode, killed on drop.
+struct Sentinel {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    fn start(master_port: u16) -> Sentinel {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 10000\n\
+                 sentinel parallel-syncs mymaster 2\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(redis_server_bin())
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sentinel");
+        let s = Sentinel {
+            port,
+            child,
+            _dir: dir,
+        };
+        wait_until("sentinel up", SETTLE, || s.master().is_some());
+        s
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// The port of the master this sentinel names.
+    fn master(&self) -> Option<u16> {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .ok()?
+            .get_connection()
+            .ok()?;
+        let a: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("mymaster")
+            .query(&mut c)
+            .ok()?;
+        a.map(|(_, p)| p)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Region 1 is a master with two replicas behind three sentinels; region 2
+/// is a plain Redis. Returns the servers, the sentinels and the mesh.
+struct Setup {
+    servers: Vec<Redis>,
+    sentinels: Vec<Sentinel>,
+    region1: Agent,
+    region2: Region,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(master_args: &[&str]) -> Setup {
+    let master = Redis::start(master_args);
+    let mut args: Vec<String> = master_args.iter().map(|a| a.to_string()).collect();
+    args.extend([
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        master.port.to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r1 = Redis::start(&args);
+    let r2 = Redis::start(&args);
+    for r in [&r1, &r2] {
+        wait_until("replica in sync", SETTLE, || {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut r.conn())
+                .unwrap();
+            info.contains("master_link_status:up")
+        });
+    }
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(master.port)).collect();
+    wait_until("sentinels see both replicas", SETTLE, || {
+        let n: Vec<redis::Value> = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg("mymaster")
+            .query(&mut sentinels[0].conn())
+            .unwrap();
+        n.len() == 2
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (l1, l2, a1, a2) = (free_port(), free_port(), free_port(), free_port());
+    let mut extra = vec!["--master-name".to_string(), "mymaster".to_string()];
+    for s in &sentinels {
+        extra.push("--sentinel".into());
+        extra.push(format!("127.0.0.1:{}", s.port));
+    }
+    // --redis only carries credentials here; the address comes from Sentinel.
+    let mut region1 =
+        Agent::start_with(1, "redis://127.0.0.1:1", l1, a1, &[l2], dir.path(), &extra);
+    let other = Redis::start(&[]);
+    let mut agent2 = Agent::start(2, &other.url(), l2, a2, &[l1], dir.path());
+    wait_until("agents ready", SETTLE, || {
+        region1.is_ready() && agent2.is_ready()
+    });
+    Setup {
+        servers: vec![master, r1, r2],
+        sentinels,
+        region1,
+        region2: Region {
+            redis: other,
+            agent: agent2,
+        },
+        _dir: dir,
+    }
+}
+
+impl Setup {
+    fn master(&self) -> &Redis {
+        let port = self.sentinels[0].master().unwrap();
+        self.servers.iter().find(|r| r.port == port).unwrap()
+    }
+
+    /// Waits until region 2 holds `key` = `value`.
+    fn wait_in_region2(&self, key: &str, value: &str) {
+        let mut c = self.region2.redis.conn();
+        wait_until(&format!("{key} reaches region 2"), SETTLE, || {
+            c.get::<_, Option<String>>(key).unwrap().as_deref() == Some(value)
+        });
+    }
+
+    /// Region 1's master and region 2 hold the same data.
+    fn converged(&self) {
+        let a = snapshot(&mut self.master().conn());
+        let b = snapshot(&mut self.region2.redis.conn());
+        let d = diff(&a, &b);
+        if !d.is_empty() {
+            for r in &self.servers {
+                let log =
+                    std::fs::read_to_string(r.dir.path().join("redis.log")).unwrap_or_default();
+                eprintln!("---- redis {} log ----\n{log}", r.port);
+            }
+        }
+        assert!(d.is_empty(), "regions differ: {d:#?}");
+    }
+
+    fn failover(&self) -> u16 {
+        let old = self.sentinels[0].master().unwrap();
+        // Replicas first catch up (a replica fed by a diskless sync gets the
+        // stream only after its first ACK): a failover that loses writes is
+        // the other test's subject.
+        let offset = |r: &Redis, field: &str| -> i64 {
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut r.conn()).unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(-1)
+        };
+        let master = self.servers.iter().find(|r| r.port == old).unwrap();
+        let target = offset(master, "master_repl_offset:");
+        for r in self.servers.iter().filter(|r| r.port != old) {
+            wait_until("replica caught up", SETTLE, || offset(r, "slave_repl_offset:") >= target);
+        }
+        let _: () = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg("mymaster")
+            .query(&mut self.sentinels[0].conn())
+            .unwrap();
+        wait_until("a replica is promoted", SETTLE, || {
+            self.sentinels
+                .iter()
+                .all(|s| s.master().is_some_and(|p| p != old))
+        });
+        self.sentinels[0].master().unwrap()
+    }
+}
+
+#[test]
+fn a_failover_continues_the_stream_with_psync() {
+    let s = setup(&[]);
+    let _: () = s.master().conn().set("before", "1").unwrap();
+    s.wait_in_region2("before", "1");
+    // A planned failover: the old master stops taking writes (Sentinel's
+    // hello messages included) so the promoted replica has every byte of it.
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(30_000).arg("WRITE").query(&mut s.master().conn()).unwrap();
+    let new = s.failover();
+    // The promoted replica takes writes, and they reach region 2.
+    let mut m = s.servers.iter().find(|r| r.port == new).unwrap().conn();
+    wait_until("the new master takes writes", SETTLE, || {
+        m.set::<_, _, ()>("after", "2").is_ok()
+    });
+    s.wait_in_region2("after", "2");
+    // Writes from region 2 land on the new master.
+    let _: () = s.region2.redis.conn().set("from2", "3").unwrap();
+    wait_until("region 2's write reaches the new master", SETTLE, || {
+        m.get::<_, Option<String>>("from2").unwrap().as_deref() == Some("3")
+    });
+    s.converged();
+    assert_eq!(
+        s.region1.metric("geosync_sync_full_total"),
+        1.0,
+        "only the first sync was full"
+    );
+    assert!(
+        s.region1.metric("geosync_sync_partial_ok_total") >= 1.0,
+        "the promoted replica continued the stream"
+    );
+}
+
+#[test]
+fn a_failover_after_the_backlog_moved_on_resyncs_fully() {
+    let mut s = setup(&["--repl-backlog-size", "16kb"]);
+    let _: () = s.master().conn().set("before", "1").unwrap();
+    s.wait_in_region2("before", "1");
+    s.region1.kill();
+    let new = s.failover();
+    let mut m = s.servers.iter().find(|r| r.port == new).unwrap().conn();
+    wait_until("the new master takes writes", SETTLE, || {
+        m.set::<_, _, ()>("after", "2").is_ok()
+    });
+    let filler = "x".repeat(1000);
+    for i in 0..100 {
+        let _: () = m.set(format!("filler{i}"), &filler).unwrap();
+    }
+    s.region1.restart();
+    wait_until("agent 1 ready", SETTLE, || s.region1.is_ready());
+    s.wait_in_region2("after", "2");
+    s.wait_in_region2("filler99", &filler);
+    s.converged();
+    assert_eq!(s.region1.metric("geosync_sync_full_total"), 1.0);
+    assert_eq!(s.region1.metric("geosync_sync_partial_ok_total"), 0.0);
+}
