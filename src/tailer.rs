@@ -589,6 +589,7 @@ async fn follow(
         replid, mut offset, ..
     } = start;
     let mut reported = offset;
+    let mut reported_at = Instant::now();
     let mut ack = tokio::time::interval(Duration::from_secs(1));
     ack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -608,6 +609,23 @@ async fn follow(
                 link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
             }
         }
+        // Report the position (between transactions, at most ten times a
+        // second) so that a restart resumes close to where this one stopped.
+        if offset != reported
+            && state.multi.is_none()
+            && reported_at.elapsed() >= Duration::from_millis(100)
+        {
+            let p = Position {
+                replid: replid.clone(),
+                offset,
+                db: state.db,
+            };
+            tx.send(TailEvent::Position(p))
+                .await
+                .map_err(|_| TailError::StamperGone)?;
+            reported = offset;
+            reported_at = Instant::now();
+        }
         tokio::select! {
             r = link.rd.read_buf(&mut link.buf) => {
                 if r? == 0 {
@@ -617,11 +635,6 @@ async fn follow(
             _ = ack.tick() => {
                 let off = offset.to_string();
                 link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
-                if offset != reported && state.multi.is_none() {
-                    let p = Position { replid: replid.clone(), offset, db: state.db };
-                    tx.send(TailEvent::Position(p)).await.map_err(|_| TailError::StamperGone)?;
-                    reported = offset;
-                }
             }
             _ = epoch.changed() => return Err(TailError::MasterSwitched),
             _ = shutdown.cancelled() => return Err(TailError::Shutdown),

@@ -31,13 +31,23 @@ pub fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut cond: F
     }
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago and that this test process has not
+/// handed out before (the OS may offer a just-released port again, and two
+/// servers of one test must never be given the same one).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Unix time in milliseconds.
