@@ -278,6 +278,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     // Outbox → peers.
     let me = transport::client::Identity {
+        locator: locator.clone(),
+        databases,
         node_id: config.node_id,
         mesh: config.mesh.clone(),
         session: rand::random(),

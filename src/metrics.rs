@@ -64,8 +64,13 @@ pub struct Metrics {
     pub unsupported_keys: Family<ReasonLabel, Counter>,
     /// Commands whose effect geosync does not replicate (SWAPDB), by command.
     pub unsupported_commands: Family<ReasonLabel, Counter>,
-    /// Changes dropped because the outbox was full (never expected; see docs).
+    /// Batches held for peers.
     pub outbox_len: Gauge,
+    /// Times a full outbox dropped batches a peer had not acknowledged (the
+    /// peer then catches up from the metadata).
+    pub outbox_overflows: Family<PeerLabel, Counter>,
+    /// Changes sent to a peer by catch-ups.
+    pub catch_up_changes: Family<PeerLabel, Counter>,
 }
 
 impl Metrics {
@@ -162,6 +167,16 @@ impl Metrics {
             "unsupported_commands",
             "Commands whose effect is not replicated",
             m.unsupported_commands.clone(),
+        );
+        r.register(
+            "outbox_overflows",
+            "Times a full outbox dropped batches a peer had not acknowledged",
+            m.outbox_overflows.clone(),
+        );
+        r.register(
+            "catch_up_changes",
+            "Changes sent to a peer by a catch-up from the metadata",
+            m.catch_up_changes.clone(),
         );
         r.register(
             "outbox_batches",

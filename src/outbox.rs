@@ -1,15 +1,17 @@
 //! The outbox: stamped batches kept until every peer has acknowledged them.
 //!
-//! Bounded: when it holds `capacity` batches, [`Outbox::push`] waits, which
-//! stalls the stamper and, behind it, the tailer (end-to-end backpressure).
-//! Each peer has a cursor; acks are cumulative by sequence number.
+//! Bounded: when it holds `capacity` batches, [`Outbox::push`] drops the
+//! oldest, and the peers that had not acknowledged it catch up from the
+//! metadata when they return (decision 003). A peer that is away for hours
+//! therefore never stalls stamping, and memory stays bounded. Each peer has
+//! a cursor; acks are cumulative by sequence number.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::change::{Change, encode_batch};
@@ -37,13 +39,14 @@ struct Inner {
     /// Per peer, the largest stamp it acknowledged (survives restarts
     /// through [`Outbox::acked_stamps`] and the data directory).
     acked_stamps: HashMap<String, String>,
+    /// Peers that lost batches to a full outbox and need a catch-up.
+    overflowed: std::collections::HashSet<String>,
 }
 
 /// Batches awaiting acknowledgement by the peers.
 pub struct Outbox {
     inner: Mutex<Inner>,
     capacity: usize,
-    space: Notify,
     latest: watch::Sender<u64>,
     metrics: Arc<Metrics>,
 }
@@ -66,16 +69,22 @@ impl Outbox {
                     .into_iter()
                     .filter(|(p, _)| peers.contains(p))
                     .collect(),
+                overflowed: Default::default(),
             }),
             capacity,
-            space: Notify::new(),
             latest: watch::channel(0).0,
             metrics,
         }
     }
 
-    /// Adds a batch, waiting for room. False when shutdown came first.
+    /// Adds a batch. Never waits: when the outbox is full, the oldest batch
+    /// goes, and every peer that had not acknowledged it is marked
+    /// overflowed; its sender catches it up from the metadata instead
+    /// (decision 003). False only when shutdown was requested.
     pub async fn push(&self, changes: Vec<Change>, shutdown: &CancellationToken) -> bool {
+        if shutdown.is_cancelled() {
+            return false;
+        }
         let payload = Bytes::from(encode_batch(&changes));
         let max_stamp = changes
             .iter()
@@ -83,37 +92,100 @@ impl Outbox {
             .max()
             .unwrap_or("")
             .to_string();
-        loop {
-            let notified = self.space.notified();
-            {
-                let mut inner = self.inner.lock().expect("outbox lock");
-                if inner.batches.len() < self.capacity {
-                    let seq = inner.next_seq;
-                    inner.next_seq += 1;
-                    if inner.acked.is_empty() {
-                        // No peers: nothing to keep.
-                        self.latest.send_replace(seq);
-                        return true;
-                    }
-                    inner.batches.push_back(Arc::new(OutBatch {
-                        seq,
-                        payload,
-                        count: changes.len() as u32,
-                        max_stamp,
-                        created: Instant::now(),
-                    }));
-                    self.metrics.outbox_len.set(inner.batches.len() as i64);
-                    drop(inner);
-                    self.latest.send_replace(seq);
-                    self.update_lag();
-                    return true;
+        let mut inner = self.inner.lock().expect("outbox lock");
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        if inner.acked.is_empty() {
+            // No peers: nothing to keep.
+            drop(inner);
+            self.latest.send_replace(seq);
+            return true;
+        }
+        while inner.batches.len() >= self.capacity {
+            let Some(old) = inner.batches.pop_front() else {
+                break;
+            };
+            let behind: Vec<String> = inner
+                .acked
+                .iter()
+                .filter(|(_, a)| **a < old.seq)
+                .map(|(p, _)| p.clone())
+                .collect();
+            for peer in behind {
+                if inner.overflowed.insert(peer.clone()) {
+                    self.metrics
+                        .outbox_overflows
+                        .get_or_create(&Metrics::peer(&peer))
+                        .inc();
                 }
             }
-            tokio::select! {
-                _ = notified => {}
-                _ = shutdown.cancelled() => return false,
+        }
+        inner.batches.push_back(Arc::new(OutBatch {
+            seq,
+            payload,
+            count: changes.len() as u32,
+            max_stamp,
+            created: Instant::now(),
+        }));
+        self.metrics.outbox_len.set(inner.batches.len() as i64);
+        drop(inner);
+        self.latest.send_replace(seq);
+        self.update_lag();
+        true
+    }
+
+    /// True when batches this peer had not acknowledged were dropped.
+    pub fn is_overflowed(&self, peer: &str) -> bool {
+        self.inner
+            .lock()
+            .expect("outbox lock")
+            .overflowed
+            .contains(peer)
+    }
+
+    /// Starts a catch-up for an overflowed peer: returns the stamp after
+    /// which its changes must be read back from the metadata ("0" for all)
+    /// and the sequence number the catch-up covers up to; None when the
+    /// peer did not overflow.
+    pub fn start_catch_up(&self, peer: &str) -> Option<(String, u64)> {
+        let mut inner = self.inner.lock().expect("outbox lock");
+        if !inner.overflowed.remove(peer) {
+            return None;
+        }
+        let floor = inner
+            .acked_stamps
+            .get(peer)
+            .cloned()
+            .unwrap_or_else(|| "0".into());
+        // Everything stamped before the oldest kept batch is in the metadata.
+        let covered = inner
+            .batches
+            .front()
+            .map(|b| b.seq - 1)
+            .unwrap_or(inner.next_seq - 1);
+        Some((floor, covered))
+    }
+
+    /// Marks the peer overflowed again (a catch-up did not finish).
+    pub fn mark_overflowed(&self, peer: &str) {
+        self.inner
+            .lock()
+            .expect("outbox lock")
+            .overflowed
+            .insert(peer.to_string());
+    }
+
+    /// Records a finished catch-up: the peer has everything up to `seq`, and
+    /// changes up to `stamp`.
+    pub fn catch_up_done(&self, peer: &str, seq: u64, stamp: Option<String>) {
+        if let Some(stamp) = stamp {
+            let mut inner = self.inner.lock().expect("outbox lock");
+            let slot = inner.acked_stamps.entry(peer.to_string()).or_default();
+            if stamp > *slot {
+                *slot = stamp;
             }
         }
+        self.ack(peer, seq);
     }
 
     /// The first batch after `seq`, if any.
@@ -175,7 +247,6 @@ impl Outbox {
             }
             self.metrics.outbox_len.set(inner.batches.len() as i64);
         }
-        self.space.notify_waiters();
         self.update_lag();
     }
 
@@ -251,31 +322,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_outbox_waits_for_acks() {
-        let peers = vec!["a".to_string()];
-        let ob = Arc::new(Outbox::new(
-            &peers,
-            2,
-            HashMap::new(),
-            Arc::new(Metrics::new()),
-        ));
+    async fn a_full_outbox_drops_the_oldest_and_marks_who_missed_it() {
+        let peers = vec!["a".to_string(), "b".to_string()];
+        let ob = Outbox::new(&peers, 2, HashMap::new(), Arc::new(Metrics::new()));
         let t = CancellationToken::new();
         assert!(ob.push(change(), &t).await);
         assert!(ob.push(change(), &t).await);
-        let ob2 = ob.clone();
-        let t2 = t.clone();
-        let third = tokio::spawn(async move { ob2.push(change(), &t2).await });
-        tokio::task::yield_now().await;
-        assert!(!third.is_finished());
-        ob.ack("a", 1);
-        assert!(third.await.unwrap());
-        assert_eq!(ob.next_after(1).unwrap().seq, 2);
-        assert_eq!(ob.next_after(2).unwrap().seq, 3);
-        // shutdown releases a waiting push
-        let ob3 = ob.clone();
-        let t3 = t.clone();
-        let fourth = tokio::spawn(async move { ob3.push(change(), &t3).await });
-        t.cancel();
-        assert!(!fourth.await.unwrap());
+        ob.ack("a", 2);
+        ob.ack("b", 1);
+        assert!(ob.push(change(), &t).await, "never waits");
+        assert!(ob.push(change(), &t).await);
+        // batches 1 and 2 are gone; b had not acknowledged 2
+        assert_eq!(ob.next_after(0).unwrap().seq, 3);
+        assert!(ob.is_overflowed("b"));
+        assert!(!ob.is_overflowed("a"));
+        let (floor, covered) = ob.start_catch_up("b").unwrap();
+        assert_eq!(covered, 2, "the catch-up covers what was dropped");
+        assert_eq!(floor, ob.acked_stamps()["b"], "from what b acknowledged");
+        assert!(ob.start_catch_up("b").is_none());
+        ob.catch_up_done("b", covered, Some("zzzz".into()));
+        assert_eq!(ob.acked("b"), 2);
+        assert_eq!(ob.acked_stamps()["b"], "zzzz");
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        assert!(!ob.push(change(), &stopped).await);
     }
 }

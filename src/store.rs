@@ -360,12 +360,20 @@ impl Store {
     /// carrying their recorded stamps, sent to `out` in batches of about
     /// `batch` keys; stops early when `out` closes. Used to rebuild a peer's
     /// region.
+    ///
+    /// With `only = Some((after, node_id))`, only records stamped by that
+    /// node after `after` (an outbox catch-up for one peer).
     pub async fn read_recorded(
         &mut self,
         db: u32,
         batch: usize,
+        only: Option<(&str, u32)>,
         out: &tokio::sync::mpsc::Sender<Vec<Change>>,
     ) -> Result<u64, StoreError> {
+        let filter = match only {
+            Some((after, node)) => vec![after.as_bytes().to_vec(), node_suffix(node).into_bytes()],
+            None => vec![Vec::new(), Vec::new()],
+        };
         let mut buckets: Vec<Vec<u8>> = Vec::new();
         let mut cursor = 0u64;
         loop {
@@ -410,7 +418,7 @@ impl Store {
                     k.push(key.to_vec());
                     k.push(bucket.into_bytes());
                 }
-                let reply = self.run(&[(db, Which::Read, k, vec![])]).await?;
+                let reply = self.run(&[(db, Which::Read, k, filter.clone())]).await?;
                 let outcome = parse_stamp_reply(
                     db,
                     reply

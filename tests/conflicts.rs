@@ -217,3 +217,81 @@ fn stamped_but_unshipped_changes_survive_an_agent_crash() {
         "the delete was re-shipped too"
     );
 }
+
+/// A peer away long enough to overflow the outbox: stamping never stalls
+/// (the replication link keeps flowing, no full resync), and when the peer
+/// returns it catches up from the metadata.
+#[test]
+fn a_long_peer_outage_overflows_the_outbox_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r1, r2) = (Redis::start(&[]), Redis::start(&[]));
+    let (l1, l2) = (free_port(), free_port());
+    let small = ["--outbox-batches".to_string(), "3".to_string()];
+    let mut a1 = Agent::start_with(1, &r1.url(), l1, free_port(), &[l2], dir.path(), &small);
+    let mut a2 = Agent::start_with(2, &r2.url(), l2, free_port(), &[l1], dir.path(), &small);
+    wait_until("agents ready", SETTLE, || a1.is_ready() && a2.is_ready());
+    let mut c1 = r1.conn();
+    let _: () = c1.set("first", "1").unwrap();
+    let mut c2 = r2.conn();
+    wait_until("first key arrives", SETTLE, || {
+        c2.exists::<_, bool>("first").unwrap()
+    });
+
+    a2.kill();
+    // Many separate batches while the peer is away: far more than 3.
+    for i in 0..300 {
+        let _: () = c1.set(format!("k{i}"), i).unwrap();
+        if i % 10 == 0 {
+            wait_until("region 1 stamps as it goes", SETTLE, || {
+                a1.metric("geosync_changes_stamped_total") >= (i + 2) as f64
+            });
+        }
+    }
+    let _: () = c1.del("first").unwrap();
+    wait_until("region 1 stamped everything", SETTLE, || {
+        a1.metric("geosync_changes_stamped_total") >= 302.0
+    });
+    assert!(
+        a1.metric("geosync_outbox_overflows_total") >= 1.0,
+        "the outbox overflowed"
+    );
+    assert!(
+        a1.metric("geosync_outbox_batches") <= 3.0,
+        "and stayed bounded"
+    );
+
+    a2.restart();
+    wait_until("region 2 ready", SETTLE, || a2.is_ready());
+    let mesh = Mesh {
+        regions: vec![
+            Region {
+                redis: r1,
+                agent: a1,
+            },
+            Region {
+                redis: r2,
+                agent: a2,
+            },
+        ],
+        dir,
+    };
+    mesh.wait_converged(&[0], SETTLE);
+    let a1 = &mesh.regions[0].agent;
+    assert!(
+        a1.metric("geosync_catch_up_changes_total") >= 1.0,
+        "the peer caught up from the metadata"
+    );
+    assert_eq!(
+        a1.metric("geosync_sync_full_total"),
+        1.0,
+        "the replication link never stalled"
+    );
+    assert!(
+        !mesh.regions[1]
+            .redis
+            .conn()
+            .exists::<_, bool>("first")
+            .unwrap(),
+        "the delete caught up too"
+    );
+}

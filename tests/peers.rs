@@ -62,6 +62,7 @@ impl Origin {
                     seq,
                     changes: payload,
                     count: 1,
+                    catch_up: false,
                 })),
             })
             .await

@@ -2,15 +2,19 @@
 -- stamp its metadata holds, for a peer rebuilding its region.
 --
 -- KEYS[2i-1], KEYS[2i]  a key and its metadata bucket
+-- ARGV[1]  only records stamped after this ('' for all)
+-- ARGV[2]  only records whose stamp ends with this node suffix ('' for all)
 --
 -- Returns { changes, {}, {} } in the stamp script's shape; keys without a
 -- record, or whose value changed since it was recorded (a local write the
 -- stamper has not reached yet: it ships on its own), are left out.
+local after, own = ARGV[1] or '', ARGV[2] or ''
 local changes = {}
 for i = 1, #KEYS, 2 do
   local key, bucket = KEYS[i], KEYS[i + 1]
   local rec = parse_record(redis.call('HGET', bucket, key))
-  if rec ~= nil then
+  if rec ~= nil and (after == '' or rec.stamp > after)
+      and (own == '' or string.sub(rec.stamp, -#own) == own) then
     local state = read_state(key)
     if rec.flag == 't' then
       if state == nil then

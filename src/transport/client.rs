@@ -11,18 +11,24 @@ use tracing::{error, info, warn};
 
 use super::PROTOCOL_VERSION;
 use super::pb::replication_client::ReplicationClient;
-use super::pb::{Batch, Hello, OriginMessage, origin_message, peer_message};
+use super::pb::{Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message};
 use crate::backoff::Backoff;
+use crate::change::encode_batch;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::state::Readiness;
+use crate::store::Store;
 
 /// Most batches sent to a peer ahead of its acks.
 const WINDOW: u64 = 32;
 
-/// Who this agent is, as told in `Hello`.
+/// Who this agent is, as told in `Hello`, and where a catch-up reads from.
 #[derive(Clone)]
 pub struct Identity {
+    /// The local master (catch-ups read this node's changes back from it).
+    pub locator: crate::locator::Locator,
+    /// Number of databases of the local Redis.
+    pub databases: u32,
     /// This region's node id.
     pub node_id: u32,
     /// The mesh name.
@@ -46,6 +52,10 @@ enum SessionEnd {
     Misconfigured(String),
     #[error("shutdown")]
     Shutdown,
+    #[error("the outbox dropped batches this peer had not acknowledged; catching up")]
+    Overflowed,
+    #[error("catch-up: {0}")]
+    CatchUp(String),
 }
 
 /// Streams batches to one peer until shutdown, reconnecting with backoff.
@@ -143,6 +153,16 @@ async fn session(
         return SessionEnd::Misconfigured(format!("peer is in mesh {:?}", welcome.mesh));
     }
     outbox.ack(peer, welcome.acked_seq);
+    if let Some((floor, covered)) = outbox.start_catch_up(peer) {
+        info!(%peer, %floor, covered, "the outbox overflowed for this peer; catching up from the metadata");
+        match catch_up(peer, me, &floor, &tx, &mut inbound, metrics, shutdown).await {
+            Ok(stamp) => outbox.catch_up_done(peer, covered, stamp),
+            Err(end) => {
+                outbox.mark_overflowed(peer);
+                return end;
+            }
+        }
+    }
     let mut acked = outbox.acked(peer);
     let mut sent = acked;
     ready.peer_reached(peer);
@@ -150,6 +170,9 @@ async fn session(
     info!(%peer, peer_node = welcome.node_id, acked, "peer connected");
     let mut latest = outbox.subscribe();
     loop {
+        if outbox.is_overflowed(peer) {
+            return SessionEnd::Overflowed;
+        }
         // Fill the window.
         while sent < acked + WINDOW {
             let Some(batch) = outbox.next_after(sent) else {
@@ -160,6 +183,7 @@ async fn session(
                     seq: batch.seq,
                     changes: batch.payload.to_vec(),
                     count: batch.count,
+                    catch_up: false,
                 })),
             };
             if tx.send(msg).await.is_err() {
@@ -192,5 +216,78 @@ async fn session(
             }
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
         }
+    }
+}
+
+/// Sends this node's changes recorded after `floor` (read back from the
+/// metadata), one catch-up batch at a time, each acknowledged before the
+/// next. Returns the largest stamp sent.
+async fn catch_up(
+    peer: &str,
+    me: &Identity,
+    floor: &str,
+    tx: &mpsc::Sender<OriginMessage>,
+    inbound: &mut tonic::Streaming<PeerMessage>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Result<Option<String>, SessionEnd> {
+    let (batches, mut read) = mpsc::channel::<Vec<crate::change::Change>>(2);
+    let mut store = Store::new(me.locator.clone());
+    let (databases, node_id, floor_owned) = (me.databases, me.node_id, floor.to_string());
+    let reader = tokio::spawn(async move {
+        for db in 0..databases {
+            store
+                .read_recorded(db, 512, Some((&floor_owned, node_id)), &batches)
+                .await?;
+        }
+        Ok::<(), crate::store::StoreError>(())
+    });
+    let label = Metrics::peer(peer);
+    let mut newest: Option<String> = None;
+    while let Some(changes) = read.recv().await {
+        if let Some(m) = changes.iter().map(|c| c.stamp.clone()).max()
+            && newest.as_ref().is_none_or(|n| m > *n)
+        {
+            newest = Some(m);
+        }
+        let count = changes.len() as u32;
+        let msg = OriginMessage {
+            kind: Some(origin_message::Kind::Batch(Batch {
+                seq: 0,
+                changes: encode_batch(&changes),
+                count,
+                catch_up: true,
+            })),
+        };
+        if tx.send(msg).await.is_err() {
+            return Err(SessionEnd::Closed);
+        }
+        let answer = tokio::select! {
+            m = inbound.message() => m,
+            _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+        };
+        match answer {
+            Ok(Some(PeerMessage {
+                kind: Some(peer_message::Kind::Ack(a)),
+            })) if a.seq == 0 => {}
+            Ok(Some(other)) => {
+                return Err(SessionEnd::CatchUp(format!("unexpected answer {other:?}")));
+            }
+            Ok(None) => return Err(SessionEnd::Closed),
+            Err(s) => return Err(SessionEnd::Stream(s)),
+        }
+        metrics
+            .catch_up_changes
+            .get_or_create(&label)
+            .inc_by(count as u64);
+        metrics
+            .changes_shipped
+            .get_or_create(&label)
+            .inc_by(count as u64);
+    }
+    match reader.await {
+        Ok(Ok(())) => Ok(newest),
+        Ok(Err(e)) => Err(SessionEnd::CatchUp(e.to_string())),
+        Err(e) => Err(SessionEnd::CatchUp(e.to_string())),
     }
 }

@@ -171,7 +171,10 @@ impl Replication for Receiver {
         tokio::spawn(async move {
             let mut total = 0;
             for db in 0..databases {
-                match store.read_recorded(db, SNAPSHOT_BATCH, &batches).await {
+                match store
+                    .read_recorded(db, SNAPSHOT_BATCH, None, &batches)
+                    .await
+                {
                     Ok(n) => total += n,
                     Err(e) => {
                         error!(error = %e, db, "reading the snapshot failed");
@@ -301,7 +304,8 @@ impl Replication for Receiver {
                         .get(&origin)
                         .map(|s| s.1)
                         .unwrap_or(0);
-                    if seq <= last {
+                    // A catch-up batch (seq 0) is always applied; others once.
+                    if !batch.catch_up && seq <= last {
                         // Already applied (a resend after reconnect): ack again.
                         let _ = tx.send(Ok(ack(seq))).await;
                         continue;

@@ -547,14 +547,27 @@ pub fn has_field_expiry(c: &mut Connection) -> bool {
 }
 
 /// Reads one key's state; None if it does not exist.
+/// Reads one key's state; None if it does not exist. A key that changes
+/// type or disappears while it is read (an apply or an expiry in between)
+/// reads as a value no other region can have, so a convergence wait simply
+/// looks again.
 pub fn read_key(c: &mut Connection, key: &[u8]) -> Option<KeyState> {
-    let t: String = redis::cmd("TYPE").arg(key).query(c).unwrap();
+    try_read_key(c, key).unwrap_or_else(|e| {
+        Some(KeyState {
+            value: KeyValue::Other(format!("changed while read: {e}")),
+            expire_at: None,
+        })
+    })
+}
+
+fn try_read_key(c: &mut Connection, key: &[u8]) -> redis::RedisResult<Option<KeyState>> {
+    let t: String = redis::cmd("TYPE").arg(key).query(c)?;
     let value = match t.as_str() {
-        "none" => return None,
-        "string" => KeyValue::String(c.get(key).unwrap()),
-        "list" => KeyValue::List(c.lrange(key, 0, -1).unwrap()),
+        "none" => return Ok(None),
+        "string" => KeyValue::String(c.get(key)?),
+        "list" => KeyValue::List(c.lrange(key, 0, -1)?),
         "set" => {
-            let mut m: Vec<Vec<u8>> = c.smembers(key).unwrap();
+            let mut m: Vec<Vec<u8>> = c.smembers(key)?;
             m.sort();
             KeyValue::Set(m)
         }
@@ -564,8 +577,7 @@ pub fn read_key(c: &mut Connection, key: &[u8]) -> Option<KeyState> {
                 .arg(0)
                 .arg(-1)
                 .arg("WITHSCORES")
-                .query(c)
-                .unwrap();
+                .query(c)?;
             KeyValue::ZSet(
                 v.chunks(2)
                     .map(|p| (p[0].clone(), String::from_utf8_lossy(&p[1]).into_owned()))
@@ -573,7 +585,7 @@ pub fn read_key(c: &mut Connection, key: &[u8]) -> Option<KeyState> {
             )
         }
         "hash" => {
-            let mut v: Vec<(Vec<u8>, Vec<u8>)> = c.hgetall(key).unwrap();
+            let mut v: Vec<(Vec<u8>, Vec<u8>)> = c.hgetall(key)?;
             v.sort();
             match field_expiries(c, key, &v) {
                 Some(exps) => KeyValue::HashTtl(
@@ -586,12 +598,7 @@ pub fn read_key(c: &mut Connection, key: &[u8]) -> Option<KeyState> {
             }
         }
         "stream" => {
-            let entries: Value = redis::cmd("XRANGE")
-                .arg(key)
-                .arg("-")
-                .arg("+")
-                .query(c)
-                .unwrap();
+            let entries: Value = redis::cmd("XRANGE").arg(key).arg("-").arg("+").query(c)?;
             let entries = match entries {
                 Value::Array(es) => es
                     .iter()
@@ -608,7 +615,7 @@ pub fn read_key(c: &mut Connection, key: &[u8]) -> Option<KeyState> {
                     .collect(),
                 _ => vec![],
             };
-            let info: Value = redis::cmd("XINFO").arg("STREAM").arg(key).query(c).unwrap();
+            let info: Value = redis::cmd("XINFO").arg("STREAM").arg(key).query(c)?;
             let mut last_id = String::new();
             if let Value::Array(f) = &info {
                 for p in f.chunks(2) {
@@ -617,7 +624,7 @@ pub fn read_key(c: &mut Connection, key: &[u8]) -> Option<KeyState> {
                     }
                 }
             }
-            let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(key).query(c).unwrap();
+            let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(key).query(c)?;
             let mut gs = vec![];
             if let Value::Array(list) = groups {
                 for g in list {
@@ -644,11 +651,11 @@ pub fn read_key(c: &mut Connection, key: &[u8]) -> Option<KeyState> {
         }
         other => KeyValue::Other(other.to_string()),
     };
-    let exp: i64 = redis::cmd("PEXPIRETIME").arg(key).query(c).unwrap();
-    Some(KeyState {
+    let exp: i64 = redis::cmd("PEXPIRETIME").arg(key).query(c)?;
+    Ok(Some(KeyState {
         value,
         expire_at: (exp > 0).then_some(exp),
-    })
+    }))
 }
 
 /// Reads every user key and every metadata record of the connection's database.
