@@ -144,7 +144,30 @@ fn setup(master_args: &[&str]) -> Setup {
     }
 }
 
+fn repl_offset(r: &Redis, field: &str) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query(&mut r.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(-1)
+}
+
 impl Setup {
+    /// Waits until every server but the master on `master_port` has
+    /// everything the master has.
+    fn replicas_caught_up(&self, master_port: u16) {
+        let master = self.servers.iter().find(|r| r.port == master_port).unwrap();
+        let target = repl_offset(master, "master_repl_offset:");
+        for r in self.servers.iter().filter(|r| r.port != master_port) {
+            wait_until("replica caught up", SETTLE, || {
+                repl_offset(r, "slave_repl_offset:") >= target
+            });
+        }
+    }
+
     fn master(&self) -> &Redis {
         let port = self.sentinels[0].master().unwrap();
         self.servers.iter().find(|r| r.port == port).unwrap()
@@ -257,15 +280,21 @@ fn a_failover_after_the_backlog_moved_on_resyncs_fully() {
     wait_until("the new master takes writes", SETTLE, || {
         m.set::<_, _, ()>("after", "2").is_ok()
     });
-    // Far more traffic than the 16 kB backlog holds, whatever its block size.
+    // Far more traffic than the 16 kB backlog holds. The backlog shares its
+    // blocks with the replicas' output buffers, so it is trimmed only once
+    // no replica still needs them: let them catch up, then write more.
     let filler = "x".repeat(1000);
     for i in 0..2000 {
+        let _: () = m.set(format!("filler{i}"), &filler).unwrap();
+    }
+    s.replicas_caught_up(new);
+    for i in 2000..2100 {
         let _: () = m.set(format!("filler{i}"), &filler).unwrap();
     }
     s.region1.restart();
     wait_until("agent 1 ready", SETTLE, || s.region1.is_ready());
     s.wait_in_region2("after", "2");
-    s.wait_in_region2("filler1999", &filler);
+    s.wait_in_region2("filler2099", &filler);
     s.converged();
     // The restart had to resync fully and pull a peer's state (a late
     // +switch-master may add a partial resync with the same master).
