@@ -144,11 +144,14 @@ fn setup(master_args: &[&str]) -> Setup {
     }
 }
 
+/// A replication offset from INFO, or -1 while the server cannot say (Sentinel
+/// kills client connections while it reconfigures servers).
 fn repl_offset(r: &Redis, field: &str) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query(&mut r.conn())
-        .unwrap();
+    let info: Option<String> = redis::Client::open(r.url())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c))
+        .ok();
+    let Some(info) = info else { return -1 };
     info.lines()
         .find_map(|l| l.strip_prefix(field))
         .map(|v| v.trim().parse().unwrap())
