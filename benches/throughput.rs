@@ -49,10 +49,18 @@ fn main() {
     write(&mut mesh.regions[0].redis.conn(), n);
     let written = start.elapsed();
     let last = format!("key:{}", n - 1);
-    wait_until("every key reaches region 2", Duration::from_secs(600), || {
-        let size: usize = redis::cmd("DBSIZE").query(&mut far).unwrap();
-        size >= n && redis::cmd("EXISTS").arg(&last).query::<bool>(&mut far).unwrap()
-    });
+    wait_until(
+        "every key reaches region 2",
+        Duration::from_secs(600),
+        || {
+            let size: usize = redis::cmd("DBSIZE").query(&mut far).unwrap();
+            size >= n
+                && redis::cmd("EXISTS")
+                    .arg(&last)
+                    .query::<bool>(&mut far)
+                    .unwrap()
+        },
+    );
     let replicated = start.elapsed();
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
