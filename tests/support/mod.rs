@@ -17,18 +17,24 @@ pub fn redis_server_bin() -> String {
     std::env::var("GEOSYNC_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
 
-/// Waits until `cond` holds, polling every 20 ms; panics with `what` at the deadline.
-pub fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut cond: F) -> Duration {
+/// Polls `cond` every 20 ms until it holds (how long that took) or
+/// `timeout` passes (None). The one condition wait every test uses.
+pub fn poll<F: FnMut() -> bool>(timeout: Duration, mut cond: F) -> Option<Duration> {
     let start = Instant::now();
     loop {
         if cond() {
-            return start.elapsed();
+            return Some(start.elapsed());
         }
         if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until `cond` holds; panics with `what` at the deadline.
+pub fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, cond: F) -> Duration {
+    poll(timeout, cond).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 /// A port that was free a moment ago and that this test process has not
@@ -410,26 +416,20 @@ impl Mesh {
     /// Waits until every region holds the same data in `dbs` (and the same
     /// metadata); returns how long that took. Panics with the differences.
     pub fn wait_converged(&self, dbs: &[u32], timeout: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            let diffs = self.differences(dbs);
-            if diffs.is_empty() {
-                return start.elapsed();
-            }
-            if start.elapsed() > timeout {
-                let shown: Vec<_> = diffs.iter().take(30).collect();
-                panic!(
-                    "regions did not converge within {timeout:?}; {} differences, first ones:\n{}",
-                    diffs.len(),
-                    shown
-                        .iter()
-                        .map(|d| format!("  {d}"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(took) = poll(timeout, || self.differences(dbs).is_empty()) {
+            return took;
         }
+        let diffs = self.differences(dbs);
+        assert!(
+            !diffs.is_empty(),
+            "regions converged only after the {timeout:?} deadline"
+        );
+        let shown: Vec<String> = diffs.iter().take(30).map(|d| format!("  {d}")).collect();
+        panic!(
+            "regions did not converge within {timeout:?}; {} differences, first ones:\n{}",
+            diffs.len(),
+            shown.join("\n")
+        );
     }
 
     /// Every difference between region 1 and the others.
