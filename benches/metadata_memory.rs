@@ -70,14 +70,10 @@ fn measure(n: usize, key_len: usize) {
 }
 
 fn main() {
-    // Test runners list targets with `--list`; this is a benchmark, not a test.
-    if std::env::args().any(|a| a == "--list") {
+    if support::listing_only() {
         return;
     }
-    let n: usize = std::env::var("GEOSYNC_BENCH_KEYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+    let n = support::env_usize("GEOSYNC_BENCH_KEYS", 100_000);
     for key_len in [8, 32] {
         measure(n, key_len);
     }

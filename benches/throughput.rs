@@ -29,14 +29,10 @@ fn write(c: &mut redis::Connection, n: usize) {
 }
 
 fn main() {
-    // Test runners list targets with `--list`; this is a benchmark, not a test.
-    if std::env::args().any(|a| a == "--list") {
+    if support::listing_only() {
         return;
     }
-    let n: usize = std::env::var("GEOSYNC_BENCH_KEYS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let n = support::env_usize("GEOSYNC_BENCH_KEYS", 200_000);
 
     let plain = Redis::start(&[]);
     let start = Instant::now();
