@@ -75,6 +75,13 @@ pub struct RunArgs {
     /// Most batches kept in memory for peers that have not acknowledged them.
     #[arg(long, env = "GEOSYNC_OUTBOX_BATCHES")]
     pub outbox_batches: Option<usize>,
+    /// MiB of tailer events held in memory while the stamper is behind.
+    #[arg(long, env = "GEOSYNC_SPOOL_MEMORY_MB")]
+    pub spool_memory_mb: Option<u64>,
+    /// MiB of tailer events held on disk (in the data directory) beyond
+    /// that; 0 turns the disk spool off.
+    #[arg(long, env = "GEOSYNC_SPOOL_DISK_MB")]
+    pub spool_disk_mb: Option<u64>,
     /// Log format: text or json.
     #[arg(long, env = "GEOSYNC_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -133,6 +140,8 @@ pub struct Config {
     pub batch_keys: usize,
     /// Most in-memory batches awaiting acks.
     pub outbox_batches: usize,
+    /// How much the tailer may queue for the stamper.
+    pub spool: crate::spool::Limits,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -171,6 +180,8 @@ impl RunArgs {
             max_clock_skew_ms: self.max_clock_skew_ms.or(other.max_clock_skew_ms),
             batch_keys: self.batch_keys.or(other.batch_keys),
             outbox_batches: self.outbox_batches.or(other.outbox_batches),
+            spool_memory_mb: self.spool_memory_mb.or(other.spool_memory_mb),
+            spool_disk_mb: self.spool_disk_mb.or(other.spool_disk_mb),
             log_format: self.log_format.or(other.log_format),
         }
     }
@@ -277,6 +288,24 @@ impl Config {
         if outbox_batches == 0 {
             return Err(bad("outbox-batches", "must be at least 1"));
         }
+        let spool_memory_mb = u.spool_memory_mb.unwrap_or(64);
+        if spool_memory_mb == 0 || spool_memory_mb > 1 << 20 {
+            return Err(bad(
+                "spool-memory-mb",
+                format!("{spool_memory_mb} is not in 1..=1048576"),
+            ));
+        }
+        let spool_disk_mb = u.spool_disk_mb.unwrap_or(4096);
+        if spool_disk_mb > 1 << 30 {
+            return Err(bad(
+                "spool-disk-mb",
+                format!("{spool_disk_mb} is not in 0..=1073741824"),
+            ));
+        }
+        let spool = crate::spool::Limits {
+            memory_bytes: (spool_memory_mb << 20) as usize,
+            disk_bytes: spool_disk_mb << 20,
+        };
         let log_format = match u.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -295,6 +324,7 @@ impl Config {
             max_clock_skew: Duration::from_millis(skew),
             batch_keys,
             outbox_batches,
+            spool,
             log_format,
         })
     }

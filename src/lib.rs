@@ -35,6 +35,7 @@ pub mod position;
 pub mod rdb;
 pub mod rebuild;
 pub mod resp;
+pub mod spool;
 pub mod stamp;
 pub mod stamper;
 pub mod state;
@@ -244,7 +245,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     tracker.spawn(locator.clone().watch_switches(token.clone()));
     // Tailer → stamper.
-    let (tail_tx, tail_rx) = mpsc::channel(1024);
+    let spool_dir = config.data_dir.join("spool");
+    let (tail_tx, tail_rx) = spool::channel(spool_dir.clone(), config.spool, metrics.clone())
+        .map_err(|e| StartError::DataDir {
+            path: spool_dir.display().to_string(),
+            message: format!("cannot prepare the spool: {e}"),
+        })?;
     tracker.spawn(tailer::run(
         tailer::TailerConfig {
             locator: locator.clone(),

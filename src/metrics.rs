@@ -71,6 +71,17 @@ pub struct Metrics {
     pub outbox_overflows: Family<PeerLabel, Counter>,
     /// Changes sent to a peer by catch-ups.
     pub catch_up_changes: Family<PeerLabel, Counter>,
+    /// Bytes of tailer events waiting in memory for the stamper (estimated).
+    pub spool_memory_bytes: Gauge,
+    /// Bytes of tailer events waiting on disk for the stamper.
+    pub spool_disk_bytes: Gauge,
+    /// Tailer events that went through the disk spool.
+    pub spool_spilled_events: Counter,
+    /// Times the tailer waited because the spool was full (the master then
+    /// holds the stream in the agent's replica output buffer).
+    pub spool_full_waits: Counter,
+    /// Times the disk spool failed and the stream was read again.
+    pub spool_lost: Counter,
 }
 
 impl Metrics {
@@ -182,6 +193,31 @@ impl Metrics {
             "outbox_batches",
             "Batches held for peers",
             m.outbox_len.clone(),
+        );
+        r.register(
+            "spool_memory_bytes",
+            "Bytes of tailer events waiting in memory for the stamper",
+            m.spool_memory_bytes.clone(),
+        );
+        r.register(
+            "spool_disk_bytes",
+            "Bytes of tailer events waiting on disk for the stamper",
+            m.spool_disk_bytes.clone(),
+        );
+        r.register(
+            "spool_spilled_events",
+            "Tailer events that went through the disk spool",
+            m.spool_spilled_events.clone(),
+        );
+        r.register(
+            "spool_full_waits",
+            "Times the tailer waited because the spool was full",
+            m.spool_full_waits.clone(),
+        );
+        r.register(
+            "spool_lost",
+            "Times the disk spool failed and the stream was read again",
+            m.spool_lost.clone(),
         );
         m.registry = r;
         m

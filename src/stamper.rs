@@ -10,7 +10,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use indexmap::IndexSet;
 use serde_bytes::ByteBuf;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 use uhlc::HLC;
@@ -20,6 +19,7 @@ use crate::change::{Change, Op};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::position::Position;
+use crate::spool::SpoolRx;
 use crate::stamp;
 use crate::state::Readiness;
 use crate::store::Store;
@@ -65,7 +65,7 @@ struct Pending {
 
 impl Stamper {
     /// Runs until the tailer's channel closes or shutdown.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<TailEvent>, shutdown: CancellationToken) {
+    pub async fn run(mut self, mut rx: SpoolRx, shutdown: CancellationToken) {
         let mut pending = Pending::default();
         loop {
             if pending.keys.is_empty() {
@@ -81,12 +81,12 @@ impl Stamper {
             // Coalesce whatever else is already waiting, up to a batch.
             while pending.keys.len() < self.batch_keys {
                 match rx.try_recv() {
-                    Ok(ev) => {
+                    Some(ev) => {
                         if !self.take(ev, &mut pending, &shutdown).await {
                             return;
                         }
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
             if !pending.keys.is_empty() && !self.stamp_pending(&mut pending.keys, &shutdown).await {

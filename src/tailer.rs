@@ -20,7 +20,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -30,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::position::Position;
 use crate::rdb::RdbReader;
 use crate::resp::{self, Frame};
+use crate::spool::{SpoolError, SpoolTx};
 use crate::store::{self, is_reserved};
 
 /// What the tailer tells the stamper.
@@ -88,9 +88,22 @@ pub enum TailError {
     /// The stamper is gone (shutdown).
     #[error("stamper stopped")]
     StamperGone,
+    /// The disk spool failed; the stream is read again from the recorded
+    /// position.
+    #[error("spool: {0}")]
+    Spool(String),
     /// Shutdown was requested.
     #[error("shutdown")]
     Shutdown,
+}
+
+impl From<SpoolError> for TailError {
+    fn from(e: SpoolError) -> Self {
+        match e {
+            SpoolError::Closed => TailError::StamperGone,
+            SpoolError::Lost(why) => TailError::Spool(why),
+        }
+    }
 }
 
 /// Settings the tailer needs.
@@ -116,7 +129,7 @@ pub struct TailerConfig {
 /// Runs replication sessions until shutdown.
 pub async fn run(
     cfg: TailerConfig,
-    tx: mpsc::Sender<TailEvent>,
+    tx: SpoolTx,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -144,6 +157,9 @@ pub async fn run(
     }
 }
 
+/// Room made in the read buffer before each read of the socket.
+const READ_CHUNK: usize = 256 << 10;
+
 /// The socket to the master, with its read buffer.
 struct Link {
     rd: OwnedReadHalf,
@@ -153,6 +169,7 @@ struct Link {
 
 impl Link {
     async fn fill(&mut self) -> Result<(), TailError> {
+        self.buf.reserve(READ_CHUNK);
         if self.rd.read_buf(&mut self.buf).await? == 0 {
             return Err(TailError::Closed);
         }
@@ -262,7 +279,7 @@ async fn receive_snapshot(link: &mut Link, path: &PathBuf) -> Result<bool, TailE
 }
 
 /// Parses the snapshot file and reports its keys in chunks.
-async fn report_snapshot(path: PathBuf, tx: &mpsc::Sender<TailEvent>) -> Result<u64, TailError> {
+async fn report_snapshot(path: PathBuf, tx: &SpoolTx) -> Result<u64, TailError> {
     let tx = tx.clone();
     tokio::task::spawn_blocking(move || -> Result<u64, TailError> {
         let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
@@ -279,12 +296,12 @@ async fn report_snapshot(path: PathBuf, tx: &mpsc::Sender<TailEvent>) -> Result<
             chunk.push((k.db as u32, Bytes::from(k.key)));
             if chunk.len() >= 1024 {
                 tx.blocking_send(TailEvent::Dirty(std::mem::take(&mut chunk)))
-                    .map_err(|_| TailError::StamperGone)?;
+                    .map_err(TailError::from)?;
             }
         }
         if !chunk.is_empty() {
             tx.blocking_send(TailEvent::Dirty(chunk))
-                .map_err(|_| TailError::StamperGone)?;
+                .map_err(TailError::from)?;
         }
         let _ = std::fs::remove_file(&path);
         Ok(n)
@@ -304,7 +321,7 @@ async fn report_recorded(
     databases: u32,
     node_id: u32,
     values: bool,
-    tx: &mpsc::Sender<TailEvent>,
+    tx: &SpoolTx,
 ) -> Result<u64, TailError> {
     let own = store::node_suffix(node_id).into_bytes();
     let mut n = 0;
@@ -352,7 +369,7 @@ async fn report_recorded(
                 if !keys.is_empty() {
                     tx.send(TailEvent::Dirty(keys))
                         .await
-                        .map_err(|_| TailError::StamperGone)?;
+                        .map_err(TailError::from)?;
                 }
                 cursor = next;
                 if cursor == 0 {
@@ -428,7 +445,7 @@ async fn handshake(
 /// One replication session, from connect to the first error.
 async fn session(
     cfg: &TailerConfig,
-    tx: &mpsc::Sender<TailEvent>,
+    tx: &SpoolTx,
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), TailError> {
@@ -480,7 +497,7 @@ async fn session(
             // stamped and no peer acknowledged.
             tx.send(TailEvent::SnapshotStart)
                 .await
-                .map_err(|_| TailError::StamperGone)?;
+                .map_err(TailError::from)?;
             let recorded =
                 report_recorded(&mut side, cfg.databases, cfg.node_id, false, tx).await?;
             // A promoted replica continued the stream, but may lack the old
@@ -492,7 +509,7 @@ async fn session(
             }
             tx.send(TailEvent::SnapshotDone)
                 .await
-                .map_err(|_| TailError::StamperGone)?;
+                .map_err(TailError::from)?;
             info!(recorded, "own records reported");
             (replid, p.offset, p.db)
         }
@@ -513,7 +530,7 @@ async fn session(
             }
             tx.send(TailEvent::SnapshotStart)
                 .await
-                .map_err(|_| TailError::StamperGone)?;
+                .map_err(TailError::from)?;
             let keys = report_snapshot(path, tx).await?;
             let recorded = report_recorded(&mut side, cfg.databases, cfg.node_id, true, tx).await?;
             // A new replication id that could not continue the old stream:
@@ -530,7 +547,7 @@ async fn session(
             }
             tx.send(TailEvent::SnapshotDone)
                 .await
-                .map_err(|_| TailError::StamperGone)?;
+                .map_err(TailError::from)?;
             info!(keys, recorded, diskless, "snapshot reported");
             (replid, offset, 0)
         }
@@ -544,7 +561,7 @@ async fn session(
     let start = Position { replid, offset, db };
     tx.send(TailEvent::Position(start.clone()))
         .await
-        .map_err(|_| TailError::StamperGone)?;
+        .map_err(TailError::from)?;
     let state = StreamState {
         db: start.db,
         multi: None,
@@ -580,7 +597,7 @@ async fn follow(
     mut link: Link,
     start: Position,
     mut state: StreamState,
-    tx: &mpsc::Sender<TailEvent>,
+    tx: &SpoolTx,
     metrics: &Metrics,
     epoch: &mut tokio::sync::watch::Receiver<u64>,
     shutdown: &CancellationToken,
@@ -622,10 +639,12 @@ async fn follow(
             };
             tx.send(TailEvent::Position(p))
                 .await
-                .map_err(|_| TailError::StamperGone)?;
+                .map_err(TailError::from)?;
             reported = offset;
             reported_at = Instant::now();
         }
+        // Without room, `read_buf` reads a few bytes at a time.
+        link.buf.reserve(READ_CHUNK);
         tokio::select! {
             r = link.rd.read_buf(&mut link.buf) => {
                 if r? == 0 {
@@ -633,6 +652,7 @@ async fn follow(
                 }
             }
             _ = ack.tick() => {
+                tx.check()?;
                 let off = offset.to_string();
                 link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
             }
@@ -658,13 +678,13 @@ fn is_own_key(key: &[u8]) -> bool {
 async fn handle(
     argv: &[Bytes],
     state: &mut StreamState,
-    tx: &mpsc::Sender<TailEvent>,
+    tx: &SpoolTx,
     metrics: &Metrics,
 ) -> Result<bool, TailError> {
     let Some(name) = argv.first().map(|n| lower(n)) else {
         return Ok(false);
     };
-    let send = |ev| async move { tx.send(ev).await.map_err(|_| TailError::StamperGone) };
+    let send = |ev| async move { tx.send(ev).await.map_err(TailError::from) };
     match name.as_str() {
         "ping" => return Ok(false),
         "replconf" => {

@@ -450,11 +450,15 @@ impl Mesh {
     pub fn differences(&self, dbs: &[u32]) -> Vec<String> {
         let mut out = Vec::new();
         for &db in dbs {
-            let snaps: Vec<Snapshot> = self
-                .regions
-                .iter()
-                .map(|r| snapshot(&mut r.redis.conn_db(db)))
-                .collect();
+            // Read the regions side by side: large datasets take a while.
+            let snaps: Vec<Snapshot> = std::thread::scope(|s| {
+                let readers: Vec<_> = self
+                    .regions
+                    .iter()
+                    .map(|r| s.spawn(move || snapshot(&mut r.redis.conn_db(db))))
+                    .collect();
+                readers.into_iter().map(|h| h.join().unwrap()).collect()
+            });
             for (i, s) in snaps.iter().enumerate().skip(1) {
                 for d in diff(&snaps[0], s) {
                     out.push(format!("db {db}, region 1 vs region {}: {d}", i + 1));

@@ -1,0 +1,138 @@
+//! A writer faster than the agent: the master's replica output-buffer limit
+//! must not cut the agent off (and so force full resyncs); the agent spools
+//! what it has not stamped yet instead of making the master hold it.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// A master that drops a replica as soon as 32 MiB wait for it (16 MiB for
+/// ten seconds), a tenth of what the writer below sends, with a backlog too
+/// small to continue after such a drop.
+const STRICT_MASTER: [&str; 4] = [
+    "--client-output-buffer-limit",
+    "replica 32mb 16mb 10",
+    "--repl-backlog-size",
+    "1mb",
+];
+
+/// A field of the master's `INFO stats`.
+fn stat(redis: &Redis, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in INFO stats"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The master's replication offset.
+fn stat_offset(redis: &Redis) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query(&mut redis.conn())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .expect("master_repl_offset in INFO replication")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Two regions whose first agent runs with `spool` settings.
+fn mesh_with_spool(spool: &[&str]) -> Mesh {
+    let mut mesh = Mesh::start_with(2, &STRICT_MASTER);
+    let agent = &mut mesh.regions[0].agent;
+    agent.extra = spool.iter().map(|s| s.to_string()).collect();
+    agent.restart();
+    mesh.wait_ready();
+    mesh
+}
+
+/// Bytes of each value the writer sets.
+const VALUE_BYTES: usize = 4096;
+
+/// Pipelined SETs of large values (160 MiB for 40k keys): the replication
+/// stream runs far ahead of what the agent stamps and ships. Returns how
+/// long writing took.
+fn flood(master: &Redis, keys: usize) -> Duration {
+    let value = "v".repeat(VALUE_BYTES);
+    let mut c = master.conn();
+    let started = Instant::now();
+    for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
+        let mut p = redis::pipe();
+        for i in chunk {
+            p.cmd("SET").arg(format!("k{i}")).arg(&value).ignore();
+        }
+        let _: () = p.query(&mut c).unwrap();
+    }
+    started.elapsed()
+}
+
+#[test]
+fn a_writer_faster_than_the_stamper_does_not_get_the_agent_dropped() {
+    // A 1 MiB memory spool: the rest goes to the disk spool.
+    let mesh = mesh_with_spool(&["--spool-memory-mb", "1"]);
+    let master = &mesh.regions[0].redis;
+    let (full0, partial0) = (stat(master, "sync_full"), stat(master, "sync_partial_ok"));
+    let keys = env_usize("GEOSYNC_TEST_KEYS", 40_000);
+    let wrote = flood(master, keys);
+    let agent = &mesh.regions[0].agent;
+    let end = stat_offset(master);
+    let tailed = wait_until("the agent reads the whole stream", SETTLE, || {
+        agent.metric("geosync_repl_offset") as i64 >= end
+    });
+    let b = &mesh.regions[1].redis;
+    let copied = wait_until("every key reaches region 2", SETTLE, || {
+        redis::cmd("DBSIZE").query::<usize>(&mut b.conn()).unwrap() >= keys
+    });
+    mesh.wait_converged(&[0], SETTLE);
+    let spilled = agent.metric("geosync_spool_spilled_events_total");
+    println!(
+        "backpressure: keys={keys} value_bytes={VALUE_BYTES} write_secs={:.2} stream_read_after={:.2}s copied_after={:.2}s spilled_events={spilled} sync_full={} sync_partial_ok={}",
+        wrote.as_secs_f64(),
+        tailed.as_secs_f64(),
+        copied.as_secs_f64(),
+        stat(master, "sync_full") - full0,
+        stat(master, "sync_partial_ok") - partial0,
+    );
+    assert_eq!(
+        (stat(master, "sync_full"), stat(master, "sync_partial_ok")),
+        (full0, partial0),
+        "the master cut the agent off and it had to resync"
+    );
+    assert!(
+        spilled > 0.0,
+        "the writer never got ahead of the memory spool; the test did not exercise the disk spool"
+    );
+    assert_eq!(agent.metric("geosync_spool_full_waits_total"), 0.0);
+}
+
+/// The same writer against an agent whose spool cannot grow: the tailer
+/// waits, the master drops it and the agent needs a full resync. This is
+/// what the disk spool prevents, and shows the test above can fail.
+#[test]
+fn without_the_disk_spool_the_same_writer_gets_the_agent_dropped() {
+    let mesh = mesh_with_spool(&["--spool-memory-mb", "1", "--spool-disk-mb", "0"]);
+    let master = &mesh.regions[0].redis;
+    let full0 = stat(master, "sync_full");
+    flood(master, env_usize("GEOSYNC_TEST_KEYS", 40_000));
+    wait_until("the master drops the agent and resyncs", SETTLE, || {
+        stat(master, "sync_full") > full0
+    });
+    assert!(
+        mesh.regions[0]
+            .agent
+            .metric("geosync_spool_full_waits_total")
+            > 0.0
+    );
+}
