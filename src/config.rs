@@ -364,6 +364,18 @@ mod tests {
         assert_eq!(c.peers.len(), 2);
         assert_eq!(c.admin, Some("127.0.0.1:9001".parse().unwrap()));
         assert_eq!(c.data_dir, PathBuf::from("./data/1"));
+        assert_eq!(c.spool.memory_bytes, 64 << 20);
+        assert_eq!(c.spool.disk_bytes, 4096 << 20);
+        let c = parse(&[
+            "--node-id",
+            "1",
+            "--spool-memory-mb",
+            "8",
+            "--spool-disk-mb",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!((c.spool.memory_bytes, c.spool.disk_bytes), (8 << 20, 0));
     }
 
     #[test]
@@ -380,6 +392,14 @@ mod tests {
             (
                 &["--node-id", "1", "--max-clock-skew-ms", "0"],
                 "max-clock-skew-ms",
+            ),
+            (
+                &["--node-id", "1", "--spool-memory-mb", "0"],
+                "spool-memory-mb",
+            ),
+            (
+                &["--node-id", "1", "--spool-disk-mb", "9999999999"],
+                "spool-disk-mb",
             ),
         ];
         for (args, setting) in cases {
