@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// Most batches kept in memory for peers that have not acknowledged them.
     #[arg(long, env = "GEOSYNC_OUTBOX_BATCHES")]
     pub outbox_batches: Option<usize>,
+    /// Most elements of a collection replicated; larger keys are logged,
+    /// counted and left alone (reading them would block Redis for seconds).
+    #[arg(long, env = "GEOSYNC_MAX_KEY_ELEMENTS")]
+    pub max_key_elements: Option<u64>,
     /// MiB of tailer events held in memory while the stamper is behind.
     #[arg(long, env = "GEOSYNC_SPOOL_MEMORY_MB")]
     pub spool_memory_mb: Option<u64>,
@@ -142,6 +146,8 @@ pub struct Config {
     pub outbox_batches: usize,
     /// How much the tailer may queue for the stamper.
     pub spool: crate::spool::Limits,
+    /// Most elements of a replicated collection.
+    pub max_key_elements: u64,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -181,6 +187,7 @@ impl RunArgs {
             batch_keys: self.batch_keys.or(other.batch_keys),
             outbox_batches: self.outbox_batches.or(other.outbox_batches),
             spool_memory_mb: self.spool_memory_mb.or(other.spool_memory_mb),
+            max_key_elements: self.max_key_elements.or(other.max_key_elements),
             spool_disk_mb: self.spool_disk_mb.or(other.spool_disk_mb),
             log_format: self.log_format.or(other.log_format),
         }
@@ -302,6 +309,15 @@ impl Config {
                 format!("{spool_disk_mb} is not in 0..=1073741824"),
             ));
         }
+        let max_key_elements = u
+            .max_key_elements
+            .unwrap_or(crate::store::DEFAULT_MAX_KEY_ELEMENTS);
+        if !(1000..=100_000_000).contains(&max_key_elements) {
+            return Err(bad(
+                "max-key-elements",
+                format!("{max_key_elements} is not in 1000..=100000000"),
+            ));
+        }
         let spool = crate::spool::Limits {
             memory_bytes: (spool_memory_mb << 20) as usize,
             disk_bytes: spool_disk_mb << 20,
@@ -325,6 +341,7 @@ impl Config {
             batch_keys,
             outbox_batches,
             spool,
+            max_key_elements,
             log_format,
         })
     }
@@ -392,6 +409,10 @@ mod tests {
             (
                 &["--node-id", "1", "--max-clock-skew-ms", "0"],
                 "max-clock-skew-ms",
+            ),
+            (
+                &["--node-id", "1", "--max-key-elements", "10"],
+                "max-key-elements",
             ),
             (
                 &["--node-id", "1", "--spool-memory-mb", "0"],

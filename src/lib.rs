@@ -177,6 +177,7 @@ async fn persist_progress(
 /// Runs the agent until `shutdown` is cancelled or a stage fails fatally.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     prepare_data_dir(&config)?;
+    store::set_max_key_elements(config.max_key_elements);
     let url = redacted(&config.redis_url);
     let redis_err = |message: String| StartError::Redis {
         url: url.clone(),

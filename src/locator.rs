@@ -163,3 +163,21 @@ impl Locator {
         }
     }
 }
+
+/// How long geosync waits for a reply from the local Redis. Scripts over
+/// large keys take a second or two (bounded by `--max-key-elements`), longer
+/// than the redis crate's default of 500 ms, and a timed-out script still
+/// runs in Redis: retrying it would only queue more work behind it.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Opens a multiplexed connection with geosync's timeouts.
+pub async fn connect(
+    client: &redis::Client,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}

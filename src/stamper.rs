@@ -239,12 +239,25 @@ impl Stamper {
                 debug!(db, key = %String::from_utf8_lossy(&key), "metadata is newer; stamping again");
                 pending.insert((*db, key));
             }
-            for (key, kind) in outcome.unsupported {
+            for (key, reason) in outcome.unsupported {
+                let name = String::from_utf8_lossy(&key);
+                if let Some(rest) = reason.strip_prefix("too_large:") {
+                    let (kind, elements) = rest.split_once(':').unwrap_or((rest, "?"));
+                    self.metrics
+                        .unsupported_keys
+                        .get_or_create(&Metrics::reason("too_large"))
+                        .inc();
+                    error!(db, key = %name, r#type = %kind, elements = %elements, limit = crate::store::max_key_elements(), "key has more elements than --max-key-elements and is not replicated; the other regions keep the version they have");
+                    continue;
+                }
                 self.metrics
                     .unsupported_keys
-                    .get_or_create(&Metrics::reason(&kind))
+                    .get_or_create(&Metrics::reason(&reason))
                     .inc();
-                warn!(db, key = %String::from_utf8_lossy(&key), r#type = %kind, "key type is not replicated");
+                warn!(db, key = %name, r#type = %reason, "key type is not replicated");
+            }
+            for key in outcome.deferred {
+                pending.insert((*db, key));
             }
             changes.extend(outcome.changes);
         }

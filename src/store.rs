@@ -105,9 +105,34 @@ struct Script {
     sha: String,
 }
 
+/// The line of `scripts/lib.lua` that [`set_max_key_elements`] rewrites.
+const MAX_ELEMENTS_LINE: &str = "local MAX_ELEMENTS = 250000 -- @max-key-elements";
+
+/// Default of `--max-key-elements`.
+pub const DEFAULT_MAX_KEY_ELEMENTS: u64 = 250_000;
+
+static MAX_KEY_ELEMENTS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_MAX_KEY_ELEMENTS);
+
+/// Sets the most elements of a collection the scripts read (and the most
+/// elements one stamp script reads); applies to stores created afterwards.
+pub fn set_max_key_elements(n: u64) {
+    MAX_KEY_ELEMENTS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The current `--max-key-elements`.
+pub fn max_key_elements() -> u64 {
+    MAX_KEY_ELEMENTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Script {
     fn new(main: &str) -> Self {
-        let body = format!("{LIB}\n{main}");
+        let max = max_key_elements();
+        let lib = LIB.replace(
+            MAX_ELEMENTS_LINE,
+            &format!("local MAX_ELEMENTS = {max} -- @max-key-elements"),
+        );
+        let body = format!("{lib}\n{main}");
         let sha = redis::Script::new(&body).get_hash().to_string();
         Script { body, sha }
     }
@@ -120,8 +145,11 @@ pub struct StampOutcome {
     pub changes: Vec<Change>,
     /// Keys whose metadata holds a newer stamp: (key, that stamp).
     pub retry: Vec<(Bytes, String)>,
-    /// Keys of types geosync cannot carry: (key, type).
+    /// Keys geosync cannot carry: (key, reason), the reason being a module
+    /// type's name or `too_large:<type>:<elements>`.
     pub unsupported: Vec<(Bytes, String)>,
+    /// Keys left for the next batch: the script had read enough elements.
+    pub deferred: Vec<Bytes>,
 }
 
 /// What applying one batch did.
@@ -169,7 +197,7 @@ impl Store {
         if self.conn.is_none() {
             self.epoch.mark_unchanged();
             let client = self.locator.master().await?;
-            self.conn = Some(client.get_multiplexed_async_connection().await?);
+            self.conn = Some(crate::locator::connect(&client).await?);
         }
         Ok(self.conn.as_mut().expect("just set"))
     }
@@ -530,8 +558,19 @@ fn parse_stamp_reply(db: u32, reply: RValue) -> Result<StampOutcome, StoreError>
     let RValue::Array(parts) = reply else {
         return Err(bad("not an array"));
     };
-    let [changes, retry, unsupported] = parts.as_slice() else {
-        return Err(bad("want three parts"));
+    let (changes, retry, unsupported, deferred) = match parts.as_slice() {
+        [c, r, u] => (c, r, u, None),
+        [c, r, u, d] => (c, r, u, Some(d)),
+        _ => return Err(bad("want three or four parts")),
+    };
+    let deferred = match deferred {
+        Some(RValue::Array(d)) => d
+            .iter()
+            .map(|k| bulk(k).map(Bytes::from))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("deferred key"))?,
+        Some(_) => return Err(bad("deferred not an array")),
+        None => Vec::new(),
     };
     let RValue::Array(changes) = changes else {
         return Err(bad("changes not an array"));
@@ -539,6 +578,7 @@ fn parse_stamp_reply(db: u32, reply: RValue) -> Result<StampOutcome, StoreError>
     let mut out = StampOutcome {
         retry: bulk_pairs(retry, "retry")?,
         unsupported: bulk_pairs(unsupported, "unsupported")?,
+        deferred,
         ..Default::default()
     };
     for c in changes {

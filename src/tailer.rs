@@ -460,7 +460,7 @@ async fn session(
             )));
         }
     };
-    let mut side = client.get_multiplexed_async_connection().await?;
+    let mut side = crate::locator::connect(&client).await?;
     let specs = KeySpecTable::load(&mut side).await?;
     let stream = TcpStream::connect(&addr).await?;
     stream.set_nodelay(true)?;

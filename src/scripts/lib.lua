@@ -8,6 +8,13 @@
 local STAMP_LEN = 20
 local NO_DIGEST = '0000000000000000'
 local CHUNK = 512
+-- A collection with more elements than this is not read (reading it in one
+-- script would block Redis for seconds); the agent sets it from
+-- --max-key-elements. Also the elements one stamp script reads before it
+-- leaves the remaining keys to the next batch.
+local MAX_ELEMENTS = 250000 -- @max-key-elements
+local elements_read = 0
+local SIZE_OF = { list = 'LLEN', set = 'SCARD', zset = 'ZCARD', hash = 'HLEN', stream = 'XLEN' }
 
 local function parse_record(rec)
   if not rec then return nil end
@@ -91,6 +98,16 @@ local function read_state(key)
   local t = redis.call('TYPE', key)['ok']
   if t == 'none' then return nil end
   local exp = redis.call('PEXPIRETIME', key)
+  if SIZE_OF[t] then
+    local n = redis.call(SIZE_OF[t], key)
+    if n > MAX_ELEMENTS then
+      return { t = t, exp = exp, flat = {}, unsupported = true,
+               reason = 'too_large:' .. t .. ':' .. n }
+    end
+    elements_read = elements_read + n
+  else
+    elements_read = elements_read + 1
+  end
   local flat
   if t == 'string' then
     flat = { redis.call('GET', key) }
@@ -118,7 +135,7 @@ local function read_state(key)
   elseif t == 'stream' then
     flat = read_stream(key)
   else
-    return { t = t, exp = exp, flat = {}, unsupported = true }
+    return { t = t, exp = exp, flat = {}, unsupported = true, reason = t }
   end
   return { t = t, exp = exp, flat = flat }
 end

@@ -10,13 +10,16 @@
 --          they are shipped again with their recorded stamp
 -- ARGV[3]  this node's id as the last 4 hex digits of its stamps
 --
--- Returns { changes, retry, unsupported }:
+-- Returns { changes, retry, unsupported, deferred }:
 --   changes: { key, stamp, 'p', type, expiry, flat } or { key, stamp, 'd' }
 --   retry: key, newer stamp, ... for keys whose metadata holds a stamp newer
 --          than ARGV[1] (the agent observes that stamp and tries again)
---   unsupported: key, type, ... for keys of types geosync cannot carry
+--   unsupported: key, reason, ... for keys geosync cannot carry: the type
+--          name of a module type, or 'too_large:<type>:<elements>'
+--   deferred: keys left for the next batch once MAX_ELEMENTS elements were
+--          read, so that one script never blocks Redis for long
 local stamp, reship, me = ARGV[1], ARGV[2], ARGV[3]
-local changes, retry, unsupported = {}, {}, {}
+local changes, retry, unsupported, deferred = {}, {}, {}, {}
 
 -- Recorded by this node after the re-ship floor: maybe never delivered.
 local function own_unacked(rec)
@@ -29,12 +32,12 @@ if floor and floor >= stamp then
     retry[#retry + 1] = KEYS[i]
     retry[#retry + 1] = floor
   end
-  return { changes, retry, unsupported }
+  return { changes, retry, unsupported, deferred }
 end
 
 local now = now_ms()
-for i = 2, #KEYS, 2 do
-  local key, bucket = KEYS[i], KEYS[i + 1]
+-- Stamps one key (see the header for what goes where).
+local function stamp_key(key, bucket)
   local raw = redis.call('HGET', bucket, key)
   local rec = parse_record(raw)
   local state = read_state(key)
@@ -56,7 +59,7 @@ for i = 2, #KEYS, 2 do
     end
   elseif state.unsupported then
     unsupported[#unsupported + 1] = key
-    unsupported[#unsupported + 1] = state.t
+    unsupported[#unsupported + 1] = state.reason
   else
     local d = digest(state)
     if rec ~= nil and rec.flag == 'v' and rec.digest == d then
@@ -73,4 +76,13 @@ for i = 2, #KEYS, 2 do
     end
   end
 end
-return { changes, retry, unsupported }
+
+for i = 2, #KEYS, 2 do
+  local key, bucket = KEYS[i], KEYS[i + 1]
+  if elements_read >= MAX_ELEMENTS then
+    deferred[#deferred + 1] = key
+  else
+    stamp_key(key, bucket)
+  end
+end
+return { changes, retry, unsupported, deferred }
