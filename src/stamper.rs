@@ -18,6 +18,7 @@ use uhlc::HLC;
 use crate::backoff::Backoff;
 use crate::change::{Change, Op};
 use crate::metrics::Metrics;
+use crate::module_keys::{ModuleKeys, Owner};
 use crate::outbox::Outbox;
 use crate::position::Position;
 use crate::stamp;
@@ -50,6 +51,8 @@ pub struct Stamper {
     pub reship: Option<String>,
     /// The stream position up to which every change has been stamped.
     pub position: tokio::sync::watch::Sender<Option<Position>>,
+    /// Keys of module data types met so far, for the log.
+    pub module_keys: ModuleKeys,
 }
 
 /// What the stamper has taken from the tailer and not finished yet.
@@ -240,11 +243,14 @@ impl Stamper {
                 pending.insert((*db, key));
             }
             for (key, kind) in outcome.unsupported {
-                self.metrics
-                    .unsupported_keys
-                    .get_or_create(&Metrics::reason(&kind))
-                    .inc();
-                warn!(db, key = %String::from_utf8_lossy(&key), r#type = %kind, "key type is not replicated");
+                if !self.module_keys.knows(&kind) {
+                    let owner = match self.store.module_names().await {
+                        Ok(loaded) => Owner::attribute(&kind, &loaded),
+                        Err(e) => Owner::Unknown(format!("MODULE LIST failed: {e}")),
+                    };
+                    self.module_keys.learn(&kind, owner);
+                }
+                self.module_keys.skipped(&self.metrics, *db, &key, &kind);
             }
             changes.extend(outcome.changes);
         }

@@ -120,7 +120,8 @@ pub struct StampOutcome {
     pub changes: Vec<Change>,
     /// Keys whose metadata holds a newer stamp: (key, that stamp).
     pub retry: Vec<(Bytes, String)>,
-    /// Keys of types geosync cannot carry: (key, type).
+    /// Keys of types geosync cannot carry: (key, the name `TYPE` gives,
+    /// a module's type name for module data).
     pub unsupported: Vec<(Bytes, String)>,
 }
 
@@ -433,6 +434,14 @@ impl Store {
             }
         }
         Ok(sent)
+    }
+
+    /// The names of the modules the server has loaded (`MODULE LIST`), to
+    /// say which module a skipped key's type belongs to.
+    pub async fn module_names(&mut self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn().await?;
+        let reply: RValue = redis::cmd("MODULE").arg("LIST").query_async(conn).await?;
+        Ok(crate::module_keys::module_names(&reply))
     }
 
     /// Records a local FLUSHDB/FLUSHALL: raises the floor of each database
