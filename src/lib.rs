@@ -13,7 +13,8 @@
 //!   names the keys each write touched ([`keyspec`]).
 //! - [`stamper`] stamps batches of dirty keys with the agent's `uhlc` clock
 //!   ([`stamp`]) inside Redis, reading each key's state in the same script
-//!   ([`store`]); the result is a [`change::Change`] per key.
+//!   ([`store`]); the result is a [`change::Change`] per key. Keys of module
+//!   data types are skipped, counted and logged ([`module_keys`]).
 //! - [`outbox`] holds stamped batches until every peer acknowledged them;
 //!   [`transport`] streams them over gRPC.
 //! - [`applier`] applies peers' batches with last-writer-wins.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod keyspec;
 pub mod locator;
 pub mod metrics;
+pub mod module_keys;
 pub mod outbox;
 pub mod position;
 pub mod rdb;
@@ -280,6 +282,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         peers: config.peers.clone(),
         reship: None,
         position: position_tx,
+        module_keys: Default::default(),
+        too_large_logged: Default::default(),
     };
     tracker.spawn(stamper.run(tail_rx, token.clone()));
 

@@ -60,7 +60,8 @@ pub struct Metrics {
     pub repl_offset: Gauge,
     /// Client writes to keys under the reserved `__geosync:` prefix (not replicated).
     pub reserved_key_writes: Counter,
-    /// Keys of types geosync cannot carry (module types), by type.
+    /// Keys of types geosync cannot carry, by reason: `module:<type name>`
+    /// for module data (see [`crate::module_keys`]).
     pub unsupported_keys: Family<ReasonLabel, Counter>,
     /// Commands whose effect geosync does not replicate (SWAPDB), by command.
     pub unsupported_commands: Family<ReasonLabel, Counter>,

@@ -17,6 +17,7 @@ use uhlc::HLC;
 use crate::backoff::Backoff;
 use crate::change::{Change, Op};
 use crate::metrics::Metrics;
+use crate::module_keys::{ModuleKeys, Owner};
 use crate::outbox::Outbox;
 use crate::position::Position;
 use crate::spool::SpoolRx;
@@ -24,6 +25,9 @@ use crate::stamp;
 use crate::state::Readiness;
 use crate::store::Store;
 use crate::tailer::TailEvent;
+
+/// Most keys over `--max-key-elements` logged by name; the metric counts all.
+pub const LOGGED_TOO_LARGE: usize = 1000;
 
 /// Everything the stamper works with.
 pub struct Stamper {
@@ -50,6 +54,11 @@ pub struct Stamper {
     pub reship: Option<String>,
     /// The stream position up to which every change has been stamped.
     pub position: tokio::sync::watch::Sender<Option<Position>>,
+    /// Keys of module data types met so far, for the log.
+    pub module_keys: ModuleKeys,
+    /// Keys over `--max-key-elements` already logged (a hot one would
+    /// flood the log); at most [`LOGGED_TOO_LARGE`].
+    pub too_large_logged: std::collections::HashSet<(u32, Bytes)>,
 }
 
 /// What the stamper has taken from the tailer and not finished yet.
@@ -182,6 +191,25 @@ impl Stamper {
         self.outbox.push(changes, shutdown).await
     }
 
+    /// Counts a key over `--max-key-elements` (`what` is `<type>:<elements>`)
+    /// and logs it the first time.
+    fn too_large(&mut self, db: u32, key: &Bytes, what: &str) {
+        self.metrics
+            .unsupported_keys
+            .get_or_create(&Metrics::reason("too_large"))
+            .inc();
+        let (kind, elements) = what.split_once(':').unwrap_or((what, "?"));
+        let name = String::from_utf8_lossy(key);
+        let limit = crate::store::max_key_elements();
+        if self.too_large_logged.len() >= LOGGED_TOO_LARGE
+            || !self.too_large_logged.insert((db, key.clone()))
+        {
+            debug!(db, key = %name, r#type = %kind, elements = %elements, limit, "key still over --max-key-elements");
+            return;
+        }
+        error!(db, key = %name, r#type = %kind, elements = %elements, limit, "key has more elements than --max-key-elements and is not replicated; the other regions keep the version they have");
+    }
+
     /// Stamps the pending keys as one batch. Keys that must be retried
     /// stay pending. Returns false on shutdown.
     async fn stamp_pending(
@@ -239,22 +267,19 @@ impl Stamper {
                 debug!(db, key = %String::from_utf8_lossy(&key), "metadata is newer; stamping again");
                 pending.insert((*db, key));
             }
-            for (key, reason) in outcome.unsupported {
-                let name = String::from_utf8_lossy(&key);
-                if let Some(rest) = reason.strip_prefix("too_large:") {
-                    let (kind, elements) = rest.split_once(':').unwrap_or((rest, "?"));
-                    self.metrics
-                        .unsupported_keys
-                        .get_or_create(&Metrics::reason("too_large"))
-                        .inc();
-                    error!(db, key = %name, r#type = %kind, elements = %elements, limit = crate::store::max_key_elements(), "key has more elements than --max-key-elements and is not replicated; the other regions keep the version they have");
+            for (key, kind) in outcome.unsupported {
+                if let Some(rest) = kind.strip_prefix("too_large:") {
+                    self.too_large(*db, &key, rest);
                     continue;
                 }
-                self.metrics
-                    .unsupported_keys
-                    .get_or_create(&Metrics::reason(&reason))
-                    .inc();
-                warn!(db, key = %name, r#type = %reason, "key type is not replicated");
+                if !self.module_keys.knows(&kind) {
+                    let owner = match self.store.module_names().await {
+                        Ok(loaded) => Owner::attribute(&kind, &loaded),
+                        Err(e) => Owner::Unknown(format!("MODULE LIST failed: {e}")),
+                    };
+                    self.module_keys.learn(&kind, owner);
+                }
+                self.module_keys.skipped(&self.metrics, *db, &key, &kind);
             }
             for key in outcome.deferred {
                 pending.insert((*db, key));

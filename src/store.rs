@@ -145,8 +145,9 @@ pub struct StampOutcome {
     pub changes: Vec<Change>,
     /// Keys whose metadata holds a newer stamp: (key, that stamp).
     pub retry: Vec<(Bytes, String)>,
-    /// Keys geosync cannot carry: (key, reason), the reason being a module
-    /// type's name or `too_large:<type>:<elements>`.
+    /// Keys geosync cannot carry: (key, reason). The reason is the name
+    /// `TYPE` gives (a module's type name for module data), or
+    /// `too_large:<type>:<elements>` past `--max-key-elements`.
     pub unsupported: Vec<(Bytes, String)>,
     /// Keys left for the next batch: the script had read enough elements.
     pub deferred: Vec<Bytes>,
@@ -461,6 +462,14 @@ impl Store {
             }
         }
         Ok(sent)
+    }
+
+    /// The names of the modules the server has loaded (`MODULE LIST`), to
+    /// say which module a skipped key's type belongs to.
+    pub async fn module_names(&mut self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn().await?;
+        let reply: RValue = redis::cmd("MODULE").arg("LIST").query_async(conn).await?;
+        Ok(crate::module_keys::module_names(&reply))
     }
 
     /// Records a local FLUSHDB/FLUSHALL: raises the floor of each database

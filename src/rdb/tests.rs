@@ -1,6 +1,7 @@
 //! Tests for the RDB parser: fixtures written by a real redis-server 7.0
 //! (tests/fixtures/rdb/generate.sh, which also documents the data written),
-//! one written by Valkey 8.1 (RDB 11), and synthetic streams for encodings a
+//! one written by Valkey 8.1 (RDB 11), one by Redis 8.2 with the FalkorDB
+//! module loaded (module aux data and module values), and synthetic streams for encodings a
 //! 7.0 server cannot produce (pre-7.0 types, module values, Redis 7.4+ and
 //! Valkey 9 hash field expiry, Valkey slot import), built byte by byte from
 //! the format description.
@@ -30,6 +31,7 @@ const FUNCTIONS: &[u8] = fixture!("functions");
 const MULTIDB: &[u8] = fixture!("multidb");
 const NOCHECKSUM: &[u8] = fixture!("nochecksum");
 const VALKEY81: &[u8] = fixture!("valkey81_rdb11");
+const FALKORDB: &[u8] = fixture!("falkordb_redis82");
 
 const ALL_FIXTURES: &[(&str, &[u8])] = &[
     ("empty", EMPTY),
@@ -45,6 +47,7 @@ const ALL_FIXTURES: &[(&str, &[u8])] = &[
     ("multidb", MULTIDB),
     ("nochecksum", NOCHECKSUM),
     ("valkey81_rdb11", VALKEY81),
+    ("falkordb_redis82", FALKORDB),
 ];
 
 // ------------------------------------------------------------------ helpers
@@ -1088,6 +1091,9 @@ fn unknown_type_names_byte_and_version() {
         let msg = err.to_string();
         assert!(msg.contains(&format!("type {type_byte}")), "{msg}");
         assert!(msg.contains(&format!("version {version}")), "{msg}");
+        // The key-only scan the tailer uses says the same.
+        let key_only = parse_keys(&bytes).unwrap_err();
+        assert_eq!(key_only.to_string(), msg);
     }
     // Types Redis assigned in 7.4 mean nothing (or something else) in Valkey.
     let bytes = Rdb::valkey(80).key(23, "k").finish();
@@ -1573,6 +1579,38 @@ fn module_values_and_aux_are_skipped() {
     assert!(matches!(parse(&bytes), Err(RdbError::Corrupt(_))));
     let bytes = Rdb::redis(10).key(T_MODULE_PRE_GA, "m").len(id).finish();
     assert!(matches!(parse(&bytes), Err(RdbError::Unsupported(_))));
+}
+
+#[test]
+fn falkordb_redis_8_2_fixture_module_data_is_skipped() {
+    // A real server's module data: FalkorDB's aux data and graph, and Redis
+    // 8's built-in vector set module, around a plain string.
+    let reader = RdbReader::new(FALKORDB).unwrap();
+    assert_eq!(reader.version(), 12);
+    let entries = parse(FALKORDB).unwrap();
+    let aux: Vec<String> = entries
+        .iter()
+        .filter_map(|e| match e {
+            RdbEntry::ModuleAux { module_id } => Some(module_type_name(*module_id)),
+            _ => None,
+        })
+        .collect();
+    assert!(aux.contains(&"graphdata".to_string()), "{aux:?}");
+    let map = keys(&entries);
+    let module = |name: &str| RdbValue::Module {
+        module_name: name.to_string(),
+    };
+    assert_eq!(get(&map, 0, "social").value, module("graphdata"));
+    assert_eq!(get(&map, 0, "vs").value, module("vectorset"));
+    assert_eq!(string_of(get(&map, 0, "plain")), b"v");
+    // The key-only scan the tailer uses yields the module keys as such.
+    let (got, _) = parse_keys(FALKORDB).unwrap();
+    let modules: BTreeSet<&[u8]> = got
+        .iter()
+        .filter(|k| k.value_type == RdbValueType::Module)
+        .map(|k| k.key.as_slice())
+        .collect();
+    assert_eq!(modules, [&b"social"[..], b"vs"].into_iter().collect());
 }
 
 #[test]

@@ -82,6 +82,7 @@ pub fn now_ms() -> i64 {
 pub struct Redis {
     pub port: u16,
     pub password: Option<String>,
+    bin: String,
     args: Vec<String>,
     child: Child,
     pub dir: tempfile::TempDir,
@@ -91,26 +92,33 @@ impl Redis {
     /// Starts a server with settings suited to tests (no persistence, no
     /// diskless-sync delay) plus `extra` arguments.
     pub fn start(extra: &[&str]) -> Redis {
+        Self::start_bin(&redis_server_bin(), extra)
+    }
+
+    /// Like [`Redis::start`] with a given server binary, whatever
+    /// `GEOSYNC_TEST_REDIS_SERVER` says (a module goes with its server).
+    pub fn start_bin(bin: &str, extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Self::spawn(port, dir.path(), extra);
+        let child = Self::spawn(bin, port, dir.path(), extra);
         let password = extra
             .windows(2)
             .find(|w| w[0] == "--requirepass")
             .map(|w| w[1].to_string());
-        let r = Redis {
+        let mut r = Redis {
             port,
             password,
             child,
             dir,
+            bin: bin.to_string(),
             args: extra.iter().map(|a| a.to_string()).collect(),
         };
         r.wait_up();
         r
     }
 
-    fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Child {
-        Command::new(redis_server_bin())
+    fn spawn(bin: &str, port: u16, dir: &Path, extra: &[&str]) -> Child {
+        Command::new(bin)
             .arg("--port")
             .arg(port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -123,20 +131,25 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {}: {e} (install redis-server)",
-                    redis_server_bin()
-                )
-            })
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (install redis-server)"))
     }
 
-    fn wait_up(&self) {
+    /// Waits until the server answers PING; panics with its log if it
+    /// exited (a module that failed to load, a bad argument).
+    fn wait_up(&mut self) {
         let url = self.url();
+        let log = self.dir.path().join("redis.log");
+        let child = &mut self.child;
         wait_until(
             &format!("redis on port {}", self.port),
             Duration::from_secs(10),
             || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "redis-server exited with {status}; its log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
                 redis::Client::open(url.as_str())
                     .and_then(|c| c.get_connection())
                     .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
@@ -151,7 +164,7 @@ impl Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.child = Self::spawn(self.port, self.dir.path(), &args);
+        self.child = Self::spawn(&self.bin, self.port, self.dir.path(), &args);
         self.wait_up();
     }
 
