@@ -4,11 +4,12 @@
 //! client can, and measures how long until region 2 holds them all. The
 //! baseline is the same writes into a Redis without an agent, measured in
 //! the same run; the ratio says how far behind a saturating writer the
-//! agents fall.
+//! agents fall. It also prints each agent's peak RSS next to the size of
+//! the data that went through it.
 //!
 //! ```text
-//! cargo bench --bench throughput                 # 200000 keys
-//! GEOSYNC_BENCH_KEYS=1000000 cargo bench --bench throughput
+//! cargo bench --bench throughput                 # 200000 keys, 8-byte values
+//! GEOSYNC_BENCH_KEYS=500000 GEOSYNC_BENCH_VALUE_BYTES=1024 cargo bench --bench throughput
 //! ```
 
 #[path = "../tests/support/mod.rs"]
@@ -18,11 +19,13 @@ use std::time::{Duration, Instant};
 
 use support::{Mesh, Redis, wait_until};
 
-fn write(c: &mut redis::Connection, n: usize) {
+fn write(c: &mut redis::Connection, n: usize, value_bytes: usize) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let mut p = redis::pipe();
         for i in chunk {
-            p.cmd("SET").arg(format!("key:{i}")).arg(i).ignore();
+            let mut v = format!("{i:08}");
+            v.extend(std::iter::repeat_n('v', value_bytes.saturating_sub(8)));
+            p.cmd("SET").arg(format!("key:{i}")).arg(v).ignore();
         }
         p.query::<()>(c).unwrap();
     }
@@ -33,16 +36,17 @@ fn main() {
         return;
     }
     let n = support::env_usize("GEOSYNC_BENCH_KEYS", 200_000);
+    let value_bytes = support::env_usize("GEOSYNC_BENCH_VALUE_BYTES", 8);
 
     let plain = Redis::start(&[]);
     let start = Instant::now();
-    write(&mut plain.conn(), n);
+    write(&mut plain.conn(), n, value_bytes);
     let baseline = start.elapsed();
 
     let mesh = Mesh::start(2);
     let mut far = mesh.regions[1].redis.conn();
     let start = Instant::now();
-    write(&mut mesh.regions[0].redis.conn(), n);
+    write(&mut mesh.regions[0].redis.conn(), n, value_bytes);
     let written = start.elapsed();
     let last = format!("key:{}", n - 1);
     wait_until(
@@ -65,5 +69,20 @@ fn main() {
         rate(written),
         rate(replicated),
         rate(replicated) / rate(baseline)
+    );
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut mesh.regions[0].redis.conn())
+        .unwrap();
+    let dataset: f64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory_dataset:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    println!(
+        "value_bytes={value_bytes}: region 1 dataset {:.0} MiB; agent peak RSS region 1 {:.1} MiB, region 2 {:.1} MiB",
+        dataset / (1024.0 * 1024.0),
+        mesh.regions[0].agent.peak_rss_mib(),
+        mesh.regions[1].agent.peak_rss_mib(),
     );
 }

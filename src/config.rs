@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// counted and left alone (reading them would block Redis for seconds).
     #[arg(long, env = "GEOSYNC_MAX_KEY_ELEMENTS")]
     pub max_key_elements: Option<u64>,
+    /// MiB of stamped changes held in memory for peers that have not
+    /// acknowledged them (with --outbox-batches, whichever is reached first).
+    #[arg(long, env = "GEOSYNC_OUTBOX_MB")]
+    pub outbox_mb: Option<u64>,
     /// MiB of tailer events held in memory while the stamper is behind.
     #[arg(long, env = "GEOSYNC_SPOOL_MEMORY_MB")]
     pub spool_memory_mb: Option<u64>,
@@ -144,6 +148,8 @@ pub struct Config {
     pub batch_keys: usize,
     /// Most in-memory batches awaiting acks.
     pub outbox_batches: usize,
+    /// Most bytes of encoded changes awaiting acks.
+    pub outbox_bytes: usize,
     /// How much the tailer may queue for the stamper.
     pub spool: crate::spool::Limits,
     /// Most elements of a replicated collection.
@@ -187,6 +193,7 @@ impl RunArgs {
             batch_keys: self.batch_keys.or(other.batch_keys),
             outbox_batches: self.outbox_batches.or(other.outbox_batches),
             spool_memory_mb: self.spool_memory_mb.or(other.spool_memory_mb),
+            outbox_mb: self.outbox_mb.or(other.outbox_mb),
             max_key_elements: self.max_key_elements.or(other.max_key_elements),
             spool_disk_mb: self.spool_disk_mb.or(other.spool_disk_mb),
             log_format: self.log_format.or(other.log_format),
@@ -295,6 +302,13 @@ impl Config {
         if outbox_batches == 0 {
             return Err(bad("outbox-batches", "must be at least 1"));
         }
+        let outbox_mb = u.outbox_mb.unwrap_or(256);
+        if outbox_mb == 0 || outbox_mb > 1 << 20 {
+            return Err(bad(
+                "outbox-mb",
+                format!("{outbox_mb} is not in 1..=1048576"),
+            ));
+        }
         let spool_memory_mb = u.spool_memory_mb.unwrap_or(64);
         if spool_memory_mb == 0 || spool_memory_mb > 1 << 20 {
             return Err(bad(
@@ -340,6 +354,7 @@ impl Config {
             max_clock_skew: Duration::from_millis(skew),
             batch_keys,
             outbox_batches,
+            outbox_bytes: (outbox_mb << 20) as usize,
             spool,
             max_key_elements,
             log_format,
@@ -410,6 +425,7 @@ mod tests {
                 &["--node-id", "1", "--max-clock-skew-ms", "0"],
                 "max-clock-skew-ms",
             ),
+            (&["--node-id", "1", "--outbox-mb", "0"], "outbox-mb"),
             (
                 &["--node-id", "1", "--max-key-elements", "10"],
                 "max-key-elements",

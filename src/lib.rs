@@ -220,6 +220,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let outbox = Arc::new(Outbox::new(
         &config.peers,
         config.outbox_batches,
+        config.outbox_bytes,
         acked,
         metrics.clone(),
     ));

@@ -1,7 +1,7 @@
 //! The outbox: stamped batches kept until every peer has acknowledged them.
 //!
-//! Bounded: when it holds `capacity` batches, [`Outbox::push`] drops the
-//! oldest, and the peers that had not acknowledged it catch up from the
+//! Bounded: when it holds `capacity` batches, or `capacity_bytes` of
+//! encoded changes, [`Outbox::push`] drops the oldest, and the peers that had not acknowledged it catch up from the
 //! metadata when they return (decision 003). A peer that is away for hours
 //! therefore never stalls stamping, and memory stays bounded. Each peer has
 //! a cursor; acks are cumulative by sequence number.
@@ -35,6 +35,8 @@ pub struct OutBatch {
 struct Inner {
     next_seq: u64,
     batches: VecDeque<Arc<OutBatch>>,
+    /// Encoded bytes of `batches`.
+    bytes: usize,
     acked: HashMap<String, u64>,
     /// Per peer, the largest stamp it acknowledged (survives restarts
     /// through [`Outbox::acked_stamps`] and the data directory).
@@ -47,16 +49,19 @@ struct Inner {
 pub struct Outbox {
     inner: Mutex<Inner>,
     capacity: usize,
+    capacity_bytes: usize,
     latest: watch::Sender<u64>,
     metrics: Arc<Metrics>,
 }
 
 impl Outbox {
-    /// An outbox for the given peers, holding at most `capacity` batches,
-    /// starting from the acknowledged stamps a previous run recorded.
+    /// An outbox for the given peers, holding at most `capacity` batches
+    /// and `capacity_bytes` of encoded changes (always at least the newest
+    /// batch), starting from the acknowledged stamps a previous run recorded.
     pub fn new(
         peers: &[String],
         capacity: usize,
+        capacity_bytes: usize,
         acked_stamps: HashMap<String, String>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -64,6 +69,7 @@ impl Outbox {
             inner: Mutex::new(Inner {
                 next_seq: 1,
                 batches: VecDeque::new(),
+                bytes: 0,
                 acked: peers.iter().map(|p| (p.clone(), 0)).collect(),
                 acked_stamps: acked_stamps
                     .into_iter()
@@ -72,6 +78,7 @@ impl Outbox {
                 overflowed: Default::default(),
             }),
             capacity,
+            capacity_bytes,
             latest: watch::channel(0).0,
             metrics,
         }
@@ -101,10 +108,13 @@ impl Outbox {
             self.latest.send_replace(seq);
             return true;
         }
-        while inner.batches.len() >= self.capacity {
+        while inner.batches.len() >= self.capacity
+            || (!inner.batches.is_empty() && inner.bytes + payload.len() > self.capacity_bytes)
+        {
             let Some(old) = inner.batches.pop_front() else {
                 break;
             };
+            inner.bytes -= old.payload.len();
             let behind: Vec<String> = inner
                 .acked
                 .iter()
@@ -120,6 +130,7 @@ impl Outbox {
                 }
             }
         }
+        inner.bytes += payload.len();
         inner.batches.push_back(Arc::new(OutBatch {
             seq,
             payload,
@@ -243,7 +254,9 @@ impl Outbox {
             }
             let low = inner.acked.values().copied().min().unwrap_or(newest);
             while inner.batches.front().is_some_and(|b| b.seq <= low) {
-                inner.batches.pop_front();
+                if let Some(b) = inner.batches.pop_front() {
+                    inner.bytes -= b.payload.len();
+                }
             }
             self.metrics.outbox_len.set(inner.batches.len() as i64);
         }
@@ -299,7 +312,13 @@ mod tests {
     #[tokio::test]
     async fn batches_stay_until_every_peer_acks() {
         let peers = vec!["a".to_string(), "b".to_string()];
-        let ob = Outbox::new(&peers, 10, HashMap::new(), Arc::new(Metrics::new()));
+        let ob = Outbox::new(
+            &peers,
+            10,
+            1 << 20,
+            HashMap::new(),
+            Arc::new(Metrics::new()),
+        );
         let t = CancellationToken::new();
         for _ in 0..3 {
             assert!(ob.push(change(), &t).await);
@@ -324,7 +343,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_outbox_drops_the_oldest_and_marks_who_missed_it() {
         let peers = vec!["a".to_string(), "b".to_string()];
-        let ob = Outbox::new(&peers, 2, HashMap::new(), Arc::new(Metrics::new()));
+        let ob = Outbox::new(&peers, 2, 1 << 20, HashMap::new(), Arc::new(Metrics::new()));
         let t = CancellationToken::new();
         assert!(ob.push(change(), &t).await);
         assert!(ob.push(change(), &t).await);
@@ -346,5 +365,30 @@ mod tests {
         let stopped = CancellationToken::new();
         stopped.cancel();
         assert!(!ob.push(change(), &stopped).await);
+    }
+
+    #[tokio::test]
+    async fn the_byte_limit_drops_the_oldest_but_keeps_the_newest() {
+        let peers = vec!["a".to_string()];
+        let one = encode_batch(&change()).len();
+        let ob = Outbox::new(
+            &peers,
+            100,
+            one * 2,
+            HashMap::new(),
+            Arc::new(Metrics::new()),
+        );
+        let t = CancellationToken::new();
+        for _ in 0..3 {
+            assert!(ob.push(change(), &t).await);
+        }
+        assert_eq!(ob.next_after(0).unwrap().seq, 2, "batch 1 went");
+        assert!(ob.is_overflowed("a"));
+        // A batch larger than the whole limit is still kept, alone.
+        let tiny = Outbox::new(&peers, 100, 1, HashMap::new(), Arc::new(Metrics::new()));
+        assert!(tiny.push(change(), &t).await);
+        assert!(tiny.push(change(), &t).await);
+        assert_eq!(tiny.next_after(0).unwrap().seq, 2);
+        assert!(tiny.next_after(2).is_none());
     }
 }

@@ -304,6 +304,18 @@ impl Agent {
         metric_sum(&body, name)
     }
 
+    /// Peak resident memory of the running process in MiB (`VmHWM`).
+    pub fn peak_rss_mib(&self) -> f64 {
+        let pid = self.child.as_ref().expect("agent running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kib / 1024.0
+    }
+
     /// Kills the process with SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
