@@ -40,6 +40,7 @@ pub mod stamper;
 pub mod state;
 pub mod store;
 pub mod tailer;
+pub mod tls;
 pub mod transport;
 
 use std::sync::Arc;
@@ -114,7 +115,8 @@ fn prepare_data_dir(config: &Config) -> Result<(), StartError> {
     }
 }
 
-fn redacted(url: &str) -> String {
+/// `url` without its password, for messages and logs.
+pub(crate) fn redacted(url: &str) -> String {
     match url.parse::<http::Uri>() {
         Ok(u) => match u.authority() {
             Some(a) if a.as_str().contains('@') => {
