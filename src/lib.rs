@@ -183,19 +183,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         url: url.clone(),
         message,
     };
-    let locator = locator::Locator::new(
+    let mut locator = locator::Locator::new(
         &config.redis_url,
         &config.sentinels,
         config.master_name.as_deref(),
     );
+    // Names what the connection was checked against when it fails.
+    let mut over = String::new();
+    let tls_hint = |e: &dyn std::fmt::Display| match &config.redis_tls {
+        Some(_) => tls::hint(&e.to_string()),
+        None => "",
+    };
+    if let Some(tls) = &config.redis_tls {
+        tls::install_crypto_provider();
+        locator = locator.with_tls(tls.clone(), config.sentinel_tls);
+        over = format!(" over TLS (server checked against {})", tls.trust());
+    }
     let client = locator
         .master()
         .await
-        .map_err(|e| redis_err(format!("cannot find the master: {e}")))?;
+        .map_err(|e| redis_err(format!("cannot find the master{over}: {e}{}", tls_hint(&e))))?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| redis_err(format!("cannot connect: {e}")))?;
+        .map_err(|e| redis_err(format!("cannot connect{over}: {e}{}", tls_hint(&e))))?;
     let databases: (String, u32) = redis::cmd("CONFIG")
         .arg("GET")
         .arg("databases")
