@@ -18,6 +18,9 @@
 //!   [`transport`] streams them over gRPC.
 //! - [`applier`] applies peers' batches with last-writer-wins.
 //! - [`admin`] serves health, readiness and [`metrics`].
+//! - [`locator`] finds the local master (directly or through Sentinel);
+//!   [`tls`] carries every connection to it over TLS when `--redis` is
+//!   `rediss://`.
 //!
 //! [`run`] is the whole agent; the binary and the tests both call it.
 
