@@ -190,6 +190,11 @@ impl Link {
                     })?;
                 Box::new(stream)
             }
+            (redis::ConnectionAddr::TcpTls { host, port, .. }, None) => {
+                return Err(TailError::Protocol(format!(
+                    "{host}:{port} is a rediss:// master but no TLS settings were given"
+                )));
+            }
             (other, _) => {
                 return Err(TailError::Protocol(format!(
                     "unsupported address {other:?}"

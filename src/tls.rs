@@ -98,6 +98,24 @@ impl RedisTls {
     ) -> Result<RedisTls, ConfigError> {
         install_crypto_provider();
         let ca = ca.map(|p| read("redis-tls-ca", p)).transpose()?;
+        // The redis crate reads the system's trust store for every TLS
+        // connection, even with a CA bundle, and fails when it cannot:
+        // refuse that here rather than on every connection.
+        let system = rustls_native_certs::load_native_certs();
+        if let Some(e) = system.errors.first() {
+            let why = match &ca {
+                None => "not given, and",
+                Some(_) => {
+                    "given, but the redis client library reads the system's trust store too, and"
+                }
+            };
+            return Err(bad(
+                "redis-tls-ca",
+                format!(
+                    "{why} the system's trust store cannot be read: {e} (check SSL_CERT_FILE and SSL_CERT_DIR)"
+                ),
+            ));
+        }
         let mut roots = rustls::RootCertStore::empty();
         match &ca {
             Some(pem) => {
@@ -115,14 +133,7 @@ impl RedisTls {
                 }
             }
             None => {
-                let found = rustls_native_certs::load_native_certs();
-                if let Some(e) = found.errors.first() {
-                    return Err(bad(
-                        "redis-tls-ca",
-                        format!("not given, and the system's trust store cannot be read: {e}"),
-                    ));
-                }
-                roots.add_parsable_certificates(found.certs);
+                roots.add_parsable_certificates(system.certs);
             }
         }
         let client = match (cert, key) {

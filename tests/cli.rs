@@ -174,6 +174,23 @@ fn tls_settings_from_the_environment_are_checked_at_start() {
     let o = geosync(&args, &[("GEOSYNC_REDIS_TLS_CA", ca)]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("rediss://"), "{}", stderr(&o));
+    // An unreadable system trust store, which the redis crate reads even
+    // with a CA bundle, is refused at start rather than on every connection.
+    let o = geosync(
+        &args,
+        &[
+            ("GEOSYNC_REDIS", &rediss),
+            ("GEOSYNC_REDIS_TLS_CA", ca),
+            ("SSL_CERT_FILE", missing),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("system's trust store"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains(missing), "{}", stderr(&o));
     // Good settings get the agent as far as the (closed) port.
     let o = geosync(
         &args,
