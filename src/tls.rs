@@ -253,7 +253,7 @@ impl RedisTls {
 pub fn hint(message: &str) -> &'static str {
     if message.contains("UnknownIssuer") {
         " (the server's certificate is not signed by a CA in the trusted bundle: check --redis-tls-ca)"
-    } else if message.contains("NotValidForName") {
+    } else if message.contains("NotValidForName") || message.contains("not valid for name") {
         " (the server's certificate does not name the host connected to: it needs that DNS name or IP address as a subjectAltName)"
     } else if message.contains("CertificateRequired") || message.contains("HandshakeFailure") {
         " (the server refused the client: it may want a client certificate its CA trusts, --redis-tls-cert and --redis-tls-key)"

@@ -215,3 +215,37 @@ fn the_master_named_by_a_tls_sentinel_is_reached_over_tls() {
     });
     assert_eq!(master.info_i64("replication", "connected_slaves"), 1);
 }
+
+/// Name verification stays on: the server also listens on 127.0.0.2, which
+/// its certificate does not name (it names 127.0.0.1 and localhost).
+#[test]
+fn a_certificate_that_does_not_name_the_host_is_refused() {
+    let certs = TestCerts::generate();
+    let a = Redis::builder()
+        .bin(&tls_server_bin())
+        .tls(&certs)
+        .args(&["--bind", "127.0.0.1", "127.0.0.2"])
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = a.url().replace("127.0.0.1", "127.0.0.2");
+    let mut agent = Agent::start_with(
+        1,
+        &url,
+        free_port(),
+        free_port(),
+        &[],
+        dir.path(),
+        &a.agent_args(),
+    );
+    let code = agent.wait_exit(SETTLE);
+    let log = agent.log_text();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("certificate not valid for name \"127.0.0.2\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("subjectAltName"),
+        "the error says what to fix: {log}"
+    );
+}
