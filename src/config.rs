@@ -3,10 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
+
+use crate::tls::RedisTls;
 
 /// The `geosync` command line.
 #[derive(Debug, Parser)]
@@ -40,9 +43,20 @@ pub struct RunArgs {
     /// This region's node id, 1..=65535, unique in the mesh and stable across restarts.
     #[arg(long, env = "GEOSYNC_NODE_ID")]
     pub node_id: Option<u32>,
-    /// The local Redis, e.g. redis://:password@127.0.0.1:6379.
+    /// The local Redis, e.g. redis://:password@127.0.0.1:6379, or rediss://
+    /// for TLS.
     #[arg(long, env = "GEOSYNC_REDIS")]
     pub redis: Option<String>,
+    /// PEM CA bundle the local Redis's certificate is checked against (with
+    /// rediss://; default: the system's trust store).
+    #[arg(long, env = "GEOSYNC_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS (with --redis-tls-key).
+    #[arg(long, env = "GEOSYNC_REDIS_TLS_CERT", value_name = "FILE")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of --redis-tls-cert.
+    #[arg(long, env = "GEOSYNC_REDIS_TLS_KEY", value_name = "FILE")]
+    pub redis_tls_key: Option<PathBuf>,
     /// A Sentinel (host:port, repeat per sentinel) that names the local master.
     #[arg(long = "sentinel", env = "GEOSYNC_SENTINELS", value_delimiter = ',')]
     #[serde(rename = "sentinel", alias = "sentinels")]
@@ -50,6 +64,17 @@ pub struct RunArgs {
     /// The master's name in Sentinel (with --sentinel).
     #[arg(long, env = "GEOSYNC_MASTER_NAME")]
     pub master_name: Option<String>,
+    /// Reach the sentinels over TLS too, with the --redis-tls-* settings.
+    #[arg(
+        long,
+        env = "GEOSYNC_SENTINEL_TLS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub sentinel_tls: Option<bool>,
     /// Address the gRPC server listens on for peers.
     #[arg(long, env = "GEOSYNC_LISTEN")]
     pub listen: Option<String>,
@@ -105,7 +130,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,
         message: message.into(),
@@ -128,6 +153,10 @@ pub struct Config {
     pub node_id: u32,
     /// URL of the local Redis.
     pub redis_url: String,
+    /// TLS to the local Redis (a `rediss://` URL), files read and checked.
+    pub redis_tls: Option<Arc<RedisTls>>,
+    /// The sentinels are reached over TLS too.
+    pub sentinel_tls: bool,
     /// gRPC listen address.
     pub listen: SocketAddr,
     /// Peer gRPC endpoints.
@@ -174,6 +203,10 @@ impl RunArgs {
             config: self.config,
             node_id: self.node_id.or(other.node_id),
             redis: self.redis.or(other.redis),
+            redis_tls_ca: self.redis_tls_ca.or(other.redis_tls_ca),
+            redis_tls_cert: self.redis_tls_cert.or(other.redis_tls_cert),
+            redis_tls_key: self.redis_tls_key.or(other.redis_tls_key),
+            sentinel_tls: self.sentinel_tls.or(other.sentinel_tls),
             listen: self.listen.or(other.listen),
             peers: if self.peers.is_empty() {
                 other.peers
@@ -222,17 +255,27 @@ impl Config {
         crate::stamp::node_id_to_id(node_id)
             .map_err(|_| bad("node-id", format!("{node_id} is not in 1..=65535")))?;
         let redis_url = u.redis.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        let shown = crate::redacted(&redis_url);
         let info = redis::Client::open(redis_url.as_str())
-            .map_err(|e| bad("redis", format!("{redis_url:?}: {e}")))?;
-        if !matches!(
-            info.get_connection_info().addr(),
-            redis::ConnectionAddr::Tcp(_, _)
-        ) {
-            return Err(bad(
-                "redis",
-                "only redis:// over TCP is supported in this version",
-            ));
-        }
+            .map_err(|e| bad("redis", format!("{shown:?}: {e}")))?;
+        let url_tls = match info.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(_, _) => false,
+            redis::ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err(bad(
+                    "redis",
+                    format!(
+                        "{shown:?}: #insecure is not supported; the server's certificate is always verified (give its CA with --redis-tls-ca)"
+                    ),
+                ));
+            }
+            redis::ConnectionAddr::TcpTls { .. } => true,
+            _ => {
+                return Err(bad(
+                    "redis",
+                    format!("{shown:?}: want redis://host:port or rediss://host:port (TCP)"),
+                ));
+            }
+        };
         let listen = parse_addr("listen", u.listen.as_deref().unwrap_or("127.0.0.1:7001"))?;
         let mut peers = Vec::new();
         for p in u.peers {
@@ -273,6 +316,38 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        let sentinel_tls = u.sentinel_tls.unwrap_or(false);
+        let redis_tls = if url_tls {
+            let tls = RedisTls::load(
+                u.redis_tls_ca.as_deref(),
+                u.redis_tls_cert.as_deref(),
+                u.redis_tls_key.as_deref(),
+            )?;
+            // The redis crate parses the same files again; refuse here
+            // anything it would refuse when connecting.
+            tls.client(&redis_url)
+                .map_err(|e| bad("redis", format!("{shown:?} with its TLS settings: {e}")))?;
+            Some(Arc::new(tls))
+        } else {
+            let given = [
+                ("redis-tls-ca", u.redis_tls_ca.is_some()),
+                ("redis-tls-cert", u.redis_tls_cert.is_some()),
+                ("redis-tls-key", u.redis_tls_key.is_some()),
+                ("sentinel-tls", sentinel_tls),
+            ];
+            if let Some((setting, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(bad(
+                    setting,
+                    format!(
+                        "is a TLS setting, but --redis {shown:?} is not TLS; use a rediss:// URL"
+                    ),
+                ));
+            }
+            None
+        };
+        if sentinel_tls && sentinels.is_empty() {
+            return Err(bad("sentinel-tls", "needs at least one --sentinel"));
         }
         let admin = u
             .admin
@@ -344,6 +419,8 @@ impl Config {
         Ok(Config {
             node_id,
             redis_url,
+            redis_tls,
+            sentinel_tls,
             listen,
             peers,
             sentinels,
@@ -471,5 +548,282 @@ mod tests {
         let err = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
         assert_eq!(err.setting, "config");
         assert!(err.message.contains("node_idd"), "{err}");
+    }
+
+    /// A CA, a client certificate it signed, and a second CA, as PEM files.
+    struct Pems {
+        dir: tempfile::TempDir,
+    }
+
+    impl Pems {
+        fn new() -> Pems {
+            use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+            let dir = tempfile::tempdir().unwrap();
+            let ca_key = KeyPair::generate().unwrap();
+            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca_cert = ca.self_signed(&ca_key).unwrap();
+            let issuer = Issuer::new(ca, ca_key);
+            let client_key = KeyPair::generate().unwrap();
+            let client = CertificateParams::new(vec!["geosync".to_string()])
+                .unwrap()
+                .signed_by(&client_key, &issuer)
+                .unwrap();
+            let other_key = KeyPair::generate().unwrap();
+            let w = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+            w("ca.pem", ca_cert.pem());
+            w("client.pem", client.pem());
+            w("client.key", client_key.serialize_pem());
+            w("other.key", other_key.serialize_pem());
+            w("garbage.pem", "not a certificate\n".into());
+            w(
+                "broken.pem",
+                "-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----\n".into(),
+            );
+            Pems { dir }
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.path().join(name).to_str().unwrap().to_string()
+        }
+    }
+
+    fn tls_args<'a>(url: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["--node-id", "1", "--redis", url];
+        v.extend_from_slice(rest);
+        v
+    }
+
+    #[test]
+    fn a_rediss_url_with_ca_and_client_certificate_loads() {
+        let p = Pems::new();
+        let (ca, cert, key) = (p.path("ca.pem"), p.path("client.pem"), p.path("client.key"));
+        let c = parse(&tls_args(
+            "rediss://127.0.0.1:6380",
+            &[
+                "--redis-tls-ca",
+                &ca,
+                "--redis-tls-cert",
+                &cert,
+                "--redis-tls-key",
+                &key,
+            ],
+        ))
+        .unwrap();
+        let tls = c.redis_tls.expect("TLS is on");
+        assert!(tls.trust().contains("ca.pem"), "{}", tls.trust());
+        assert!(!c.sentinel_tls);
+        // Without a client certificate: server-only TLS.
+        let c = parse(&tls_args(
+            "rediss://localhost:6380",
+            &["--redis-tls-ca", &ca],
+        ))
+        .unwrap();
+        assert!(c.redis_tls.is_some());
+        // A plain URL has no TLS.
+        assert!(
+            parse(&tls_args("redis://127.0.0.1:6379", &[]))
+                .unwrap()
+                .redis_tls
+                .is_none()
+        );
+    }
+
+    /// Each bad TLS input stops the start with the setting's name and,
+    /// where a file is at fault, the file's path.
+    #[test]
+    fn bad_tls_settings_name_the_setting_and_the_file() {
+        let p = Pems::new();
+        let (ca, cert, key) = (p.path("ca.pem"), p.path("client.pem"), p.path("client.key"));
+        let missing = p.path("missing.pem");
+        let (garbage, broken, other_key) = (
+            p.path("garbage.pem"),
+            p.path("broken.pem"),
+            p.path("other.key"),
+        );
+        let tls = "rediss://127.0.0.1:6380";
+        let plain = "redis://127.0.0.1:6379";
+        let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+            (
+                tls_args(tls, &["--redis-tls-ca", &missing]),
+                "redis-tls-ca",
+                &missing,
+            ),
+            (
+                tls_args(tls, &["--redis-tls-ca", &garbage]),
+                "redis-tls-ca",
+                &garbage,
+            ),
+            (
+                tls_args(tls, &["--redis-tls-ca", &broken]),
+                "redis-tls-ca",
+                &broken,
+            ),
+            (
+                tls_args(tls, &["--redis-tls-ca", &ca, "--redis-tls-cert", &cert]),
+                "redis-tls-key",
+                "--redis-tls-cert",
+            ),
+            (
+                tls_args(tls, &["--redis-tls-ca", &ca, "--redis-tls-key", &key]),
+                "redis-tls-cert",
+                "--redis-tls-key",
+            ),
+            (
+                tls_args(
+                    tls,
+                    &[
+                        "--redis-tls-ca",
+                        &ca,
+                        "--redis-tls-cert",
+                        &missing,
+                        "--redis-tls-key",
+                        &key,
+                    ],
+                ),
+                "redis-tls-cert",
+                &missing,
+            ),
+            (
+                tls_args(
+                    tls,
+                    &[
+                        "--redis-tls-ca",
+                        &ca,
+                        "--redis-tls-cert",
+                        &garbage,
+                        "--redis-tls-key",
+                        &key,
+                    ],
+                ),
+                "redis-tls-cert",
+                &garbage,
+            ),
+            (
+                tls_args(
+                    tls,
+                    &[
+                        "--redis-tls-ca",
+                        &ca,
+                        "--redis-tls-cert",
+                        &cert,
+                        "--redis-tls-key",
+                        &missing,
+                    ],
+                ),
+                "redis-tls-key",
+                &missing,
+            ),
+            // A certificate where the key should be.
+            (
+                tls_args(
+                    tls,
+                    &[
+                        "--redis-tls-ca",
+                        &ca,
+                        "--redis-tls-cert",
+                        &cert,
+                        "--redis-tls-key",
+                        &cert,
+                    ],
+                ),
+                "redis-tls-key",
+                &cert,
+            ),
+            // Another certificate's key.
+            (
+                tls_args(
+                    tls,
+                    &[
+                        "--redis-tls-ca",
+                        &ca,
+                        "--redis-tls-cert",
+                        &cert,
+                        "--redis-tls-key",
+                        &other_key,
+                    ],
+                ),
+                "redis-tls-key",
+                &other_key,
+            ),
+            // TLS settings with a plain URL.
+            (
+                tls_args(plain, &["--redis-tls-ca", &ca]),
+                "redis-tls-ca",
+                "rediss://",
+            ),
+            (
+                tls_args(plain, &["--redis-tls-cert", &cert, "--redis-tls-key", &key]),
+                "redis-tls-cert",
+                "rediss://",
+            ),
+            (
+                tls_args(
+                    plain,
+                    &[
+                        "--sentinel",
+                        "127.0.0.1:26379",
+                        "--master-name",
+                        "m",
+                        "--sentinel-tls",
+                    ],
+                ),
+                "sentinel-tls",
+                "rediss://",
+            ),
+            // Sentinel TLS without sentinels.
+            (
+                tls_args(tls, &["--redis-tls-ca", &ca, "--sentinel-tls"]),
+                "sentinel-tls",
+                "--sentinel",
+            ),
+            // Verification cannot be turned off.
+            (
+                tls_args(
+                    "rediss://127.0.0.1:6380/#insecure",
+                    &["--redis-tls-ca", &ca],
+                ),
+                "redis",
+                "insecure",
+            ),
+        ];
+        for (args, setting, names) in cases {
+            let err = parse(&args).unwrap_err();
+            assert_eq!(err.setting, setting, "{args:?}: {err}");
+            let text = err.to_string();
+            assert!(text.contains(&format!("`{setting}`")), "{args:?}: {text}");
+            assert!(text.contains(names), "{args:?}: {text} should name {names}");
+        }
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_file_and_flags_win() {
+        let p = Pems::new();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "node-id = 1\nredis = \"rediss://127.0.0.1:6380\"\nredis-tls-ca = {:?}\n\
+                 redis-tls-cert = {:?}\nredis-tls-key = {:?}\nsentinel = [\"127.0.0.1:26379\"]\n\
+                 master-name = \"m\"\nsentinel-tls = true\n",
+                p.path("missing.pem"),
+                p.path("client.pem"),
+                p.path("client.key"),
+            ),
+        )
+        .unwrap();
+        let f = path.to_str().unwrap();
+        let err = parse(&["--config", f]).unwrap_err();
+        assert_eq!(err.setting, "redis-tls-ca", "{err}");
+        let ca = p.path("ca.pem");
+        let c = parse(&["--config", f, "--redis-tls-ca", &ca]).unwrap();
+        assert!(c.redis_tls.unwrap().trust().contains("ca.pem"));
+        assert!(c.sentinel_tls);
+        let c = parse(&["--config", f, "--redis-tls-ca", &ca, "--sentinel-tls=false"]).unwrap();
+        assert!(
+            !c.sentinel_tls,
+            "the flag turns the file's sentinel-tls off"
+        );
     }
 }

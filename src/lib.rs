@@ -19,6 +19,9 @@
 //!   [`transport`] streams them over gRPC.
 //! - [`applier`] applies peers' batches with last-writer-wins.
 //! - [`admin`] serves health, readiness and [`metrics`].
+//! - [`locator`] finds the local master (directly or through Sentinel);
+//!   [`tls`] carries every connection to it over TLS when `--redis` is
+//!   `rediss://`.
 //!
 //! [`run`] is the whole agent; the binary and the tests both call it.
 
@@ -43,6 +46,7 @@ pub mod stamper;
 pub mod state;
 pub mod store;
 pub mod tailer;
+pub mod tls;
 pub mod transport;
 
 use std::sync::Arc;
@@ -117,7 +121,8 @@ fn prepare_data_dir(config: &Config) -> Result<(), StartError> {
     }
 }
 
-fn redacted(url: &str) -> String {
+/// `url` without its password, for messages and logs.
+pub(crate) fn redacted(url: &str) -> String {
     match url.parse::<http::Uri>() {
         Ok(u) => match u.authority() {
             Some(a) if a.as_str().contains('@') => {
@@ -185,19 +190,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         url: url.clone(),
         message,
     };
-    let locator = locator::Locator::new(
+    let mut locator = locator::Locator::new(
         &config.redis_url,
         &config.sentinels,
         config.master_name.as_deref(),
     );
+    // Names what the connection was checked against when it fails.
+    let mut over = String::new();
+    let tls_hint = |e: &dyn std::fmt::Display| match &config.redis_tls {
+        Some(_) => tls::hint(&e.to_string()),
+        None => "",
+    };
+    if let Some(tls) = &config.redis_tls {
+        tls::install_crypto_provider();
+        locator = locator.with_tls(tls.clone(), config.sentinel_tls);
+        over = format!(" over TLS (server checked against {})", tls.trust());
+    }
     let client = locator
         .master()
         .await
-        .map_err(|e| redis_err(format!("cannot find the master: {e}")))?;
+        .map_err(|e| redis_err(format!("cannot find the master{over}: {e}{}", tls_hint(&e))))?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| redis_err(format!("cannot connect: {e}")))?;
+        .map_err(|e| redis_err(format!("cannot connect{over}: {e}{}", tls_hint(&e))))?;
     let databases: (String, u32) = redis::cmd("CONFIG")
         .arg("GET")
         .arg("databases")

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
+use crate::tls::{self, RedisTls};
 
 /// Where the local master is.
 #[derive(Clone, Debug)]
@@ -22,6 +23,9 @@ pub struct Locator {
     base_url: String,
     sentinels: Vec<String>,
     master_name: Option<String>,
+    /// TLS to the master (and the sentinels, with `sentinel_tls`).
+    tls: Option<Arc<RedisTls>>,
+    sentinel_tls: bool,
     /// Bumped on every `+switch-master` for our master name.
     epoch: Arc<watch::Sender<u64>>,
 }
@@ -49,7 +53,31 @@ impl Locator {
             base_url: url.to_string(),
             sentinels: sentinels.to_vec(),
             master_name: master_name.map(str::to_string),
+            tls: None,
+            sentinel_tls: false,
             epoch: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Reaches the master (a `rediss://` URL) over TLS with `tls`, and the
+    /// sentinels too when `sentinels_too`.
+    pub fn with_tls(mut self, tls: Arc<RedisTls>, sentinels_too: bool) -> Self {
+        self.tls = Some(tls);
+        self.sentinel_tls = sentinels_too;
+        self
+    }
+
+    /// The TLS settings of the master, if it is reached over TLS.
+    pub fn tls(&self) -> Option<&RedisTls> {
+        self.tls.as_deref()
+    }
+
+    /// A client for one sentinel.
+    fn sentinel_client(&self, sentinel: &str) -> redis::RedisResult<redis::Client> {
+        if self.sentinel_tls {
+            tls::open(&format!("rediss://{sentinel}"), self.tls())
+        } else {
+            redis::Client::open(format!("redis://{sentinel}"))
         }
     }
 
@@ -84,7 +112,7 @@ impl Locator {
         let mut backoff = Backoff::with(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let session = async {
-                let client = redis::Client::open(format!("redis://{sentinel}"))?;
+                let client = self.sentinel_client(&sentinel)?;
                 let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe("+switch-master").await?;
                 let mut messages = pubsub.on_message();
@@ -117,7 +145,7 @@ impl Locator {
     /// A client for the current master.
     pub async fn master(&self) -> Result<redis::Client, LocateError> {
         let Some(name) = self.master_name.as_deref().filter(|_| self.uses_sentinel()) else {
-            return Ok(redis::Client::open(self.base_url.as_str())?);
+            return Ok(tls::open(&self.base_url, self.tls())?);
         };
         let mut why = Vec::new();
         for sentinel in &self.sentinels {
@@ -137,7 +165,7 @@ impl Locator {
         sentinel: &str,
         name: &str,
     ) -> Result<redis::Client, Box<dyn std::error::Error + Send + Sync>> {
-        let s = redis::Client::open(format!("redis://{sentinel}"))?;
+        let s = self.sentinel_client(sentinel)?;
         let mut conn =
             tokio::time::timeout(Duration::from_secs(2), s.get_multiplexed_async_connection())
                 .await??;
@@ -150,7 +178,7 @@ impl Locator {
         let mut url = url::Url::parse(&self.base_url)?;
         url.set_host(Some(&host))?;
         url.set_port(Some(port)).map_err(|_| "cannot set port")?;
-        let client = redis::Client::open(url.as_str())?;
+        let client = tls::open(url.as_str(), self.tls())?;
         let mut m = tokio::time::timeout(
             Duration::from_secs(2),
             client.get_multiplexed_async_connection(),

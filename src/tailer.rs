@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf,
+};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -31,6 +32,7 @@ use crate::rdb::RdbReader;
 use crate::resp::{self, Frame};
 use crate::spool::{SpoolError, SpoolTx};
 use crate::store::{self, is_reserved};
+use crate::tls::RedisTls;
 
 /// What the tailer tells the stamper.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +58,17 @@ pub enum TailError {
     /// Network trouble.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS connection for replication could not be made (handshake,
+    /// certificate verification).
+    #[error("TLS to {addr} (server checked against {trust}): {source}{}", crate::tls::hint(&source.to_string()))]
+    Tls {
+        /// host:port of the master.
+        addr: String,
+        /// What the server's certificate was checked against.
+        trust: String,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// The master closed the connection.
     #[error("master closed the connection")]
     Closed,
@@ -160,24 +173,68 @@ pub async fn run(
 /// Room made in the read buffer before each read of the socket.
 const READ_CHUNK: usize = 256 << 10;
 
+/// What the replication socket is: plain TCP or TLS over it.
+trait Socket: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Socket for T {}
+
 /// The socket to the master, with its read buffer.
 struct Link {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: ReadHalf<Box<dyn Socket>>,
+    wr: WriteHalf<Box<dyn Socket>>,
     buf: BytesMut,
 }
 
 impl Link {
+    /// Connects to the master `client` points at, over TLS when its URL is
+    /// `rediss://` (with the locator's TLS settings).
+    async fn connect(client: &redis::Client, tls: Option<&RedisTls>) -> Result<Link, TailError> {
+        let socket: Box<dyn Socket> = match (client.get_connection_info().addr(), tls) {
+            (redis::ConnectionAddr::Tcp(host, port), _) => {
+                let stream = TcpStream::connect((host.as_str(), *port)).await?;
+                stream.set_nodelay(true)?;
+                Box::new(stream)
+            }
+            (redis::ConnectionAddr::TcpTls { host, port, .. }, Some(tls)) => {
+                let stream = tls
+                    .connect(host, *port)
+                    .await
+                    .map_err(|source| TailError::Tls {
+                        addr: format!("{host}:{port}"),
+                        trust: tls.trust(),
+                        source,
+                    })?;
+                Box::new(stream)
+            }
+            (redis::ConnectionAddr::TcpTls { host, port, .. }, None) => {
+                return Err(TailError::Protocol(format!(
+                    "{host}:{port} is a rediss:// master but no TLS settings were given"
+                )));
+            }
+            (other, _) => {
+                return Err(TailError::Protocol(format!(
+                    "unsupported address {other:?}"
+                )));
+            }
+        };
+        let (rd, wr) = tokio::io::split(socket);
+        Ok(Link {
+            rd,
+            wr,
+            buf: BytesMut::with_capacity(1 << 16),
+        })
+    }
+
     async fn fill(&mut self) -> Result<(), TailError> {
         self.buf.reserve(READ_CHUNK);
-        if self.rd.read_buf(&mut self.buf).await? == 0 {
-            return Err(TailError::Closed);
-        }
-        Ok(())
+        let n = self.rd.read_buf(&mut self.buf).await;
+        read_result(n)
     }
 
     async fn send(&mut self, args: &[&[u8]]) -> Result<(), TailError> {
         self.wr.write_all(&resp::encode_command(args)).await?;
+        // TLS may keep written records until flushed.
+        self.wr.flush().await?;
         Ok(())
     }
 
@@ -223,6 +280,18 @@ impl Link {
             }
             self.fill().await?;
         }
+    }
+}
+
+/// A read of the replication socket: the end of the stream is the master
+/// closing the connection, also when a TLS peer went away without saying
+/// so (a killed or restarted Redis sends no close_notify).
+fn read_result(r: std::io::Result<usize>) -> Result<(), TailError> {
+    match r {
+        Ok(0) => Err(TailError::Closed),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(TailError::Closed),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -452,24 +521,9 @@ async fn session(
     let mut epoch = cfg.locator.epoch();
     epoch.mark_unchanged();
     let client = cfg.locator.master().await?;
-    let addr = match client.get_connection_info().addr() {
-        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-        other => {
-            return Err(TailError::Protocol(format!(
-                "unsupported address {other:?}"
-            )));
-        }
-    };
     let mut side = crate::locator::connect(&client).await?;
     let specs = KeySpecTable::load(&mut side).await?;
-    let stream = TcpStream::connect(&addr).await?;
-    stream.set_nodelay(true)?;
-    let (rd, wr) = stream.into_split();
-    let mut link = Link {
-        rd,
-        wr,
-        buf: BytesMut::with_capacity(1 << 16),
-    };
+    let mut link = Link::connect(&client, cfg.locator.tls()).await?;
     handshake(cfg, &client, &mut link).await?;
     // Continue from the recorded position when there is one.
     let resume = crate::position::load(&cfg.data_dir);
@@ -646,11 +700,7 @@ async fn follow(
         // Without room, `read_buf` reads a few bytes at a time.
         link.buf.reserve(READ_CHUNK);
         tokio::select! {
-            r = link.rd.read_buf(&mut link.buf) => {
-                if r? == 0 {
-                    return Err(TailError::Closed);
-                }
-            }
+            r = link.rd.read_buf(&mut link.buf) => read_result(r)?,
             _ = ack.tick() => {
                 tx.check()?;
                 let off = offset.to_string();

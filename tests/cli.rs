@@ -140,3 +140,63 @@ fn the_example_config_file_parses() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("local redis"), "{}", stderr(&o));
 }
+
+#[test]
+fn tls_settings_from_the_environment_are_checked_at_start() {
+    let certs = support::TestCerts::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let rediss = format!("rediss://127.0.0.1:{}", support::free_port());
+    let missing = dir.path().join("missing-ca.pem");
+    let missing = missing.to_str().unwrap();
+    let args = ["run", "--node-id", "1", "--data-dir", d];
+    // A CA file that is not there: the setting and the file are named.
+    let o = geosync(
+        &args,
+        &[
+            ("GEOSYNC_REDIS", &rediss),
+            ("GEOSYNC_REDIS_TLS_CA", missing),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("`redis-tls-ca`"), "{}", stderr(&o));
+    assert!(stderr(&o).contains(missing), "{}", stderr(&o));
+    // A client certificate without its key.
+    let cert = certs.client_cert.to_str().unwrap();
+    let o = geosync(
+        &args,
+        &[("GEOSYNC_REDIS", &rediss), ("GEOSYNC_REDIS_TLS_CERT", cert)],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("`redis-tls-key`"), "{}", stderr(&o));
+    // TLS files with a plain URL.
+    let ca = certs.ca.to_str().unwrap();
+    let o = geosync(&args, &[("GEOSYNC_REDIS_TLS_CA", ca)]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rediss://"), "{}", stderr(&o));
+    // An unreadable system trust store, which the redis crate reads even
+    // with a CA bundle, is refused at start rather than on every connection.
+    let o = geosync(
+        &args,
+        &[
+            ("GEOSYNC_REDIS", &rediss),
+            ("GEOSYNC_REDIS_TLS_CA", ca),
+            ("SSL_CERT_FILE", missing),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("system's trust store"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains(missing), "{}", stderr(&o));
+    // Good settings get the agent as far as the (closed) port.
+    let o = geosync(
+        &args,
+        &[("GEOSYNC_REDIS", &rediss), ("GEOSYNC_REDIS_TLS_CA", ca)],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("over TLS"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("ca.pem"), "{}", stderr(&o));
+}

@@ -143,62 +143,7 @@ fn a_full_resync_ships_only_what_changed_unseen() {
 /// database 1 made while the agent was down must still land in database 1.
 #[test]
 fn a_partial_resync_remembers_the_selected_database() {
-    let mut mesh = Mesh::start(2);
-    let mut a1 = mesh.regions[0].redis.conn_db(1);
-    let _: () = a1.set("x", "1").unwrap();
-    mesh.wait_converged(&[0, 1], SETTLE);
-    // Wait until the agent recorded the position after that write.
-    let mut a0 = mesh.regions[0].redis.conn();
-    let mut master_offset = || -> i64 {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut a0)
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let file = mesh.regions[0].agent.data_dir.join("replication");
-    let recorded = |f: &std::path::Path| -> (i64, u32) {
-        let t = std::fs::read_to_string(f).unwrap_or_default();
-        let p: Vec<&str> = t.split_whitespace().collect();
-        (
-            p.get(1).and_then(|o| o.parse().ok()).unwrap_or(-1),
-            p.get(2).and_then(|d| d.parse().ok()).unwrap_or(99),
-        )
-    };
-    let target = master_offset();
-    wait_until(
-        "the position after the db 1 write is recorded",
-        SETTLE,
-        || recorded(&file).0 >= target,
-    );
-    mesh.regions[0].agent.kill();
-    // The master's stream is still in database 1: no SELECT precedes these.
-    let _: () = a1.set("y", "2").unwrap();
-    let _: () = a1.del("x").unwrap();
-    mesh.regions[0].agent.restart();
-    mesh.wait_ready();
-    mesh.wait_converged(&[0, 1], SETTLE);
-    assert_eq!(
-        mesh.regions[0]
-            .agent
-            .metric("geosync_sync_partial_ok_total"),
-        1.0
-    );
-    let mut b1 = mesh.regions[1].redis.conn_db(1);
-    assert_eq!(
-        b1.get::<_, Option<String>>("y").unwrap().as_deref(),
-        Some("2")
-    );
-    assert!(!b1.exists::<_, bool>("x").unwrap());
-    assert!(
-        !mesh.regions[1].redis.conn().exists::<_, bool>("y").unwrap(),
-        "nothing landed in db 0"
-    );
+    partial_resync_after_agent_restart(Mesh::start(2));
 }
 
 /// A Redis without persistence restarts empty: it lost its data, it did not

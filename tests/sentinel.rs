@@ -3,80 +3,12 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use redis::Commands;
 use support::*;
 
 const SETTLE: Duration = Duration::from_secs(30);
-
-/// A redis-server in sentinel mode, killed on drop.
-struct Sentinel {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Sentinel {
-    fn start(master_port: u16) -> Sentinel {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
-                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 10000\n\
-                 sentinel parallel-syncs mymaster 2\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(redis_server_bin())
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sentinel");
-        let s = Sentinel {
-            port,
-            child,
-            _dir: dir,
-        };
-        wait_until("sentinel up", SETTLE, || s.master().is_some());
-        s
-    }
-
-    fn conn(&self) -> redis::Connection {
-        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-
-    /// The port of the master this sentinel names.
-    fn master(&self) -> Option<u16> {
-        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
-            .ok()?
-            .get_connection()
-            .ok()?;
-        let a: Option<(String, u16)> = redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg("mymaster")
-            .query(&mut c)
-            .ok()?;
-        a.map(|(_, p)| p)
-    }
-}
-
-impl Drop for Sentinel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Region 1 is a master with two replicas behind three sentinels; region 2
 /// is a plain Redis. Returns the servers, the sentinels and the mesh.
@@ -108,7 +40,7 @@ fn setup(master_args: &[&str]) -> Setup {
             info.contains("master_link_status:up")
         });
     }
-    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(master.port)).collect();
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(&master)).collect();
     wait_until("sentinels see both replicas", SETTLE, || {
         let n: Vec<redis::Value> = redis::cmd("SENTINEL")
             .arg("replicas")

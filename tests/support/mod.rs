@@ -78,49 +78,263 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Certificates for TLS tests, made at test time in a temp dir: a CA, a
+/// server certificate it signed for `localhost` and `127.0.0.1` (IP SAN),
+/// a client certificate it signed, and a second CA that signed nothing
+/// here (a wrong CA).
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    pub fn generate() -> std::sync::Arc<TestCerts> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let ca = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let cert = params.self_signed(&key).unwrap();
+            (cert, Issuer::new(params, key))
+        };
+        let leaf = |issuer: &Issuer<'_, KeyPair>, names: &[&str], usage| {
+            let key = KeyPair::generate().unwrap();
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.extended_key_usages = usage;
+            (params.signed_by(&key, issuer).unwrap(), key)
+        };
+        let (ca_cert, issuer) = ca("geosync test CA");
+        let (other_cert, _) = ca("geosync other CA");
+        // Redis also presents the server certificate as a client (replication,
+        // Sentinel), so it may authenticate either side.
+        let (server, server_key) = leaf(
+            &issuer,
+            &["localhost", "127.0.0.1"],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client, client_key) = leaf(
+            &issuer,
+            &["geosync-agent"],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        std::sync::Arc::new(TestCerts {
+            ca: write("ca.pem", ca_cert.pem()),
+            server_cert: write("server.pem", server.pem()),
+            server_key: write("server.key", server_key.serialize_pem()),
+            client_cert: write("client.pem", client.pem()),
+            client_key: write("client.key", client_key.serialize_pem()),
+            other_ca: write("other-ca.pem", other_cert.pem()),
+            _dir: dir,
+        })
+    }
+
+    /// The `geosync run` flags that reach a server with these certificates.
+    pub fn agent_args(&self) -> Vec<String> {
+        let p = |p: &PathBuf| p.to_str().unwrap().to_string();
+        vec![
+            "--redis-tls-ca".into(),
+            p(&self.ca),
+            "--redis-tls-cert".into(),
+            p(&self.client_cert),
+            "--redis-tls-key".into(),
+            p(&self.client_key),
+        ]
+    }
+
+    /// The redis-server arguments of a TLS-only server (`--port 0`) on
+    /// `port` that wants a client certificate and also replicates over TLS.
+    pub fn server_args(&self, port: u16) -> Vec<String> {
+        let p = |p: &PathBuf| p.to_str().unwrap().to_string();
+        vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            p(&self.server_cert),
+            "--tls-key-file".into(),
+            p(&self.server_key),
+            "--tls-ca-cert-file".into(),
+            p(&self.ca),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+        ]
+    }
+
+    /// A test client's certificates (the agent's client certificate).
+    pub fn client_certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(&self.client_cert).unwrap(),
+                client_key: std::fs::read(&self.client_key).unwrap(),
+            }),
+            root_cert: Some(std::fs::read(&self.ca).unwrap()),
+        }
+    }
+}
+
+/// The server binary for TLS tests: `GEOSYNC_TEST_REDIS_SERVER` (or
+/// `redis-server`) when it was built with TLS, else Debian's
+/// `/usr/bin/redis-server`, which is. Decided once per test process and
+/// printed; panics when neither has TLS, so that a TLS test never passes
+/// without TLS.
+pub fn tls_server_bin() -> String {
+    static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHOSEN
+        .get_or_init(|| {
+            let configured = redis_server_bin();
+            let fallback = "/usr/bin/redis-server".to_string();
+            if has_tls(&configured) {
+                println!("TLS tests run on {configured} (the configured server has TLS)");
+                configured
+            } else if has_tls(&fallback) {
+                println!(
+                    "TLS tests run on {fallback}: the configured server {configured} has no TLS built in"
+                );
+                fallback
+            } else {
+                panic!("neither {configured} nor {fallback} has TLS built in: TLS is not tested");
+            }
+        })
+        .clone()
+}
+
+/// True when `bin` starts and listens on a TLS port.
+fn has_tls(bin: &str) -> bool {
+    let certs = TestCerts::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Ok(mut child) = Command::new(bin)
+        .args(certs.server_args(port))
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let mut exited = false;
+    let up = poll(Duration::from_secs(10), || {
+        exited = matches!(child.try_wait(), Ok(Some(_)));
+        exited || TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    up.is_some() && !exited
+}
+
 /// A redis-server process in its own temp dir, killed on drop.
 pub struct Redis {
     pub port: u16,
     pub password: Option<String>,
+    /// TLS-only (`--port 0`) with these certificates.
+    pub tls: Option<std::sync::Arc<TestCerts>>,
     bin: String,
     args: Vec<String>,
     child: Child,
     pub dir: tempfile::TempDir,
 }
 
+/// How to start a [`Redis`]: which binary, TLS, extra arguments.
+#[derive(Default)]
+pub struct RedisBuilder {
+    bin: Option<String>,
+    tls: Option<std::sync::Arc<TestCerts>>,
+    args: Vec<String>,
+}
+
+impl RedisBuilder {
+    /// Another server binary than [`redis_server_bin`].
+    pub fn bin(mut self, bin: &str) -> Self {
+        self.bin = Some(bin.to_string());
+        self
+    }
+
+    /// TLS only, with client certificates required (see [`TestCerts::server_args`]).
+    pub fn tls(mut self, certs: &std::sync::Arc<TestCerts>) -> Self {
+        self.tls = Some(certs.clone());
+        self
+    }
+
+    /// Extra redis-server arguments.
+    pub fn args(mut self, extra: &[&str]) -> Self {
+        self.args.extend(extra.iter().map(|a| a.to_string()));
+        self
+    }
+
+    pub fn start(self) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let password = self
+            .args
+            .windows(2)
+            .find(|w| w[0] == "--requirepass")
+            .map(|w| w[1].to_string());
+        let bin = self.bin.unwrap_or_else(redis_server_bin);
+        let child = Redis::spawn(&bin, port, dir.path(), self.tls.as_deref(), &self.args);
+        let mut r = Redis {
+            port,
+            password,
+            tls: self.tls,
+            bin,
+            child,
+            dir,
+            args: self.args,
+        };
+        r.wait_up();
+        r
+    }
+}
+
 impl Redis {
     /// Starts a server with settings suited to tests (no persistence, no
     /// diskless-sync delay) plus `extra` arguments.
     pub fn start(extra: &[&str]) -> Redis {
-        Self::start_bin(&redis_server_bin(), extra)
+        Redis::builder().args(extra).start()
     }
 
     /// Like [`Redis::start`] with a given server binary, whatever
     /// `GEOSYNC_TEST_REDIS_SERVER` says (a module goes with its server).
     pub fn start_bin(bin: &str, extra: &[&str]) -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Self::spawn(bin, port, dir.path(), extra);
-        let password = extra
-            .windows(2)
-            .find(|w| w[0] == "--requirepass")
-            .map(|w| w[1].to_string());
-        let mut r = Redis {
-            port,
-            password,
-            child,
-            dir,
-            bin: bin.to_string(),
-            args: extra.iter().map(|a| a.to_string()).collect(),
-        };
-        r.wait_up();
-        r
+        Redis::builder().bin(bin).args(extra).start()
     }
 
-    fn spawn(bin: &str, port: u16, dir: &Path, extra: &[&str]) -> Child {
+    /// A server with other than the default settings.
+    pub fn builder() -> RedisBuilder {
+        RedisBuilder::default()
+    }
+
+    fn spawn(bin: &str, port: u16, dir: &Path, tls: Option<&TestCerts>, extra: &[String]) -> Child {
+        let listen = match tls {
+            Some(certs) => certs.server_args(port),
+            None => vec!["--port".into(), port.to_string()],
+        };
         Command::new(bin)
-            .arg("--port")
-            .arg(port.to_string())
+            .args(listen)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
@@ -137,7 +351,7 @@ impl Redis {
     /// Waits until the server answers PING; panics with its log if it
     /// exited (a module that failed to load, a bad argument).
     fn wait_up(&mut self) {
-        let url = self.url();
+        let client = self.client();
         let log = self.dir.path().join("redis.log");
         let child = &mut self.child;
         wait_until(
@@ -150,7 +364,8 @@ impl Redis {
                         std::fs::read_to_string(&log).unwrap_or_default()
                     );
                 }
-                redis::Client::open(url.as_str())
+                client
+                    .clone()
                     .and_then(|c| c.get_connection())
                     .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                     .is_ok()
@@ -163,33 +378,170 @@ impl Redis {
     pub fn restart_empty(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        self.child = Self::spawn(&self.bin, self.port, self.dir.path(), &args);
+        self.child = Self::spawn(
+            &self.bin,
+            self.port,
+            self.dir.path(),
+            self.tls.as_deref(),
+            &self.args,
+        );
         self.wait_up();
     }
 
-    /// The URL agents and clients use.
+    /// The URL agents and clients use (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The `geosync run` flags besides `--redis` an agent needs to reach
+    /// this server (the TLS files).
+    pub fn agent_args(&self) -> Vec<String> {
+        self.tls
+            .as_ref()
+            .map(|t| t.agent_args())
+            .unwrap_or_default()
+    }
+
+    /// A client for database 0, over TLS with the client certificate when
+    /// the server is TLS.
+    pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        self.client_db(0)
+    }
+
+    fn client_db(&self, db: u32) -> redis::RedisResult<redis::Client> {
+        let url = format!("{}/{db}", self.url());
+        match &self.tls {
+            Some(certs) => redis::Client::build_with_tls(url, certs.client_certificates()),
+            None => redis::Client::open(url),
         }
     }
 
     /// A new client connection (database 0).
     pub fn conn(&self) -> Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        self.conn_db(0)
     }
 
     /// A new client connection to database `db`.
     pub fn conn_db(&self, db: u32) -> Connection {
-        redis::Client::open(format!("{}/{db}", self.url()))
+        self.client_db(db).unwrap().get_connection().unwrap()
+    }
+
+    /// A field of `INFO section` as a number (e.g. `stats`, `sync_full`).
+    pub fn info_i64(&self, section: &str, field: &str) -> i64 {
+        let info: String = redis::cmd("INFO")
+            .arg(section)
+            .query(&mut self.conn())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("no {field} in INFO {section}"))
+            .trim()
+            .parse()
             .unwrap()
-            .get_connection()
-            .unwrap()
+    }
+
+    /// The master's replication offset: what a replica that saw every
+    /// write so far has read.
+    pub fn master_repl_offset(&self) -> i64 {
+        self.info_i64("replication", "master_repl_offset")
+    }
+}
+
+/// A redis-server in sentinel mode watching one master as `mymaster`,
+/// killed on drop. It speaks TLS (to its clients and to the servers it
+/// watches) when the master does, with the same certificates and binary.
+pub struct Sentinel {
+    pub port: u16,
+    tls: Option<std::sync::Arc<TestCerts>>,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub fn start(master: &Redis) -> Sentinel {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        let listen = match &master.tls {
+            None => format!("port {port}\n"),
+            Some(certs) => {
+                // The same directives as the server's flags, one per line.
+                let args = certs.server_args(port);
+                let lines: Vec<String> = args
+                    .chunks(2)
+                    .map(|kv| format!("{} {}", &kv[0][2..], kv[1]))
+                    .collect();
+                lines.join("\n") + "\n"
+            }
+        };
+        std::fs::write(
+            &conf,
+            format!(
+                "{listen}bind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 2\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 10000\n\
+                 sentinel parallel-syncs mymaster 2\n",
+                dir.path().display(),
+                master.port,
+            ),
+        )
+        .unwrap();
+        let child = Command::new(&master.bin)
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sentinel");
+        let s = Sentinel {
+            port,
+            tls: master.tls.clone(),
+            child,
+            _dir: dir,
+        };
+        wait_until("sentinel up", Duration::from_secs(30), || {
+            s.master().is_some()
+        });
+        s
+    }
+
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls {
+            Some(certs) => redis::Client::build_with_tls(
+                format!("rediss://127.0.0.1:{}", self.port),
+                certs.client_certificates(),
+            ),
+            None => redis::Client::open(format!("redis://127.0.0.1:{}", self.port)),
+        }
+    }
+
+    pub fn conn(&self) -> Connection {
+        self.client().unwrap().get_connection().unwrap()
+    }
+
+    /// The port of the master this sentinel names.
+    pub fn master(&self) -> Option<u16> {
+        let mut c = self.client().ok()?.get_connection().ok()?;
+        let a: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("mymaster")
+            .query(&mut c)
+            .ok()?;
+        a.map(|(_, p)| p)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -341,6 +693,34 @@ impl Agent {
         self.child = fresh.child.take();
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its exit
+    /// code, or None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let mut code = None;
+        poll(timeout, || match child.try_wait() {
+            Ok(Some(status)) => {
+                code = Some(status.code().unwrap_or(-1));
+                true
+            }
+            _ => false,
+        });
+        if code.is_some() {
+            self.child = None;
+        }
+        code
+    }
+
+    /// The replication offset recorded in the data directory (-1: none).
+    pub fn recorded_offset(&self) -> i64 {
+        std::fs::read_to_string(self.data_dir.join("replication"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(1)
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(-1)
+    }
+
     /// The agent's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -410,7 +790,8 @@ impl Mesh {
     }
 
     /// Starts one agent per given server (node ids 1..=n, each connecting
-    /// with its server's URL or the given one) and waits until all are ready.
+    /// with its server's URL or the given one, and its TLS files) and waits
+    /// until all are ready.
     pub fn over(servers: Vec<Redis>, urls: Option<Vec<String>>) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let n = servers.len();
@@ -424,13 +805,14 @@ impl Mesh {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, p)| *p)
                 .collect();
-            let agent = Agent::start(
+            let agent = Agent::start_with(
                 i as u32 + 1,
                 &urls[i],
                 listens[i],
                 free_port(),
                 &peers,
                 dir.path(),
+                &redis.agent_args(),
             );
             regions.push(Region { redis, agent });
         }
@@ -492,6 +874,59 @@ impl Mesh {
         }
         out
     }
+}
+
+/// The resume scenario, on any two-region mesh: region 1's agent is killed
+/// after recording its position in database 1, writes go on in database 1
+/// (the master does not repeat SELECT after a partial resync), and the
+/// restarted agent continues the stream with PSYNC: region 1's Redis counts
+/// one more partial resync and no full one, and the writes land in
+/// database 1 of region 2.
+pub fn partial_resync_after_agent_restart(mut mesh: Mesh) {
+    const SETTLE: Duration = Duration::from_secs(30);
+    let mut a1 = mesh.regions[0].redis.conn_db(1);
+    let _: () = a1.set("x", "1").unwrap();
+    mesh.wait_converged(&[0, 1], SETTLE);
+    // Wait until the agent recorded the position after that write.
+    let target = mesh.regions[0].redis.master_repl_offset();
+    let agent = &mesh.regions[0].agent;
+    wait_until(
+        "the position after the db 1 write is recorded",
+        SETTLE,
+        || agent.recorded_offset() >= target,
+    );
+    let redis = &mesh.regions[0].redis;
+    let (full, partial) = (
+        redis.info_i64("stats", "sync_full"),
+        redis.info_i64("stats", "sync_partial_ok"),
+    );
+    mesh.regions[0].agent.kill();
+    // The master's stream is still in database 1: no SELECT precedes these.
+    let _: () = a1.set("y", "2").unwrap();
+    let _: () = a1.del("x").unwrap();
+    mesh.regions[0].agent.restart();
+    mesh.wait_ready();
+    mesh.wait_converged(&[0, 1], SETTLE);
+    let redis = &mesh.regions[0].redis;
+    assert_eq!(
+        redis.info_i64("stats", "sync_partial_ok"),
+        partial + 1,
+        "the master continued the stream"
+    );
+    assert_eq!(redis.info_i64("stats", "sync_full"), full, "no full resync");
+    let agent = &mesh.regions[0].agent;
+    assert_eq!(agent.metric("geosync_sync_partial_ok_total"), 1.0);
+    assert_eq!(agent.metric("geosync_sync_full_total"), 0.0);
+    let mut b1 = mesh.regions[1].redis.conn_db(1);
+    assert_eq!(
+        b1.get::<_, Option<String>>("y").unwrap().as_deref(),
+        Some("2")
+    );
+    assert!(!b1.exists::<_, bool>("x").unwrap());
+    assert!(
+        !mesh.regions[1].redis.conn().exists::<_, bool>("y").unwrap(),
+        "nothing landed in db 0"
+    );
 }
 
 /// A stamp at `time` (NTP64) made by `node`.
