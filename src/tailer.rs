@@ -158,6 +158,12 @@ pub async fn run(
                 info!("tailer stopped");
                 return;
             }
+            // A snapshot this version cannot read fails the same way on
+            // every retry: say so loudly, not as a passing network hiccup.
+            Err(e @ TailError::Rdb(_)) => error!(
+                error = %e,
+                "the master's snapshot cannot be read; retrying, but the agent cannot sync until this is fixed (a newer geosync, or a server version it supports)"
+            ),
             Err(e) => warn!(error = %e, "replication session ended"),
             Ok(()) => warn!("replication session ended"),
         }
