@@ -249,6 +249,26 @@ fn parse_addr(setting: &'static str, s: &str) -> Result<SocketAddr, ConfigError>
     })
 }
 
+/// `value`, or `default` when it is not set; refused outside `range`.
+fn in_range<T>(
+    setting: &'static str,
+    value: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    let v = value.unwrap_or(default);
+    if !range.contains(&v) {
+        return Err(bad(
+            setting,
+            format!("{v} is not in {}..={}", range.start(), range.end()),
+        ));
+    }
+    Ok(v)
+}
+
 impl Config {
     fn validate(u: RunArgs) -> Result<Config, ConfigError> {
         let node_id = u.node_id.ok_or_else(|| bad("node-id", "is required"))?;
@@ -359,54 +379,21 @@ impl Config {
         if mesh.is_empty() || mesh.len() > 128 {
             return Err(bad("mesh", "must be 1 to 128 characters"));
         }
-        let skew = u.max_clock_skew_ms.unwrap_or(500);
-        if skew == 0 || skew > 3_600_000 {
-            return Err(bad(
-                "max-clock-skew-ms",
-                format!("{skew} is not in 1..=3600000"),
-            ));
-        }
-        let batch_keys = u.batch_keys.unwrap_or(512);
-        if batch_keys == 0 || batch_keys > 100_000 {
-            return Err(bad(
-                "batch-keys",
-                format!("{batch_keys} is not in 1..=100000"),
-            ));
-        }
+        let skew = in_range("max-clock-skew-ms", u.max_clock_skew_ms, 500, 1..=3_600_000)?;
+        let batch_keys = in_range("batch-keys", u.batch_keys, 512, 1..=100_000)?;
         let outbox_batches = u.outbox_batches.unwrap_or(10_000);
         if outbox_batches == 0 {
             return Err(bad("outbox-batches", "must be at least 1"));
         }
-        let outbox_mb = u.outbox_mb.unwrap_or(256);
-        if outbox_mb == 0 || outbox_mb > 1 << 20 {
-            return Err(bad(
-                "outbox-mb",
-                format!("{outbox_mb} is not in 1..=1048576"),
-            ));
-        }
-        let spool_memory_mb = u.spool_memory_mb.unwrap_or(64);
-        if spool_memory_mb == 0 || spool_memory_mb > 1 << 20 {
-            return Err(bad(
-                "spool-memory-mb",
-                format!("{spool_memory_mb} is not in 1..=1048576"),
-            ));
-        }
-        let spool_disk_mb = u.spool_disk_mb.unwrap_or(4096);
-        if spool_disk_mb > 1 << 30 {
-            return Err(bad(
-                "spool-disk-mb",
-                format!("{spool_disk_mb} is not in 0..=1073741824"),
-            ));
-        }
-        let max_key_elements = u
-            .max_key_elements
-            .unwrap_or(crate::store::DEFAULT_MAX_KEY_ELEMENTS);
-        if !(1000..=100_000_000).contains(&max_key_elements) {
-            return Err(bad(
-                "max-key-elements",
-                format!("{max_key_elements} is not in 1000..=100000000"),
-            ));
-        }
+        let outbox_mb = in_range("outbox-mb", u.outbox_mb, 256, 1..=1 << 20)?;
+        let spool_memory_mb = in_range("spool-memory-mb", u.spool_memory_mb, 64, 1..=1 << 20)?;
+        let spool_disk_mb = in_range("spool-disk-mb", u.spool_disk_mb, 4096, 0..=1 << 30)?;
+        let max_key_elements = in_range(
+            "max-key-elements",
+            u.max_key_elements,
+            crate::store::DEFAULT_MAX_KEY_ELEMENTS,
+            1000..=100_000_000,
+        )?;
         let spool = crate::spool::Limits {
             memory_bytes: (spool_memory_mb << 20) as usize,
             disk_bytes: spool_disk_mb << 20,

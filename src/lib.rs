@@ -210,8 +210,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .master()
         .await
         .map_err(|e| redis_err(format!("cannot find the master{over}: {e}{}", tls_hint(&e))))?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    let mut conn = locator::connect(&client)
         .await
         .map_err(|e| redis_err(format!("cannot connect{over}: {e}{}", tls_hint(&e))))?;
     let databases: (String, u32) = redis::cmd("CONFIG")

@@ -179,11 +179,7 @@ impl Locator {
         url.set_host(Some(&host))?;
         url.set_port(Some(port)).map_err(|_| "cannot set port")?;
         let client = tls::open(url.as_str(), self.tls())?;
-        let mut m = tokio::time::timeout(
-            Duration::from_secs(2),
-            client.get_multiplexed_async_connection(),
-        )
-        .await??;
+        let mut m = tokio::time::timeout(Duration::from_secs(2), connect(&client)).await??;
         let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut m).await?;
         match role.first() {
             Some(redis::Value::BulkString(r)) if r == b"master" => Ok(client),

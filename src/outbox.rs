@@ -1,8 +1,9 @@
 //! The outbox: stamped batches kept until every peer has acknowledged them.
 //!
 //! Bounded: when it holds `capacity` batches, or `capacity_bytes` of
-//! encoded changes, [`Outbox::push`] drops the oldest, and the peers that had not acknowledged it catch up from the
-//! metadata when they return (decision 003). A peer that is away for hours
+//! encoded changes, [`Outbox::push`] drops the oldest, and the peers that
+//! had not acknowledged it catch up from the metadata when they return
+//! (decision 003). A peer that is away for hours
 //! therefore never stalls stamping, and memory stays bounded. Each peer has
 //! a cursor; acks are cumulative by sequence number.
 

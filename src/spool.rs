@@ -116,14 +116,13 @@ impl Shared {
     }
 
     /// Drops every segment (their events are lost).
-    fn drop_disk(&self, st: &mut State, why: String) {
+    fn drop_disk(&self, st: &mut State, why: &str) {
         error!(error = %why, "the disk spool failed; its events are dropped and the stream is read again from the recorded position");
         st.writer = None;
         for s in st.segments.drain(..) {
             let _ = std::fs::remove_file(&s.path);
         }
         st.disk_bytes = 0;
-        st.lost = Some(why);
         self.metrics.spool_lost.inc();
         self.publish(st);
         self.writable.notify_one();
@@ -158,8 +157,7 @@ impl Shared {
         }
         if let Err(e) = self.append(&mut st, &record) {
             let why = format!("writing to {}: {e}", self.dir.display());
-            self.drop_disk(&mut st, why.clone());
-            st.lost = None;
+            self.drop_disk(&mut st, &why);
             return Err(SpoolError::Lost(why));
         }
         self.metrics.spool_spilled_events.inc();
@@ -381,8 +379,10 @@ impl SpoolRx {
             return None;
         }
         if let Err(e) = shared.read_disk(&mut st, &mut self.local) {
+            // The sender learns it on its next send or check.
             let why = format!("reading {}: {e}", shared.dir.display());
-            shared.drop_disk(&mut st, why);
+            shared.drop_disk(&mut st, &why);
+            st.lost = Some(why);
         }
         shared.publish(&st);
         drop(st);

@@ -567,20 +567,14 @@ fn parse_stamp_reply(db: u32, reply: RValue) -> Result<StampOutcome, StoreError>
     let RValue::Array(parts) = reply else {
         return Err(bad("not an array"));
     };
-    let (changes, retry, unsupported, deferred) = match parts.as_slice() {
-        [c, r, u] => (c, r, u, None),
-        [c, r, u, d] => (c, r, u, Some(d)),
-        _ => return Err(bad("want three or four parts")),
+    let [changes, retry, unsupported, RValue::Array(deferred)] = parts.as_slice() else {
+        return Err(bad("want four parts"));
     };
-    let deferred = match deferred {
-        Some(RValue::Array(d)) => d
-            .iter()
-            .map(|k| bulk(k).map(Bytes::from))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| bad("deferred key"))?,
-        Some(_) => return Err(bad("deferred not an array")),
-        None => Vec::new(),
-    };
+    let deferred = deferred
+        .iter()
+        .map(|k| bulk(k).map(Bytes::from))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| bad("deferred key"))?;
     let RValue::Array(changes) = changes else {
         return Err(bad("changes not an array"));
     };

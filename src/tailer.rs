@@ -231,7 +231,10 @@ impl Link {
         })
     }
 
+    /// Reads more of the stream into the buffer. Cancel-safe (the stream
+    /// loop selects on it).
     async fn fill(&mut self) -> Result<(), TailError> {
+        // Without room, `read_buf` reads a few bytes at a time.
         self.buf.reserve(READ_CHUNK);
         let n = self.rd.read_buf(&mut self.buf).await;
         read_result(n)
@@ -703,10 +706,8 @@ async fn follow(
             reported = offset;
             reported_at = Instant::now();
         }
-        // Without room, `read_buf` reads a few bytes at a time.
-        link.buf.reserve(READ_CHUNK);
         tokio::select! {
-            r = link.rd.read_buf(&mut link.buf) => read_result(r)?,
+            r = link.fill() => r?,
             _ = ack.tick() => {
                 tx.check()?;
                 let off = offset.to_string();

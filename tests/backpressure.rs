@@ -20,34 +20,6 @@ const STRICT_MASTER: [&str; 4] = [
     "1mb",
 ];
 
-/// A field of the master's `INFO stats`.
-fn stat(redis: &Redis, field: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query(&mut redis.conn())
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in INFO stats"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// The master's replication offset.
-fn stat_offset(redis: &Redis) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query(&mut redis.conn())
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("master_repl_offset:"))
-        .expect("master_repl_offset in INFO replication")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Two regions whose first agent runs with `spool` settings.
 fn mesh_with_spool(spool: &[&str]) -> Mesh {
     let mut mesh = Mesh::start_with(2, &STRICT_MASTER);
@@ -83,7 +55,10 @@ fn a_writer_faster_than_the_stamper_does_not_get_the_agent_dropped() {
     // A 1 MiB memory spool: the rest goes to the disk spool.
     let mesh = mesh_with_spool(&["--spool-memory-mb", "1"]);
     let master = &mesh.regions[0].redis;
-    let (full0, partial0) = (stat(master, "sync_full"), stat(master, "sync_partial_ok"));
+    let (full0, partial0) = (
+        master.info_i64("stats", "sync_full"),
+        master.info_i64("stats", "sync_partial_ok"),
+    );
     // At least 40k keys, and on until the stamper is more than the memory
     // spool behind (so the disk spool is in use, however fast the stamper
     // is on a given run).
@@ -95,7 +70,7 @@ fn a_writer_faster_than_the_stamper_does_not_get_the_agent_dropped() {
         keys += 10_000;
         keys >= least && agent.metric("geosync_spool_spilled_events_total") > 0.0
     });
-    let end = stat_offset(master);
+    let end = master.master_repl_offset();
     let tailed = wait_until("the agent reads the whole stream", SETTLE, || {
         agent.metric("geosync_repl_offset") as i64 >= end
     });
@@ -110,11 +85,14 @@ fn a_writer_faster_than_the_stamper_does_not_get_the_agent_dropped() {
         wrote.as_secs_f64(),
         tailed.as_secs_f64(),
         copied.as_secs_f64(),
-        stat(master, "sync_full") - full0,
-        stat(master, "sync_partial_ok") - partial0,
+        master.info_i64("stats", "sync_full") - full0,
+        master.info_i64("stats", "sync_partial_ok") - partial0,
     );
     assert_eq!(
-        (stat(master, "sync_full"), stat(master, "sync_partial_ok")),
+        (
+            master.info_i64("stats", "sync_full"),
+            master.info_i64("stats", "sync_partial_ok")
+        ),
         (full0, partial0),
         "the master cut the agent off and it had to resync"
     );
@@ -138,10 +116,10 @@ fn without_the_disk_spool_the_same_writer_gets_the_agent_dropped() {
         "1",
     ]);
     let master = &mesh.regions[0].redis;
-    let full0 = stat(master, "sync_full");
+    let full0 = master.info_i64("stats", "sync_full");
     wait_until("the master drops the agent and resyncs", SETTLE, || {
         flood(master, 0, 10_000);
-        stat(master, "sync_full") > full0
+        master.info_i64("stats", "sync_full") > full0
     });
     assert!(
         mesh.regions[0]

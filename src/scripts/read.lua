@@ -5,7 +5,7 @@
 -- ARGV[1]  only records stamped after this ('' for all)
 -- ARGV[2]  only records whose stamp ends with this node suffix ('' for all)
 --
--- Returns { changes, {}, {} } in the stamp script's shape; keys without a
+-- Returns { changes, {}, {}, {} } in the stamp script's shape; keys without a
 -- record, or whose value changed since it was recorded (a local write the
 -- stamper has not reached yet: it ships on its own), are left out.
 local after, own = ARGV[1] or '', ARGV[2] or ''
@@ -25,4 +25,4 @@ for i = 1, #KEYS, 2 do
     end
   end
 end
-return { changes, {}, {} }
+return { changes, {}, {}, {} }
