@@ -2,9 +2,9 @@
 //!
 //! geosync ships state, not commands (see `docs/decisions/001-ship-state.md`):
 //! a [`Change`] carries everything a peer needs to make the key identical to
-//! what the origin region held when it was stamped. Collections travel whole
-//! in this version; a per-field variant for hashes and sets fits as another
-//! [`Op`] without touching the others.
+//! what the origin region held when it was stamped. A collection travels
+//! whole, or, past `--max-key-elements`, as [`Op::Part`]s followed by an
+//! [`Op::Seal`] (decision 009).
 //!
 //! Inside Redis the Lua scripts see a value as a flat list of strings (see
 //! [`Value::to_flat`]); on the wire it is rmp-serde of these types.
@@ -39,6 +39,71 @@ pub enum Op {
     Delete,
     /// Every key of the database older than the stamp was deleted (FLUSHDB).
     FlushDb,
+    /// A piece of a collection too large to travel whole: `value` holds
+    /// elements `at..at + value.len()` of it (in the order the origin read
+    /// them). The receiver builds the pieces into a private key.
+    Part {
+        /// Elements of the collection before this piece.
+        at: u64,
+        /// The piece, as a value of the collection's type.
+        value: Value,
+    },
+    /// The end of a collection that travelled in pieces: when every one of
+    /// its `len` elements arrived, the built key replaces the key.
+    Seal {
+        /// The collection's type.
+        kind: Collection,
+        /// Absolute expiry in Unix milliseconds.
+        expire_at_ms: Option<i64>,
+        /// Number of elements.
+        len: u64,
+        /// The digest recorded for it (16 lowercase hex digits).
+        digest: String,
+    },
+}
+
+/// The types that can travel in pieces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Collection {
+    /// A list.
+    List,
+    /// A set.
+    Set,
+    /// A sorted set.
+    ZSet,
+    /// A hash without field expiries.
+    Hash,
+}
+
+impl Collection {
+    /// From the name `TYPE` gives; None for the types that travel whole only.
+    pub fn from_type_name(name: &str) -> Option<Collection> {
+        Some(match name {
+            "list" => Collection::List,
+            "set" => Collection::Set,
+            "zset" => Collection::ZSet,
+            "hash" => Collection::Hash,
+            _ => return None,
+        })
+    }
+
+    /// The name `TYPE` gives.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Collection::List => "list",
+            Collection::Set => "set",
+            Collection::ZSet => "zset",
+            Collection::Hash => "hash",
+        }
+    }
+
+    /// Flat items per element: 2 for (member, score) and (field, value).
+    pub fn items_per_element(self) -> usize {
+        match self {
+            Collection::List | Collection::Set => 1,
+            Collection::ZSet | Collection::Hash => 2,
+        }
+    }
 }
 
 /// A key's whole value, one variant per Redis data type.

@@ -32,6 +32,7 @@ pub mod backoff;
 pub mod change;
 pub mod config;
 pub mod keyspec;
+pub mod large;
 pub mod locator;
 pub mod metrics;
 pub mod module_keys;

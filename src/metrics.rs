@@ -78,6 +78,13 @@ pub struct Metrics {
     pub spool_disk_bytes: Gauge,
     /// Tailer events that went through the disk spool.
     pub spool_spilled_events: Counter,
+    /// Collections over `--max-key-elements` shipped in pieces (decision 009).
+    pub large_keys_shipped: Counter,
+    /// Elements of those collections shipped.
+    pub large_key_elements_shipped: Counter,
+    /// Collections from peers whose pieces did not all arrive (not applied;
+    /// the origin sends them again when it catches the peer up).
+    pub large_keys_incomplete: Counter,
     /// Times the tailer waited because the spool was full (the master then
     /// holds the stream in the agent's replica output buffer).
     pub spool_full_waits: Counter,
@@ -209,6 +216,21 @@ impl Metrics {
             "spool_spilled_events",
             "Tailer events that went through the disk spool",
             m.spool_spilled_events.clone(),
+        );
+        r.register(
+            "large_keys_shipped",
+            "Collections over --max-key-elements shipped in pieces",
+            m.large_keys_shipped.clone(),
+        );
+        r.register(
+            "large_key_elements_shipped",
+            "Elements of collections shipped in pieces",
+            m.large_key_elements_shipped.clone(),
+        );
+        r.register(
+            "large_keys_incomplete",
+            "Collections from peers not applied because pieces were missing",
+            m.large_keys_incomplete.clone(),
         );
         r.register(
             "spool_full_waits",

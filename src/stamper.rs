@@ -11,11 +11,12 @@ use bytes::Bytes;
 use indexmap::IndexSet;
 use serde_bytes::ByteBuf;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 use uhlc::HLC;
 
 use crate::backoff::Backoff;
 use crate::change::{Change, Op};
+use crate::large::{LargeError, Sink, Stamped, Stamping};
 use crate::metrics::Metrics;
 use crate::module_keys::{ModuleKeys, Owner};
 use crate::outbox::Outbox;
@@ -253,6 +254,7 @@ impl Stamper {
             }
         };
         let mut changes = Vec::new();
+        let mut large: Vec<(u32, Bytes)> = Vec::new();
         for ((db, _), outcome) in per_db.iter().zip(outcomes) {
             for (key, newer) in outcome.retry {
                 self.metrics.stamp_retries.inc();
@@ -268,6 +270,10 @@ impl Stamper {
                 pending.insert((*db, key));
             }
             for (key, kind) in outcome.unsupported {
+                if crate::large::travels_in_pieces(&kind) {
+                    large.push((*db, key));
+                    continue;
+                }
                 if let Some(rest) = kind.strip_prefix("too_large:") {
                     self.too_large(*db, &key, rest);
                     continue;
@@ -286,14 +292,79 @@ impl Stamper {
             }
             changes.extend(outcome.changes);
         }
-        if changes.is_empty() {
-            return true;
+        if !changes.is_empty() {
+            let reshipped = changes.iter().filter(|c| c.stamp != enc).count() as u64;
+            self.metrics.changes_reshipped.inc_by(reshipped);
+            self.metrics
+                .changes_stamped
+                .inc_by(changes.len() as u64 - reshipped);
+            if !self.outbox.push(changes, shutdown).await {
+                return false;
+            }
         }
-        let reshipped = changes.iter().filter(|c| c.stamp != enc).count() as u64;
-        self.metrics.changes_reshipped.inc_by(reshipped);
-        self.metrics
-            .changes_stamped
-            .inc_by(changes.len() as u64 - reshipped);
-        self.outbox.push(changes, shutdown).await
+        for (db, key) in large {
+            if !self.stamp_large(db, key, pending, shutdown).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Stamps and ships a collection over `--max-key-elements` in pieces
+    /// (decision 009), retrying until it is done. Returns false on shutdown.
+    async fn stamp_large(
+        &mut self,
+        db: u32,
+        key: Bytes,
+        pending: &mut IndexSet<(u32, Bytes)>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let me = crate::store::node_suffix(self.node_id);
+        let mut stamping = Stamping {
+            clock: &self.clock,
+            reship: self.reship.as_deref(),
+            me: &me,
+            claimed: None,
+        };
+        let sink = Sink::Outbox(&self.outbox, shutdown);
+        let mut backoff = Backoff::new();
+        let name = String::from_utf8_lossy(&key).into_owned();
+        let outcome = loop {
+            match stamping.run(&mut self.store, db, &key, &sink).await {
+                Err(LargeError::Stopped) => return false,
+                Err(e @ (LargeError::Store(_) | LargeError::Gone | LargeError::Miscounted { .. })) => {
+                    warn!(db, key = %name, error = %e, "shipping a large key in pieces failed; retrying");
+                    if !backoff.wait(shutdown).await {
+                        return false;
+                    }
+                }
+                other => break other,
+            }
+        };
+        match outcome {
+            Ok(Stamped::Whole) => {
+                pending.insert((db, key));
+            }
+            Ok(Stamped::Unchanged) => {}
+            Ok(Stamped::Shipped {
+                stamp,
+                again,
+                elements,
+            }) => {
+                if again {
+                    self.metrics.changes_reshipped.inc();
+                } else {
+                    self.metrics.changes_stamped.inc();
+                }
+                self.metrics.large_keys_shipped.inc();
+                self.metrics.large_key_elements_shipped.inc_by(elements);
+                info!(db, key = %name, elements, %stamp, again, "large key shipped in pieces");
+            }
+            Err(e) => {
+                debug!(db, key = %name, error = %e, "large key not shipped");
+                self.too_large(db, &key, "hash:with field expiries");
+            }
+        }
+        true
     }
 }

@@ -11,7 +11,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value as RValue};
 use serde_bytes::ByteBuf;
 
-use crate::change::{Change, Op, Value};
+use crate::change::{Change, Collection, Op, Value};
 use crate::locator::Locator;
 
 /// Every key geosync owns starts with this; client keys with it are not replicated.
@@ -35,6 +35,22 @@ const STAMP: &str = include_str!("scripts/stamp.lua");
 const APPLY: &str = include_str!("scripts/apply.lua");
 const FLUSH: &str = include_str!("scripts/flush.lua");
 const READ: &str = include_str!("scripts/read.lua");
+const FREEZE: &str = include_str!("scripts/freeze.lua");
+const PIECE: &str = include_str!("scripts/piece.lua");
+const CLAIM: &str = include_str!("scripts/claim.lua");
+/// Prefix of the private copies of collections being read in pieces.
+pub const COPY_PREFIX: &[u8] = b"__geosync:x:";
+/// Prefix of the keys collections arriving in pieces are built in.
+pub const BUILD_PREFIX: &[u8] = b"__geosync:in:";
+
+/// The key a collection arriving in pieces with `stamp` is built in.
+pub fn build_key(stamp: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = BUILD_PREFIX.to_vec();
+    k.extend_from_slice(stamp.as_bytes());
+    k.push(b':');
+    k.extend_from_slice(key);
+    k
+}
 
 /// True for keys in geosync's reserved namespace.
 pub fn is_reserved(key: &[u8]) -> bool {
@@ -94,6 +110,33 @@ enum Which {
     Apply,
     Flush,
     Read,
+    Freeze,
+    Piece,
+    Claim,
+}
+
+impl Which {
+    const ALL: [Which; 7] = [
+        Which::Stamp,
+        Which::Apply,
+        Which::Flush,
+        Which::Read,
+        Which::Freeze,
+        Which::Piece,
+        Which::Claim,
+    ];
+
+    fn source(self) -> &'static str {
+        match self {
+            Which::Stamp => STAMP,
+            Which::Apply => APPLY,
+            Which::Flush => FLUSH,
+            Which::Read => READ,
+            Which::Freeze => FREEZE,
+            Which::Piece => PIECE,
+            Which::Claim => CLAIM,
+        }
+    }
 }
 
 /// One script call of a pipeline: database, script, KEYS, ARGV.
@@ -153,6 +196,44 @@ pub struct StampOutcome {
     pub deferred: Vec<Bytes>,
 }
 
+/// What the freeze script did with a key.
+#[derive(Debug)]
+pub enum Freeze {
+    /// The key was copied.
+    Frozen(Frozen),
+    /// The floor or the key's record holds this newer stamp.
+    Retry(String),
+    /// The key is gone, or travels whole.
+    Whole,
+}
+
+/// A collection copied for reading in pieces.
+#[derive(Debug, Clone)]
+pub struct Frozen {
+    /// Its type.
+    pub kind: Collection,
+    /// Its absolute expiry.
+    pub expire_at_ms: Option<i64>,
+    /// Its number of elements.
+    pub len: u64,
+    /// Its metadata record when it was copied ("" when none).
+    pub record: String,
+}
+
+/// One piece of a frozen copy.
+#[derive(Debug)]
+pub enum Piece {
+    /// Flat items, and where to go on (None: this was the last piece).
+    Items {
+        /// Where the next piece starts.
+        next: Option<String>,
+        /// The piece's flat items.
+        items: Vec<Vec<u8>>,
+    },
+    /// The copy cannot be shipped: `gone`, or `hash+ttl`.
+    Refused(String),
+}
+
 /// What applying one batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyOutcome {
@@ -160,6 +241,9 @@ pub struct ApplyOutcome {
     pub applied: u64,
     /// Changes older than (or equal to) what the key already had.
     pub older: u64,
+    /// Collections that arrived in pieces whose seal did not match what
+    /// had been built: a piece went missing, and it was not applied.
+    pub incomplete: u64,
 }
 
 /// A connection to the local Redis for one pipeline stage.
@@ -169,10 +253,8 @@ pub struct Store {
     locator: Locator,
     epoch: tokio::sync::watch::Receiver<u64>,
     conn: Option<MultiplexedConnection>,
-    stamp: Script,
-    apply: Script,
-    flush: Script,
-    read: Script,
+    /// One per [`Which`], in the order of [`Which::ALL`].
+    scripts: Vec<Script>,
 }
 
 impl Store {
@@ -182,10 +264,7 @@ impl Store {
             epoch: locator.epoch(),
             locator,
             conn: None,
-            stamp: Script::new(STAMP),
-            apply: Script::new(APPLY),
-            flush: Script::new(FLUSH),
-            read: Script::new(READ),
+            scripts: Which::ALL.iter().map(|w| Script::new(w.source())).collect(),
         }
     }
 
@@ -204,12 +283,7 @@ impl Store {
     }
 
     fn script(&self, which: Which) -> &Script {
-        match which {
-            Which::Stamp => &self.stamp,
-            Which::Apply => &self.apply,
-            Which::Flush => &self.flush,
-            Which::Read => &self.read,
-        }
+        &self.scripts[which as usize]
     }
 
     /// Runs a pipeline of `SELECT db` + script calls, loading the scripts
@@ -235,10 +309,8 @@ impl Store {
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
                         && attempt == 0 =>
                 {
-                    let bodies: Vec<String> = [&self.stamp, &self.apply, &self.flush, &self.read]
-                        .iter()
-                        .map(|s| s.body.clone())
-                        .collect();
+                    let bodies: Vec<String> =
+                        self.scripts.iter().map(|s| s.body.clone()).collect();
                     let conn = self.conn().await?;
                     for body in bodies {
                         let _: String = redis::cmd("SCRIPT")
@@ -339,18 +411,33 @@ impl Store {
             counts[idx] += 1;
             keys.push(c.key.to_vec());
             keys.push(meta_bucket(&c.key).into_bytes());
+            keys.push(build_key(&c.stamp, &c.key));
             args.push(c.stamp.clone().into_bytes());
+            let mut value_args = |op: &[u8], value: &Value, n: i64| {
+                let flat = value.to_flat();
+                args.push(op.to_vec());
+                args.push(value.type_name().into());
+                args.push(n.to_string().into_bytes());
+                args.push(flat.len().to_string().into_bytes());
+                args.extend(flat);
+            };
             match &c.op {
                 Op::Put {
                     value,
                     expire_at_ms,
+                } => value_args(b"p", value, expire_at_ms.unwrap_or(-1)),
+                Op::Part { at, value } => value_args(b"P", value, *at as i64),
+                Op::Seal {
+                    kind,
+                    expire_at_ms,
+                    len,
+                    digest,
                 } => {
-                    let flat = value.to_flat();
-                    args.push(b"p".to_vec());
-                    args.push(value.type_name().into());
+                    args.push(b"S".to_vec());
+                    args.push(kind.type_name().into());
                     args.push(expire_at_ms.unwrap_or(-1).to_string().into_bytes());
-                    args.push(flat.len().to_string().into_bytes());
-                    args.extend(flat);
+                    args.push(len.to_string().into_bytes());
+                    args.push(digest.clone().into_bytes());
                 }
                 Op::Delete => args.push(b"d".to_vec()),
                 Op::FlushDb => unreachable!("handled above"),
@@ -378,6 +465,7 @@ impl Store {
                 match it {
                     RValue::Int(1) => out.applied += 1,
                     RValue::Int(0) => out.older += 1,
+                    RValue::Int(2) => out.incomplete += 1,
                     other => return Err(StoreError::BadReply(format!("apply item: {other:?}"))),
                 }
             }
@@ -459,9 +547,186 @@ impl Store {
                 if !outcome.changes.is_empty() && out.send(outcome.changes).await.is_err() {
                     break;
                 }
+                for (key, reason) in outcome.unsupported {
+                    if !crate::large::travels_in_pieces(&reason) {
+                        continue;
+                    }
+                    let (after, own) = match only {
+                        Some((after, node)) => (after.to_string(), node_suffix(node)),
+                        None => (String::new(), String::new()),
+                    };
+                    let sink = crate::large::Sink::Channel(out);
+                    match crate::large::ship_recorded(self, db, &key, &after, &own, &sink).await {
+                        Ok(true) => sent += 1,
+                        Ok(false) => {}
+                        Err(crate::large::LargeError::Store(e)) => return Err(e),
+                        Err(crate::large::LargeError::Stopped) => return Ok(sent),
+                        Err(e) => {
+                            tracing::warn!(db, key = %String::from_utf8_lossy(&key), error = %e, "a large key was left out")
+                        }
+                    }
+                }
             }
         }
         Ok(sent)
+    }
+
+    /// Runs one script and returns its reply.
+    async fn run_one(
+        &mut self,
+        db: u32,
+        which: Which,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+    ) -> Result<RValue, StoreError> {
+        self.run(&[(db, which, keys, args)])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::BadReply("no reply".into()))
+    }
+
+    /// Copies a collection too large to read in one script to `copy`, if it
+    /// still is one and (with `stamp`) nothing newer is recorded for it
+    /// (scripts/freeze.lua).
+    pub async fn freeze(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        copy: &[u8],
+        stamp: Option<&str>,
+    ) -> Result<Freeze, StoreError> {
+        let keys = vec![
+            FLOOR_KEY.into(),
+            key.to_vec(),
+            meta_bucket(key).into_bytes(),
+            copy.to_vec(),
+        ];
+        let reply = self
+            .run_one(db, Which::Freeze, keys, vec![stamp.unwrap_or("").into()])
+            .await?;
+        let bad = || StoreError::BadReply(format!("freeze: {reply:?}"));
+        let RValue::Array(parts) = &reply else {
+            return Err(bad());
+        };
+        let word = parts.first().and_then(bulk).ok_or_else(bad)?;
+        match word.as_slice() {
+            b"whole" => Ok(Freeze::Whole),
+            b"retry" => {
+                let s = parts.get(1).and_then(bulk).ok_or_else(bad)?;
+                Ok(Freeze::Retry(String::from_utf8_lossy(&s).into_owned()))
+            }
+            b"frozen" => {
+                let [_, t, RValue::Int(exp), RValue::Int(len), record] = parts.as_slice() else {
+                    return Err(bad());
+                };
+                let t = bulk(t).ok_or_else(bad)?;
+                let kind = Collection::from_type_name(&String::from_utf8_lossy(&t))
+                    .ok_or_else(bad)?;
+                let record = bulk(record).ok_or_else(bad)?;
+                Ok(Freeze::Frozen(Frozen {
+                    kind,
+                    expire_at_ms: (*exp > 0).then_some(*exp),
+                    len: u64::try_from(*len).map_err(|_| bad())?,
+                    record: String::from_utf8(record).map_err(|_| bad())?,
+                }))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// One piece of a frozen copy from position `pos` ("0" to start):
+    /// the position to go on from (None after the last piece) and the flat
+    /// items (scripts/piece.lua).
+    pub async fn piece(
+        &mut self,
+        db: u32,
+        copy: &[u8],
+        kind: Collection,
+        pos: &str,
+        elements: usize,
+    ) -> Result<Piece, StoreError> {
+        let args = vec![
+            kind.type_name().into(),
+            pos.into(),
+            elements.to_string().into_bytes(),
+        ];
+        let reply = self
+            .run_one(db, Which::Piece, vec![copy.to_vec()], args)
+            .await?;
+        let bad = || StoreError::BadReply(format!("piece: {reply:?}"));
+        let RValue::Array(parts) = &reply else {
+            return Err(bad());
+        };
+        let [next, RValue::Array(items), refusal] = parts.as_slice() else {
+            return Err(bad());
+        };
+        let refusal = bulk(refusal).ok_or_else(bad)?;
+        if !refusal.is_empty() {
+            return Ok(Piece::Refused(String::from_utf8_lossy(&refusal).into_owned()));
+        }
+        let next = String::from_utf8(bulk(next).ok_or_else(bad)?).map_err(|_| bad())?;
+        let items = items
+            .iter()
+            .map(bulk)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(bad)?;
+        Ok(Piece::Items {
+            next: (!next.is_empty()).then_some(next),
+            items,
+        })
+    }
+
+    /// Records `stamp` and `digest` for a frozen collection, unless its
+    /// record is no longer `seen` (scripts/claim.lua). Err(newer stamp, or
+    /// "" when the record went away) when it must be tried again.
+    pub async fn claim(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        stamp: &str,
+        seen: &str,
+        digest: &str,
+        expire_at_ms: Option<i64>,
+    ) -> Result<Result<(), String>, StoreError> {
+        let keys = vec![
+            FLOOR_KEY.into(),
+            key.to_vec(),
+            meta_bucket(key).into_bytes(),
+        ];
+        let args = vec![
+            stamp.into(),
+            seen.into(),
+            digest.into(),
+            expire_at_ms.unwrap_or(-1).to_string().into_bytes(),
+        ];
+        let reply = self.run_one(db, Which::Claim, keys, args).await?;
+        let bad = || StoreError::BadReply(format!("claim: {reply:?}"));
+        let RValue::Array(parts) = &reply else {
+            return Err(bad());
+        };
+        match parts.as_slice() {
+            [ok] if bulk(ok).as_deref() == Some(b"ok") => Ok(Ok(())),
+            [word, newer] if bulk(word).as_deref() == Some(b"retry") => Ok(Err(
+                String::from_utf8_lossy(&bulk(newer).ok_or_else(bad)?).into_owned(),
+            )),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Deletes a private copy (in the background: it may be large).
+    pub async fn drop_copy(&mut self, db: u32, copy: &[u8]) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        redis::pipe()
+            .cmd("SELECT")
+            .arg(db)
+            .ignore()
+            .cmd("UNLINK")
+            .arg(copy)
+            .ignore()
+            .query_async::<()>(conn)
+            .await?;
+        Ok(())
     }
 
     /// The names of the modules the server has loaded (`MODULE LIST`), to

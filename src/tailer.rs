@@ -727,6 +727,8 @@ fn lower(b: &[u8]) -> String {
 /// reserved key are reported.
 fn is_own_key(key: &[u8]) -> bool {
     key.starts_with(store::META_PREFIX.as_bytes())
+        || key.starts_with(store::COPY_PREFIX)
+        || key.starts_with(store::BUILD_PREFIX)
         || key == store::FLOOR_KEY.as_bytes()
         || key == store::APPLY_MARKER_KEY.as_bytes()
 }

@@ -1,7 +1,8 @@
 //! Large collections: a key read in one script must not block Redis for
-//! long, a slow script must not be mistaken for a dead connection, and a key
-//! over `--max-key-elements` is reported and left alone while everything
-//! else keeps flowing.
+//! long, a slow script must not be mistaken for a dead connection, and a
+//! collection over `--max-key-elements` travels in pieces (decision 009);
+//! what cannot (a stream, a hash with field expiries) is reported and left
+//! alone while everything else keeps flowing.
 
 mod support;
 
@@ -49,36 +50,163 @@ fn a_key_that_takes_the_script_a_while_is_replicated() {
     assert!(!log.contains("timed out"), "a script timed out:\n{log}");
 }
 
+/// Counts `__geosync:x:*` copies and `__geosync:in:*` keys under construction.
+fn private_keys(c: &mut redis::Connection) -> usize {
+    let x: Vec<String> = c.keys("__geosync:x:*").unwrap();
+    let i: Vec<String> = c.keys("__geosync:in:*").unwrap();
+    x.len() + i.len()
+}
+
+/// Writes a list, a set, a sorted set and a hash of `n` elements each (the
+/// list also holds repeated values), in pipelined chunks.
+fn fill_collections(c: &mut redis::Connection, prefix: &str, n: usize) {
+    for start in (0..n).step_by(5000) {
+        let end = n.min(start + 5000);
+        let mut p = redis::pipe();
+        let list: Vec<String> = (start..end).map(|i| format!("item-{}", i % 777)).collect();
+        let members: Vec<String> = (start..end).map(|i| format!("m{i}")).collect();
+        let scored: Vec<(f64, String)> = (start..end)
+            .map(|i| ((i % 1000) as f64 * 0.5, format!("z{i}")))
+            .collect();
+        let fields: Vec<(String, String)> = (start..end)
+            .map(|i| (format!("f{i}"), format!("value {i}")))
+            .collect();
+        p.rpush(format!("{prefix}list"), list)
+            .ignore()
+            .sadd(format!("{prefix}set"), members)
+            .ignore()
+            .zadd_multiple(format!("{prefix}zset"), &scored)
+            .ignore()
+            .hset_multiple(format!("{prefix}hash"), &fields)
+            .ignore();
+        let _: () = p.query(c).unwrap();
+    }
+}
+
 #[test]
-fn a_key_over_the_element_limit_is_reported_and_others_keep_flowing() {
+fn collections_over_the_element_limit_travel_in_pieces() {
+    // 1000 elements at most per script, so 30 000-element collections go
+    // in pieces (several batches of several pieces each).
     let mesh = mesh_with(&["--max-key-elements", "1000"]);
     let mut a = mesh.regions[0].redis.conn();
     let mut b = mesh.regions[1].redis.conn();
-    fill_set(&mut a, "small", 1000);
-    fill_set(&mut a, "huge", 1001);
+    let _: () = a.set("before", "1").unwrap();
+    fill_collections(&mut a, "big", 30_000);
+    let _: () = a.pexpire("bighash", 3_600_000).unwrap();
     let _: () = a.set("after", "1").unwrap();
-    wait_until("the keys around the huge one arrive", SETTLE, || {
+    mesh.wait_converged(&[0], SETTLE);
+    assert_eq!(b.llen::<_, usize>("biglist").unwrap(), 30_000);
+    assert_eq!(b.zcard::<_, usize>("bigzset").unwrap(), 30_000);
+    assert!(b.pttl::<_, i64>("bighash").unwrap() > 3_000_000, "the expiry came along");
+    let agent = &mesh.regions[0].agent;
+    assert!(agent.metric("geosync_large_keys_shipped_total") >= 4.0);
+    assert_eq!(agent.metric("geosync_unsupported_keys_total"), 0.0);
+    assert_eq!(
+        mesh.regions[1].agent.metric("geosync_large_keys_incomplete_total"),
+        0.0
+    );
+    wait_until("private copies and built keys are cleaned up", SETTLE, || {
+        private_keys(&mut a) == 0 && private_keys(&mut b) == 0
+    });
+
+    // Changes to large keys travel again; a delete is a plain tombstone;
+    // a key that shrinks under the limit travels whole again.
+    let shipped = agent.metric("geosync_large_keys_shipped_total");
+    let _: () = a.sadd("bigset", "one more").unwrap();
+    let _: () = a.lset("biglist", 20_000, "changed").unwrap();
+    let _: () = a.del("bigzset").unwrap();
+    let _: () = redis::cmd("LTRIM").arg("biglist").arg(0).arg(20_000).query(&mut a).unwrap();
+    let fields: Vec<String> = (0..29_500).map(|i| format!("f{i}")).collect();
+    let _: () = a.hdel("bighash", fields).unwrap();
+    mesh.wait_converged(&[0], SETTLE);
+    assert!(b.sismember::<_, _, bool>("bigset", "one more").unwrap());
+    assert_eq!(b.lindex::<_, String>("biglist", 20_000).unwrap(), "changed");
+    assert!(!b.exists::<_, bool>("bigzset").unwrap());
+    assert_eq!(b.hlen::<_, usize>("bighash").unwrap(), 500);
+    assert!(agent.metric("geosync_large_keys_shipped_total") >= shipped + 2.0);
+}
+
+#[test]
+fn concurrent_writes_to_a_large_key_converge() {
+    let mesh = mesh_with(&["--max-key-elements", "1000"]);
+    let mut a = mesh.regions[0].redis.conn();
+    let mut b = mesh.regions[1].redis.conn();
+    fill_set(&mut a, "shared", 20_000);
+    mesh.wait_converged(&[0], SETTLE);
+    // Both regions change it at once; one whole version wins everywhere.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..20 {
+                let _: () = a.sadd("shared", format!("a{i}")).unwrap();
+            }
+        });
+        s.spawn(|| {
+            for i in 0..20 {
+                let _: () = b.srem("shared", format!("member-{i}")).unwrap();
+            }
+        });
+    });
+    mesh.wait_converged(&[0], SETTLE);
+}
+
+#[test]
+fn a_stream_over_the_element_limit_is_reported_and_others_keep_flowing() {
+    let mesh = mesh_with(&["--max-key-elements", "1000"]);
+    let mut a = mesh.regions[0].redis.conn();
+    let mut b = mesh.regions[1].redis.conn();
+    let mut p = redis::pipe();
+    for i in 0..1001 {
+        p.xadd("events", "*", &[("n", i)]).ignore();
+    }
+    let _: () = p.query(&mut a).unwrap();
+    let _: () = a.set("after", "1").unwrap();
+    wait_until("the key after the stream arrives", SETTLE, || {
         b.get::<_, Option<String>>("after").unwrap().is_some()
-            && b.scard::<_, usize>("small").unwrap() == 1000
     });
     let agent = &mesh.regions[0].agent;
-    wait_until("the huge key is counted", SETTLE, || {
+    wait_until("the stream is counted", SETTLE, || {
         agent.metric("geosync_unsupported_keys_total{reason=\"too_large\"}") >= 1.0
     });
-    assert!(
-        !b.exists::<_, bool>("huge").unwrap(),
-        "the huge key stays home"
-    );
+    assert!(!b.exists::<_, bool>("events").unwrap(), "the stream stays home");
     let log = agent.log_text();
     assert!(
-        log.contains("more elements than --max-key-elements") && log.contains("elements=1001"),
-        "the log names the key, its size and the setting:\n{log}"
+        log.contains("more elements than --max-key-elements")
+            && log.contains("elements=1001")
+            && log.contains("type=stream"),
+        "the log names the key, its type, its size and the setting:\n{log}"
     );
     // Back under the limit, it travels again.
-    let _: () = a.srem("huge", "member-0").unwrap();
-    wait_until("the shrunk key arrives", SETTLE, || {
-        b.scard::<_, usize>("huge").unwrap() == 1000
+    let first: redis::streams::StreamRangeReply = a.xrange_count("events", "-", "+", 1).unwrap();
+    let _: () = a.xdel("events", &[&first.ids[0].id]).unwrap();
+    wait_until("the shrunk stream arrives", SETTLE, || {
+        b.xlen::<_, usize>("events").unwrap() == 1000
     });
+}
+
+#[test]
+fn a_large_hash_with_field_expiries_is_reported() {
+    let mesh = mesh_with(&["--max-key-elements", "1000"]);
+    let mut a = mesh.regions[0].redis.conn();
+    if !has_field_expiry(&mut a) {
+        eprintln!("this server has no hash field expiry; nothing to check");
+        return;
+    }
+    let fields: Vec<(String, String)> = (0..2000).map(|i| (format!("f{i}"), "v".into())).collect();
+    let _: () = a.hset_multiple("expiring", &fields).unwrap();
+    let _: () = redis::cmd("HPEXPIRE")
+        .arg("expiring")
+        .arg(3_600_000)
+        .arg("FIELDS")
+        .arg(1)
+        .arg("f1500")
+        .query(&mut a)
+        .unwrap();
+    let agent = &mesh.regions[0].agent;
+    wait_until("the hash is counted", SETTLE, || {
+        agent.metric("geosync_unsupported_keys_total{reason=\"too_large\"}") >= 1.0
+    });
+    assert!(!mesh.regions[1].redis.conn().exists::<_, bool>("expiring").unwrap());
+    wait_until("its private copy is dropped", SETTLE, || private_keys(&mut a) == 0);
 }
 
 #[test]

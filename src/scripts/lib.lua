@@ -15,6 +15,20 @@ local CHUNK = 512
 local MAX_ELEMENTS = 250000 -- @max-key-elements
 local elements_read = 0
 local SIZE_OF = { list = 'LLEN', set = 'SCARD', zset = 'ZCARD', hash = 'HLEN', stream = 'XLEN' }
+-- Types that travel in pieces past MAX_ELEMENTS (decision 009).
+local PIECEWISE = { list = true, set = true, zset = true, hash = true }
+-- Lifetime of geosync's private copies and partly built keys: long enough
+-- for any transfer, short enough that an abandoned one does not linger.
+local PRIVATE_TTL_MS = 3600000
+
+-- Elements of a key of type t, 0 when it does not exist, -1 when it holds
+-- another type.
+local function size_as(key, t)
+  local actual = redis.call('TYPE', key)['ok']
+  if actual == 'none' then return 0 end
+  if actual ~= t then return -1 end
+  return redis.call(SIZE_OF[t], key)
+end
 
 local function parse_record(rec)
   if not rec then return nil end
@@ -94,13 +108,15 @@ end
 -- The key's state: type name, absolute expiry in ms (-1 for none) and the
 -- flat value (see change.rs), or nil when the key does not exist. A hash
 -- with field expiries is 'hash+ttl', its flat value field, value, expiry.
-local function read_state(key)
+-- A collection over MAX_ELEMENTS is reported unsupported with reason
+-- 'too_large:<type>:<elements>' unless `whole` is set.
+local function read_state(key, whole)
   local t = redis.call('TYPE', key)['ok']
   if t == 'none' then return nil end
   local exp = redis.call('PEXPIRETIME', key)
   if SIZE_OF[t] then
     local n = redis.call(SIZE_OF[t], key)
-    if n > MAX_ELEMENTS then
+    if n > MAX_ELEMENTS and not whole then
       return { t = t, exp = exp, flat = {}, unsupported = true,
                reason = 'too_large:' .. t .. ':' .. n }
     end
@@ -194,12 +210,10 @@ local function write_stream(key, flat, from, to)
   end
 end
 
--- Writes a state into a key that does not exist. `flat` holds the value in
--- items from..to.
-local function write_state(key, t, exp, flat, from, to)
-  if t == 'string' then
-    redis.call('SET', key, flat[from])
-  elseif t == 'list' then
+-- Adds the elements in flat[from..to] to a list (at its end), set, sorted
+-- set or hash; true when t is one of those.
+local function append_items(key, t, flat, from, to)
+  if t == 'list' then
     push_chunks('RPUSH', key, flat, from, to, 1)
   elseif t == 'set' then
     push_chunks('SADD', key, flat, from, to, 1)
@@ -212,6 +226,19 @@ local function write_state(key, t, exp, flat, from, to)
     push_chunks('ZADD', key, swapped, 1, #swapped, 2)
   elseif t == 'hash' then
     push_chunks('HSET', key, flat, from, to, 2)
+  else
+    return false
+  end
+  return true
+end
+
+-- Writes a state into a key that does not exist. `flat` holds the value in
+-- items from..to.
+local function write_state(key, t, exp, flat, from, to)
+  if t == 'string' then
+    redis.call('SET', key, flat[from])
+  elseif append_items(key, t, flat, from, to) then
+    -- a list, set, sorted set or hash
   elseif t == 'hash+ttl' then
     local pairs_ = {}
     for i = from, to, 3 do

@@ -5,11 +5,13 @@
 -- ARGV[1]  only records stamped after this ('' for all)
 -- ARGV[2]  only records whose stamp ends with this node suffix ('' for all)
 --
--- Returns { changes, {}, {}, {} } in the stamp script's shape; keys without a
--- record, or whose value changed since it was recorded (a local write the
--- stamper has not reached yet: it ships on its own), are left out.
+-- Returns { changes, {}, unsupported, {} } in the stamp script's shape; keys
+-- without a record, or whose value changed since it was recorded (a local
+-- write the stamper has not reached yet: it ships on its own), are left
+-- out. Collections too large to read here are listed in `unsupported` with
+-- their reason ('too_large:<type>:<elements>'): they travel in pieces.
 local after, own = ARGV[1] or '', ARGV[2] or ''
-local changes = {}
+local changes, unsupported = {}, {}
 for i = 1, #KEYS, 2 do
   local key, bucket = KEYS[i], KEYS[i + 1]
   local rec = parse_record(redis.call('HGET', bucket, key))
@@ -20,9 +22,14 @@ for i = 1, #KEYS, 2 do
       if state == nil then
         changes[#changes + 1] = { key, rec.stamp, 'd' }
       end
-    elseif state ~= nil and not state.unsupported and digest(state) == rec.digest then
+    elseif state == nil then
+      -- deleted since it was recorded: the stamper ships that
+    elseif state.unsupported then
+      unsupported[#unsupported + 1] = key
+      unsupported[#unsupported + 1] = state.reason
+    elseif digest(state) == rec.digest then
       changes[#changes + 1] = { key, rec.stamp, 'p', state.t, state.exp, state.flat }
     end
   end
 end
-return { changes, {}, {}, {} }
+return { changes, {}, unsupported, {} }

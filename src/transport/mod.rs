@@ -13,4 +13,4 @@ pub mod pb {
 }
 
 /// Version of the wire protocol; a peer with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -117,6 +117,26 @@ fn check_batch(
                     "key under the reserved __geosync: prefix".into(),
                 ));
             }
+            Op::Part { ref value, .. }
+                if value.is_empty()
+                    || crate::change::Collection::from_type_name(value.type_name()).is_none() =>
+            {
+                return Err(Refusal::Malformed(format!(
+                    "a piece must hold elements of a list, set, sorted set or hash, not {} of {}",
+                    value.len(),
+                    value.type_name()
+                )));
+            }
+            Op::Seal {
+                len, ref digest, ..
+            } if len == 0
+                || digest.len() != 16
+                || !digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+            {
+                return Err(Refusal::Malformed(format!(
+                    "a seal needs elements and a 16-digit hex digest, not {len} and {digest:?}"
+                )));
+            }
             _ => {}
         }
         if newest.is_none_or(|n| ts > n) {
@@ -345,6 +365,10 @@ impl Replication for Receiver {
                                 .changes_rejected_older
                                 .get_or_create(&label)
                                 .inc_by(outcome.older);
+                            if outcome.incomplete > 0 {
+                                metrics.large_keys_incomplete.inc_by(outcome.incomplete);
+                                warn!(origin, seq, keys = outcome.incomplete, "pieces of a large key are missing (dropped from a full outbox); it is not applied until the origin sends it again");
+                            }
                             if let Some(s) = origins
                                 .lock()
                                 .expect("origins lock")
