@@ -157,7 +157,12 @@ static COPIES: AtomicU64 = AtomicU64::new(0);
 /// at the same time (stamper, catch-ups, snapshots) never share one.
 fn copy_name(key: &[u8]) -> Vec<u8> {
     let mut name = COPY_PREFIX.to_vec();
-    name.extend_from_slice(COPIES.fetch_add(1, Ordering::Relaxed).to_string().as_bytes());
+    name.extend_from_slice(
+        COPIES
+            .fetch_add(1, Ordering::Relaxed)
+            .to_string()
+            .as_bytes(),
+    );
     name.push(b':');
     name.extend_from_slice(key);
     name
@@ -394,8 +399,7 @@ impl Stamping<'_> {
         let elements = copy.frozen.len;
         let record = Record::parse(&copy.frozen.record);
         if let Some(rec) = record.as_ref().filter(|r| r.value && r.digest == digest) {
-            let again =
-                self.claimed.as_deref() == Some(rec.stamp) || self.own_unacked(rec.stamp);
+            let again = self.claimed.as_deref() == Some(rec.stamp) || self.own_unacked(rec.stamp);
             if !again {
                 return Ok(Some(Stamped::Unchanged));
             }

@@ -332,7 +332,9 @@ impl Stamper {
         let outcome = loop {
             match stamping.run(&mut self.store, db, &key, &sink).await {
                 Err(LargeError::Stopped) => return false,
-                Err(e @ (LargeError::Store(_) | LargeError::Gone | LargeError::Miscounted { .. })) => {
+                Err(
+                    e @ (LargeError::Store(_) | LargeError::Gone | LargeError::Miscounted { .. }),
+                ) => {
                     warn!(db, key = %name, error = %e, "shipping a large key in pieces failed; retrying");
                     if !backoff.wait(shutdown).await {
                         return false;

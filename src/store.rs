@@ -309,8 +309,7 @@ impl Store {
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
                         && attempt == 0 =>
                 {
-                    let bodies: Vec<String> =
-                        self.scripts.iter().map(|s| s.body.clone()).collect();
+                    let bodies: Vec<String> = self.scripts.iter().map(|s| s.body.clone()).collect();
                     let conn = self.conn().await?;
                     for body in bodies {
                         let _: String = redis::cmd("SCRIPT")
@@ -621,8 +620,8 @@ impl Store {
                     return Err(bad());
                 };
                 let t = bulk(t).ok_or_else(bad)?;
-                let kind = Collection::from_type_name(&String::from_utf8_lossy(&t))
-                    .ok_or_else(bad)?;
+                let kind =
+                    Collection::from_type_name(&String::from_utf8_lossy(&t)).ok_or_else(bad)?;
                 let record = bulk(record).ok_or_else(bad)?;
                 Ok(Freeze::Frozen(Frozen {
                     kind,
@@ -663,7 +662,9 @@ impl Store {
         };
         let refusal = bulk(refusal).ok_or_else(bad)?;
         if !refusal.is_empty() {
-            return Ok(Piece::Refused(String::from_utf8_lossy(&refusal).into_owned()));
+            return Ok(Piece::Refused(
+                String::from_utf8_lossy(&refusal).into_owned(),
+            ));
         }
         let next = String::from_utf8(bulk(next).ok_or_else(bad)?).map_err(|_| bad())?;
         let items = items

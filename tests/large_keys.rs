@@ -97,17 +97,24 @@ fn collections_over_the_element_limit_travel_in_pieces() {
     mesh.wait_converged(&[0], SETTLE);
     assert_eq!(b.llen::<_, usize>("biglist").unwrap(), 30_000);
     assert_eq!(b.zcard::<_, usize>("bigzset").unwrap(), 30_000);
-    assert!(b.pttl::<_, i64>("bighash").unwrap() > 3_000_000, "the expiry came along");
+    assert!(
+        b.pttl::<_, i64>("bighash").unwrap() > 3_000_000,
+        "the expiry came along"
+    );
     let agent = &mesh.regions[0].agent;
     assert!(agent.metric("geosync_large_keys_shipped_total") >= 4.0);
     assert_eq!(agent.metric("geosync_unsupported_keys_total"), 0.0);
     assert_eq!(
-        mesh.regions[1].agent.metric("geosync_large_keys_incomplete_total"),
+        mesh.regions[1]
+            .agent
+            .metric("geosync_large_keys_incomplete_total"),
         0.0
     );
-    wait_until("private copies and built keys are cleaned up", SETTLE, || {
-        private_keys(&mut a) == 0 && private_keys(&mut b) == 0
-    });
+    wait_until(
+        "private copies and built keys are cleaned up",
+        SETTLE,
+        || private_keys(&mut a) == 0 && private_keys(&mut b) == 0,
+    );
 
     // Changes to large keys travel again; a delete is a plain tombstone;
     // a key that shrinks under the limit travels whole again.
@@ -115,7 +122,12 @@ fn collections_over_the_element_limit_travel_in_pieces() {
     let _: () = a.sadd("bigset", "one more").unwrap();
     let _: () = a.lset("biglist", 20_000, "changed").unwrap();
     let _: () = a.del("bigzset").unwrap();
-    let _: () = redis::cmd("LTRIM").arg("biglist").arg(0).arg(20_000).query(&mut a).unwrap();
+    let _: () = redis::cmd("LTRIM")
+        .arg("biglist")
+        .arg(0)
+        .arg(20_000)
+        .query(&mut a)
+        .unwrap();
     let fields: Vec<String> = (0..29_500).map(|i| format!("f{i}")).collect();
     let _: () = a.hdel("bighash", fields).unwrap();
     mesh.wait_converged(&[0], SETTLE);
@@ -167,7 +179,10 @@ fn a_stream_over_the_element_limit_is_reported_and_others_keep_flowing() {
     wait_until("the stream is counted", SETTLE, || {
         agent.metric("geosync_unsupported_keys_total{reason=\"too_large\"}") >= 1.0
     });
-    assert!(!b.exists::<_, bool>("events").unwrap(), "the stream stays home");
+    assert!(
+        !b.exists::<_, bool>("events").unwrap(),
+        "the stream stays home"
+    );
     let log = agent.log_text();
     assert!(
         log.contains("more elements than --max-key-elements")
@@ -205,8 +220,16 @@ fn a_large_hash_with_field_expiries_is_reported() {
     wait_until("the hash is counted", SETTLE, || {
         agent.metric("geosync_unsupported_keys_total{reason=\"too_large\"}") >= 1.0
     });
-    assert!(!mesh.regions[1].redis.conn().exists::<_, bool>("expiring").unwrap());
-    wait_until("its private copy is dropped", SETTLE, || private_keys(&mut a) == 0);
+    assert!(
+        !mesh.regions[1]
+            .redis
+            .conn()
+            .exists::<_, bool>("expiring")
+            .unwrap()
+    );
+    wait_until("its private copy is dropped", SETTLE, || {
+        private_keys(&mut a) == 0
+    });
 }
 
 #[test]
@@ -233,4 +256,132 @@ fn one_batch_never_reads_more_than_the_element_limit() {
             .metric("geosync_unsupported_keys_total"),
         0.0
     );
+}
+
+/// The record (stamp, flag, expiry) region's metadata holds for `key`.
+fn record(c: &mut redis::Connection, key: &str) -> Option<(String, char, Option<i64>)> {
+    snapshot(c).meta.get(key.as_bytes()).cloned()
+}
+
+#[test]
+fn a_full_resync_does_not_restamp_an_unchanged_large_key() {
+    // A small backlog, so that writes made while the agent is down push
+    // its position out and force a full resync.
+    let mut mesh = Mesh::start_with(2, &["--repl-backlog-size", "16kb"]);
+    for r in &mut mesh.regions {
+        r.agent.extra = vec!["--max-key-elements".into(), "1000".into()];
+        r.agent.restart();
+    }
+    mesh.wait_ready();
+    let mut a = mesh.regions[0].redis.conn();
+    let mut b = mesh.regions[1].redis.conn();
+    for k in ["keep", "stale", "gone"] {
+        fill_set(&mut a, k, 5000);
+    }
+    mesh.wait_converged(&[0], SETTLE);
+    let kept = record(&mut a, "keep").expect("recorded");
+    let position = mesh.regions[0].agent.data_dir.join("replication");
+    wait_until("the replication position is recorded", SETTLE, || {
+        position.exists()
+    });
+
+    mesh.regions[0].agent.kill();
+    // While region 1's agent is down: region 2 changes a large key region 1
+    // still holds unchanged, and region 1 deletes another.
+    let _: () = b.sadd("stale", "newer-in-2").unwrap();
+    let _: () = a.del("gone").unwrap();
+    let filler = "x".repeat(1000);
+    for i in 0..2000 {
+        let _: () = a.set(format!("filler{i}"), &filler).unwrap();
+    }
+    mesh.regions[0].agent.restart();
+    mesh.wait_ready();
+    mesh.wait_converged(&[0], SETTLE);
+    let agent = &mesh.regions[0].agent;
+    assert_eq!(agent.metric("geosync_sync_full_total"), 1.0);
+    assert!(
+        a.sismember::<_, _, bool>("stale", "newer-in-2").unwrap(),
+        "region 2's newer version won: the unchanged old one was not stamped again"
+    );
+    assert!(
+        !b.exists::<_, bool>("gone").unwrap(),
+        "the delete reached region 2"
+    );
+    assert_eq!(record(&mut a, "keep").unwrap(), kept, "keep kept its stamp");
+    // Stamped anew: the delete and the filler keys, nothing large.
+    assert_eq!(agent.metric("geosync_changes_stamped_total"), 2001.0);
+}
+
+#[test]
+fn a_peer_that_missed_a_large_key_catches_up_from_the_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r1, r2) = (Redis::start(&[]), Redis::start(&[]));
+    let (l1, l2) = (free_port(), free_port());
+    let extra: Vec<String> = ["--outbox-batches", "3", "--max-key-elements", "1000"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut a1 = Agent::start_with(1, &r1.url(), l1, free_port(), &[l2], dir.path(), &extra);
+    let mut a2 = Agent::start_with(2, &r2.url(), l2, free_port(), &[l1], dir.path(), &extra);
+    wait_until("agents ready", SETTLE, || a1.is_ready() && a2.is_ready());
+    a2.kill();
+    let mut c1 = r1.conn();
+    fill_set(&mut c1, "big", 20_000);
+    wait_until("region 1 shipped the large key", SETTLE, || {
+        a1.metric("geosync_large_keys_shipped_total") >= 1.0
+    });
+    // More batches than the outbox holds: the large key's pieces are dropped.
+    for i in 0..10 {
+        let _: () = c1.set(format!("k{i}"), i).unwrap();
+        wait_until("region 1 stamps as it goes", SETTLE, || {
+            a1.metric("geosync_changes_stamped_total") >= (i + 2) as f64
+        });
+    }
+    assert!(a1.metric("geosync_outbox_overflows_total") >= 1.0);
+    a2.restart();
+    wait_until("region 2 ready", SETTLE, || a2.is_ready());
+    let mesh = Mesh {
+        regions: vec![
+            Region {
+                redis: r1,
+                agent: a1,
+            },
+            Region {
+                redis: r2,
+                agent: a2,
+            },
+        ],
+        dir,
+    };
+    mesh.wait_converged(&[0], SETTLE);
+    // 5 pieces and a seal, and the 10 small keys.
+    assert!(
+        mesh.regions[0]
+            .agent
+            .metric("geosync_catch_up_changes_total")
+            >= 16.0,
+        "the large key came through the catch-up"
+    );
+}
+
+#[test]
+fn a_region_that_restarts_empty_gets_its_large_keys_back() {
+    let mut mesh = mesh_with(&["--max-key-elements", "1000"]);
+    let mut a = mesh.regions[0].redis.conn();
+    fill_set(&mut a, "mine", 20_000);
+    fill_collections(&mut mesh.regions[1].redis.conn(), "theirs", 8000);
+    mesh.wait_converged(&[0], SETTLE);
+    let file = mesh.regions[0].agent.data_dir.join("replication");
+    wait_until("region 1's position is recorded", SETTLE, || file.exists());
+
+    mesh.regions[0].redis.restart_empty();
+    let agent = &mesh.regions[0].agent;
+    wait_until("region 1 is rebuilt", SETTLE, || {
+        agent.metric("geosync_rebuilds_total") == 1.0
+    });
+    mesh.wait_ready();
+    mesh.wait_converged(&[0], SETTLE);
+    let mut a = mesh.regions[0].redis.conn();
+    assert_eq!(a.scard::<_, usize>("mine").unwrap(), 20_000);
+    assert_eq!(a.llen::<_, usize>("theirslist").unwrap(), 8000);
 }

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use geosync::change::{Change, Op, encode_batch};
+use geosync::change::{Change, Collection, Op, Value, encode_batch};
 use geosync::stamp;
 use geosync::transport::PROTOCOL_VERSION;
 use geosync::transport::pb::replication_client::ReplicationClient;
@@ -189,4 +189,108 @@ fn bad_batches_are_refused_and_counted() {
     );
     let body = agent.get("/metrics").unwrap().1;
     assert!(body.contains("reason=\"clock_skew\""), "{body}");
+}
+
+/// A set of `members` as a piece of a large key.
+fn part(key: &str, at: u64, members: &[&str], stamp: &Timestamp) -> Change {
+    Change {
+        db: 0,
+        key: ByteBuf::from(key.as_bytes().to_vec()),
+        stamp: stamp::encode(stamp),
+        op: Op::Part {
+            at,
+            value: Value::Set(
+                members
+                    .iter()
+                    .map(|m| ByteBuf::from(m.as_bytes().to_vec()))
+                    .collect(),
+            ),
+        },
+    }
+}
+
+fn seal(key: &str, len: u64, digest: &str, stamp: &Timestamp) -> Change {
+    Change {
+        db: 0,
+        key: ByteBuf::from(key.as_bytes().to_vec()),
+        stamp: stamp::encode(stamp),
+        op: Op::Seal {
+            kind: Collection::Set,
+            expire_at_ms: None,
+            len,
+            digest: digest.into(),
+        },
+    }
+}
+
+/// A large key whose pieces do not all arrive is not applied; the same key
+/// sent whole in pieces is; malformed pieces and seals are refused.
+#[test]
+fn a_large_key_with_a_missing_piece_is_not_applied() {
+    let mesh = Mesh::start(1);
+    let agent = &mesh.regions[0].agent;
+    let mut c = mesh.regions[0].redis.conn();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let digest = "0123456789abcdef";
+    rt.block_on(async {
+        let mut o = connect(agent.listen, 9, "geosync").await.unwrap();
+        let id = stamp::node_id_to_id(9).unwrap();
+        let t1 = Timestamp::new(NTP64(now_ntp()), id);
+        // elements 2..4 never arrive
+        let gap = [
+            part("pieces", 0, &["a", "b"], &t1),
+            part("pieces", 4, &["e"], &t1),
+            seal("pieces", 5, digest, &t1),
+        ];
+        assert_eq!(o.send(1, encode_batch(&gap)).await.unwrap(), 1);
+        let t2 = Timestamp::new(NTP64(now_ntp()), id);
+        let whole = [
+            part("pieces", 0, &["a", "b"], &t2),
+            part("pieces", 2, &["c", "d", "e"], &t2),
+        ];
+        assert_eq!(o.send(2, encode_batch(&whole)).await.unwrap(), 2);
+        assert!(
+            !c.exists::<_, bool>("pieces").unwrap(),
+            "nothing shows before the seal"
+        );
+        assert_eq!(
+            o.send(3, encode_batch(&[seal("pieces", 5, digest, &t2)]))
+                .await
+                .unwrap(),
+            3
+        );
+
+        // (other node ids: node 9's stream is still open)
+        let t3 = Timestamp::new(NTP64(now_ntp()), stamp::node_id_to_id(10).unwrap());
+        let mut o = connect(agent.listen, 10, "geosync").await.unwrap();
+        let string_piece = Change {
+            op: Op::Part {
+                at: 0,
+                value: Value::String(ByteBuf::from(b"s".to_vec())),
+            },
+            ..part("bad", 0, &[], &t3)
+        };
+        let err = o.send(1, encode_batch(&[string_piece])).await.unwrap_err();
+        assert!(err.message().contains("piece"), "{}", err.message());
+        let t4 = Timestamp::new(NTP64(now_ntp()), stamp::node_id_to_id(11).unwrap());
+        let mut o = connect(agent.listen, 11, "geosync").await.unwrap();
+        let err = o
+            .send(1, encode_batch(&[seal("bad", 5, "XYZ", &t4)]))
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("digest"), "{}", err.message());
+    });
+    let mut members: Vec<String> = c.smembers("pieces").unwrap();
+    members.sort();
+    assert_eq!(members, ["a", "b", "c", "d", "e"]);
+    assert_eq!(agent.metric("geosync_large_keys_incomplete_total"), 1.0);
+    let building: Vec<String> = c.keys("__geosync:in:*").unwrap();
+    assert!(
+        building.is_empty(),
+        "built keys are cleaned up: {building:?}"
+    );
+    let rec: String = c
+        .hget(geosync::store::meta_bucket(b"pieces"), "pieces")
+        .unwrap();
+    assert!(rec.ends_with(&format!("v{digest}")), "recorded: {rec}");
 }

@@ -131,7 +131,9 @@ fn check_batch(
                 len, ref digest, ..
             } if len == 0
                 || digest.len() != 16
-                || !digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+                || !digest
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
             {
                 return Err(Refusal::Malformed(format!(
                     "a seal needs elements and a 16-digit hex digest, not {len} and {digest:?}"
