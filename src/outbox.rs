@@ -44,6 +44,8 @@ struct Inner {
     acked_stamps: HashMap<String, String>,
     /// Peers that lost batches to a full outbox and need a catch-up.
     overflowed: std::collections::HashSet<String>,
+    /// Peers whose stream is up.
+    connected: std::collections::HashSet<String>,
 }
 
 /// Batches awaiting acknowledgement by the peers.
@@ -52,6 +54,8 @@ pub struct Outbox {
     capacity: usize,
     capacity_bytes: usize,
     latest: watch::Sender<u64>,
+    /// Woken by acks and by peers connecting or leaving.
+    progress: tokio::sync::Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -77,10 +81,12 @@ impl Outbox {
                     .filter(|(p, _)| peers.contains(p))
                     .collect(),
                 overflowed: Default::default(),
+                connected: Default::default(),
             }),
             capacity,
             capacity_bytes,
             latest: watch::channel(0).0,
+            progress: tokio::sync::Notify::new(),
             metrics,
         }
     }
@@ -200,6 +206,67 @@ impl Outbox {
         self.ack(peer, seq);
     }
 
+    /// Records whether the stream to `peer` is up.
+    pub fn set_connected(&self, peer: &str, up: bool) {
+        {
+            let mut inner = self.inner.lock().expect("outbox lock");
+            if up {
+                inner.connected.insert(peer.to_string());
+            } else {
+                inner.connected.remove(peer);
+            }
+        }
+        self.progress.notify_waiters();
+    }
+
+    /// Encoded bytes of the batches some connected peer has not
+    /// acknowledged yet (0 when no peer is connected).
+    pub fn in_flight_bytes(&self) -> usize {
+        let inner = self.inner.lock().expect("outbox lock");
+        let Some(low) = inner
+            .connected
+            .iter()
+            .filter_map(|p| inner.acked.get(p))
+            .min()
+        else {
+            return 0;
+        };
+        inner
+            .batches
+            .iter()
+            .filter(|b| b.seq > *low)
+            .map(|b| b.payload.len())
+            .sum()
+    }
+
+    /// Waits until connected peers have at most `limit` bytes left to
+    /// acknowledge, for at most `patience`. Pieces of a large key are pushed
+    /// only as fast as the peers take them, so that they do not pile up in
+    /// memory; a peer that is away does not hold them back (it catches up
+    /// later), and one that is connected but stuck holds them back only for
+    /// `patience`. Returns false when the wait timed out (or on shutdown).
+    pub async fn wait_room(
+        &self,
+        limit: usize,
+        patience: std::time::Duration,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let woken = self.progress.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.in_flight_bytes() <= limit {
+                return true;
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep_until(deadline) => return false,
+                _ = shutdown.cancelled() => return false,
+            }
+        }
+    }
+
     /// The first batch after `seq`, if any.
     pub fn next_after(&self, seq: u64) -> Option<Arc<OutBatch>> {
         let inner = self.inner.lock().expect("outbox lock");
@@ -261,6 +328,7 @@ impl Outbox {
             }
             self.metrics.outbox_len.set(inner.batches.len() as i64);
         }
+        self.progress.notify_waiters();
         self.update_lag();
     }
 
@@ -339,6 +407,57 @@ mod tests {
         );
         ob.ack("b", 1);
         assert_eq!(ob.acked_stamps(), stamps, "acks never go backwards");
+    }
+
+    #[tokio::test]
+    async fn only_connected_peers_hold_pieces_back() {
+        let peers = vec!["a".to_string(), "b".to_string()];
+        let ob = Arc::new(Outbox::new(
+            &peers,
+            100,
+            1 << 20,
+            HashMap::new(),
+            Arc::new(Metrics::new()),
+        ));
+        let t = CancellationToken::new();
+        for _ in 0..3 {
+            assert!(ob.push(change(), &t).await);
+        }
+        let one = ob.next_after(0).unwrap().payload.len();
+        assert_eq!(ob.in_flight_bytes(), 0, "nobody connected: nothing waits");
+        ob.set_connected("a", true);
+        assert_eq!(ob.in_flight_bytes(), 3 * one);
+        ob.ack("a", 1);
+        assert_eq!(ob.in_flight_bytes(), 2 * one);
+        ob.set_connected("b", true);
+        assert_eq!(
+            ob.in_flight_bytes(),
+            3 * one,
+            "the slowest connected peer counts"
+        );
+        let patience = std::time::Duration::from_secs(30);
+        assert!(ob.wait_room(3 * one, patience, &t).await, "room already");
+        // A waiter wakes when the connected peers ack ...
+        let waiter = {
+            let (ob, t) = (ob.clone(), t.clone());
+            tokio::spawn(async move { ob.wait_room(one, patience, &t).await })
+        };
+        ob.ack("a", 3);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "b still holds two batches");
+        ob.ack("b", 2);
+        assert!(waiter.await.unwrap());
+        // ... or when the one holding them back leaves.
+        let waiter = {
+            let (ob, t) = (ob.clone(), t.clone());
+            tokio::spawn(async move { ob.wait_room(0, patience, &t).await })
+        };
+        ob.set_connected("b", false);
+        assert!(waiter.await.unwrap());
+        // A connected peer that never acks holds them back only so long.
+        ob.set_connected("b", true);
+        let short = std::time::Duration::from_millis(50);
+        assert!(!ob.wait_room(0, short, &t).await);
     }
 
     #[tokio::test]

@@ -326,7 +326,11 @@ impl Stamper {
             me: &me,
             claimed: None,
         };
-        let sink = Sink::Outbox(&self.outbox, shutdown);
+        let sink = Sink::Outbox(
+            &self.outbox,
+            shutdown,
+            std::sync::atomic::AtomicBool::new(true),
+        );
         let mut backoff = Backoff::new();
         let name = String::from_utf8_lossy(&key).into_owned();
         let outcome = loop {

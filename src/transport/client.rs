@@ -73,6 +73,7 @@ pub async fn run(
         let started = Instant::now();
         let end = session(&peer, &me, &outbox, &metrics, &ready, &shutdown).await;
         metrics.peer_connected.get_or_create(&label).set(0);
+        outbox.set_connected(&peer, false);
         match end {
             SessionEnd::Shutdown => return,
             SessionEnd::Misconfigured(why) => {
@@ -166,6 +167,7 @@ async fn session(
     let mut acked = outbox.acked(peer);
     let mut sent = acked;
     ready.peer_reached(peer);
+    outbox.set_connected(peer, true);
     metrics.peer_connected.get_or_create(&label).set(1);
     info!(%peer, peer_node = welcome.node_id, acked, "peer connected");
     let mut latest = outbox.subscribe();
