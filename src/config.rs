@@ -100,8 +100,10 @@ pub struct RunArgs {
     /// Most batches kept in memory for peers that have not acknowledged them.
     #[arg(long, env = "GEOSYNC_OUTBOX_BATCHES")]
     pub outbox_batches: Option<usize>,
-    /// Most elements of a collection replicated; larger keys are logged,
-    /// counted and left alone (reading them would block Redis for seconds).
+    /// Most elements of a collection read in one script; larger lists,
+    /// sets, sorted sets and hashes travel in pieces, larger streams and
+    /// hashes with field expiries are logged, counted and left alone. Use
+    /// the same value in every region.
     #[arg(long, env = "GEOSYNC_MAX_KEY_ELEMENTS")]
     pub max_key_elements: Option<u64>,
     /// MiB of stamped changes held in memory for peers that have not

@@ -298,6 +298,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         node_id: config.node_id,
         peers: config.peers.clone(),
         reship: None,
+        reshipped_large: Default::default(),
         position: position_tx,
         module_keys: Default::default(),
         too_large_logged: Default::default(),

@@ -60,6 +60,10 @@ pub struct Stamper {
     /// Keys over `--max-key-elements` already logged (a hot one would
     /// flood the log); at most [`LOGGED_TOO_LARGE`].
     pub too_large_logged: std::collections::HashSet<(u32, Bytes)>,
+    /// Large keys already shipped again with their recorded stamp during
+    /// this resync: a resync can report a key twice (the snapshot, then the
+    /// own records), and shipping a large key twice is costly.
+    pub reshipped_large: std::collections::HashSet<(u32, Bytes)>,
 }
 
 /// What the stamper has taken from the tailer and not finished yet.
@@ -111,6 +115,7 @@ impl Stamper {
             if pending.snapshot_done {
                 self.ready.snapshot_done();
                 self.reship = None;
+                self.reshipped_large.clear();
                 pending.snapshot_done = false;
             }
         }
@@ -134,6 +139,7 @@ impl Stamper {
             }
             TailEvent::SnapshotStart => {
                 self.reship = crate::acklog::reship_floor(&self.outbox.acked_stamps(), &self.peers);
+                self.reshipped_large.clear();
                 true
             }
             TailEvent::SnapshotDone => {
@@ -322,7 +328,10 @@ impl Stamper {
         let me = crate::store::node_suffix(self.node_id);
         let mut stamping = Stamping {
             clock: &self.clock,
-            reship: self.reship.as_deref(),
+            reship: self
+                .reship
+                .as_deref()
+                .filter(|_| !self.reshipped_large.contains(&(db, key.clone()))),
             me: &me,
             claimed: None,
         };
@@ -359,6 +368,7 @@ impl Stamper {
             }) => {
                 if again {
                     self.metrics.changes_reshipped.inc();
+                    self.reshipped_large.insert((db, key));
                 } else {
                     self.metrics.changes_stamped.inc();
                 }

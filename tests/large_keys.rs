@@ -385,3 +385,39 @@ fn a_region_that_restarts_empty_gets_its_large_keys_back() {
     assert_eq!(a.scard::<_, usize>("mine").unwrap(), 20_000);
     assert_eq!(a.llen::<_, usize>("theirslist").unwrap(), 8000);
 }
+
+#[test]
+fn an_agent_killed_while_shipping_a_large_key_ships_it_again_after_restart() {
+    let mut mesh = mesh_with(&["--max-key-elements", "1000"]);
+    let n = 300_000;
+    let mut a = mesh.regions[0].redis.conn();
+    let mut b = mesh.regions[1].redis.conn();
+    // Written while the agent is down, so that it ships the whole key once.
+    mesh.regions[0].agent.kill();
+    fill_set(&mut a, "big", n);
+    mesh.regions[0].agent.restart();
+    wait_until("region 2 builds the first pieces", SETTLE, || {
+        !b.keys::<_, Vec<String>>("__geosync:in:*")
+            .unwrap()
+            .is_empty()
+    });
+    mesh.regions[0].agent.kill();
+    assert!(
+        b.scard::<_, usize>("big").unwrap() < n,
+        "the agent was killed before the key was sealed"
+    );
+    mesh.regions[0].agent.restart();
+    mesh.wait_ready();
+    wait_until("the whole key reaches region 2", SETTLE, || {
+        b.scard::<_, usize>("big").unwrap() == n
+    });
+    mesh.wait_converged(&[0], SETTLE);
+    let agent = &mesh.regions[0].agent;
+    assert_eq!(
+        agent.metric("geosync_changes_reshipped_total"),
+        1.0,
+        "shipped again, once, with the stamp it was claimed with"
+    );
+    assert_eq!(agent.metric("geosync_changes_stamped_total"), 0.0);
+    assert_eq!(agent.metric("geosync_large_keys_shipped_total"), 1.0);
+}
