@@ -353,11 +353,14 @@ pub struct Stamping<'a> {
 }
 
 impl Stamping<'_> {
-    fn observe(&self, newer: &str) {
-        if let Ok(t) = stamp::decode(newer.as_bytes()) {
-            // Beyond the skew limit: the loop keeps asking, as the stamp
-            // script's retries do.
-            let _ = self.clock.update_with_timestamp(&t);
+    /// Lets the clock observe a newer stamp met in Redis; when it is
+    /// beyond the skew limit, waits a little for the clock instead.
+    async fn observe(&self, newer: &str) {
+        let observed = stamp::decode(newer.as_bytes())
+            .ok()
+            .is_some_and(|t| self.clock.update_with_timestamp(&t).is_ok());
+        if !observed && !newer.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 
@@ -381,7 +384,7 @@ impl Stamping<'_> {
             let frozen = match store.freeze(db, key, &name, Some(&s)).await? {
                 Freeze::Whole => return Ok(Stamped::Whole),
                 Freeze::Retry(newer) => {
-                    self.observe(&newer);
+                    self.observe(&newer).await;
                     continue;
                 }
                 Freeze::Frozen(f) => f,
@@ -436,7 +439,7 @@ impl Stamping<'_> {
             )
             .await?;
         if let Err(newer) = claim {
-            self.observe(&newer);
+            self.observe(&newer).await;
             return Ok(None);
         }
         self.claimed = Some(s.to_string());
