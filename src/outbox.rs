@@ -29,6 +29,8 @@ pub struct OutBatch {
     pub count: u32,
     /// The largest stamp in the batch (encoded).
     pub max_stamp: String,
+    /// The smallest stamp in the batch (encoded).
+    pub min_stamp: String,
     /// When it was stamped (for lag).
     pub created: Instant,
 }
@@ -39,13 +41,37 @@ struct Inner {
     /// Encoded bytes of `batches`.
     bytes: usize,
     acked: HashMap<String, u64>,
-    /// Per peer, the largest stamp it acknowledged (survives restarts
-    /// through [`Outbox::acked_stamps`] and the data directory).
+    /// Per peer, a stamp such that every change this node stamped up to it
+    /// has reached the peer: catch-ups and re-ships after a restart start
+    /// after it (survives restarts through [`Outbox::acked_stamps`] and the
+    /// data directory).
     acked_stamps: HashMap<String, String>,
+    /// The largest stamp pushed so far.
+    pushed_max: String,
     /// Peers that lost batches to a full outbox and need a catch-up.
     overflowed: std::collections::HashSet<String>,
     /// Peers whose stream is up.
     connected: std::collections::HashSet<String>,
+}
+
+/// A catch-up in progress (see [`Outbox::start_catch_up`]).
+#[derive(Debug, Clone)]
+pub struct CatchUp {
+    /// Read back this node's records stamped after this ("0" for all).
+    pub floor: String,
+    /// The batches it replaces: every one up to this sequence number.
+    pub covered: u64,
+    /// The largest stamp pushed when it started.
+    pub upto: String,
+}
+
+/// The largest encoded stamp below `s` (stamps are fixed-width hex), or
+/// "0" when there is none.
+fn stamp_before(s: &str) -> String {
+    match u128::from_str_radix(s, 16) {
+        Ok(n) if n > 0 => format!("{:0width$x}", n - 1, width = s.len()),
+        _ => "0".into(),
+    }
 }
 
 /// Batches awaiting acknowledgement by the peers.
@@ -82,6 +108,7 @@ impl Outbox {
                     .collect(),
                 overflowed: Default::default(),
                 connected: Default::default(),
+                pushed_max: String::new(),
             }),
             capacity,
             capacity_bytes,
@@ -100,15 +127,24 @@ impl Outbox {
             return false;
         }
         let payload = Bytes::from(encode_batch(&changes));
-        let max_stamp = changes
-            .iter()
-            .map(|c| c.stamp.as_str())
-            .max()
-            .unwrap_or("")
-            .to_string();
+        let stamps = || changes.iter().map(|c| c.stamp.as_str());
+        let max_stamp = stamps().max().unwrap_or("").to_string();
+        let min_stamp = stamps().min().unwrap_or("").to_string();
         let mut inner = self.inner.lock().expect("outbox lock");
         let seq = inner.next_seq;
         inner.next_seq += 1;
+        if max_stamp > inner.pushed_max {
+            inner.pushed_max = max_stamp.clone();
+        }
+        // A change re-shipped with an old stamp: no peer counts as having
+        // everything up to it any more.
+        if !min_stamp.is_empty() {
+            for slot in inner.acked_stamps.values_mut() {
+                if *slot >= min_stamp {
+                    *slot = stamp_before(&min_stamp);
+                }
+            }
+        }
         if inner.acked.is_empty() {
             // No peers: nothing to keep.
             drop(inner);
@@ -143,6 +179,7 @@ impl Outbox {
             payload,
             count: changes.len() as u32,
             max_stamp,
+            min_stamp,
             created: Instant::now(),
         }));
         self.metrics.outbox_len.set(inner.batches.len() as i64);
@@ -161,11 +198,9 @@ impl Outbox {
             .contains(peer)
     }
 
-    /// Starts a catch-up for an overflowed peer: returns the stamp after
-    /// which its changes must be read back from the metadata ("0" for all)
-    /// and the sequence number the catch-up covers up to; None when the
-    /// peer did not overflow.
-    pub fn start_catch_up(&self, peer: &str) -> Option<(String, u64)> {
+    /// Starts a catch-up for an overflowed peer; None when the peer did not
+    /// overflow.
+    pub fn start_catch_up(&self, peer: &str) -> Option<CatchUp> {
         let mut inner = self.inner.lock().expect("outbox lock");
         if !inner.overflowed.remove(peer) {
             return None;
@@ -181,7 +216,11 @@ impl Outbox {
             .front()
             .map(|b| b.seq - 1)
             .unwrap_or(inner.next_seq - 1);
-        Some((floor, covered))
+        Some(CatchUp {
+            floor,
+            covered,
+            upto: inner.pushed_max.clone(),
+        })
     }
 
     /// Marks the peer overflowed again (a catch-up did not finish).
@@ -193,17 +232,25 @@ impl Outbox {
             .insert(peer.to_string());
     }
 
-    /// Records a finished catch-up: the peer has everything up to `seq`, and
-    /// changes up to `stamp`.
-    pub fn catch_up_done(&self, peer: &str, seq: u64, stamp: Option<String>) {
-        if let Some(stamp) = stamp {
+    /// Records a finished catch-up: the peer has every batch it covered and
+    /// every change stamped up to the catch-up's `upto`.
+    ///
+    /// Not up to the newest stamp the catch-up sent: it reads the metadata
+    /// while the stamper goes on, so it may send a record stamped during it
+    /// and miss another one stamped just before (in a part of the metadata
+    /// already read). Those are in batches after `covered`; if the outbox
+    /// drops them too, the next catch-up must start from `upto`. Everything
+    /// pushed before the catch-up started was recorded before it started,
+    /// so the catch-up read it.
+    pub fn catch_up_done(&self, peer: &str, done: &CatchUp) {
+        {
             let mut inner = self.inner.lock().expect("outbox lock");
             let slot = inner.acked_stamps.entry(peer.to_string()).or_default();
-            if stamp > *slot {
-                *slot = stamp;
+            if done.upto > *slot {
+                *slot = done.upto.clone();
             }
         }
-        self.ack(peer, seq);
+        self.ack(peer, done.covered);
     }
 
     /// Records whether the stream to `peer` is up.
@@ -306,11 +353,20 @@ impl Outbox {
             let seq = seq.min(newest);
             if seq > prev {
                 inner.acked.insert(peer.to_string(), seq);
+                // Up to the newest stamp acknowledged, but below every
+                // stamp still unacknowledged (a re-shipped old one).
+                let pending = inner
+                    .batches
+                    .iter()
+                    .filter(|b| b.seq > seq)
+                    .map(|b| b.min_stamp.as_str())
+                    .min();
                 let stamp = inner
                     .batches
                     .iter()
                     .take_while(|b| b.seq <= seq)
                     .map(|b| b.max_stamp.as_str())
+                    .filter(|s| pending.is_none_or(|p| *s < p))
                     .max()
                     .map(str::to_string);
                 if let Some(stamp) = stamp {
@@ -378,16 +434,21 @@ mod tests {
         }]
     }
 
-    #[tokio::test]
-    async fn batches_stay_until_every_peer_acks() {
-        let peers = vec!["a".to_string(), "b".to_string()];
-        let ob = Outbox::new(
-            &peers,
-            10,
+    /// An outbox of `batches` batches and 1 MiB, with fresh metrics.
+    fn outbox(peers: &[String], batches: usize) -> Outbox {
+        Outbox::new(
+            peers,
+            batches,
             1 << 20,
             HashMap::new(),
             Arc::new(Metrics::new()),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn batches_stay_until_every_peer_acks() {
+        let peers = vec!["a".to_string(), "b".to_string()];
+        let ob = outbox(&peers, 10);
         let t = CancellationToken::new();
         for _ in 0..3 {
             assert!(ob.push(change(), &t).await);
@@ -412,13 +473,7 @@ mod tests {
     #[tokio::test]
     async fn only_connected_peers_hold_pieces_back() {
         let peers = vec!["a".to_string(), "b".to_string()];
-        let ob = Arc::new(Outbox::new(
-            &peers,
-            100,
-            1 << 20,
-            HashMap::new(),
-            Arc::new(Metrics::new()),
-        ));
+        let ob = Arc::new(outbox(&peers, 100));
         let t = CancellationToken::new();
         for _ in 0..3 {
             assert!(ob.push(change(), &t).await);
@@ -463,7 +518,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_outbox_drops_the_oldest_and_marks_who_missed_it() {
         let peers = vec!["a".to_string(), "b".to_string()];
-        let ob = Outbox::new(&peers, 2, 1 << 20, HashMap::new(), Arc::new(Metrics::new()));
+        let ob = outbox(&peers, 2);
         let t = CancellationToken::new();
         assert!(ob.push(change(), &t).await);
         assert!(ob.push(change(), &t).await);
@@ -475,16 +530,52 @@ mod tests {
         assert_eq!(ob.next_after(0).unwrap().seq, 3);
         assert!(ob.is_overflowed("b"));
         assert!(!ob.is_overflowed("a"));
-        let (floor, covered) = ob.start_catch_up("b").unwrap();
-        assert_eq!(covered, 2, "the catch-up covers what was dropped");
-        assert_eq!(floor, ob.acked_stamps()["b"], "from what b acknowledged");
+        let c = ob.start_catch_up("b").unwrap();
+        assert_eq!(c.covered, 2, "the catch-up covers what was dropped");
+        assert_eq!(c.floor, ob.acked_stamps()["b"], "from what b acknowledged");
+        assert_eq!(c.upto, ob.next_after(3).unwrap().max_stamp, "newest pushed");
         assert!(ob.start_catch_up("b").is_none());
-        ob.catch_up_done("b", covered, Some("zzzz".into()));
+        // Pushed during the catch-up, maybe not read by it.
+        assert!(ob.push(change(), &t).await);
+        ob.catch_up_done("b", &c);
         assert_eq!(ob.acked("b"), 2);
-        assert_eq!(ob.acked_stamps()["b"], "zzzz");
+        assert_eq!(
+            ob.acked_stamps()["b"],
+            c.upto,
+            "b has what was stamped before the catch-up, not what came during it"
+        );
         let stopped = CancellationToken::new();
         stopped.cancel();
         assert!(!ob.push(change(), &stopped).await);
+    }
+
+    #[tokio::test]
+    async fn acked_stamps_stay_below_old_stamps_shipped_again() {
+        let peers = vec!["a".to_string()];
+        let ob = outbox(&peers, 10);
+        let t = CancellationToken::new();
+        let old = change(); // the oldest stamp
+        assert!(ob.push(change(), &t).await);
+        assert!(ob.push(change(), &t).await);
+        ob.ack("a", 2);
+        let acked = ob.acked_stamps()["a"].clone();
+        assert!(acked > old[0].stamp);
+        // After a restart, an old change is re-shipped ...
+        assert!(ob.push(old.clone(), &t).await);
+        let lowered = ob.acked_stamps()["a"].clone();
+        assert!(
+            lowered < old[0].stamp,
+            "{lowered} is below the re-shipped {}",
+            old[0].stamp
+        );
+        // ... and newer acks do not pass it until it is acknowledged.
+        assert!(ob.push(change(), &t).await);
+        ob.ack("a", 2);
+        assert_eq!(ob.acked_stamps()["a"], lowered);
+        ob.ack("a", 4);
+        assert!(ob.acked_stamps()["a"] > acked);
+        assert_eq!(stamp_before("00000000000000010100"), "000000000000000100ff");
+        assert_eq!(stamp_before("00000000000000000000"), "0");
     }
 
     #[tokio::test]

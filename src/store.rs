@@ -38,6 +38,8 @@ const READ: &str = include_str!("scripts/read.lua");
 const FREEZE: &str = include_str!("scripts/freeze.lua");
 const PIECE: &str = include_str!("scripts/piece.lua");
 const CLAIM: &str = include_str!("scripts/claim.lua");
+/// Metadata buckets listed per round trip when records are read back.
+const BUCKETS_PER_READ: usize = 64;
 /// Prefix of the private copies of collections being read in pieces.
 pub const COPY_PREFIX: &[u8] = b"__geosync:x:";
 /// Prefix of the keys collections arriving in pieces are built in.
@@ -515,21 +517,21 @@ impl Store {
         }
         let mut sent = 0u64;
         let mut keys: Vec<Bytes> = Vec::new();
-        for (i, bucket) in buckets.iter().enumerate() {
+        let groups = buckets.chunks(BUCKETS_PER_READ).count();
+        for (i, group) in buckets.chunks(BUCKETS_PER_READ).enumerate() {
             let conn = self.conn().await?;
-            let fields: Vec<Vec<u8>> = redis::pipe()
-                .cmd("SELECT")
-                .arg(db)
-                .ignore()
-                .cmd("HKEYS")
-                .arg(bucket)
-                .query_async::<(Vec<Vec<u8>>,)>(conn)
-                .await?
-                .0;
-            keys.extend(fields.into_iter().map(Bytes::from));
-            if keys.len() >= batch || (i + 1 == buckets.len() && !keys.is_empty()) {
-                let mut k: Vec<Vec<u8>> = Vec::with_capacity(keys.len() * 2);
-                for key in keys.drain(..) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SELECT").arg(db).ignore();
+            for bucket in group {
+                pipe.cmd("HKEYS").arg(bucket);
+            }
+            let fields: Vec<Vec<Vec<u8>>> = pipe.query_async(conn).await?;
+            keys.extend(fields.into_iter().flatten().map(Bytes::from));
+            let last = i + 1 == groups;
+            while keys.len() >= batch || (last && !keys.is_empty()) {
+                let take = keys.len().min(batch);
+                let mut k: Vec<Vec<u8>> = Vec::with_capacity(take * 2);
+                for key in keys.drain(..take) {
                     let bucket = meta_bucket(&key);
                     k.push(key.to_vec());
                     k.push(bucket.into_bytes());
@@ -544,7 +546,7 @@ impl Store {
                 )?;
                 sent += outcome.changes.len() as u64;
                 if !outcome.changes.is_empty() && out.send(outcome.changes).await.is_err() {
-                    break;
+                    return Ok(sent);
                 }
                 for (key, reason) in outcome.unsupported {
                     if !crate::large::travels_in_pieces(&reason) {

@@ -262,19 +262,7 @@ fn a_long_peer_outage_overflows_the_outbox_and_catches_up() {
 
     a2.restart();
     wait_until("region 2 ready", SETTLE, || a2.is_ready());
-    let mesh = Mesh {
-        regions: vec![
-            Region {
-                redis: r1,
-                agent: a1,
-            },
-            Region {
-                redis: r2,
-                agent: a2,
-            },
-        ],
-        dir,
-    };
+    let mesh = Mesh::of(dir, vec![(r1, a1), (r2, a2)]);
     mesh.wait_converged(&[0], SETTLE);
     let a1 = &mesh.regions[0].agent;
     assert!(
@@ -294,4 +282,60 @@ fn a_long_peer_outage_overflows_the_outbox_and_catches_up() {
             .unwrap(),
         "the delete caught up too"
     );
+}
+
+/// Writes go on while an overflowed peer catches up, and overflow the
+/// outbox again during the catch-up: what was stamped meanwhile reaches the
+/// peer through the outbox or the next catch-up, never neither. (A
+/// catch-up reads the metadata while the stamper goes on; it used to count
+/// as delivering everything up to the newest stamp it sent, so the next
+/// catch-up skipped what it had missed.)
+#[test]
+fn writes_during_a_catch_up_that_overflows_again_all_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r1, r2) = (Redis::start(&[]), Redis::start(&[]));
+    let (l1, l2) = (free_port(), free_port());
+    let small = ["--outbox-batches".to_string(), "3".to_string()];
+    let mut a1 = Agent::start_with(1, &r1.url(), l1, free_port(), &[l2], dir.path(), &small);
+    let mut a2 = Agent::start_with(2, &r2.url(), l2, free_port(), &[l1], dir.path(), &small);
+    wait_until("agents ready", SETTLE, || a1.is_ready() && a2.is_ready());
+    a2.kill();
+    // Enough records that the catch-up takes a while.
+    let mut c1 = r1.conn();
+    for chunk in 0..20 {
+        let mut p = redis::pipe();
+        for i in 0..1000 {
+            p.set(format!("old{}", chunk * 1000 + i), i).ignore();
+        }
+        let _: () = p.query(&mut c1).unwrap();
+    }
+    wait_until("region 1 stamped the old keys", SETTLE, || {
+        a1.metric("geosync_changes_stamped_total") >= 20_000.0
+    });
+    let catch_ups = |a: &Agent| {
+        a.log_text()
+            .matches("catching up from the metadata")
+            .count()
+    };
+    a2.restart();
+    // Ten writes at a time, each round stamped before the next (a batch of
+    // its own), until a catch-up has been overtaken by the outbox and a
+    // second one started.
+    let mut written = 0u64;
+    while catch_ups(&a1) < 2 {
+        for _ in 0..10 {
+            let _: () = c1.set(format!("live{written}"), written).unwrap();
+            written += 1;
+        }
+        wait_until("region 1 stamps as it goes", SETTLE, || {
+            a1.metric("geosync_changes_stamped_total") >= 20_000.0 + written as f64
+        });
+        assert!(
+            written < 100_000,
+            "no second catch-up after {written} writes"
+        );
+    }
+    eprintln!("{written} writes while region 2 caught up");
+    let mesh = Mesh::of(dir, vec![(r1, a1), (r2, a2)]);
+    mesh.wait_converged(&[0], SETTLE);
 }

@@ -290,10 +290,7 @@ fn a_full_resync_does_not_restamp_an_unchanged_large_key() {
     // still holds unchanged, and region 1 deletes another.
     let _: () = b.sadd("stale", "newer-in-2").unwrap();
     let _: () = a.del("gone").unwrap();
-    let filler = "x".repeat(1000);
-    for i in 0..2000 {
-        let _: () = a.set(format!("filler{i}"), &filler).unwrap();
-    }
+    fill_past_backlog(&mut a, 0, 2000);
     mesh.regions[0].agent.restart();
     mesh.wait_ready();
     mesh.wait_converged(&[0], SETTLE);
@@ -340,19 +337,7 @@ fn a_peer_that_missed_a_large_key_catches_up_from_the_metadata() {
     assert!(a1.metric("geosync_outbox_overflows_total") >= 1.0);
     a2.restart();
     wait_until("region 2 ready", SETTLE, || a2.is_ready());
-    let mesh = Mesh {
-        regions: vec![
-            Region {
-                redis: r1,
-                agent: a1,
-            },
-            Region {
-                redis: r2,
-                agent: a2,
-            },
-        ],
-        dir,
-    };
+    let mesh = Mesh::of(dir, vec![(r1, a1), (r2, a2)]);
     mesh.wait_converged(&[0], SETTLE);
     // 5 pieces and a seal, and the 10 small keys.
     assert!(

@@ -108,11 +108,7 @@ fn a_full_resync_ships_only_what_changed_unseen() {
     // ... and region 1's clients delete one key and change another.
     let _: () = a.del("deleted").unwrap();
     let _: () = a.set("changed", "v1").unwrap();
-    // Far more traffic than the 16 kB backlog holds, whatever its block size.
-    let filler = "x".repeat(1000);
-    for i in 0..2000 {
-        let _: () = a.set(format!("filler{i}"), &filler).unwrap();
-    }
+    fill_past_backlog(&mut a, 0, 2000);
     mesh.regions[0].agent.restart();
     mesh.wait_ready();
     mesh.wait_converged(&[0], SETTLE);

@@ -218,14 +218,9 @@ fn a_failover_after_the_backlog_moved_on_resyncs_fully() {
     // Far more traffic than the 16 kB backlog holds. The backlog shares its
     // blocks with the replicas' output buffers, so it is trimmed only once
     // no replica still needs them: let them catch up, then write more.
-    let filler = "x".repeat(1000);
-    for i in 0..2000 {
-        let _: () = m.set(format!("filler{i}"), &filler).unwrap();
-    }
+    fill_past_backlog(&mut m, 0, 2000);
     s.replicas_caught_up(new);
-    for i in 2000..2100 {
-        let _: () = m.set(format!("filler{i}"), &filler).unwrap();
-    }
+    let filler = fill_past_backlog(&mut m, 2000, 2100);
     s.region1.restart();
     wait_until("agent 1 ready", SETTLE, || s.region1.is_ready());
     s.wait_in_region2("after", "2");

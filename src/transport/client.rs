@@ -154,10 +154,10 @@ async fn session(
         return SessionEnd::Misconfigured(format!("peer is in mesh {:?}", welcome.mesh));
     }
     outbox.ack(peer, welcome.acked_seq);
-    if let Some((floor, covered)) = outbox.start_catch_up(peer) {
-        info!(%peer, %floor, covered, "the outbox overflowed for this peer; catching up from the metadata");
-        match catch_up(peer, me, &floor, &tx, &mut inbound, metrics, shutdown).await {
-            Ok(stamp) => outbox.catch_up_done(peer, covered, stamp),
+    if let Some(c) = outbox.start_catch_up(peer) {
+        info!(%peer, floor = %c.floor, covered = c.covered, "the outbox overflowed for this peer; catching up from the metadata");
+        match catch_up(peer, me, &c.floor, &tx, &mut inbound, metrics, shutdown).await {
+            Ok(()) => outbox.catch_up_done(peer, &c),
             Err(end) => {
                 outbox.mark_overflowed(peer);
                 return end;
@@ -223,7 +223,7 @@ async fn session(
 
 /// Sends this node's changes recorded after `floor` (read back from the
 /// metadata), one catch-up batch at a time, each acknowledged before the
-/// next. Returns the largest stamp sent.
+/// next.
 async fn catch_up(
     peer: &str,
     me: &Identity,
@@ -232,7 +232,7 @@ async fn catch_up(
     inbound: &mut tonic::Streaming<PeerMessage>,
     metrics: &Metrics,
     shutdown: &CancellationToken,
-) -> Result<Option<String>, SessionEnd> {
+) -> Result<(), SessionEnd> {
     let (batches, mut read) = mpsc::channel::<Vec<crate::change::Change>>(2);
     let mut store = Store::new(me.locator.clone());
     let (databases, node_id, floor_owned) = (me.databases, me.node_id, floor.to_string());
@@ -245,13 +245,7 @@ async fn catch_up(
         Ok::<(), crate::store::StoreError>(())
     });
     let label = Metrics::peer(peer);
-    let mut newest: Option<String> = None;
     while let Some(changes) = read.recv().await {
-        if let Some(m) = changes.iter().map(|c| c.stamp.clone()).max()
-            && newest.as_ref().is_none_or(|n| m > *n)
-        {
-            newest = Some(m);
-        }
         let count = changes.len() as u32;
         let msg = OriginMessage {
             kind: Some(origin_message::Kind::Batch(Batch {
@@ -288,7 +282,7 @@ async fn catch_up(
             .inc_by(count as u64);
     }
     match reader.await {
-        Ok(Ok(())) => Ok(newest),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(SessionEnd::CatchUp(e.to_string())),
         Err(e) => Err(SessionEnd::CatchUp(e.to_string())),
     }

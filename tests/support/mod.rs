@@ -821,6 +821,15 @@ impl Mesh {
         mesh
     }
 
+    /// A mesh of regions started by hand (in `dir`); does not wait.
+    pub fn of(dir: tempfile::TempDir, parts: Vec<(Redis, Agent)>) -> Mesh {
+        let regions = parts
+            .into_iter()
+            .map(|(redis, agent)| Region { redis, agent })
+            .collect();
+        Mesh { regions, dir }
+    }
+
     /// Waits until every agent's `/readyz` is 200.
     pub fn wait_ready(&mut self) {
         for r in &mut self.regions {
@@ -874,6 +883,17 @@ impl Mesh {
         }
         out
     }
+}
+
+/// Writes 2000 keys `filler<i>` of 1000 bytes each: far more than a
+/// 16 kB replication backlog holds, whatever its block size. Returns the
+/// value written.
+pub fn fill_past_backlog(c: &mut Connection, from: usize, to: usize) -> String {
+    let filler = "x".repeat(1000);
+    for i in from..to {
+        let _: () = c.set(format!("filler{i}"), &filler).unwrap();
+    }
+    filler
 }
 
 /// The resume scenario, on any two-region mesh: region 1's agent is killed
