@@ -9,7 +9,7 @@
 //! Nothing ever holds the whole collection, so the agent's memory does not
 //! depend on its size; and no script runs longer than one piece.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use serde_bytes::ByteBuf;
@@ -26,12 +26,6 @@ use crate::store::{COPY_PREFIX, Freeze, Frozen, Piece, Store, StoreError};
 pub const PIECE_ELEMENTS: usize = 4096;
 /// Pieces handed on together as one batch.
 const PARTS_PER_BATCH: usize = 8;
-/// Bytes of batches connected peers may have left to acknowledge before
-/// the next pieces go into the outbox.
-pub const IN_FLIGHT_BYTES: usize = 16 << 20;
-/// How long the pieces of one key wait for a connected peer that does
-/// not acknowledge; after that they go on without waiting.
-const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why a large collection could not be shipped this time.
 #[derive(Debug, thiserror::Error)]
@@ -176,9 +170,9 @@ fn copy_name(key: &[u8]) -> Vec<u8> {
 
 /// Where shipped pieces go.
 pub enum Sink<'a> {
-    /// The outbox (the stamper), paced by the peers' acknowledgements
-    /// while the flag holds (see [`Outbox::wait_room`]).
-    Outbox(&'a Outbox, &'a CancellationToken, AtomicBool),
+    /// The outbox (the stamper), which paces the pieces by the peers'
+    /// acknowledgements like any batch.
+    Outbox(&'a Outbox, &'a CancellationToken),
     /// A channel (catch-ups and snapshots read by `Store::read_recorded`).
     Channel(&'a mpsc::Sender<Vec<Change>>),
 }
@@ -186,14 +180,7 @@ pub enum Sink<'a> {
 impl Sink<'_> {
     async fn send(&self, changes: Vec<Change>) -> Result<(), LargeError> {
         let ok = match self {
-            Sink::Outbox(outbox, shutdown, patient) => {
-                if patient.load(Ordering::Relaxed)
-                    && !outbox.wait_room(IN_FLIGHT_BYTES, PATIENCE, shutdown).await
-                {
-                    patient.store(false, Ordering::Relaxed);
-                }
-                outbox.push(changes, shutdown).await
-            }
+            Sink::Outbox(outbox, shutdown) => outbox.push(changes, shutdown).await,
             Sink::Channel(tx) => tx.send(changes).await.is_ok(),
         };
         ok.then_some(()).ok_or(LargeError::Stopped)

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub spool_disk_bytes: Gauge,
     /// Tailer events that went through the disk spool.
     pub spool_spilled_events: Counter,
+    /// Pushes into the outbox that waited for the peers to acknowledge.
+    pub outbox_paced: Counter,
     /// Collections over `--max-key-elements` shipped in pieces (decision 009).
     pub large_keys_shipped: Counter,
     /// Elements of those collections shipped.
@@ -216,6 +218,11 @@ impl Metrics {
             "spool_spilled_events",
             "Tailer events that went through the disk spool",
             m.spool_spilled_events.clone(),
+        );
+        r.register(
+            "outbox_paced",
+            "Pushes into the outbox that waited for the peers to acknowledge",
+            m.outbox_paced.clone(),
         );
         r.register(
             "large_keys_shipped",

@@ -8,12 +8,14 @@
 //! a cursor; acks are cumulative by sequence number.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::change::{Change, encode_batch};
 use crate::metrics::Metrics;
@@ -54,6 +56,9 @@ struct Inner {
     connected: std::collections::HashSet<String>,
 }
 
+/// How long a push waits for connected peers that acknowledge nothing.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A catch-up in progress (see [`Outbox::start_catch_up`]).
 #[derive(Debug, Clone)]
 pub struct CatchUp {
@@ -82,6 +87,12 @@ pub struct Outbox {
     latest: watch::Sender<u64>,
     /// Woken by acks and by peers connecting or leaving.
     progress: tokio::sync::Notify,
+    /// Bytes the fastest connected peer may have left to acknowledge
+    /// before a push waits (see [`Outbox::pace`]).
+    pace_bytes: usize,
+    /// A connected peer did not acknowledge for [`PATIENCE`]: pushes do not
+    /// wait until the peers have caught up.
+    impatient: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -114,15 +125,19 @@ impl Outbox {
             capacity_bytes,
             latest: watch::channel(0).0,
             progress: tokio::sync::Notify::new(),
+            pace_bytes: capacity_bytes / 8,
+            impatient: AtomicBool::new(false),
             metrics,
         }
     }
 
-    /// Adds a batch. Never waits: when the outbox is full, the oldest batch
-    /// goes, and every peer that had not acknowledged it is marked
-    /// overflowed; its sender catches it up from the metadata instead
-    /// (decision 003). False only when shutdown was requested.
+    /// Adds a batch, first pacing the stamper by the peers (see
+    /// [`Outbox::pace`]). When the outbox is full, the oldest batch goes,
+    /// and every peer that had not acknowledged it is marked overflowed;
+    /// its sender catches it up from the metadata instead (decision 003).
+    /// False only when shutdown was requested.
     pub async fn push(&self, changes: Vec<Change>, shutdown: &CancellationToken) -> bool {
+        self.pace(shutdown).await;
         if shutdown.is_cancelled() {
             return false;
         }
@@ -253,6 +268,35 @@ impl Outbox {
         self.ack(peer, done.covered);
     }
 
+    /// Waits, before a push, until the fastest connected peer has at most
+    /// an eighth of the outbox's bytes left to acknowledge: while a peer
+    /// takes the changes, the stamper goes at its pace, and what waits for
+    /// it are key names in the spool, not values in memory (and no
+    /// overflow and catch-up follow). Peers that are away hold nothing
+    /// back, nor do slower ones while a faster one keeps up (the slower
+    /// ones overflow and catch up). A connected peer that acknowledges
+    /// nothing for [`PATIENCE`] is no longer waited for until the peers
+    /// catch up again.
+    async fn pace(&self, shutdown: &CancellationToken) {
+        if self.impatient.load(Ordering::Relaxed) {
+            if self.in_flight_bytes() > self.pace_bytes {
+                return;
+            }
+            self.impatient.store(false, Ordering::Relaxed);
+        }
+        if self.in_flight_bytes() <= self.pace_bytes {
+            return;
+        }
+        self.metrics.outbox_paced.inc();
+        if !self.wait_room(self.pace_bytes, PATIENCE, shutdown).await && !shutdown.is_cancelled() {
+            self.impatient.store(true, Ordering::Relaxed);
+            warn!(
+                patience_secs = PATIENCE.as_secs(),
+                "connected peers acknowledge nothing; stamping goes on without waiting for them"
+            );
+        }
+    }
+
     /// Records whether the stream to `peer` is up.
     pub fn set_connected(&self, peer: &str, up: bool) {
         {
@@ -266,32 +310,29 @@ impl Outbox {
         self.progress.notify_waiters();
     }
 
-    /// Encoded bytes of the batches some connected peer has not
+    /// Encoded bytes of the batches the fastest connected peer has not
     /// acknowledged yet (0 when no peer is connected).
     pub fn in_flight_bytes(&self) -> usize {
         let inner = self.inner.lock().expect("outbox lock");
-        let Some(low) = inner
+        let Some(high) = inner
             .connected
             .iter()
             .filter_map(|p| inner.acked.get(p))
-            .min()
+            .max()
         else {
             return 0;
         };
         inner
             .batches
             .iter()
-            .filter(|b| b.seq > *low)
+            .filter(|b| b.seq > *high)
             .map(|b| b.payload.len())
             .sum()
     }
 
-    /// Waits until connected peers have at most `limit` bytes left to
-    /// acknowledge, for at most `patience`. Pieces of a large key are pushed
-    /// only as fast as the peers take them, so that they do not pile up in
-    /// memory; a peer that is away does not hold them back (it catches up
-    /// later), and one that is connected but stuck holds them back only for
-    /// `patience`. Returns false when the wait timed out (or on shutdown).
+    /// Waits until the fastest connected peer has at most `limit` bytes
+    /// left to acknowledge, for at most `patience`. Returns false when the
+    /// wait timed out (or on shutdown).
     pub async fn wait_room(
         &self,
         limit: usize,
@@ -471,7 +512,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_connected_peers_hold_pieces_back() {
+    async fn the_fastest_connected_peer_sets_the_room() {
         let peers = vec!["a".to_string(), "b".to_string()];
         let ob = Arc::new(outbox(&peers, 100));
         let t = CancellationToken::new();
@@ -480,39 +521,93 @@ mod tests {
         }
         let one = ob.next_after(0).unwrap().payload.len();
         assert_eq!(ob.in_flight_bytes(), 0, "nobody connected: nothing waits");
-        ob.set_connected("a", true);
-        assert_eq!(ob.in_flight_bytes(), 3 * one);
-        ob.ack("a", 1);
-        assert_eq!(ob.in_flight_bytes(), 2 * one);
         ob.set_connected("b", true);
-        assert_eq!(
-            ob.in_flight_bytes(),
-            3 * one,
-            "the slowest connected peer counts"
-        );
+        assert_eq!(ob.in_flight_bytes(), 3 * one);
+        ob.set_connected("a", true);
+        ob.ack("a", 1);
+        assert_eq!(ob.in_flight_bytes(), 2 * one, "the fastest peer counts");
         let patience = std::time::Duration::from_secs(30);
-        assert!(ob.wait_room(3 * one, patience, &t).await, "room already");
-        // A waiter wakes when the connected peers ack ...
-        let waiter = {
-            let (ob, t) = (ob.clone(), t.clone());
-            tokio::spawn(async move { ob.wait_room(one, patience, &t).await })
-        };
-        ob.ack("a", 3);
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "b still holds two batches");
-        ob.ack("b", 2);
-        assert!(waiter.await.unwrap());
-        // ... or when the one holding them back leaves.
+        assert!(ob.wait_room(2 * one, patience, &t).await, "room already");
+        // A waiter wakes when the fastest peer acks ...
         let waiter = {
             let (ob, t) = (ob.clone(), t.clone());
             tokio::spawn(async move { ob.wait_room(0, patience, &t).await })
         };
+        ob.ack("b", 2);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a slower peer's ack frees nothing");
+        ob.ack("a", 3);
+        assert!(waiter.await.unwrap());
+        // ... or when the peer holding them back leaves.
+        assert!(ob.push(change(), &t).await);
+        let waiter = {
+            let (ob, t) = (ob.clone(), t.clone());
+            tokio::spawn(async move { ob.wait_room(0, patience, &t).await })
+        };
+        ob.set_connected("a", false);
         ob.set_connected("b", false);
         assert!(waiter.await.unwrap());
         // A connected peer that never acks holds them back only so long.
         ob.set_connected("b", true);
         let short = std::time::Duration::from_millis(50);
         assert!(!ob.wait_room(0, short, &t).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pushes_go_at_the_pace_of_the_fastest_connected_peer() {
+        let peers = vec!["a".to_string(), "b".to_string()];
+        let one = encode_batch(&change()).len();
+        // Room for two batches in flight.
+        let metrics = Arc::new(Metrics::new());
+        let ob = Arc::new(Outbox::new(
+            &peers,
+            100,
+            16 * one,
+            HashMap::new(),
+            metrics.clone(),
+        ));
+        let t = CancellationToken::new();
+        ob.set_connected("a", true);
+        ob.set_connected("b", true);
+        for _ in 0..3 {
+            assert!(ob.push(change(), &t).await, "room for these");
+        }
+        let start = tokio::time::Instant::now();
+        let push = |ob: &Arc<Outbox>| {
+            let (ob, t) = (ob.clone(), t.clone());
+            tokio::spawn(async move { ob.push(change(), &t).await })
+        };
+        let fourth = push(&ob);
+        tokio::task::yield_now().await;
+        assert!(!fourth.is_finished(), "three batches in flight: it waits");
+        ob.ack("a", 2);
+        assert!(fourth.await.unwrap());
+        assert_eq!(
+            start.elapsed(),
+            std::time::Duration::ZERO,
+            "b, slower, held nothing back"
+        );
+        assert_eq!(metrics.outbox_paced.get(), 1);
+        // Nobody acks any more: the push after the room is used up waits
+        // out the patience, the next ones do not wait at all ...
+        assert!(ob.push(change(), &t).await, "5: room for it");
+        assert_eq!(start.elapsed(), std::time::Duration::ZERO);
+        assert!(ob.push(change(), &t).await, "6");
+        assert_eq!(start.elapsed(), PATIENCE);
+        assert!(ob.push(change(), &t).await, "7");
+        assert!(ob.push(change(), &t).await, "8");
+        assert_eq!(start.elapsed(), PATIENCE);
+        // ... until the peers catch up; then pacing resumes.
+        ob.ack("a", 8);
+        for _ in 9..=11 {
+            assert!(ob.push(change(), &t).await);
+        }
+        let paced = push(&ob);
+        tokio::task::yield_now().await;
+        assert!(!paced.is_finished(), "waiting for the peers again");
+        ob.ack("a", 10);
+        assert!(paced.await.unwrap());
+        assert_eq!(start.elapsed(), PATIENCE);
     }
 
     #[tokio::test]

@@ -335,11 +335,7 @@ impl Stamper {
             me: &me,
             claimed: None,
         };
-        let sink = Sink::Outbox(
-            &self.outbox,
-            shutdown,
-            std::sync::atomic::AtomicBool::new(true),
-        );
+        let sink = Sink::Outbox(&self.outbox, shutdown);
         let mut backoff = Backoff::new();
         let name = String::from_utf8_lossy(&key).into_owned();
         let outcome = loop {
