@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use geosync::change::{Change, Op, StreamState, Value, encode_batch};
+use geosync::change::{Change, Collection, Op, StreamState, Value, encode_batch};
 use serde_bytes::ByteBuf;
 
 fn b(s: &[u8]) -> ByteBuf {
@@ -105,6 +105,31 @@ fn main() {
                     key: b(b""),
                     stamp: "0000000000000b02".into(),
                     op: Op::FlushDb,
+                },
+            ],
+        ),
+        (
+            "pieces_and_seal",
+            vec![
+                Change {
+                    db: 0,
+                    key: b(b"big"),
+                    stamp: "0000000000000c01".into(),
+                    op: Op::Part {
+                        at: 0,
+                        value: Value::ZSet(vec![(b(b"m"), b(b"2"))]),
+                    },
+                },
+                Change {
+                    db: 0,
+                    key: b(b"big"),
+                    stamp: "0000000000000c01".into(),
+                    op: Op::Seal {
+                        kind: Collection::ZSet,
+                        expire_at_ms: Some(1_795_313_597_283),
+                        len: 1,
+                        digest: "0123456789abcdef".into(),
+                    },
                 },
             ],
         ),

@@ -197,7 +197,7 @@ pub fn peer_batch(data: &[u8]) {
     let again = decode_batch(&encode_batch(&changes)).expect("a re-encoded batch decodes");
     assert_eq!(again, changes, "batch changed through encode/decode");
     for change in &changes {
-        let Op::Put { value, .. } = &change.op else {
+        let (Op::Put { value, .. } | Op::Part { value, .. }) = &change.op else {
             continue;
         };
         let flat = value.to_flat();
