@@ -223,13 +223,11 @@ fn stamped_but_unshipped_changes_survive_an_agent_crash() {
 /// returns it catches up from the metadata.
 #[test]
 fn a_long_peer_outage_overflows_the_outbox_and_catches_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let (r1, r2) = (Redis::start(&[]), Redis::start(&[]));
-    let (l1, l2) = (free_port(), free_port());
-    let small = ["--outbox-batches".to_string(), "3".to_string()];
-    let mut a1 = Agent::start_with(1, &r1.url(), l1, free_port(), &[l2], dir.path(), &small);
-    let mut a2 = Agent::start_with(2, &r2.url(), l2, free_port(), &[l1], dir.path(), &small);
-    wait_until("agents ready", SETTLE, || a1.is_ready() && a2.is_ready());
+    let mut mesh = Mesh::with_agent_args(2, &["--outbox-batches", "3"]);
+    let [one, two] = &mut mesh.regions[..] else {
+        unreachable!("two regions")
+    };
+    let (r1, r2, a1, a2) = (&one.redis, &two.redis, &one.agent, &mut two.agent);
     let mut c1 = r1.conn();
     let _: () = c1.set("first", "1").unwrap();
     let mut c2 = r2.conn();
@@ -261,8 +259,7 @@ fn a_long_peer_outage_overflows_the_outbox_and_catches_up() {
     );
 
     a2.restart();
-    wait_until("region 2 ready", SETTLE, || a2.is_ready());
-    let mesh = Mesh::of(dir, vec![(r1, a1), (r2, a2)]);
+    mesh.wait_ready();
     mesh.wait_converged(&[0], SETTLE);
     let a1 = &mesh.regions[0].agent;
     assert!(
@@ -292,13 +289,11 @@ fn a_long_peer_outage_overflows_the_outbox_and_catches_up() {
 /// catch-up skipped what it had missed.)
 #[test]
 fn writes_during_a_catch_up_that_overflows_again_all_arrive() {
-    let dir = tempfile::tempdir().unwrap();
-    let (r1, r2) = (Redis::start(&[]), Redis::start(&[]));
-    let (l1, l2) = (free_port(), free_port());
-    let small = ["--outbox-batches".to_string(), "3".to_string()];
-    let mut a1 = Agent::start_with(1, &r1.url(), l1, free_port(), &[l2], dir.path(), &small);
-    let mut a2 = Agent::start_with(2, &r2.url(), l2, free_port(), &[l1], dir.path(), &small);
-    wait_until("agents ready", SETTLE, || a1.is_ready() && a2.is_ready());
+    let mut mesh = Mesh::with_agent_args(2, &["--outbox-batches", "3"]);
+    let [one, two] = &mut mesh.regions[..] else {
+        unreachable!("two regions")
+    };
+    let (r1, a1, a2) = (&one.redis, &one.agent, &mut two.agent);
     a2.kill();
     // Enough records that the catch-up takes a while.
     let mut c1 = r1.conn();
@@ -322,7 +317,7 @@ fn writes_during_a_catch_up_that_overflows_again_all_arrive() {
     // its own), until a catch-up has been overtaken by the outbox and a
     // second one started.
     let mut written = 0u64;
-    while catch_ups(&a1) < 2 {
+    while catch_ups(a1) < 2 {
         for _ in 0..10 {
             let _: () = c1.set(format!("live{written}"), written).unwrap();
             written += 1;
@@ -336,6 +331,5 @@ fn writes_during_a_catch_up_that_overflows_again_all_arrive() {
         );
     }
     eprintln!("{written} writes while region 2 caught up");
-    let mesh = Mesh::of(dir, vec![(r1, a1), (r2, a2)]);
     mesh.wait_converged(&[0], SETTLE);
 }

@@ -15,13 +15,7 @@ const SETTLE: Duration = Duration::from_secs(60);
 
 /// Two regions whose agents run with `extra` settings.
 fn mesh_with(extra: &[&str]) -> Mesh {
-    let mut mesh = Mesh::start(2);
-    for r in &mut mesh.regions {
-        r.agent.extra = extra.iter().map(|s| s.to_string()).collect();
-        r.agent.restart();
-    }
-    mesh.wait_ready();
-    mesh
+    Mesh::with_agent_args(2, extra)
 }
 
 /// Adds `n` members to the set `key`, in pipelined chunks.
@@ -311,16 +305,12 @@ fn a_full_resync_does_not_restamp_an_unchanged_large_key() {
 
 #[test]
 fn a_peer_that_missed_a_large_key_catches_up_from_the_metadata() {
-    let dir = tempfile::tempdir().unwrap();
-    let (r1, r2) = (Redis::start(&[]), Redis::start(&[]));
-    let (l1, l2) = (free_port(), free_port());
-    let extra: Vec<String> = ["--outbox-batches", "3", "--max-key-elements", "1000"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut a1 = Agent::start_with(1, &r1.url(), l1, free_port(), &[l2], dir.path(), &extra);
-    let mut a2 = Agent::start_with(2, &r2.url(), l2, free_port(), &[l1], dir.path(), &extra);
-    wait_until("agents ready", SETTLE, || a1.is_ready() && a2.is_ready());
+    let mut mesh =
+        Mesh::with_agent_args(2, &["--outbox-batches", "3", "--max-key-elements", "1000"]);
+    let [one, two] = &mut mesh.regions[..] else {
+        unreachable!("two regions")
+    };
+    let (r1, a1, a2) = (&one.redis, &one.agent, &mut two.agent);
     a2.kill();
     let mut c1 = r1.conn();
     fill_set(&mut c1, "big", 20_000);
@@ -336,8 +326,7 @@ fn a_peer_that_missed_a_large_key_catches_up_from_the_metadata() {
     }
     assert!(a1.metric("geosync_outbox_overflows_total") >= 1.0);
     a2.restart();
-    wait_until("region 2 ready", SETTLE, || a2.is_ready());
-    let mesh = Mesh::of(dir, vec![(r1, a1), (r2, a2)]);
+    mesh.wait_ready();
     mesh.wait_converged(&[0], SETTLE);
     // 5 pieces and a seal, and the 10 small keys.
     assert!(

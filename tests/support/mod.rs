@@ -789,10 +789,21 @@ impl Mesh {
         Mesh::over((0..n).map(|_| Redis::start(redis_args)).collect(), None)
     }
 
+    /// Like [`Mesh::start`], every agent with extra settings.
+    pub fn with_agent_args(n: usize, agent_args: &[&str]) -> Mesh {
+        let servers = (0..n).map(|_| Redis::start(&[])).collect();
+        Mesh::over_with(servers, None, agent_args)
+    }
+
     /// Starts one agent per given server (node ids 1..=n, each connecting
     /// with its server's URL or the given one, and its TLS files) and waits
     /// until all are ready.
     pub fn over(servers: Vec<Redis>, urls: Option<Vec<String>>) -> Mesh {
+        Mesh::over_with(servers, urls, &[])
+    }
+
+    /// [`Mesh::over`], every agent with extra settings.
+    pub fn over_with(servers: Vec<Redis>, urls: Option<Vec<String>>, agent_args: &[&str]) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let n = servers.len();
         let listens: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -805,6 +816,8 @@ impl Mesh {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, p)| *p)
                 .collect();
+            let mut args = redis.agent_args();
+            args.extend(agent_args.iter().map(|a| a.to_string()));
             let agent = Agent::start_with(
                 i as u32 + 1,
                 &urls[i],
@@ -812,22 +825,13 @@ impl Mesh {
                 free_port(),
                 &peers,
                 dir.path(),
-                &redis.agent_args(),
+                &args,
             );
             regions.push(Region { redis, agent });
         }
         let mut mesh = Mesh { regions, dir };
         mesh.wait_ready();
         mesh
-    }
-
-    /// A mesh of regions started by hand (in `dir`); does not wait.
-    pub fn of(dir: tempfile::TempDir, parts: Vec<(Redis, Agent)>) -> Mesh {
-        let regions = parts
-            .into_iter()
-            .map(|(redis, agent)| Region { redis, agent })
-            .collect();
-        Mesh { regions, dir }
     }
 
     /// Waits until every agent's `/readyz` is 200.
