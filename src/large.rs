@@ -329,7 +329,7 @@ pub enum Stamped {
 pub struct Stamping<'a> {
     /// The agent's clock.
     pub clock: &'a HLC,
-    /// Re-ship floor (see the stamp script's ARGV[2]).
+    /// Re-ship floor (see the stamp script's `ARGV[2]`).
     pub reship: Option<&'a str>,
     /// This node's stamp suffix.
     pub me: &'a str,

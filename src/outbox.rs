@@ -131,8 +131,8 @@ impl Outbox {
         }
     }
 
-    /// Adds a batch, first pacing the stamper by the peers (see
-    /// [`Outbox::pace`]). When the outbox is full, the oldest batch goes,
+    /// Adds a batch, first pacing the stamper by the peers (see `pace`
+    /// below and decision 003). When the outbox is full, the oldest batch goes,
     /// and every peer that had not acknowledged it is marked overflowed;
     /// its sender catches it up from the metadata instead (decision 003).
     /// False only when shutdown was requested.
