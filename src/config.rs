@@ -632,6 +632,20 @@ mod tests {
         );
         let tls = "rediss://127.0.0.1:6380";
         let plain = "redis://127.0.0.1:6379";
+        // Mutual TLS with the given client certificate and key files.
+        let mutual = |cert, key| {
+            tls_args(
+                tls,
+                &[
+                    "--redis-tls-ca",
+                    &ca,
+                    "--redis-tls-cert",
+                    cert,
+                    "--redis-tls-key",
+                    key,
+                ],
+            )
+        };
         let cases: Vec<(Vec<&str>, &str, &str)> = vec![
             (
                 tls_args(tls, &["--redis-tls-ca", &missing]),
@@ -658,83 +672,13 @@ mod tests {
                 "redis-tls-cert",
                 "--redis-tls-key",
             ),
-            (
-                tls_args(
-                    tls,
-                    &[
-                        "--redis-tls-ca",
-                        &ca,
-                        "--redis-tls-cert",
-                        &missing,
-                        "--redis-tls-key",
-                        &key,
-                    ],
-                ),
-                "redis-tls-cert",
-                &missing,
-            ),
-            (
-                tls_args(
-                    tls,
-                    &[
-                        "--redis-tls-ca",
-                        &ca,
-                        "--redis-tls-cert",
-                        &garbage,
-                        "--redis-tls-key",
-                        &key,
-                    ],
-                ),
-                "redis-tls-cert",
-                &garbage,
-            ),
-            (
-                tls_args(
-                    tls,
-                    &[
-                        "--redis-tls-ca",
-                        &ca,
-                        "--redis-tls-cert",
-                        &cert,
-                        "--redis-tls-key",
-                        &missing,
-                    ],
-                ),
-                "redis-tls-key",
-                &missing,
-            ),
+            (mutual(&missing, &key), "redis-tls-cert", &missing),
+            (mutual(&garbage, &key), "redis-tls-cert", &garbage),
+            (mutual(&cert, &missing), "redis-tls-key", &missing),
             // A certificate where the key should be.
-            (
-                tls_args(
-                    tls,
-                    &[
-                        "--redis-tls-ca",
-                        &ca,
-                        "--redis-tls-cert",
-                        &cert,
-                        "--redis-tls-key",
-                        &cert,
-                    ],
-                ),
-                "redis-tls-key",
-                &cert,
-            ),
+            (mutual(&cert, &cert), "redis-tls-key", &cert),
             // Another certificate's key.
-            (
-                tls_args(
-                    tls,
-                    &[
-                        "--redis-tls-ca",
-                        &ca,
-                        "--redis-tls-cert",
-                        &cert,
-                        "--redis-tls-key",
-                        &other_key,
-                    ],
-                ),
-                "redis-tls-key",
-                &other_key,
-            ),
+            (mutual(&cert, &other_key), "redis-tls-key", &other_key),
             // TLS settings with a plain URL.
             (
                 tls_args(plain, &["--redis-tls-ca", &ca]),
