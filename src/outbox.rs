@@ -278,13 +278,11 @@ impl Outbox {
     /// nothing for [`PATIENCE`] is no longer waited for until the peers
     /// catch up again.
     async fn pace(&self, shutdown: &CancellationToken) {
-        if self.impatient.load(Ordering::Relaxed) {
-            if self.in_flight_bytes() > self.pace_bytes {
-                return;
-            }
-            self.impatient.store(false, Ordering::Relaxed);
-        }
         if self.in_flight_bytes() <= self.pace_bytes {
+            self.impatient.store(false, Ordering::Relaxed);
+            return;
+        }
+        if self.impatient.load(Ordering::Relaxed) {
             return;
         }
         self.metrics.outbox_paced.inc();

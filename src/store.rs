@@ -488,10 +488,11 @@ impl Store {
         only: Option<(&str, u32)>,
         out: &tokio::sync::mpsc::Sender<Vec<Change>>,
     ) -> Result<u64, StoreError> {
-        let filter = match only {
-            Some((after, node)) => vec![after.as_bytes().to_vec(), node_suffix(node).into_bytes()],
-            None => vec![Vec::new(), Vec::new()],
+        let (after, own) = match only {
+            Some((after, node)) => (after.to_string(), node_suffix(node)),
+            None => (String::new(), String::new()),
         };
+        let filter = vec![after.clone().into_bytes(), own.clone().into_bytes()];
         let mut buckets: Vec<Vec<u8>> = Vec::new();
         let mut cursor = 0u64;
         loop {
@@ -536,14 +537,8 @@ impl Store {
                     k.push(key.to_vec());
                     k.push(bucket.into_bytes());
                 }
-                let reply = self.run(&[(db, Which::Read, k, filter.clone())]).await?;
-                let outcome = parse_stamp_reply(
-                    db,
-                    reply
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| StoreError::BadReply("read: no reply".into()))?,
-                )?;
+                let reply = self.run_one(db, Which::Read, k, filter.clone()).await?;
+                let outcome = parse_stamp_reply(db, reply)?;
                 sent += outcome.changes.len() as u64;
                 if !outcome.changes.is_empty() && out.send(outcome.changes).await.is_err() {
                     return Ok(sent);
@@ -552,10 +547,6 @@ impl Store {
                     if !crate::large::travels_in_pieces(&reason) {
                         continue;
                     }
-                    let (after, own) = match only {
-                        Some((after, node)) => (after.to_string(), node_suffix(node)),
-                        None => (String::new(), String::new()),
-                    };
                     let sink = crate::large::Sink::Channel(out);
                     match crate::large::ship_recorded(self, db, &key, &after, &own, &sink).await {
                         Ok(true) => sent += 1,
