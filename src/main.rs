@@ -1,7 +1,7 @@
 //! The `geosync` binary: parse flags, set up logging, run the agent.
 
 use clap::Parser;
-use geosync::config::{Cli, Command, LogFormat};
+use geosync::agent::config::{Cli, Command, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]

@@ -5,13 +5,13 @@
 //! the same name in `fuzz/src/lib.rs` (included below, so the test and the
 //! fuzz target run exactly the same code):
 //!
-//! - `resp`: `geosync::resp::parse`, frame after frame;
+//! - `resp`: `geosync::source::resp::parse`, frame after frame;
 //! - `rdb`: `geosync::rdb::RdbReader::new` then `next_entry` to the end, and
 //!   again with `next_key` (key-only, as the tailer reads a full resync),
 //!   checking that both agree; the per-string length is capped
 //!   (`RDB_MAX_STRING_LEN`) so a corrupt length cannot ask for unbounded
 //!   memory;
-//! - `peer_batch`: `geosync::change::decode_batch`, then `Value::to_flat` /
+//! - `peer_batch`: `geosync::base::change::decode_batch`, then `Value::to_flat` /
 //!   `Value::from_flat` round trips of every decoded value.
 //!
 //! # Adding a crash

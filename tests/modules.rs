@@ -51,7 +51,7 @@ fn graph_redis() -> Redis {
             .arg("LIST")
             .query(&mut r.conn())
             .unwrap();
-        geosync::module_keys::module_names(&reply)
+        geosync::stamp::module_keys::module_names(&reply)
     };
     assert!(
         names.iter().any(|n| n == "graph"),

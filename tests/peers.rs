@@ -5,13 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use geosync::change::{Change, Collection, Op, Value, encode_batch};
-use geosync::stamp;
-use geosync::transport::PROTOCOL_VERSION;
-use geosync::transport::pb::replication_client::ReplicationClient;
-use geosync::transport::pb::{
-    Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message,
-};
+use geosync::base::change::{Change, Collection, Op, Value, encode_batch};
+use geosync::base::hlc;
+use geosync::mesh::PROTOCOL_VERSION;
+use geosync::mesh::pb::replication_client::ReplicationClient;
+use geosync::mesh::pb::{Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message};
 use redis::Commands;
 use serde_bytes::ByteBuf;
 use support::*;
@@ -89,8 +87,8 @@ fn equal_time_changes_resolve_identically_in_every_region() {
     let mesh = Mesh::start(2);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let t = now_ntp();
-    let a = Timestamp::new(NTP64(t), stamp::node_id_to_id(1000).unwrap()); // bytes e8 03
-    let b = Timestamp::new(NTP64(t), stamp::node_id_to_id(259).unwrap()); // bytes 03 01
+    let a = Timestamp::new(NTP64(t), hlc::node_id_to_id(1000).unwrap()); // bytes e8 03
+    let b = Timestamp::new(NTP64(t), hlc::node_id_to_id(259).unwrap()); // bytes 03 01
     assert!(a > b);
     rt.block_on(async {
         let (r1, r2) = (mesh.regions[0].agent.listen, mesh.regions[1].agent.listen);
@@ -142,8 +140,8 @@ fn bad_batches_are_refused_and_counted() {
 
         // a batch whose second change is bad: nothing of it is applied
         let mut o = connect(port, 9, "geosync").await.unwrap();
-        let now = Timestamp::new(NTP64(now_ntp()), stamp::node_id_to_id(9).unwrap());
-        let mut changes = geosync::change::decode_batch(&put("good", "v", &now)).unwrap();
+        let now = Timestamp::new(NTP64(now_ntp()), hlc::node_id_to_id(9).unwrap());
+        let mut changes = geosync::base::change::decode_batch(&put("good", "v", &now)).unwrap();
         changes.push(Change {
             db: 0,
             key: ByteBuf::from(b"bad".to_vec()),
@@ -157,20 +155,20 @@ fn bad_batches_are_refused_and_counted() {
         let mut o = connect(port, 9, "geosync").await.unwrap();
         let ahead = Timestamp::new(
             NTP64(now_ntp() + (10 << 32)),
-            stamp::node_id_to_id(9).unwrap(),
+            hlc::node_id_to_id(9).unwrap(),
         );
         let err = o.send(1, put("future", "v", &ahead)).await.unwrap_err();
         assert!(err.message().contains("future"), "{}", err.message());
 
         // a change stamped by another node than the sender
         let mut o = connect(port, 9, "geosync").await.unwrap();
-        let other = Timestamp::new(NTP64(now_ntp()), stamp::node_id_to_id(10).unwrap());
+        let other = Timestamp::new(NTP64(now_ntp()), hlc::node_id_to_id(10).unwrap());
         let err = o.send(1, put("forwarded", "v", &other)).await.unwrap_err();
         assert!(err.message().contains("node 10"), "{}", err.message());
 
         // and a good batch still goes through
         let mut o = connect(port, 9, "geosync").await.unwrap();
-        let ok = Timestamp::new(NTP64(now_ntp()), stamp::node_id_to_id(9).unwrap());
+        let ok = Timestamp::new(NTP64(now_ntp()), hlc::node_id_to_id(9).unwrap());
         assert_eq!(o.send(7, put("fine", "v", &ok)).await.unwrap(), 7);
     });
     assert!(
@@ -196,7 +194,7 @@ fn part(key: &str, at: u64, members: &[&str], stamp: &Timestamp) -> Change {
     Change {
         db: 0,
         key: ByteBuf::from(key.as_bytes().to_vec()),
-        stamp: stamp::encode(stamp),
+        stamp: hlc::encode(stamp),
         op: Op::Part {
             at,
             value: Value::Set(
@@ -213,7 +211,7 @@ fn seal(key: &str, len: u64, digest: &str, stamp: &Timestamp) -> Change {
     Change {
         db: 0,
         key: ByteBuf::from(key.as_bytes().to_vec()),
-        stamp: stamp::encode(stamp),
+        stamp: hlc::encode(stamp),
         op: Op::Seal {
             kind: Collection::Set,
             expire_at_ms: None,
@@ -234,7 +232,7 @@ fn a_large_key_with_a_missing_piece_is_not_applied() {
     let digest = "0123456789abcdef";
     rt.block_on(async {
         let mut o = connect(agent.listen, 9, "geosync").await.unwrap();
-        let id = stamp::node_id_to_id(9).unwrap();
+        let id = hlc::node_id_to_id(9).unwrap();
         let t1 = Timestamp::new(NTP64(now_ntp()), id);
         // elements 2..4 never arrive
         let gap = [
@@ -261,7 +259,7 @@ fn a_large_key_with_a_missing_piece_is_not_applied() {
         );
 
         // (other node ids: node 9's stream is still open)
-        let t3 = Timestamp::new(NTP64(now_ntp()), stamp::node_id_to_id(10).unwrap());
+        let t3 = Timestamp::new(NTP64(now_ntp()), hlc::node_id_to_id(10).unwrap());
         let mut o = connect(agent.listen, 10, "geosync").await.unwrap();
         let string_piece = Change {
             op: Op::Part {
@@ -272,7 +270,7 @@ fn a_large_key_with_a_missing_piece_is_not_applied() {
         };
         let err = o.send(1, encode_batch(&[string_piece])).await.unwrap_err();
         assert!(err.message().contains("piece"), "{}", err.message());
-        let t4 = Timestamp::new(NTP64(now_ntp()), stamp::node_id_to_id(11).unwrap());
+        let t4 = Timestamp::new(NTP64(now_ntp()), hlc::node_id_to_id(11).unwrap());
         let mut o = connect(agent.listen, 11, "geosync").await.unwrap();
         let err = o
             .send(1, encode_batch(&[seal("bad", 5, "XYZ", &t4)]))

@@ -3,8 +3,8 @@
 
 mod support;
 
-use geosync::change::{Change, Op, Value};
-use geosync::stamp;
+use geosync::base::change::{Change, Op, Value};
+use geosync::base::hlc;
 use geosync::store::{Store, meta_bucket};
 use redis::Commands;
 use serde_bytes::ByteBuf;
@@ -26,7 +26,7 @@ fn recorded_stamp(c: &mut redis::Connection, key: &str) -> String {
 
 fn setup() -> (Redis, Store, redis::Connection) {
     let r = Redis::start(&[]);
-    let store = Store::new(geosync::locator::Locator::new(&r.url(), &[], None));
+    let store = Store::new(geosync::store::locator::Locator::new(&r.url(), &[], None));
     let c = r.conn();
     (r, store, c)
 }
@@ -38,7 +38,7 @@ fn stamp_one(
     at: &Timestamp,
 ) -> geosync::store::StampOutcome {
     let keys = vec![(0u32, vec![bytes::Bytes::from(key.as_bytes().to_vec())])];
-    rt.block_on(store.stamp(&keys, &stamp::encode(at), None, 1))
+    rt.block_on(store.stamp(&keys, &hlc::encode(at), None, 1))
         .unwrap()
         .pop()
         .unwrap()
@@ -73,7 +73,7 @@ fn remote_change_between_local_write_and_stamp_wins_in_both_regions() {
     );
     assert!(outcome.retry.is_empty());
     assert_eq!(c.get::<_, String>("k").unwrap(), "remote");
-    assert_eq!(recorded_stamp(&mut c, "k"), stamp::encode(&remote));
+    assert_eq!(recorded_stamp(&mut c, "k"), hlc::encode(&remote));
 }
 
 /// The other order: the remote change is applied, then the local write, then
@@ -89,7 +89,7 @@ fn local_write_after_remote_change_is_shipped_with_a_newer_stamp() {
     let later = ts((1 << 40) + 5, 1);
     let outcome = stamp_one(&rt, &mut store, "k", &later);
     assert_eq!(outcome.changes.len(), 1);
-    assert_eq!(outcome.changes[0].stamp, stamp::encode(&later));
+    assert_eq!(outcome.changes[0].stamp, hlc::encode(&later));
     assert_eq!(
         outcome.changes[0].op,
         Op::Put {
@@ -115,11 +115,11 @@ fn a_stale_stamp_is_returned_for_retry_not_written() {
     assert!(outcome.changes.is_empty());
     assert_eq!(
         outcome.retry,
-        vec![(bytes::Bytes::from_static(b"k"), stamp::encode(&remote))]
+        vec![(bytes::Bytes::from_static(b"k"), hlc::encode(&remote))]
     );
     assert_eq!(
         recorded_stamp(&mut c, "k"),
-        stamp::encode(&remote),
+        hlc::encode(&remote),
         "metadata never goes backwards"
     );
 }
@@ -143,7 +143,7 @@ fn apply_is_monotonic_and_idempotent() {
         .unwrap();
     assert_eq!((out.applied, out.older), (0, 2));
     assert_eq!(c.get::<_, String>("k").unwrap(), "two");
-    assert_eq!(recorded_stamp(&mut c, "k"), stamp::encode(&t2));
+    assert_eq!(recorded_stamp(&mut c, "k"), hlc::encode(&t2));
 }
 
 /// Equal times are broken by node id exactly as `uhlc::Timestamp` orders
@@ -207,7 +207,7 @@ fn local_flush_removes_what_landed_before_its_stamp() {
     );
     let flush = ts(200 << 32, 1);
     let restamp = rt
-        .block_on(store.flush_local(&[0], &stamp::encode(&flush), 1))
+        .block_on(store.flush_local(&[0], &hlc::encode(&flush), 1))
         .unwrap();
     assert_eq!(
         restamp,

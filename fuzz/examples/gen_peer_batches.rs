@@ -1,12 +1,12 @@
 //! Writes the seed corpus of the `peer_batch` fuzz target: a few batches
-//! encoded with `geosync::change::encode_batch`, covering every op and value
+//! encoded with `geosync::base::change::encode_batch`, covering every op and value
 //! type.
 //!
 //! `cargo run --example gen_peer_batches` (from fuzz/).
 
 use std::path::Path;
 
-use geosync::change::{Change, Collection, Op, StreamState, Value, encode_batch};
+use geosync::base::change::{Change, Collection, Op, StreamState, Value, encode_batch};
 use serde_bytes::ByteBuf;
 
 fn b(s: &[u8]) -> ByteBuf {

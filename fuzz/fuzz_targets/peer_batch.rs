@@ -1,4 +1,4 @@
-//! Fuzz target: a peer's batch payload (`geosync::change::decode_batch`, then
+//! Fuzz target: a peer's batch payload (`geosync::base::change::decode_batch`, then
 //! `Value::to_flat` / `Value::from_flat`).
 //! What is checked: `geosync_fuzz::peer_batch` (fuzz/src/lib.rs).
 

@@ -1,4 +1,4 @@
-//! Fuzz target: Replication-stream bytes from the master (`geosync::resp::parse`).
+//! Fuzz target: Replication-stream bytes from the master (`geosync::source::resp::parse`).
 //! What is checked: `geosync_fuzz::resp` (fuzz/src/lib.rs).
 
 #![no_main]

@@ -6,9 +6,9 @@
 //! the decoder breaks a promise its documentation makes; decoding errors are
 //! the expected outcome for most inputs.
 
-use geosync::change::{Op, Value, decode_batch, encode_batch};
+use geosync::base::change::{Op, Value, decode_batch, encode_batch};
 use geosync::rdb::{RdbEntry, RdbError, RdbReader, RdbValueType};
-use geosync::resp;
+use geosync::source::resp;
 
 /// Per-string cap for the RDB reader: a fuzz input is small, and a corrupt
 /// length must fail instead of asking for gigabytes.

@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backoff::Backoff;
-use crate::tls::{self, RedisTls};
+use crate::base::backoff::Backoff;
+use crate::store::tls::{self, RedisTls};
 
 /// Where the local master is.
 #[derive(Clone, Debug)]

@@ -6,13 +6,16 @@
 //! (`__geosync:m:<n>`), one field per user key, so that small buckets keep
 //! Redis's compact listpack encoding.
 
+pub mod locator;
+pub mod tls;
+
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value as RValue};
 use serde_bytes::ByteBuf;
 
-use crate::change::{Change, Collection, Op, Value};
-use crate::locator::Locator;
+use crate::base::change::{Change, Collection, Op, Value};
+use crate::store::locator::Locator;
 
 /// Every key geosync owns starts with this; client keys with it are not replicated.
 pub const RESERVED_PREFIX: &[u8] = b"__geosync:";
@@ -26,7 +29,7 @@ pub const META_BUCKETS: u32 = 16384;
 pub const FLOOR_KEY: &str = "__geosync:floor";
 /// Offset of the flag byte ('v' value, 't' tombstone) in a metadata record
 /// (after the 20-byte stamp; see scripts/lib.lua).
-pub const RECORD_FLAG_AT: usize = crate::stamp::ENCODED_LEN;
+pub const RECORD_FLAG_AT: usize = crate::base::hlc::ENCODED_LEN;
 /// Key the apply scripts write first, marking their transaction as geosync's.
 pub const APPLY_MARKER_KEY: &str = "__geosync:applied";
 
@@ -77,7 +80,7 @@ pub enum StoreError {
     Redis(#[from] RedisError),
     /// The master could not be found (Sentinel).
     #[error("{0}")]
-    Locate(#[from] crate::locator::LocateError),
+    Locate(#[from] crate::store::locator::LocateError),
     /// A script answered something this version does not understand.
     #[error("unexpected script reply: {0}")]
     BadReply(String),
@@ -279,7 +282,7 @@ impl Store {
         if self.conn.is_none() {
             self.epoch.mark_unchanged();
             let client = self.locator.master().await?;
-            self.conn = Some(crate::locator::connect(&client).await?);
+            self.conn = Some(crate::store::locator::connect(&client).await?);
         }
         Ok(self.conn.as_mut().expect("just set"))
     }
@@ -544,15 +547,17 @@ impl Store {
                     return Ok(sent);
                 }
                 for (key, reason) in outcome.unsupported {
-                    if !crate::large::travels_in_pieces(&reason) {
+                    if !crate::stamp::large::travels_in_pieces(&reason) {
                         continue;
                     }
-                    let sink = crate::large::Sink::Channel(out);
-                    match crate::large::ship_recorded(self, db, &key, &after, &own, &sink).await {
+                    let sink = crate::stamp::large::Sink::Channel(out);
+                    match crate::stamp::large::ship_recorded(self, db, &key, &after, &own, &sink)
+                        .await
+                    {
                         Ok(true) => sent += 1,
                         Ok(false) => {}
-                        Err(crate::large::LargeError::Store(e)) => return Err(e),
-                        Err(crate::large::LargeError::Stopped) => return Ok(sent),
+                        Err(crate::stamp::large::LargeError::Store(e)) => return Err(e),
+                        Err(crate::stamp::large::LargeError::Stopped) => return Ok(sent),
                         Err(e) => {
                             tracing::warn!(db, key = %String::from_utf8_lossy(&key), error = %e, "a large key was left out")
                         }
@@ -728,7 +733,7 @@ impl Store {
     pub async fn module_names(&mut self) -> Result<Vec<String>, StoreError> {
         let conn = self.conn().await?;
         let reply: RValue = redis::cmd("MODULE").arg("LIST").query_async(conn).await?;
-        Ok(crate::module_keys::module_names(&reply))
+        Ok(crate::stamp::module_keys::module_names(&reply))
     }
 
     /// Records a local FLUSHDB/FLUSHALL: raises the floor of each database
@@ -816,9 +821,9 @@ fn bulk_pairs(v: &RValue, what: &str) -> Result<Vec<(Bytes, String)>, StoreError
 
 /// The last four hex digits of every stamp this node makes.
 pub fn node_suffix(node_id: u32) -> String {
-    let id = crate::stamp::node_id_to_id(node_id).expect("validated node id");
+    let id = crate::base::hlc::node_id_to_id(node_id).expect("validated node id");
     let ts = uhlc::Timestamp::new(uhlc::NTP64(0), id);
-    crate::stamp::encode(&ts)[16..].to_string()
+    crate::base::hlc::encode(&ts)[16..].to_string()
 }
 
 fn parse_stamp_reply(db: u32, reply: RValue) -> Result<StampOutcome, StoreError> {
@@ -906,8 +911,9 @@ mod tests {
 
     #[test]
     fn node_suffix_is_the_end_of_every_stamp() {
-        let clock = crate::stamp::new_clock(300, std::time::Duration::from_millis(500)).unwrap();
-        let s = crate::stamp::encode(&clock.new_timestamp());
+        let clock =
+            crate::base::hlc::new_clock(300, std::time::Duration::from_millis(500)).unwrap();
+        let s = crate::base::hlc::encode(&clock.new_timestamp());
         assert!(s.ends_with(&node_suffix(300)));
         assert_eq!(node_suffix(1), "0100");
     }

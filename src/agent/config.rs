@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::tls::RedisTls;
+use crate::store::tls::RedisTls;
 
 /// The `geosync` command line.
 #[derive(Debug, Parser)]
@@ -182,7 +182,7 @@ pub struct Config {
     /// Most bytes of encoded changes awaiting acks.
     pub outbox_bytes: usize,
     /// How much the tailer may queue for the stamper.
-    pub spool: crate::spool::Limits,
+    pub spool: crate::stamp::spool::Limits,
     /// Most elements of a replicated collection.
     pub max_key_elements: u64,
     /// Log format.
@@ -274,10 +274,10 @@ where
 impl Config {
     fn validate(u: RunArgs) -> Result<Config, ConfigError> {
         let node_id = u.node_id.ok_or_else(|| bad("node-id", "is required"))?;
-        crate::stamp::node_id_to_id(node_id)
+        crate::base::hlc::node_id_to_id(node_id)
             .map_err(|_| bad("node-id", format!("{node_id} is not in 1..=65535")))?;
         let redis_url = u.redis.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-        let shown = crate::redacted(&redis_url);
+        let shown = redacted(&redis_url);
         let info = redis::Client::open(redis_url.as_str())
             .map_err(|e| bad("redis", format!("{shown:?}: {e}")))?;
         let url_tls = match info.get_connection_info().addr() {
@@ -396,7 +396,7 @@ impl Config {
             crate::store::DEFAULT_MAX_KEY_ELEMENTS,
             1000..=100_000_000,
         )?;
-        let spool = crate::spool::Limits {
+        let spool = crate::stamp::spool::Limits {
             memory_bytes: (spool_memory_mb << 20) as usize,
             disk_bytes: spool_disk_mb << 20,
         };
@@ -425,6 +425,19 @@ impl Config {
             max_key_elements,
             log_format,
         })
+    }
+}
+
+/// `url` without its password, for messages and logs.
+pub fn redacted(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(u) => match u.authority() {
+            Some(a) if a.as_str().contains('@') => {
+                url.replace(a.as_str(), a.as_str().rsplit('@').next().unwrap_or(""))
+            }
+            _ => url.to_string(),
+        },
+        Err(_) => "(unparsable url)".into(),
     }
 }
 

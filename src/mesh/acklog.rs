@@ -20,7 +20,7 @@ pub fn load(data_dir: &Path) -> std::io::Result<HashMap<String, String>> {
             .lines()
             .filter_map(|l| {
                 let (peer, stamp) = l.split_once(' ')?;
-                crate::stamp::decode(stamp.as_bytes()).ok()?;
+                crate::base::hlc::decode(stamp.as_bytes()).ok()?;
                 Some((peer.to_string(), stamp.to_string()))
             })
             .collect()),

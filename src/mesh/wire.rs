@@ -1,10 +1,6 @@
-//! gRPC between agents: one stream per (origin, peer) pair.
-//!
-//! The origin dials ([`client`]), sends `Hello` and then its batches; the
-//! peer ([`server`]) answers `Welcome` and cumulative `Ack`s.
-
-pub mod client;
-pub mod server;
+//! The wire format between agents: the generated protobuf and gRPC types
+//! (`proto/geosync.proto`) and the protocol version. Change payloads inside
+//! a batch are `rmp-serde` ([`crate::base::change`]).
 
 /// Generated protobuf and gRPC types (`proto/geosync.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

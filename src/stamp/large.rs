@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uhlc::HLC;
 
-use crate::change::{Change, Collection, Op, Value};
-use crate::outbox::Outbox;
-use crate::stamp;
+use crate::base::change::{Change, Collection, Op, Value};
+use crate::base::hlc;
+use crate::mesh::outbox::Outbox;
 use crate::store::{COPY_PREFIX, Freeze, Frozen, Piece, Store, StoreError};
 
 /// Elements read (and shipped) per piece.
@@ -343,7 +343,7 @@ impl Stamping<'_> {
     /// Lets the clock observe a newer stamp met in Redis; when it is
     /// beyond the skew limit, waits a little for the clock instead.
     async fn observe(&self, newer: &str) {
-        let observed = stamp::decode(newer.as_bytes())
+        let observed = hlc::decode(newer.as_bytes())
             .ok()
             .is_some_and(|t| self.clock.update_with_timestamp(&t).is_ok());
         if !observed && !newer.is_empty() {
@@ -366,7 +366,7 @@ impl Stamping<'_> {
         sink: &Sink<'_>,
     ) -> Result<Stamped, LargeError> {
         loop {
-            let s = stamp::encode(&self.clock.new_timestamp());
+            let s = hlc::encode(&self.clock.new_timestamp());
             let name = copy_name(key);
             let frozen = match store.freeze(db, key, &name, Some(&s)).await? {
                 Freeze::Whole => return Ok(Stamped::Whole),

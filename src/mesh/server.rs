@@ -12,16 +12,16 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, error, info, info_span, warn};
 use uhlc::HLC;
 
-use super::PROTOCOL_VERSION;
-use super::pb::replication_server::Replication;
-use super::pb::{
+use super::wire::PROTOCOL_VERSION;
+use super::wire::pb::replication_server::Replication;
+use super::wire::pb::{
     Ack, OriginMessage, PeerMessage, SnapshotChunk, SnapshotRequest, Welcome, origin_message,
     peer_message,
 };
-use crate::applier::ApplyJob;
-use crate::change::{Change, Op, decode_batch};
-use crate::metrics::Metrics;
-use crate::stamp;
+use crate::apply::ApplyJob;
+use crate::base::change::{Change, Op, decode_batch};
+use crate::base::hlc;
+use crate::ops::metrics::Metrics;
 use crate::store::is_reserved;
 
 /// Per origin node: its current session and the last batch applied from it.
@@ -32,7 +32,7 @@ struct Origins {
 
 /// The gRPC service.
 pub struct Receiver {
-    locator: crate::locator::Locator,
+    locator: crate::store::locator::Locator,
     node_id: u32,
     mesh: String,
     databases: u32,
@@ -45,7 +45,7 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver applying through `apply`, reading `client`'s Redis for snapshots.
     pub fn new(
-        locator: crate::locator::Locator,
+        locator: crate::store::locator::Locator,
         node_id: u32,
         mesh: String,
         databases: u32,
@@ -94,10 +94,9 @@ fn check_batch(
     let changes = decode_batch(payload).map_err(|e| Refusal::Malformed(e.to_string()))?;
     let mut newest = None;
     for c in &changes {
-        let ts =
-            stamp::decode(c.stamp.as_bytes()).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        let ts = hlc::decode(c.stamp.as_bytes()).map_err(|e| Refusal::Malformed(e.to_string()))?;
         let from =
-            stamp::id_to_node_id(ts.get_id()).map_err(|e| Refusal::Malformed(e.to_string()))?;
+            hlc::id_to_node_id(ts.get_id()).map_err(|e| Refusal::Malformed(e.to_string()))?;
         if from != origin {
             return Err(Refusal::Malformed(format!(
                 "change stamped by node {from} arrived from node {origin}"
@@ -119,7 +118,8 @@ fn check_batch(
             }
             Op::Part { ref value, .. }
                 if value.is_empty()
-                    || crate::change::Collection::from_type_name(value.type_name()).is_none() =>
+                    || crate::base::change::Collection::from_type_name(value.type_name())
+                        .is_none() =>
             {
                 return Err(Refusal::Malformed(format!(
                     "a piece must hold elements of a list, set, sorted set or hash, not {} of {}",
@@ -149,7 +149,7 @@ fn check_batch(
         clock
             .update_with_timestamp(&ts)
             .map_err(|e| Refusal::ClockSkew {
-                stamp: stamp::encode(&ts),
+                stamp: hlc::encode(&ts),
                 why: e.to_string(),
             })?;
     }
@@ -213,7 +213,7 @@ impl Replication for Receiver {
             while let Some(changes) = read.recv().await {
                 let chunk = SnapshotChunk {
                     count: changes.len() as u32,
-                    changes: crate::change::encode_batch(&changes),
+                    changes: crate::base::change::encode_batch(&changes),
                 };
                 if tx.send(Ok(chunk)).await.is_err() {
                     return;
@@ -420,12 +420,12 @@ fn ack(seq: u64) -> PeerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::{Value, encode_batch};
+    use crate::base::change::{Value, encode_batch};
     use serde_bytes::ByteBuf;
     use std::time::Duration;
 
     fn clock() -> Arc<HLC> {
-        stamp::new_clock(1, Duration::from_millis(500)).unwrap()
+        hlc::new_clock(1, Duration::from_millis(500)).unwrap()
     }
 
     fn put(stamp: String, key: &[u8]) -> Change {
@@ -443,8 +443,8 @@ mod tests {
     #[test]
     fn refuses_bad_batches_with_a_reason() {
         let c = clock();
-        let other = stamp::new_clock(2, Duration::from_millis(500)).unwrap();
-        let good = stamp::encode(&other.new_timestamp());
+        let other = hlc::new_clock(2, Duration::from_millis(500)).unwrap();
+        let good = hlc::encode(&other.new_timestamp());
         assert!(check_batch(&encode_batch(&[put(good.clone(), b"k")]), 2, 16, &c).is_ok());
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"garbage".to_vec(), "malformed"),
@@ -476,13 +476,8 @@ mod tests {
             uhlc::NTP64(now.get_time().as_u64() + (10u64 << 32)),
             *now.get_id(),
         );
-        let err = check_batch(
-            &encode_batch(&[put(stamp::encode(&ahead), b"k")]),
-            2,
-            16,
-            &c,
-        )
-        .unwrap_err();
+        let err =
+            check_batch(&encode_batch(&[put(hlc::encode(&ahead), b"k")]), 2, 16, &c).unwrap_err();
         assert_eq!(err.reason(), "clock_skew");
     }
 }

@@ -19,7 +19,7 @@ pub struct Change {
     pub db: u32,
     /// The key (empty for [`Op::FlushDb`]).
     pub key: ByteBuf,
-    /// Encoded stamp (see [`crate::stamp::encode`]).
+    /// Encoded stamp (see [`crate::base::hlc::encode`]).
     pub stamp: String,
     /// What happened to the key.
     pub op: Op,

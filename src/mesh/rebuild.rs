@@ -14,14 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use uhlc::HLC;
 
-use crate::backoff::Backoff;
-use crate::change::decode_batch;
-use crate::metrics::Metrics;
-use crate::stamp;
+use crate::base::backoff::Backoff;
+use crate::base::change::decode_batch;
+use crate::base::hlc;
+use crate::mesh::PROTOCOL_VERSION;
+use crate::mesh::pb::SnapshotRequest;
+use crate::mesh::pb::replication_client::ReplicationClient;
+use crate::ops::metrics::Metrics;
 use crate::store::Store;
-use crate::transport::PROTOCOL_VERSION;
-use crate::transport::pb::SnapshotRequest;
-use crate::transport::pb::replication_client::ReplicationClient;
 
 /// Who asks, and where to ask.
 pub struct Rebuild<'a> {
@@ -95,7 +95,7 @@ impl Rebuild<'_> {
             let changes = decode_batch(&chunk.changes)?;
             let mut newest = None;
             for c in &changes {
-                let ts = stamp::decode(c.stamp.as_bytes())?;
+                let ts = hlc::decode(c.stamp.as_bytes())?;
                 if newest.is_none_or(|n| ts > n) {
                     newest = Some(ts);
                 }

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::change::{Change, encode_batch};
-use crate::metrics::Metrics;
+use crate::base::change::{Change, encode_batch};
+use crate::ops::metrics::Metrics;
 
 /// One stamped batch, encoded once and shared by every peer's sender.
 #[derive(Debug)]
@@ -456,7 +456,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::Op;
+    use crate::base::change::Op;
     use serde_bytes::ByteBuf;
 
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

@@ -9,14 +9,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tracing::{error, info, warn};
 
-use super::PROTOCOL_VERSION;
-use super::pb::replication_client::ReplicationClient;
-use super::pb::{Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message};
-use crate::backoff::Backoff;
-use crate::change::encode_batch;
-use crate::metrics::Metrics;
-use crate::outbox::Outbox;
-use crate::state::Readiness;
+use super::wire::PROTOCOL_VERSION;
+use super::wire::pb::replication_client::ReplicationClient;
+use super::wire::pb::{Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message};
+use crate::base::backoff::Backoff;
+use crate::base::change::encode_batch;
+use crate::mesh::outbox::Outbox;
+use crate::ops::metrics::Metrics;
+use crate::ops::readiness::Readiness;
 use crate::store::Store;
 
 /// Most batches sent to a peer ahead of its acks.
@@ -26,7 +26,7 @@ const WINDOW: u64 = 32;
 #[derive(Clone)]
 pub struct Identity {
     /// The local master (catch-ups read this node's changes back from it).
-    pub locator: crate::locator::Locator,
+    pub locator: crate::store::locator::Locator,
     /// Number of databases of the local Redis.
     pub databases: u32,
     /// This region's node id.
@@ -233,7 +233,7 @@ async fn catch_up(
     metrics: &Metrics,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionEnd> {
-    let (batches, mut read) = mpsc::channel::<Vec<crate::change::Change>>(2);
+    let (batches, mut read) = mpsc::channel::<Vec<crate::base::change::Change>>(2);
     let mut store = Store::new(me.locator.clone());
     let (databases, node_id, floor_owned) = (me.databases, me.node_id, floor.to_string());
     let reader = tokio::spawn(async move {

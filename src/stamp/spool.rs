@@ -14,7 +14,7 @@
 //!
 //! The spool is not durable, and need not be: the replication position is
 //! recorded only after every event before it has been stamped
-//! ([`crate::position`]), so after a crash the stream is read again from
+//! ([`crate::base::position`]), so after a crash the stream is read again from
 //! there. It is emptied at start. If a segment cannot be written or read
 //! back, the disk part is dropped and the tailer starts a new session from
 //! the recorded position ([`SpoolError::Lost`]); nothing is lost either.
@@ -29,9 +29,9 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tracing::{error, info};
 
-use crate::metrics::Metrics;
-use crate::position::Position;
-use crate::tailer::TailEvent;
+use crate::base::event::TailEvent;
+use crate::base::position::Position;
+use crate::ops::metrics::Metrics;
 
 /// Most events read from disk at once.
 const READ_AHEAD: usize = 256;

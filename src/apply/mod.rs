@@ -11,9 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::backoff::Backoff;
-use crate::change::Change;
-use crate::state::Readiness;
+use crate::base::backoff::Backoff;
+use crate::base::change::Change;
+use crate::ops::readiness::Readiness;
 use crate::store::{ApplyOutcome, Store, StoreError};
 
 /// A batch to apply and where to send the result.

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::{ConfigError, bad};
+use crate::agent::config::{ConfigError, bad};
 
 /// Makes `ring` the process's rustls provider, so that code which asks
 /// rustls for the default (the `redis` crate does) never meets an

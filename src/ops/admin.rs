@@ -10,8 +10,8 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-use crate::state::Readiness;
+use crate::ops::metrics::Metrics;
+use crate::ops::readiness::Readiness;
 
 #[derive(Clone)]
 struct AdminState {

@@ -65,8 +65,8 @@ pub fn new_clock(node_id: u32, max_delta: Duration) -> Result<Arc<HLC>, StampErr
 /// Encodes a stamp so that byte order equals `Timestamp` order.
 ///
 /// ```
-/// let t = uhlc::Timestamp::new(uhlc::NTP64(0x0102), geosync::stamp::node_id_to_id(3).unwrap());
-/// assert_eq!(geosync::stamp::encode(&t), "00000000000001020300");
+/// let t = uhlc::Timestamp::new(uhlc::NTP64(0x0102), geosync::base::hlc::node_id_to_id(3).unwrap());
+/// assert_eq!(geosync::base::hlc::encode(&t), "00000000000001020300");
 /// ```
 pub fn encode(ts: &Timestamp) -> String {
     let id = ts.get_id().to_le_bytes();

@@ -1,4 +1,4 @@
-//! Prometheus metrics, served at `/metrics` by [`crate::admin`].
+//! Prometheus metrics, served at `/metrics` by [`crate::ops::admin`].
 //!
 //! One [`Metrics`] per agent, shared by every stage. Names are documented in
 //! the README; they are part of the interface operators build alerts on.
@@ -61,7 +61,7 @@ pub struct Metrics {
     /// Client writes to keys under the reserved `__geosync:` prefix (not replicated).
     pub reserved_key_writes: Counter,
     /// Keys of types geosync cannot carry, by reason: `module:<type name>`
-    /// for module data (see [`crate::module_keys`]).
+    /// for module data (see [`crate::stamp::module_keys`]).
     pub unsupported_keys: Family<ReasonLabel, Counter>,
     /// Commands whose effect geosync does not replicate (SWAPDB), by command.
     pub unsupported_commands: Family<ReasonLabel, Counter>,

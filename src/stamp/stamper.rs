@@ -14,18 +14,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uhlc::HLC;
 
-use crate::backoff::Backoff;
-use crate::change::{Change, Op};
-use crate::large::{LargeError, Sink, Stamped, Stamping};
-use crate::metrics::Metrics;
-use crate::module_keys::{ModuleKeys, Owner};
-use crate::outbox::Outbox;
-use crate::position::Position;
-use crate::spool::SpoolRx;
-use crate::stamp;
-use crate::state::Readiness;
+use crate::base::backoff::Backoff;
+use crate::base::change::{Change, Op};
+use crate::base::event::TailEvent;
+use crate::base::hlc;
+use crate::base::position::Position;
+use crate::mesh::outbox::Outbox;
+use crate::ops::metrics::Metrics;
+use crate::ops::readiness::Readiness;
+use crate::stamp::large::{LargeError, Sink, Stamped, Stamping};
+use crate::stamp::module_keys::{ModuleKeys, Owner};
+use crate::stamp::spool::SpoolRx;
 use crate::store::Store;
-use crate::tailer::TailEvent;
 
 /// Most keys over `--max-key-elements` logged by name; the metric counts all.
 pub const LOGGED_TOO_LARGE: usize = 1000;
@@ -138,7 +138,8 @@ impl Stamper {
                 true
             }
             TailEvent::SnapshotStart => {
-                self.reship = crate::acklog::reship_floor(&self.outbox.acked_stamps(), &self.peers);
+                self.reship =
+                    crate::mesh::acklog::reship_floor(&self.outbox.acked_stamps(), &self.peers);
                 self.reshipped_large.clear();
                 true
             }
@@ -167,7 +168,7 @@ impl Stamper {
             None => (0..self.databases).collect(),
         };
         let ts = self.clock.new_timestamp();
-        let enc = stamp::encode(&ts);
+        let enc = hlc::encode(&ts);
         let mut backoff = Backoff::new();
         loop {
             match self.store.flush_local(&dbs, &enc, self.node_id).await {
@@ -235,7 +236,7 @@ impl Stamper {
             }
         }
         let ts = self.clock.new_timestamp();
-        let enc = stamp::encode(&ts);
+        let enc = hlc::encode(&ts);
         let mut backoff = Backoff::new();
         let outcomes = loop {
             match self
@@ -264,7 +265,7 @@ impl Stamper {
         for ((db, _), outcome) in per_db.iter().zip(outcomes) {
             for (key, newer) in outcome.retry {
                 self.metrics.stamp_retries.inc();
-                match stamp::decode(newer.as_bytes()) {
+                match hlc::decode(newer.as_bytes()) {
                     Ok(t) => {
                         if let Err(e) = self.clock.update_with_timestamp(&t) {
                             error!(error = %e, key = %String::from_utf8_lossy(&key), "a recorded stamp is beyond the clock skew limit; the key waits for the clock");
@@ -276,7 +277,7 @@ impl Stamper {
                 pending.insert((*db, key));
             }
             for (key, kind) in outcome.unsupported {
-                if crate::large::travels_in_pieces(&kind) {
+                if crate::stamp::large::travels_in_pieces(&kind) {
                     large.push((*db, key));
                     continue;
                 }

@@ -27,7 +27,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use redis::Value;
 use tracing::{debug, warn};
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// Keys of one type named in the log before further ones are only counted.
 pub const LOGGED_KEYS_PER_TYPE: usize = 10;

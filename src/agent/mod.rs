@@ -1,0 +1,284 @@
+//! The agent as a whole: settings in ([`config`]), every stage built and
+//! wired by [`run`], the decisions no single stage can make taken by the
+//! [`supervisor`], progress kept in the data directory ([`data_dir`]).
+
+pub mod config;
+mod data_dir;
+pub mod supervisor;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use self::config::Config;
+use crate::apply;
+use crate::base::hlc;
+use crate::mesh::outbox::Outbox;
+use crate::mesh::{self, acklog};
+use crate::ops::admin;
+use crate::ops::metrics::Metrics;
+use crate::ops::readiness::Readiness;
+use crate::source;
+use crate::stamp::{spool, stamper};
+use crate::store::{self, Store, locator, tls};
+
+/// Errors that stop the agent at start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory is unusable or belongs to another node.
+    #[error("data dir {path}: {message}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The local Redis cannot be reached or used.
+    #[error("local redis {url}: {message}")]
+    Redis {
+        /// Its URL, without password.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A listen address cannot be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Runs the agent until `shutdown` is cancelled or a stage fails fatally.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    data_dir::claim(&config.data_dir, config.node_id).map_err(|message| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message,
+    })?;
+    store::set_max_key_elements(config.max_key_elements);
+    let url = config::redacted(&config.redis_url);
+    let redis_err = |message: String| StartError::Redis {
+        url: url.clone(),
+        message,
+    };
+    let mut locator = locator::Locator::new(
+        &config.redis_url,
+        &config.sentinels,
+        config.master_name.as_deref(),
+    );
+    // Names what the connection was checked against when it fails.
+    let mut over = String::new();
+    let tls_hint = |e: &dyn std::fmt::Display| match &config.redis_tls {
+        Some(_) => tls::hint(&e.to_string()),
+        None => "",
+    };
+    if let Some(tls) = &config.redis_tls {
+        tls::install_crypto_provider();
+        locator = locator.with_tls(tls.clone(), config.sentinel_tls);
+        over = format!(" over TLS (server checked against {})", tls.trust());
+    }
+    let client = locator
+        .master()
+        .await
+        .map_err(|e| redis_err(format!("cannot find the master{over}: {e}{}", tls_hint(&e))))?;
+    let mut conn = locator::connect(&client)
+        .await
+        .map_err(|e| redis_err(format!("cannot connect{over}: {e}{}", tls_hint(&e))))?;
+    let databases: (String, u32) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("databases")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| redis_err(format!("CONFIG GET databases: {e}")))?;
+    let databases = databases.1;
+    drop(conn);
+
+    let metrics = Arc::new(Metrics::new());
+    let clock = hlc::new_clock(config.node_id, config.max_clock_skew).expect("node id validated");
+    let ready = Arc::new(Readiness::new(&config.peers));
+    let acked = acklog::load(&config.data_dir).map_err(|e| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message: format!(
+            "cannot read {}: {e}",
+            acklog::path(&config.data_dir).display()
+        ),
+    })?;
+    let outbox = Arc::new(Outbox::new(
+        &config.peers,
+        config.outbox_batches,
+        config.outbox_bytes,
+        acked,
+        metrics.clone(),
+    ));
+    let tracker = TaskTracker::new();
+    let token = shutdown.child_token();
+
+    let grpc = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "--listen",
+            addr: config.listen,
+            source,
+        })?;
+    let admin = match config.admin {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "--admin",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+
+    tracker.spawn(locator.clone().watch_switches(token.clone()));
+    // Tailer → stamper.
+    let spool_dir = config.data_dir.join("spool");
+    let (tail_tx, tail_rx) = spool::channel(spool_dir.clone(), config.spool, metrics.clone())
+        .map_err(|e| StartError::DataDir {
+            path: spool_dir.display().to_string(),
+            message: format!("cannot prepare the spool: {e}"),
+        })?;
+    let supervisor = supervisor::Supervisor {
+        locator: locator.clone(),
+        peers: config.peers.clone(),
+        node_id: config.node_id,
+        mesh: config.mesh.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+    };
+    tracker.spawn(source::run(
+        source::TailerConfig {
+            locator: locator.clone(),
+            announce_port: config.listen.port(),
+            data_dir: config.data_dir.clone(),
+            databases,
+            node_id: config.node_id,
+        },
+        Arc::new(supervisor),
+        tail_tx,
+        metrics.clone(),
+        token.clone(),
+    ));
+    let (position_tx, position_rx) = tokio::sync::watch::channel(None);
+    let stamper = stamper::Stamper {
+        store: Store::new(locator.clone()),
+        clock: clock.clone(),
+        outbox: outbox.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        batch_keys: config.batch_keys,
+        databases,
+        node_id: config.node_id,
+        peers: config.peers.clone(),
+        reship: None,
+        reshipped_large: Default::default(),
+        position: position_tx,
+        module_keys: Default::default(),
+        too_large_logged: Default::default(),
+    };
+    tracker.spawn(stamper.run(tail_rx, token.clone()));
+
+    // Outbox → peers.
+    let me = mesh::client::Identity {
+        locator: locator.clone(),
+        databases,
+        node_id: config.node_id,
+        mesh: config.mesh.clone(),
+        session: rand::random(),
+    };
+    for peer in &config.peers {
+        tracker.spawn(mesh::client::run(
+            peer.clone(),
+            me.clone(),
+            outbox.clone(),
+            metrics.clone(),
+            ready.clone(),
+            token.clone(),
+        ));
+    }
+
+    // Peers → applier.
+    let (apply_tx, apply_rx) = mpsc::channel(16);
+    tracker.spawn(apply::run(
+        Store::new(locator.clone()),
+        apply_rx,
+        ready.clone(),
+        token.clone(),
+    ));
+    let receiver = mesh::server::Receiver::new(
+        locator.clone(),
+        config.node_id,
+        config.mesh.clone(),
+        databases,
+        clock.clone(),
+        apply_tx,
+        metrics.clone(),
+    );
+    let service = mesh::pb::replication_server::ReplicationServer::new(receiver)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let grpc_token = token.clone();
+    let grpc_task = tracker.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                grpc_token.cancelled_owned(),
+            )
+            .await
+    });
+    tracker.spawn(data_dir::persist_progress(
+        outbox.clone(),
+        position_rx,
+        config.data_dir.clone(),
+        token.clone(),
+    ));
+    if let Some(listener) = admin {
+        tracker.spawn(admin::serve(
+            listener,
+            metrics.clone(),
+            ready.clone(),
+            token.clone(),
+        ));
+    }
+    tracker.close();
+    info!(node_id = config.node_id, listen = %config.listen, peers = config.peers.len(), redis = %url, "geosync started");
+
+    let mut grpc_task = grpc_task;
+    let result = tokio::select! {
+        _ = token.cancelled() => Ok(()),
+        r = &mut grpc_task => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                error!(error = %e, "grpc server failed");
+                Err(StartError::Grpc(e))
+            }
+            Err(e) => {
+                error!(error = %e, "grpc server task failed");
+                Ok(())
+            }
+        },
+    };
+    token.cancel();
+    if tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        error!("some tasks did not stop within 10 s");
+    }
+    info!("geosync stopped");
+    result
+}

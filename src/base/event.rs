@@ -1,0 +1,26 @@
+//! What the source tells the stamper: which keys a write touched, flushes,
+//! the bounds of a resync, and stream positions. Never values: the stamper
+//! reads those inside Redis (DESIGN.md, "Why ship state, and why stamp
+//! inside Redis").
+
+use bytes::Bytes;
+
+use crate::base::position::Position;
+
+/// What the tailer tells the stamper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailEvent {
+    /// Keys written together: one command, or one MULTI/EXEC (a client's
+    /// transaction or a script's effects). Stamped in one batch.
+    Dirty(Vec<(u32, Bytes)>),
+    /// FLUSHDB of one database, or FLUSHALL (`None`).
+    Flush(Option<u32>),
+    /// A full resync starts: the keys that follow, up to `SnapshotDone`,
+    /// are the snapshot's and the metadata's.
+    SnapshotStart,
+    /// Every key of a full resync's snapshot has been reported.
+    SnapshotDone,
+    /// Every write up to this point of the stream has been reported; once
+    /// the keys reported so far are stamped, the position may be recorded.
+    Position(Position),
+}

@@ -1,0 +1,9 @@
+//! What every stage shares: the change that travels, the clock that stamps
+//! it, what the source tells the stamper, stream positions, and the retry
+//! backoff. Imports nothing from the stages.
+
+pub mod backoff;
+pub mod change;
+pub mod event;
+pub mod hlc;
+pub mod position;

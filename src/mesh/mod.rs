@@ -1,0 +1,15 @@
+//! Stage 3: between regions. The outbox holds stamped batches until every
+//! peer acknowledged them; one gRPC stream per (origin, peer) pair carries
+//! them: the origin dials ([`client`]), sends `Hello` and then its batches;
+//! the peer ([`server`]) answers `Welcome` and cumulative `Ack`s and hands
+//! the batches to the applier. [`rebuild`] pulls a peer's recorded state
+//! when this region's Redis lost its data.
+
+pub mod acklog;
+pub mod client;
+pub mod outbox;
+pub mod rebuild;
+pub mod server;
+pub mod wire;
+
+pub use wire::{PROTOCOL_VERSION, pb};

@@ -1,0 +1,272 @@
+//! The command stream after a resync: every command's written keys
+//! reported (a transaction's together), the position reported as it moves,
+//! and the offset acknowledged every second and on `REPLCONF GETACK`.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use super::error::TailError;
+use super::link::Link;
+use super::resp;
+use crate::base::event::TailEvent;
+use crate::base::position::Position;
+use crate::keyspec::{KeyLookup, KeySpecTable, written_keys_from_server};
+use crate::ops::metrics::Metrics;
+use crate::stamp::spool::SpoolTx;
+use crate::store::{self, is_reserved};
+
+/// An open MULTI block of the stream.
+#[derive(Default)]
+pub(super) struct Multi {
+    /// Keys written so far.
+    keys: Vec<(u32, Bytes)>,
+    /// The block is geosync's own apply script (its first write is the marker).
+    ours: bool,
+    /// No command of the block has been seen yet.
+    seen_first: bool,
+}
+
+/// State of the command stream between commands, and what reading it needs.
+pub(super) struct StreamState {
+    pub(super) db: u32,
+    pub(super) multi: Option<Multi>,
+    /// The server's key specs.
+    pub(super) specs: KeySpecTable,
+    /// A plain connection for `COMMAND GETKEYSANDFLAGS`.
+    pub(super) side: redis::aio::MultiplexedConnection,
+}
+
+/// Follows the command stream from `offset`.
+pub(super) async fn follow(
+    mut link: Link,
+    start: Position,
+    mut state: StreamState,
+    tx: &SpoolTx,
+    metrics: &Metrics,
+    epoch: &mut tokio::sync::watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+) -> Result<(), TailError> {
+    let Position {
+        replid, mut offset, ..
+    } = start;
+    let mut reported = offset;
+    let mut reported_at = Instant::now();
+    let mut ack = tokio::time::interval(Duration::from_secs(1));
+    ack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Handle every complete command in the buffer.
+        while let Some((frame, used)) =
+            resp::parse(&link.buf).map_err(|e| TailError::Protocol(e.to_string()))?
+        {
+            link.buf.advance(used);
+            let argv = frame.into_command().ok_or_else(|| {
+                TailError::Protocol("command is not an array of bulk strings".into())
+            })?;
+            let getack = handle(&argv, &mut state, tx, metrics).await?;
+            offset += used as i64;
+            metrics.repl_offset.set(offset);
+            if getack {
+                let off = offset.to_string();
+                link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
+            }
+        }
+        // Report the position (between transactions, at most ten times a
+        // second) so that a restart resumes close to where this one stopped.
+        if offset != reported
+            && state.multi.is_none()
+            && reported_at.elapsed() >= Duration::from_millis(100)
+        {
+            let p = Position {
+                replid: replid.clone(),
+                offset,
+                db: state.db,
+            };
+            tx.send(TailEvent::Position(p))
+                .await
+                .map_err(TailError::from)?;
+            reported = offset;
+            reported_at = Instant::now();
+        }
+        tokio::select! {
+            r = link.fill() => r?,
+            _ = ack.tick() => {
+                tx.check()?;
+                let off = offset.to_string();
+                link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
+            }
+            _ = epoch.changed() => return Err(TailError::MasterSwitched),
+            _ = shutdown.cancelled() => return Err(TailError::Shutdown),
+        }
+    }
+}
+
+fn lower(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_ascii_lowercase()
+}
+
+/// Reserved keys that geosync itself writes; client writes to any other
+/// reserved key are reported.
+fn is_own_key(key: &[u8]) -> bool {
+    key.starts_with(store::META_PREFIX.as_bytes())
+        || key.starts_with(store::COPY_PREFIX)
+        || key.starts_with(store::BUILD_PREFIX)
+        || key == store::FLOOR_KEY.as_bytes()
+        || key == store::APPLY_MARKER_KEY.as_bytes()
+}
+
+/// Handles one command; returns true when the master asked for an ACK.
+async fn handle(
+    argv: &[Bytes],
+    state: &mut StreamState,
+    tx: &SpoolTx,
+    metrics: &Metrics,
+) -> Result<bool, TailError> {
+    let Some(name) = argv.first().map(|n| lower(n)) else {
+        return Ok(false);
+    };
+    let send = |ev| async move { tx.send(ev).await.map_err(TailError::from) };
+    match name.as_str() {
+        "ping" => return Ok(false),
+        "replconf" => {
+            return Ok(argv.get(1).map(|a| lower(a)) == Some("getack".into()));
+        }
+        "select" => {
+            state.db = argv
+                .get(1)
+                .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok())
+                .ok_or_else(|| TailError::Protocol("bad SELECT".into()))?;
+            return Ok(false);
+        }
+        "multi" => {
+            state.multi = Some(Multi::default());
+            return Ok(false);
+        }
+        "exec" => {
+            if let Some(m) = state.multi.take()
+                && !m.ours
+                && !m.keys.is_empty()
+            {
+                send(TailEvent::Dirty(m.keys)).await?;
+            }
+            return Ok(false);
+        }
+        "flushdb" | "flushall" => {
+            // Keys written earlier in the same transaction go first.
+            if let Some(m) = &mut state.multi
+                && !m.ours
+                && !m.keys.is_empty()
+            {
+                send(TailEvent::Dirty(std::mem::take(&mut m.keys))).await?;
+            }
+            let ours = state.multi.as_ref().is_some_and(|m| m.ours);
+            if !ours {
+                let db = (name == "flushdb").then_some(state.db);
+                send(TailEvent::Flush(db)).await?;
+            }
+            return Ok(false);
+        }
+        "swapdb" => {
+            metrics
+                .unsupported_commands
+                .get_or_create(&Metrics::reason("swapdb"))
+                .inc();
+            warn!(
+                command = "SWAPDB",
+                "SWAPDB is not replicated: the swapped databases diverge from the other regions until rewritten (see docs/decisions/004-swapdb.md)"
+            );
+            return Ok(false);
+        }
+        _ => {}
+    }
+    let refs: Vec<&[u8]> = argv.iter().map(|a| a.as_ref()).collect();
+    let mut keys: Vec<(u32, Bytes)> = match state.specs.written_keys(&refs) {
+        KeyLookup::Keys(idx) => idx
+            .into_iter()
+            .filter_map(|i| argv.get(i))
+            .map(|k| (state.db, k.clone()))
+            .collect(),
+        KeyLookup::AskServer | KeyLookup::UnknownCommand => {
+            match written_keys_from_server(&mut state.side, &refs).await {
+                Ok(keys) => keys
+                    .into_iter()
+                    .map(|k| (state.db, Bytes::from(k)))
+                    .collect(),
+                Err(e) => {
+                    metrics
+                        .unsupported_commands
+                        .get_or_create(&Metrics::reason(&name))
+                        .inc();
+                    error!(command = %name, error = %e, "cannot tell which keys a replicated command wrote; its change is not shipped");
+                    Vec::new()
+                }
+            }
+        }
+    };
+    // MOVE and COPY ... DB n write the key into another database.
+    match name.as_str() {
+        "move" => {
+            if let (Some(k), Some(db)) = (
+                argv.get(1),
+                argv.get(2)
+                    .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok()),
+            ) {
+                keys.push((db, k.clone()));
+            }
+        }
+        "copy" => {
+            if let Some(pos) = argv.iter().position(|a| a.eq_ignore_ascii_case(b"db"))
+                && let (Some(dst), Some(db)) = (
+                    argv.get(2),
+                    argv.get(pos + 1)
+                        .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok()),
+                )
+            {
+                keys.retain(|(_, k)| k != dst);
+                keys.push((db, dst.clone()));
+            }
+        }
+        _ => {}
+    }
+    if let Some(m) = &mut state.multi {
+        if !m.seen_first {
+            m.seen_first = true;
+            m.ours = keys
+                .iter()
+                .any(|(_, k)| k.as_ref() == store::APPLY_MARKER_KEY.as_bytes());
+        }
+        if !m.ours {
+            m.keys.extend(filter_reserved(keys, &name, metrics));
+        }
+        return Ok(false);
+    }
+    let keys = filter_reserved(keys, &name, metrics);
+    if !keys.is_empty() {
+        send(TailEvent::Dirty(keys)).await?;
+    }
+    Ok(false)
+}
+
+fn filter_reserved(keys: Vec<(u32, Bytes)>, command: &str, metrics: &Metrics) -> Vec<(u32, Bytes)> {
+    keys.into_iter()
+        .filter(|(db, k)| {
+            if !is_reserved(k) {
+                return true;
+            }
+            if !is_own_key(k) {
+                metrics.reserved_key_writes.inc();
+                warn!(
+                    db,
+                    key = %String::from_utf8_lossy(k),
+                    command,
+                    "a client wrote a key under the reserved __geosync: prefix; it is not replicated"
+                );
+            } else {
+                debug!(key = %String::from_utf8_lossy(k), "own key");
+            }
+            false
+        })
+        .collect()
+}
