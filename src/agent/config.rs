@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::store::tls::RedisTls;
+use crate::store::tls::{RedisTls, TlsSettingError};
 
 /// The `geosync` command line.
 #[derive(Debug, Parser)]
@@ -136,6 +136,12 @@ pub(crate) fn bad(setting: &'static str, message: impl Into<String>) -> ConfigEr
     ConfigError {
         setting,
         message: message.into(),
+    }
+}
+
+impl From<TlsSettingError> for ConfigError {
+    fn from(e: TlsSettingError) -> Self {
+        bad(e.setting, e.message)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The agent as a whole: settings in ([`config`]), every stage built and
 //! wired by [`run`], the decisions no single stage can make taken by the
-//! [`supervisor`], progress kept in the data directory ([`data_dir`]).
+//! [`supervisor`], progress kept in the data directory
+//! (`data_dir.rs`).
 
 pub mod config;
 mod data_dir;

@@ -107,16 +107,6 @@ fn lower(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_lowercase()
 }
 
-/// Reserved keys that geosync itself writes; client writes to any other
-/// reserved key are reported.
-fn is_own_key(key: &[u8]) -> bool {
-    key.starts_with(store::META_PREFIX.as_bytes())
-        || key.starts_with(store::COPY_PREFIX)
-        || key.starts_with(store::BUILD_PREFIX)
-        || key == store::FLOOR_KEY.as_bytes()
-        || key == store::APPLY_MARKER_KEY.as_bytes()
-}
-
 /// Handles one command; returns true when the master asked for an ACK.
 async fn handle(
     argv: &[Bytes],
@@ -255,7 +245,7 @@ fn filter_reserved(keys: Vec<(u32, Bytes)>, command: &str, metrics: &Metrics) ->
             if !is_reserved(k) {
                 return true;
             }
-            if !is_own_key(k) {
+            if !store::is_own_key(k) {
                 metrics.reserved_key_writes.inc();
                 warn!(
                     db,

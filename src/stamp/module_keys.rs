@@ -28,6 +28,7 @@ use redis::Value;
 use tracing::{debug, warn};
 
 use crate::ops::metrics::Metrics;
+use crate::store::{Store, StoreError};
 
 /// Keys of one type named in the log before further ones are only counted.
 pub const LOGGED_KEYS_PER_TYPE: usize = 10;
@@ -79,6 +80,14 @@ pub fn module_names(reply: &Value) -> Vec<String> {
                 .and_then(|(_, v)| text(v))
         })
         .collect()
+}
+
+/// The names of the modules the server has loaded (`MODULE LIST`), to say
+/// which module a skipped key's type belongs to.
+pub async fn loaded_modules(store: &mut Store) -> Result<Vec<String>, StoreError> {
+    let conn = store.conn().await?;
+    let reply: Value = redis::cmd("MODULE").arg("LIST").query_async(conn).await?;
+    Ok(module_names(&reply))
 }
 
 /// Which loaded module a module type belongs to, as far as can be told.

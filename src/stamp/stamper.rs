@@ -22,10 +22,11 @@ use crate::base::position::Position;
 use crate::mesh::outbox::Outbox;
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
-use crate::stamp::large::{LargeError, Sink, Stamped, Stamping};
+use crate::stamp::large::{Stamped, Stamping, ToOutbox};
 use crate::stamp::module_keys::{ModuleKeys, Owner};
 use crate::stamp::spool::SpoolRx;
 use crate::store::Store;
+use crate::store::pieces::{LargeError, travels_in_pieces};
 
 /// Most keys over `--max-key-elements` logged by name; the metric counts all.
 pub const LOGGED_TOO_LARGE: usize = 1000;
@@ -277,7 +278,7 @@ impl Stamper {
                 pending.insert((*db, key));
             }
             for (key, kind) in outcome.unsupported {
-                if crate::stamp::large::travels_in_pieces(&kind) {
+                if travels_in_pieces(&kind) {
                     large.push((*db, key));
                     continue;
                 }
@@ -286,10 +287,11 @@ impl Stamper {
                     continue;
                 }
                 if !self.module_keys.knows(&kind) {
-                    let owner = match self.store.module_names().await {
-                        Ok(loaded) => Owner::attribute(&kind, &loaded),
-                        Err(e) => Owner::Unknown(format!("MODULE LIST failed: {e}")),
-                    };
+                    let owner =
+                        match crate::stamp::module_keys::loaded_modules(&mut self.store).await {
+                            Ok(loaded) => Owner::attribute(&kind, &loaded),
+                            Err(e) => Owner::Unknown(format!("MODULE LIST failed: {e}")),
+                        };
                     self.module_keys.learn(&kind, owner);
                 }
                 self.module_keys.skipped(&self.metrics, *db, &key, &kind);
@@ -336,7 +338,10 @@ impl Stamper {
             me: &me,
             claimed: None,
         };
-        let sink = Sink::Outbox(&self.outbox, shutdown);
+        let sink = ToOutbox {
+            outbox: &self.outbox,
+            shutdown,
+        };
         let mut backoff = Backoff::new();
         let name = String::from_utf8_lossy(&key).into_owned();
         let outcome = loop {

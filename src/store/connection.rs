@@ -1,0 +1,150 @@
+//! A stage's connection to the local Redis: found through the locator,
+//! dropped when Sentinel switches the master, and running pipelines of
+//! script calls (loading the scripts again when the server lost them).
+
+use redis::aio::MultiplexedConnection;
+use redis::{RedisError, Value as RValue};
+
+use super::locator::{self, Locator};
+use super::scripts::{Call, Script, Which};
+
+/// Errors talking to the local Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Connection or command failure.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// The master could not be found (Sentinel).
+    #[error("{0}")]
+    Locate(#[from] crate::store::locator::LocateError),
+    /// A script answered something this version does not understand.
+    #[error("unexpected script reply: {0}")]
+    BadReply(String),
+}
+
+impl StoreError {
+    /// Connection trouble is worth retrying; a bad reply is a bug.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(
+                            redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::ReadOnly
+                        )
+                    )
+            }
+            StoreError::Locate(_) => true,
+            StoreError::BadReply(_) => false,
+        }
+    }
+}
+
+/// A connection to the local Redis for one pipeline stage.
+///
+/// Each stage owns its own `Store`, so `SELECT` state is never shared.
+pub struct Store {
+    locator: Locator,
+    epoch: tokio::sync::watch::Receiver<u64>,
+    conn: Option<MultiplexedConnection>,
+    /// One per [`Which`], in the order of [`Which::ALL`].
+    scripts: Vec<Script>,
+}
+
+impl Store {
+    /// A store for the Redis at `url` (connects lazily).
+    pub fn new(locator: Locator) -> Self {
+        Store {
+            epoch: locator.epoch(),
+            locator,
+            conn: None,
+            scripts: Which::ALL.iter().map(|w| Script::new(w.source())).collect(),
+        }
+    }
+
+    /// The live connection, connecting if needed.
+    pub async fn conn(&mut self) -> Result<&mut MultiplexedConnection, StoreError> {
+        // Sentinel switched the master: leave the old one now.
+        if self.epoch.has_changed().unwrap_or(false) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            self.epoch.mark_unchanged();
+            let client = self.locator.master().await?;
+            self.conn = Some(locator::connect(&client).await?);
+        }
+        Ok(self.conn.as_mut().expect("just set"))
+    }
+
+    pub(super) fn script(&self, which: Which) -> &Script {
+        &self.scripts[which as usize]
+    }
+
+    /// Runs a pipeline of `SELECT db` + script calls, loading the scripts
+    /// when the server lost them (a restart), and dropping the connection on
+    /// connection errors so the next call reconnects.
+    pub(super) async fn run(&mut self, calls: &[Call]) -> Result<Vec<RValue>, StoreError> {
+        for attempt in 0..2 {
+            let mut pipe = redis::pipe();
+            for (db, which, keys, args) in calls {
+                let script = self.script(*which);
+                pipe.cmd("SELECT").arg(*db).ignore();
+                pipe.cmd("EVALSHA")
+                    .arg(&script.sha)
+                    .arg(keys.len())
+                    .arg(keys)
+                    .arg(args);
+            }
+            let conn = self.conn().await?;
+            let res: Result<Vec<RValue>, RedisError> = pipe.query_async(conn).await;
+            match res {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                        && attempt == 0 =>
+                {
+                    let bodies: Vec<String> = self.scripts.iter().map(|s| s.body.clone()).collect();
+                    let conn = self.conn().await?;
+                    for body in bodies {
+                        let _: String = redis::cmd("SCRIPT")
+                            .arg("LOAD")
+                            .arg(body)
+                            .query_async(conn)
+                            .await?;
+                    }
+                }
+                Err(e) => {
+                    // After a failover the old master answers READONLY: find the new one.
+                    if e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_unrecoverable_error()
+                        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                    {
+                        self.conn = None;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        unreachable!("second attempt returns")
+    }
+
+    /// Runs one script and returns its reply.
+    pub(super) async fn run_one(
+        &mut self,
+        db: u32,
+        which: Which,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+    ) -> Result<RValue, StoreError> {
+        self.run(&[(db, which, keys, args)])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::BadReply("no reply".into()))
+    }
+}

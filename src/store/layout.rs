@@ -1,0 +1,140 @@
+//! Where geosync keeps its own data in a user's Redis: the reserved key
+//! prefix, the metadata buckets (one hash field per user key, so small
+//! buckets keep Redis's compact listpack encoding), the layout of a
+//! metadata record, and the private keys large collections travel through.
+//!
+//! The Lua scripts (`scripts/lib.lua`) read the same layout; a change here
+//! is a change there.
+
+/// Every key geosync owns starts with this; client keys with it are not replicated.
+pub const RESERVED_PREFIX: &[u8] = b"__geosync:";
+/// Prefix of the metadata bucket hashes.
+pub const META_PREFIX: &str = "__geosync:m:";
+/// Number of metadata buckets per database. Fixed: changing it would orphan
+/// existing metadata. 16384 buckets stay in listpack encoding (at most 128
+/// fields each) up to about two million keys per database.
+pub const META_BUCKETS: u32 = 16384;
+/// Key holding the database's flush floor: the stamp of the last FLUSHDB.
+pub const FLOOR_KEY: &str = "__geosync:floor";
+/// Offset of the flag byte ('v' value, 't' tombstone) in a metadata record
+/// (after the 20-byte stamp; see scripts/lib.lua).
+pub const RECORD_FLAG_AT: usize = crate::base::hlc::ENCODED_LEN;
+/// Key the apply scripts write first, marking their transaction as geosync's.
+pub const APPLY_MARKER_KEY: &str = "__geosync:applied";
+
+/// Prefix of the private copies of collections being read in pieces.
+pub const COPY_PREFIX: &[u8] = b"__geosync:x:";
+/// Prefix of the keys collections arriving in pieces are built in.
+pub const BUILD_PREFIX: &[u8] = b"__geosync:in:";
+
+/// The key a collection arriving in pieces with `stamp` is built in.
+pub fn build_key(stamp: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = BUILD_PREFIX.to_vec();
+    k.extend_from_slice(stamp.as_bytes());
+    k.push(b':');
+    k.extend_from_slice(key);
+    k
+}
+
+/// True for keys in geosync's reserved namespace.
+pub fn is_reserved(key: &[u8]) -> bool {
+    key.starts_with(RESERVED_PREFIX)
+}
+
+/// The metadata bucket of a key (FNV-1a, stable across versions and hosts).
+pub fn meta_bucket(key: &[u8]) -> String {
+    let mut h: u32 = 0x811c9dc5;
+    for b in key {
+        h ^= *b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    format!("{META_PREFIX}{}", h % META_BUCKETS)
+}
+
+/// Reserved keys that geosync itself writes; a client's write to any other
+/// reserved key is reported, not replicated.
+pub fn is_own_key(key: &[u8]) -> bool {
+    key.starts_with(META_PREFIX.as_bytes())
+        || key.starts_with(COPY_PREFIX)
+        || key.starts_with(BUILD_PREFIX)
+        || key == FLOOR_KEY.as_bytes()
+        || key == APPLY_MARKER_KEY.as_bytes()
+}
+
+/// The last four hex digits of every stamp this node makes.
+pub fn node_suffix(node_id: u32) -> String {
+    let id = crate::base::hlc::node_id_to_id(node_id).expect("validated node id");
+    let ts = uhlc::Timestamp::new(uhlc::NTP64(0), id);
+    crate::base::hlc::encode(&ts)[16..].to_string()
+}
+
+/// The parts of a metadata record that Rust code reads (see
+/// scripts/lib.lua for the whole layout): its stamp, whether it records a
+/// value (not a tombstone), and the value's digest.
+pub struct Record<'a> {
+    /// The recorded stamp.
+    pub stamp: &'a str,
+    /// A value, not a tombstone.
+    pub value: bool,
+    /// The digest of the value as last stamped.
+    pub digest: &'a str,
+}
+
+impl<'a> Record<'a> {
+    /// Splits a raw record; None when it is too short to be one.
+    pub fn parse(raw: &'a str) -> Option<Record<'a>> {
+        let at = RECORD_FLAG_AT;
+        Some(Record {
+            stamp: raw.get(..at)?,
+            value: raw.get(at..at + 1)? == "v",
+            digest: raw.get(at + 1..at + 17)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_stable_and_in_range() {
+        // Fixed values: a change here would orphan every deployed metadata record.
+        assert_eq!(
+            meta_bucket(b""),
+            format!("{META_PREFIX}{}", 0x811c9dc5u32 % META_BUCKETS)
+        );
+        assert_eq!(meta_bucket(b"user:1"), meta_bucket(b"user:1"));
+        for k in 0..1000u32 {
+            let b = meta_bucket(k.to_string().as_bytes());
+            let n: u32 = b[META_PREFIX.len()..].parse().unwrap();
+            assert!(n < META_BUCKETS);
+        }
+    }
+
+    #[test]
+    fn node_suffix_is_the_end_of_every_stamp() {
+        let clock =
+            crate::base::hlc::new_clock(300, std::time::Duration::from_millis(500)).unwrap();
+        let s = crate::base::hlc::encode(&clock.new_timestamp());
+        assert!(s.ends_with(&node_suffix(300)));
+        assert_eq!(node_suffix(1), "0100");
+    }
+
+    #[test]
+    fn records_parse() {
+        let raw = "00000000000000010100vabcdef0123456789";
+        let r = Record::parse(raw).unwrap();
+        assert_eq!(r.stamp, "00000000000000010100");
+        assert!(r.value);
+        assert_eq!(r.digest, "abcdef0123456789");
+        assert!(Record::parse("").is_none());
+        assert!(Record::parse("short").is_none());
+    }
+
+    #[test]
+    fn reserved_prefix() {
+        assert!(is_reserved(b"__geosync:m:1"));
+        assert!(!is_reserved(b"__geosync"));
+        assert!(!is_reserved(b"user"));
+    }
+}

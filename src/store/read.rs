@@ -1,0 +1,105 @@
+//! Reading recorded keys back as changes with their recorded stamps, for
+//! catch-ups and for a peer's rebuild (scripts/read.lua); large
+//! collections among them travel in pieces.
+
+use bytes::Bytes;
+
+use super::connection::{Store, StoreError};
+use super::layout::{META_PREFIX, meta_bucket, node_suffix};
+use super::pieces::{LargeError, ship_recorded, travels_in_pieces};
+use super::scripts::Which;
+use super::stamping::parse_stamp_reply;
+use crate::base::change::Change;
+
+/// Metadata buckets listed per round trip when records are read back.
+const BUCKETS_PER_READ: usize = 64;
+
+impl Store {
+    /// Every key of database `db` that has a metadata record, as changes
+    /// carrying their recorded stamps, sent to `out` in batches of about
+    /// `batch` keys; stops early when `out` closes. Used to rebuild a peer's
+    /// region.
+    ///
+    /// With `only = Some((after, node_id))`, only records stamped by that
+    /// node after `after` (an outbox catch-up for one peer).
+    pub async fn read_recorded(
+        &mut self,
+        db: u32,
+        batch: usize,
+        only: Option<(&str, u32)>,
+        out: &tokio::sync::mpsc::Sender<Vec<Change>>,
+    ) -> Result<u64, StoreError> {
+        let (after, own) = match only {
+            Some((after, node)) => (after.to_string(), node_suffix(node)),
+            None => (String::new(), String::new()),
+        };
+        let filter = vec![after.clone().into_bytes(), own.clone().into_bytes()];
+        let mut buckets: Vec<Vec<u8>> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let conn = self.conn().await?;
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::pipe()
+                .cmd("SELECT")
+                .arg(db)
+                .ignore()
+                .cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{META_PREFIX}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async::<((u64, Vec<Vec<u8>>),)>(conn)
+                .await?
+                .0;
+            buckets.extend(keys);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut sent = 0u64;
+        let mut keys: Vec<Bytes> = Vec::new();
+        let groups = buckets.chunks(BUCKETS_PER_READ).count();
+        for (i, group) in buckets.chunks(BUCKETS_PER_READ).enumerate() {
+            let conn = self.conn().await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("SELECT").arg(db).ignore();
+            for bucket in group {
+                pipe.cmd("HKEYS").arg(bucket);
+            }
+            let fields: Vec<Vec<Vec<u8>>> = pipe.query_async(conn).await?;
+            keys.extend(fields.into_iter().flatten().map(Bytes::from));
+            let last = i + 1 == groups;
+            while keys.len() >= batch || (last && !keys.is_empty()) {
+                let take = keys.len().min(batch);
+                let mut k: Vec<Vec<u8>> = Vec::with_capacity(take * 2);
+                for key in keys.drain(..take) {
+                    let bucket = meta_bucket(&key);
+                    k.push(key.to_vec());
+                    k.push(bucket.into_bytes());
+                }
+                let reply = self.run_one(db, Which::Read, k, filter.clone()).await?;
+                let outcome = parse_stamp_reply(db, reply)?;
+                sent += outcome.changes.len() as u64;
+                if !outcome.changes.is_empty() && out.send(outcome.changes).await.is_err() {
+                    return Ok(sent);
+                }
+                for (key, reason) in outcome.unsupported {
+                    if !travels_in_pieces(&reason) {
+                        continue;
+                    }
+                    match ship_recorded(self, db, &key, &after, &own, out).await {
+                        Ok(true) => sent += 1,
+                        Ok(false) => {}
+                        Err(LargeError::Store(e)) => return Err(e),
+                        Err(LargeError::Stopped) => return Ok(sent),
+                        Err(e) => {
+                            tracing::warn!(db, key = %String::from_utf8_lossy(&key), error = %e, "a large key was left out")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(sent)
+    }
+}

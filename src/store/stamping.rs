@@ -1,0 +1,165 @@
+//! The stamper's scripts: stamp dirty keys (scripts/stamp.lua) and record
+//! a local flush (scripts/flush.lua), and what they answer.
+
+use bytes::Bytes;
+use redis::Value as RValue;
+use serde_bytes::ByteBuf;
+
+use super::connection::{Store, StoreError};
+use super::layout::{APPLY_MARKER_KEY, FLOOR_KEY, META_PREFIX, meta_bucket, node_suffix};
+use super::reply::{bulk, bulk_pairs, parse_flush_reply};
+use super::scripts::{Call, Which};
+use crate::base::change::{Change, Op, Value};
+
+/// What the stamp script found for one database.
+#[derive(Debug, Default)]
+pub struct StampOutcome {
+    /// Changes to ship.
+    pub changes: Vec<Change>,
+    /// Keys whose metadata holds a newer stamp: (key, that stamp).
+    pub retry: Vec<(Bytes, String)>,
+    /// Keys geosync cannot carry: (key, reason). The reason is the name
+    /// `TYPE` gives (a module's type name for module data), or
+    /// `too_large:<type>:<elements>` past `--max-key-elements`.
+    pub unsupported: Vec<(Bytes, String)>,
+    /// Keys left for the next batch: the script had read enough elements.
+    pub deferred: Vec<Bytes>,
+}
+
+impl Store {
+    /// Stamps dirty keys, grouped by database, with one stamp, in one
+    /// pipelined round trip (one atomic script per database).
+    ///
+    /// With `reship = Some(floor)`, unchanged keys last stamped by this node
+    /// (`node_id`) after `floor` are shipped again with their recorded stamp
+    /// (used after a restart, when the outbox is gone).
+    pub async fn stamp(
+        &mut self,
+        per_db: &[(u32, Vec<Bytes>)],
+        stamp: &str,
+        reship: Option<&str>,
+        node_id: u32,
+    ) -> Result<Vec<StampOutcome>, StoreError> {
+        let args = vec![
+            stamp.as_bytes().to_vec(),
+            reship.unwrap_or("").as_bytes().to_vec(),
+            node_suffix(node_id).into_bytes(),
+        ];
+        let calls: Vec<_> = per_db
+            .iter()
+            .map(|(db, keys)| {
+                let mut k: Vec<Vec<u8>> = Vec::with_capacity(keys.len() * 2 + 1);
+                k.push(FLOOR_KEY.as_bytes().to_vec());
+                for key in keys {
+                    k.push(key.to_vec());
+                    k.push(meta_bucket(key).into_bytes());
+                }
+                (*db, Which::Stamp, k, args.clone())
+            })
+            .collect();
+        let replies = self.run(&calls).await?;
+        per_db
+            .iter()
+            .zip(replies)
+            .map(|((db, _), reply)| parse_stamp_reply(*db, reply))
+            .collect()
+    }
+
+    /// Records a local FLUSHDB/FLUSHALL: raises the floor of each database
+    /// to `stamp` and removes what peers' changes wrote between the flush
+    /// and this stamp (see scripts/flush.lua). Returns, per database, the
+    /// keys clients wrote after the FLUSHDB that were stamped before it and
+    /// must be stamped again.
+    pub async fn flush_local(
+        &mut self,
+        dbs: &[u32],
+        stamp: &str,
+        node_id: u32,
+    ) -> Result<Vec<(u32, Vec<Bytes>)>, StoreError> {
+        let calls: Vec<Call> = dbs
+            .iter()
+            .map(|db| {
+                (
+                    *db,
+                    Which::Flush,
+                    vec![FLOOR_KEY.into(), APPLY_MARKER_KEY.into()],
+                    vec![
+                        stamp.as_bytes().to_vec(),
+                        META_PREFIX.into(),
+                        b"local".to_vec(),
+                        node_suffix(node_id).into_bytes(),
+                    ],
+                )
+            })
+            .collect();
+        let replies = self.run(&calls).await?;
+        dbs.iter()
+            .zip(replies)
+            .map(|(db, r)| Ok((*db, parse_flush_reply(r)?.1)))
+            .collect()
+    }
+}
+
+pub(super) fn parse_stamp_reply(db: u32, reply: RValue) -> Result<StampOutcome, StoreError> {
+    let bad = |what: &str| StoreError::BadReply(format!("stamp: {what}"));
+    let RValue::Array(parts) = reply else {
+        return Err(bad("not an array"));
+    };
+    let [changes, retry, unsupported, RValue::Array(deferred)] = parts.as_slice() else {
+        return Err(bad("want four parts"));
+    };
+    let deferred = deferred
+        .iter()
+        .map(|k| bulk(k).map(Bytes::from))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| bad("deferred key"))?;
+    let RValue::Array(changes) = changes else {
+        return Err(bad("changes not an array"));
+    };
+    let mut out = StampOutcome {
+        retry: bulk_pairs(retry, "retry")?,
+        unsupported: bulk_pairs(unsupported, "unsupported")?,
+        deferred,
+        ..Default::default()
+    };
+    for c in changes {
+        let RValue::Array(f) = c else {
+            return Err(bad("change not an array"));
+        };
+        let key = f.first().and_then(bulk).ok_or_else(|| bad("key"))?;
+        let stamp = f.get(1).and_then(bulk).ok_or_else(|| bad("stamp"))?;
+        let op = f.get(2).and_then(bulk).ok_or_else(|| bad("op"))?;
+        let op = match op.as_slice() {
+            b"d" => Op::Delete,
+            b"p" => {
+                let t = f.get(3).and_then(bulk).ok_or_else(|| bad("type"))?;
+                let t = String::from_utf8_lossy(&t).into_owned();
+                let exp = match f.get(4) {
+                    Some(RValue::Int(n)) => *n,
+                    _ => return Err(bad("expiry")),
+                };
+                let Some(RValue::Array(flat)) = f.get(5) else {
+                    return Err(bad("value"));
+                };
+                let flat: Vec<Vec<u8>> = flat
+                    .iter()
+                    .map(bulk)
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| bad("value item"))?;
+                let value = Value::from_flat(&t, &flat).map_err(|e| bad(&e.to_string()))?;
+                Op::Put {
+                    value,
+                    expire_at_ms: (exp > 0).then_some(exp),
+                }
+            }
+            _ => return Err(bad("unknown op")),
+        };
+        out.changes.push(Change {
+            db,
+            key: ByteBuf::from(key),
+            stamp: String::from_utf8_lossy(&stamp).into_owned(),
+            op,
+        });
+    }
+    Ok(out)
+}
