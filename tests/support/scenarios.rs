@@ -1,0 +1,72 @@
+//! Scenario steps shared by several test files.
+
+use std::time::Duration;
+
+use redis::{Commands, Connection};
+
+use super::mesh::Mesh;
+use super::wait::wait_until;
+
+/// Writes 2000 keys `filler<i>` of 1000 bytes each: far more than a
+/// 16 kB replication backlog holds, whatever its block size. Returns the
+/// value written.
+pub fn fill_past_backlog(c: &mut Connection, from: usize, to: usize) -> String {
+    let filler = "x".repeat(1000);
+    for i in from..to {
+        let _: () = c.set(format!("filler{i}"), &filler).unwrap();
+    }
+    filler
+}
+
+/// The resume scenario, on any two-region mesh: region 1's agent is killed
+/// after recording its position in database 1, writes go on in database 1
+/// (the master does not repeat SELECT after a partial resync), and the
+/// restarted agent continues the stream with PSYNC: region 1's Redis counts
+/// one more partial resync and no full one, and the writes land in
+/// database 1 of region 2.
+pub fn partial_resync_after_agent_restart(mut mesh: Mesh) {
+    const SETTLE: Duration = Duration::from_secs(30);
+    let mut a1 = mesh.regions[0].redis.conn_db(1);
+    let _: () = a1.set("x", "1").unwrap();
+    mesh.wait_converged(&[0, 1], SETTLE);
+    // Wait until the agent recorded the position after that write.
+    let target = mesh.regions[0].redis.master_repl_offset();
+    let agent = &mesh.regions[0].agent;
+    wait_until(
+        "the position after the db 1 write is recorded",
+        SETTLE,
+        || agent.recorded_offset() >= target,
+    );
+    let redis = &mesh.regions[0].redis;
+    let (full, partial) = (
+        redis.info_i64("stats", "sync_full"),
+        redis.info_i64("stats", "sync_partial_ok"),
+    );
+    mesh.regions[0].agent.kill();
+    // The master's stream is still in database 1: no SELECT precedes these.
+    let _: () = a1.set("y", "2").unwrap();
+    let _: () = a1.del("x").unwrap();
+    mesh.regions[0].agent.restart();
+    mesh.wait_ready();
+    mesh.wait_converged(&[0, 1], SETTLE);
+    let redis = &mesh.regions[0].redis;
+    assert_eq!(
+        redis.info_i64("stats", "sync_partial_ok"),
+        partial + 1,
+        "the master continued the stream"
+    );
+    assert_eq!(redis.info_i64("stats", "sync_full"), full, "no full resync");
+    let agent = &mesh.regions[0].agent;
+    assert_eq!(agent.metric("geosync_sync_partial_ok_total"), 1.0);
+    assert_eq!(agent.metric("geosync_sync_full_total"), 0.0);
+    let mut b1 = mesh.regions[1].redis.conn_db(1);
+    assert_eq!(
+        b1.get::<_, Option<String>>("y").unwrap().as_deref(),
+        Some("2")
+    );
+    assert!(!b1.exists::<_, bool>("x").unwrap());
+    assert!(
+        !mesh.regions[1].redis.conn().exists::<_, bool>("y").unwrap(),
+        "nothing landed in db 0"
+    );
+}
