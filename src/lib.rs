@@ -17,7 +17,7 @@
 //! ```
 //!
 //! - [`source`] follows the local Redis as a replica ([`source::resp`],
-//!   [`rdb`]) and names the keys each write touched ([`keyspec`]).
+//!   [`rdb`]) and names the keys each write touched ([`source::keyspec`]).
 //! - [`stamp`] queues those reports ([`stamp::spool`]) and stamps batches of
 //!   dirty keys with the agent's clock ([`base::hlc`]) inside Redis, reading
 //!   each key's state in the same script ([`store`]); the result is a
@@ -46,7 +46,6 @@
 pub mod agent;
 pub mod apply;
 pub mod base;
-pub mod keyspec;
 pub mod mesh;
 pub mod ops;
 pub mod rdb;

@@ -38,7 +38,7 @@ pub enum TailError {
     Rdb(#[from] crate::rdb::RdbError),
     /// Key specs or key lookups failed.
     #[error("key specs: {0}")]
-    KeySpec(#[from] crate::keyspec::KeySpecError),
+    KeySpec(#[from] crate::source::keyspec::KeySpecError),
     /// Side connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),

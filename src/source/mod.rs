@@ -22,6 +22,7 @@
 //! resync's keys), `stream.rs` (the command stream, read with [`resp`]).
 
 mod error;
+pub mod keyspec;
 mod link;
 mod recorded;
 pub mod resp;

@@ -12,7 +12,7 @@ use super::stream::{StreamState, follow};
 use super::{MasterChange, ResyncHook, TailerConfig};
 use crate::base::event::TailEvent;
 use crate::base::position::Position;
-use crate::keyspec::KeySpecTable;
+use crate::source::keyspec::KeySpecTable;
 use crate::ops::metrics::Metrics;
 use crate::stamp::spool::SpoolTx;
 

@@ -13,7 +13,7 @@ use super::link::Link;
 use super::resp;
 use crate::base::event::TailEvent;
 use crate::base::position::Position;
-use crate::keyspec::{KeyLookup, KeySpecTable, written_keys_from_server};
+use crate::source::keyspec::{KeyLookup, KeySpecTable, written_keys_from_server};
 use crate::ops::metrics::Metrics;
 use crate::stamp::spool::SpoolTx;
 use crate::store::{self, is_reserved};

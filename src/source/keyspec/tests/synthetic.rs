@@ -3,9 +3,9 @@
 use redis::Value;
 
 use super::support::argv;
-use crate::keyspec::error::KeySpecError;
-use crate::keyspec::eval::{KeyLookup, parse_ll};
-use crate::keyspec::table::KeySpecTable;
+use crate::source::keyspec::error::KeySpecError;
+use crate::source::keyspec::eval::{KeyLookup, parse_ll};
+use crate::source::keyspec::table::KeySpecTable;
 
 fn b(s: &str) -> Value {
     Value::BulkString(s.as_bytes().to_vec())

@@ -5,12 +5,12 @@ use redis::aio::MultiplexedConnection;
 
 use super::redis_server::RedisServer;
 use super::support::argv;
-use crate::keyspec::error::KeySpecError;
-use crate::keyspec::eval::KeyLookup;
-use crate::keyspec::server::written_keys_from_server;
-use crate::keyspec::spec::{BeginSearch, CommandEntry, SpecFlags};
-use crate::keyspec::table::KeySpecTable;
-use crate::keyspec::value::{list, show};
+use crate::source::keyspec::error::KeySpecError;
+use crate::source::keyspec::eval::KeyLookup;
+use crate::source::keyspec::server::written_keys_from_server;
+use crate::source::keyspec::spec::{BeginSearch, CommandEntry, SpecFlags};
+use crate::source::keyspec::table::KeySpecTable;
+use crate::source::keyspec::value::{list, show};
 
 async fn setup() -> (RedisServer, MultiplexedConnection, KeySpecTable) {
     let server = RedisServer::start();
