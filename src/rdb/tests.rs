@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 
+use super::encoding::decimal_len;
+use super::format::*;
 use super::listpack::Elem;
 use super::*;
 
