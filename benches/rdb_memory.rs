@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use geosync::rdb::{RdbEntry, RdbReader};
+use geosync::source::rdb::{RdbEntry, RdbReader};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Members sent per pipeline round trip.

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! - [`source`] follows the local Redis as a replica ([`source::resp`],
-//!   [`rdb`]) and names the keys each write touched ([`source::keyspec`]).
+//!   [`source::rdb`]) and names the keys each write touched ([`source::keyspec`]).
 //! - [`stamp`] queues those reports ([`stamp::spool`]) and stamps batches of
 //!   dirty keys with the agent's clock ([`base::hlc`]) inside Redis, reading
 //!   each key's state in the same script ([`store`]); the result is a
@@ -48,7 +48,6 @@ pub mod apply;
 pub mod base;
 pub mod mesh;
 pub mod ops;
-pub mod rdb;
 pub mod source;
 pub mod stamp;
 pub mod store;

@@ -6,7 +6,7 @@
 //! fuzz target run exactly the same code):
 //!
 //! - `resp`: `geosync::source::resp::parse`, frame after frame;
-//! - `rdb`: `geosync::rdb::RdbReader::new` then `next_entry` to the end, and
+//! - `rdb`: `geosync::source::rdb::RdbReader::new` then `next_entry` to the end, and
 //!   again with `next_key` (key-only, as the tailer reads a full resync),
 //!   checking that both agree; the per-string length is capped
 //!   (`RDB_MAX_STRING_LEN`) so a corrupt length cannot ask for unbounded

@@ -301,8 +301,14 @@ fn the_reader_sees_imports_it_must_judge() {
     let code = "use super::pieces::{LargeError, ship_recorded};\nuse crate::base::{change::Change, hlc};\n";
     let named = named_paths(&module, false, code);
     let named: Vec<String> = named.iter().map(|p| show(p)).collect();
-    assert!(named.contains(&"store::pieces::LargeError".to_string()), "{named:?}");
-    assert!(named.contains(&"base::change::Change".to_string()), "{named:?}");
+    assert!(
+        named.contains(&"store::pieces::LargeError".to_string()),
+        "{named:?}"
+    );
+    assert!(
+        named.contains(&"base::change::Change".to_string()),
+        "{named:?}"
+    );
     assert!(named.contains(&"base::hlc".to_string()), "{named:?}");
     // From a mod.rs, super:: is the parent folder.
     let named = named_paths(&module[..1], true, "use super::ops::metrics;");

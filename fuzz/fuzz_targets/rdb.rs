@@ -1,4 +1,4 @@
-//! Fuzz target: a full-resync RDB snapshot (`geosync::rdb::RdbReader`).
+//! Fuzz target: a full-resync RDB snapshot (`geosync::source::rdb::RdbReader`).
 //! What is checked: `geosync_fuzz::rdb` (fuzz/src/lib.rs).
 
 #![no_main]

@@ -7,7 +7,7 @@
 //! the expected outcome for most inputs.
 
 use geosync::base::change::{Op, Value, decode_batch, encode_batch};
-use geosync::rdb::{RdbEntry, RdbError, RdbReader, RdbValueType};
+use geosync::source::rdb::{RdbEntry, RdbError, RdbReader, RdbValueType};
 use geosync::source::resp;
 
 /// Per-string cap for the RDB reader: a fuzz input is small, and a corrupt

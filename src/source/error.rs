@@ -35,7 +35,7 @@ pub enum TailError {
     Protocol(String),
     /// The snapshot could not be parsed.
     #[error("snapshot: {0}")]
-    Rdb(#[from] crate::rdb::RdbError),
+    Rdb(#[from] crate::source::rdb::RdbError),
     /// Key specs or key lookups failed.
     #[error("key specs: {0}")]
     KeySpec(#[from] crate::source::keyspec::KeySpecError),

@@ -24,6 +24,7 @@
 mod error;
 pub mod keyspec;
 mod link;
+pub mod rdb;
 mod recorded;
 pub mod resp;
 mod session;

@@ -12,8 +12,8 @@ use super::stream::{StreamState, follow};
 use super::{MasterChange, ResyncHook, TailerConfig};
 use crate::base::event::TailEvent;
 use crate::base::position::Position;
-use crate::source::keyspec::KeySpecTable;
 use crate::ops::metrics::Metrics;
+use crate::source::keyspec::KeySpecTable;
 use crate::stamp::spool::SpoolTx;
 
 /// One replication session, from connect to the first error.

@@ -9,7 +9,7 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 use super::error::TailError;
 use super::link::Link;
 use crate::base::event::TailEvent;
-use crate::rdb::RdbReader;
+use crate::source::rdb::RdbReader;
 use crate::stamp::spool::SpoolTx;
 use crate::store::is_reserved;
 

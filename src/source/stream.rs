@@ -13,8 +13,8 @@ use super::link::Link;
 use super::resp;
 use crate::base::event::TailEvent;
 use crate::base::position::Position;
-use crate::source::keyspec::{KeyLookup, KeySpecTable, written_keys_from_server};
 use crate::ops::metrics::Metrics;
+use crate::source::keyspec::{KeyLookup, KeySpecTable, written_keys_from_server};
 use crate::stamp::spool::SpoolTx;
 use crate::store::{self, is_reserved};
 

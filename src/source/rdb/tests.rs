@@ -16,7 +16,7 @@ use super::*;
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_bytes!(concat!("../../tests/fixtures/rdb/", $name, ".rdb")).as_slice()
+        include_bytes!(concat!("../../../tests/fixtures/rdb/", $name, ".rdb")).as_slice()
     };
 }
 
