@@ -5,8 +5,8 @@ use redis::Value as RValue;
 
 use super::connection::{Store, StoreError};
 use super::layout::{APPLY_MARKER_KEY, FLOOR_KEY, META_PREFIX, build_key, meta_bucket};
+use super::lua::{Call, Which};
 use super::reply::parse_flush_reply;
-use super::scripts::{Call, Which};
 use crate::base::change::{Change, Op, Value};
 
 /// What applying one batch did.

@@ -6,7 +6,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value as RValue};
 
 use super::locator::{self, Locator};
-use super::scripts::{Call, Script, Which};
+use super::lua::{Call, Script, Which};
 
 /// Errors talking to the local Redis.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@ use redis::Value as RValue;
 
 use super::connection::{Store, StoreError};
 use super::layout::{FLOOR_KEY, meta_bucket};
+use super::lua::Which;
 use super::reply::bulk;
-use super::scripts::Which;
 use crate::base::change::Collection;
 
 /// What the freeze script did with a key.

@@ -12,7 +12,7 @@
 //! are grouped by who calls them: `stamping.rs` (the stamper),
 //! `applying.rs` (the applier), `read.rs` (catch-ups and rebuilds),
 //! `freeze.rs` and [`pieces`] (large collections, read in pieces),
-//! [`digest`] (their digest). `scripts.rs` holds the Lua sources.
+//! [`digest`] (their digest). `lua.rs` holds the Lua sources.
 
 mod applying;
 mod connection;
@@ -20,10 +20,10 @@ pub mod digest;
 mod freeze;
 pub mod layout;
 pub mod locator;
+mod lua;
 pub mod pieces;
 mod read;
 mod reply;
-mod scripts;
 mod stamping;
 pub mod tls;
 
@@ -34,5 +34,5 @@ pub use layout::{
     APPLY_MARKER_KEY, BUILD_PREFIX, COPY_PREFIX, FLOOR_KEY, META_BUCKETS, META_PREFIX,
     RECORD_FLAG_AT, RESERVED_PREFIX, build_key, is_own_key, is_reserved, meta_bucket, node_suffix,
 };
-pub use scripts::{DEFAULT_MAX_KEY_ELEMENTS, max_key_elements, set_max_key_elements};
+pub use lua::{DEFAULT_MAX_KEY_ELEMENTS, max_key_elements, set_max_key_elements};
 pub use stamping::StampOutcome;

@@ -6,8 +6,8 @@ use bytes::Bytes;
 
 use super::connection::{Store, StoreError};
 use super::layout::{META_PREFIX, meta_bucket, node_suffix};
+use super::lua::Which;
 use super::pieces::{LargeError, ship_recorded, travels_in_pieces};
-use super::scripts::Which;
 use super::stamping::parse_stamp_reply;
 use crate::base::change::Change;
 

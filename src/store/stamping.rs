@@ -7,8 +7,8 @@ use serde_bytes::ByteBuf;
 
 use super::connection::{Store, StoreError};
 use super::layout::{APPLY_MARKER_KEY, FLOOR_KEY, META_PREFIX, meta_bucket, node_suffix};
+use super::lua::{Call, Which};
 use super::reply::{bulk, bulk_pairs, parse_flush_reply};
-use super::scripts::{Call, Which};
 use crate::base::change::{Change, Op, Value};
 
 /// What the stamp script found for one database.
