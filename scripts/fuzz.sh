@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes geosync's decoders of untrusted bytes with cargo-fuzz (libFuzzer):
-#   resp        geosync::resp::parse (the master's replication stream)
-#   rdb         geosync::rdb::RdbReader (the full-resync snapshot)
-#   peer_batch  geosync::change::decode_batch + Value::to_flat/from_flat
+#   resp        geosync::source::resp::parse (the master's replication stream)
+#   rdb         geosync::source::rdb::RdbReader (the full-resync snapshot)
+#   peer_batch  geosync::base::change::decode_batch + Value::to_flat/from_flat
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 60)
 #        FUZZ_TARGETS="rdb resp" scripts/fuzz.sh 300   (a subset)
