@@ -8,9 +8,9 @@
 //! every second and on `REPLCONF GETACK`. A session ends with a reason; the
 //! tailer reconnects with capped, jittered backoff.
 //!
-//! What it emits is [`TailEvent`](crate::base::event::TailEvent)s: sets of dirty keys, never values. The
-//! stamper reads the values atomically inside Redis (DESIGN.md, "Why ship
-//! state, and why stamp inside Redis").
+//! What it emits is [`TailEvent`](crate::base::event::TailEvent)s: sets of
+//! dirty keys, never values. The stamper reads the values atomically inside
+//! Redis (DESIGN.md, "Why ship state, and why stamp inside Redis").
 //!
 //! What to do when the master turned out to be another one (a promoted
 //! replica, a Redis restarted empty) is not the source's decision: it tells
