@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::mesh::security::{MutualTlsFiles, PeerAuth, PeerSettingError, PeerTls};
 use crate::store::tls::{RedisTls, TlsSettingError};
 
 /// The `geosync` command line.
@@ -75,6 +76,33 @@ pub struct RunArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub sentinel_tls: Option<bool>,
+    /// PEM CA bundle peers' certificates are checked against (mutual TLS
+    /// between agents, with --peer-tls-cert and --peer-tls-key).
+    #[arg(long, env = "GEOSYNC_PEER_TLS_CA", value_name = "FILE")]
+    pub peer_tls_ca: Option<PathBuf>,
+    /// PEM certificate (chain) this agent presents to peers; it must name
+    /// the node id as the DNS name geosync-node-<id>.
+    #[arg(long, env = "GEOSYNC_PEER_TLS_CERT", value_name = "FILE")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key of --peer-tls-cert.
+    #[arg(long, env = "GEOSYNC_PEER_TLS_KEY", value_name = "FILE")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// File holding the mesh secret (one line, at least 32 bytes; two lines
+    /// during a rotation). Peer links then use TLS keyed by the secret.
+    #[arg(long, env = "GEOSYNC_PEER_SECRET_FILE", value_name = "FILE")]
+    pub peer_secret_file: Option<PathBuf>,
+    /// Allow plaintext, unauthenticated peer links off loopback (only
+    /// behind a VPN or a service mesh that secures them).
+    #[arg(
+        long,
+        env = "GEOSYNC_INSECURE_PEERS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub insecure_peers: Option<bool>,
     /// Address the gRPC server listens on for peers.
     #[arg(long, env = "GEOSYNC_LISTEN")]
     pub listen: Option<String>,
@@ -139,6 +167,69 @@ pub(crate) fn bad(setting: &'static str, message: impl Into<String>) -> ConfigEr
     }
 }
 
+/// Why a non-loopback address is refused without peer security.
+const NO_SECURITY: &str = "peer links have no security: give --peer-tls-ca, --peer-tls-cert and --peer-tls-key (mutual TLS) or --peer-secret-file, or --insecure-peers when a VPN or service mesh secures them";
+
+/// True for `localhost` and loopback IP addresses (`127.0.0.0/8`, `::1`).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The peer security settings, checked: mutual TLS, a mesh secret, or
+/// none (loopback only unless --insecure-peers).
+fn peer_auth(u: &RunArgs, node_id: u32) -> Result<PeerAuth, ConfigError> {
+    let insecure = u.insecure_peers.unwrap_or(false);
+    let tls_given = [
+        ("peer-tls-ca", u.peer_tls_ca.is_some()),
+        ("peer-tls-cert", u.peer_tls_cert.is_some()),
+        ("peer-tls-key", u.peer_tls_key.is_some()),
+    ];
+    let any_tls = tls_given.iter().any(|(_, set)| *set);
+    if any_tls && u.peer_secret_file.is_some() {
+        return Err(bad(
+            "peer-secret-file",
+            "choose mutual TLS (--peer-tls-*) or a mesh secret, not both",
+        ));
+    }
+    if insecure && (any_tls || u.peer_secret_file.is_some()) {
+        return Err(bad(
+            "insecure-peers",
+            "is for peer links without TLS or a secret; drop it, or drop the peer security settings",
+        ));
+    }
+    if any_tls {
+        if let Some((missing, _)) = tls_given.iter().find(|(_, set)| !*set) {
+            return Err(bad(
+                missing,
+                "is required with the other --peer-tls-* settings (mutual TLS needs a CA, a certificate and its key)",
+            ));
+        }
+        let files = MutualTlsFiles {
+            ca: u.peer_tls_ca.clone().expect("checked"),
+            cert: u.peer_tls_cert.clone().expect("checked"),
+            key: u.peer_tls_key.clone().expect("checked"),
+        };
+        return Ok(PeerAuth::Tls(Arc::new(PeerTls::mutual(
+            &files,
+            Some(node_id),
+        )?)));
+    }
+    if let Some(path) = &u.peer_secret_file {
+        return Ok(PeerAuth::Tls(Arc::new(PeerTls::secret(path)?)));
+    }
+    Ok(PeerAuth::None { insecure })
+}
+
+impl From<PeerSettingError> for ConfigError {
+    fn from(e: PeerSettingError) -> Self {
+        bad(e.setting, e.message)
+    }
+}
+
 impl From<TlsSettingError> for ConfigError {
     fn from(e: TlsSettingError) -> Self {
         bad(e.setting, e.message)
@@ -167,6 +258,8 @@ pub struct Config {
     pub sentinel_tls: bool,
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// How the links between agents are secured.
+    pub peer_auth: PeerAuth,
     /// Peer gRPC endpoints.
     pub peers: Vec<String>,
     /// Sentinels naming the local master (empty: `redis_url` is the master).
@@ -215,6 +308,11 @@ impl RunArgs {
             redis_tls_cert: self.redis_tls_cert.or(other.redis_tls_cert),
             redis_tls_key: self.redis_tls_key.or(other.redis_tls_key),
             sentinel_tls: self.sentinel_tls.or(other.sentinel_tls),
+            peer_tls_ca: self.peer_tls_ca.or(other.peer_tls_ca),
+            peer_tls_cert: self.peer_tls_cert.or(other.peer_tls_cert),
+            peer_tls_key: self.peer_tls_key.or(other.peer_tls_key),
+            peer_secret_file: self.peer_secret_file.or(other.peer_secret_file),
+            insecure_peers: self.insecure_peers.or(other.insecure_peers),
             listen: self.listen.or(other.listen),
             peers: if self.peers.is_empty() {
                 other.peers
@@ -282,6 +380,7 @@ impl Config {
         let node_id = u.node_id.ok_or_else(|| bad("node-id", "is required"))?;
         crate::base::hlc::node_id_to_id(node_id)
             .map_err(|_| bad("node-id", format!("{node_id} is not in 1..=65535")))?;
+        let peer_auth = peer_auth(&u, node_id)?;
         let redis_url = u.redis.unwrap_or_else(|| "redis://127.0.0.1:6379".into());
         let shown = redacted(&redis_url);
         let info = redis::Client::open(redis_url.as_str())
@@ -305,6 +404,7 @@ impl Config {
             }
         };
         let listen = parse_addr("listen", u.listen.as_deref().unwrap_or("127.0.0.1:7001"))?;
+        let scheme = peer_auth.scheme();
         let mut peers = Vec::new();
         for p in u.peers {
             let p = p.trim().to_string();
@@ -312,13 +412,36 @@ impl Config {
                 continue;
             }
             let uri: http::Uri = p.parse().map_err(|e| bad("peer", format!("{p:?}: {e}")))?;
-            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-                return Err(bad("peer", format!("{p:?}: want http://host:port")));
+            if uri.scheme_str() != Some(scheme) || uri.authority().is_none() {
+                let why = match &peer_auth {
+                    PeerAuth::Tls(_) => "peer links use TLS",
+                    PeerAuth::None { .. } => "peer links have no TLS",
+                };
+                return Err(bad(
+                    "peer",
+                    format!("{p:?}: want {scheme}://host:port ({why})"),
+                ));
             }
             if peers.contains(&p) {
                 return Err(bad("peer", format!("{p:?} is listed twice")));
             }
+            if let PeerAuth::None { insecure: false } = peer_auth
+                && !uri.host().is_some_and(is_loopback_host)
+            {
+                return Err(bad(
+                    "peer",
+                    format!("{p:?} is not a loopback address, and {NO_SECURITY}"),
+                ));
+            }
             peers.push(p);
+        }
+        if let PeerAuth::None { insecure: false } = peer_auth
+            && !listen.ip().is_loopback()
+        {
+            return Err(bad(
+                "listen",
+                format!("{listen} is not a loopback address, and {NO_SECURITY}"),
+            ));
         }
         let mut sentinels = Vec::new();
         for s in u.sentinels {
@@ -417,6 +540,7 @@ impl Config {
             redis_tls,
             sentinel_tls,
             listen,
+            peer_auth,
             peers,
             sentinels,
             master_name,

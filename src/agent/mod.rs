@@ -12,12 +12,13 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use self::config::Config;
 use crate::apply;
 use crate::base::hlc;
 use crate::mesh::outbox::Outbox;
+use crate::mesh::security::PeerAuth;
 use crate::mesh::{self, acklog};
 use crate::ops::admin;
 use crate::ops::metrics::Metrics;
@@ -159,6 +160,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         mesh: config.mesh.clone(),
         clock: clock.clone(),
         metrics: metrics.clone(),
+        auth: config.peer_auth.clone(),
     };
     tracker.spawn(source::run(
         source::TailerConfig {
@@ -199,6 +201,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         node_id: config.node_id,
         mesh: config.mesh.clone(),
         session: rand::random(),
+        auth: config.peer_auth.clone(),
     };
     for peer in &config.peers {
         tracker.spawn(mesh::client::run(
@@ -227,16 +230,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         clock.clone(),
         apply_tx,
         metrics.clone(),
-    );
+    )
+    .with_tls(config.peer_auth.tls().map(|t| t.mode));
     let service = mesh::pb::replication_server::ReplicationServer::new(receiver)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let grpc_token = token.clone();
+    let peer_auth = config.peer_auth.clone();
+    let metrics_for_grpc = metrics.clone();
     let grpc_task = tracker.spawn(async move {
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(mesh::dial::KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(mesh::dial::KEEPALIVE_TIMEOUT))
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                mesh::listener::incoming(
+                    grpc,
+                    &peer_auth,
+                    mesh::listener::Limits::default(),
+                    mesh::listener::Refusals::new(metrics_for_grpc),
+                    grpc_token.clone(),
+                ),
                 grpc_token.cancelled_owned(),
             )
             .await
@@ -257,6 +271,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     }
     tracker.close();
     info!(node_id = config.node_id, listen = %config.listen, peers = config.peers.len(), redis = %url, "geosync started");
+    match &config.peer_auth {
+        PeerAuth::None { insecure: false } => info!(
+            "peer links are plaintext and unauthenticated: listening and dialing on loopback only"
+        ),
+        PeerAuth::None { insecure: true } => warn!(
+            "--insecure-peers: peer links are plaintext and unauthenticated; anyone who reaches the peer port can read and write this region's data, so a VPN or service mesh must secure it"
+        ),
+        PeerAuth::Tls(t) => info!(mode = %t.mode, "peer links use TLS"),
+    }
 
     let mut grpc_task = grpc_task;
     let result = tokio::select! {

@@ -23,6 +23,7 @@ use tracing::warn;
 use uhlc::HLC;
 
 use crate::mesh::rebuild::Rebuild;
+use crate::mesh::security::PeerAuth;
 use crate::ops::metrics::Metrics;
 use crate::source::{MasterChange, ResyncHook};
 use crate::store::Store;
@@ -42,6 +43,8 @@ pub struct Supervisor {
     pub clock: Arc<HLC>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// How the links to peers are secured.
+    pub auth: PeerAuth,
 }
 
 impl Supervisor {
@@ -55,6 +58,7 @@ impl Supervisor {
             mesh: &self.mesh,
             clock: &self.clock,
             metrics: &self.metrics,
+            auth: &self.auth,
         };
         let mut store = Store::new(self.locator.clone());
         rebuild

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::{error, info, warn};
 
+use super::dial::{DialError, dial};
+use super::security::PeerAuth;
 use super::wire::PROTOCOL_VERSION;
 use super::wire::pb::replication_client::ReplicationClient;
 use super::wire::pb::{Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message};
@@ -35,13 +36,15 @@ pub struct Identity {
     pub mesh: String,
     /// Random per process.
     pub session: u64,
+    /// How the links to peers are secured.
+    pub auth: PeerAuth,
 }
 
 /// Why a session with a peer ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
-    #[error("connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Connect(#[from] DialError),
     #[error("peer refused: {0}")]
     Refused(tonic::Status),
     #[error("stream: {0}")]
@@ -50,6 +53,8 @@ enum SessionEnd {
     Closed,
     #[error("peer is misconfigured: {0}")]
     Misconfigured(String),
+    #[error("peer acknowledged batch {claimed}, but only {sent} were sent to it; not trusted")]
+    AckedBeyondSent { claimed: u64, sent: u64 },
     #[error("shutdown")]
     Shutdown,
     #[error("the outbox dropped batches this peer had not acknowledged; catching up")]
@@ -69,15 +74,34 @@ pub async fn run(
 ) {
     let label = Metrics::peer(&peer);
     let mut backoff = Backoff::with(Duration::from_millis(100), Duration::from_secs(10));
+    // The highest batch sent to this peer by this process: what it may
+    // acknowledge.
+    let mut sent_high = outbox.acked(&peer);
     loop {
         let started = Instant::now();
-        let end = session(&peer, &me, &outbox, &metrics, &ready, &shutdown).await;
+        let end = session(
+            &peer,
+            &me,
+            &outbox,
+            &metrics,
+            &ready,
+            &mut sent_high,
+            &shutdown,
+        )
+        .await;
         metrics.peer_connected.get_or_create(&label).set(0);
         outbox.set_connected(&peer, false);
         match end {
             SessionEnd::Shutdown => return,
             SessionEnd::Misconfigured(why) => {
                 error!(%peer, %why, "peer refused this agent; fix the configuration")
+            }
+            e @ SessionEnd::AckedBeyondSent { .. } => {
+                metrics
+                    .peer_refused
+                    .get_or_create(&Metrics::reason("acked_beyond_sent"))
+                    .inc();
+                error!(%peer, reason = %e, "peer claims more than it can know; its session is ended and nothing is dropped for it")
             }
             SessionEnd::Refused(status)
                 if status.code() == tonic::Code::AlreadyExists
@@ -103,16 +127,14 @@ async fn session(
     outbox: &Outbox,
     metrics: &Metrics,
     ready: &Readiness,
+    sent_high: &mut u64,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
     let label = Metrics::peer(peer);
-    let endpoint = match Endpoint::from_shared(peer.to_string()) {
-        Ok(e) => e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true),
-        Err(e) => return SessionEnd::Misconfigured(e.to_string()),
-    };
     let channel = tokio::select! {
-        c = endpoint.connect() => match c {
+        c = dial(peer, &me.auth) => match c {
             Ok(c) => c,
+            Err(e @ DialError::Url { .. }) => return SessionEnd::Misconfigured(e.to_string()),
             Err(e) => return SessionEnd::Connect(e),
         },
         _ = shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -152,6 +174,12 @@ async fn session(
     }
     if welcome.mesh != me.mesh {
         return SessionEnd::Misconfigured(format!("peer is in mesh {:?}", welcome.mesh));
+    }
+    if welcome.acked_seq > *sent_high {
+        return SessionEnd::AckedBeyondSent {
+            claimed: welcome.acked_seq,
+            sent: *sent_high,
+        };
     }
     outbox.ack(peer, welcome.acked_seq);
     if let Some(c) = outbox.start_catch_up(peer) {
@@ -196,10 +224,16 @@ async fn session(
                 .get_or_create(&label)
                 .inc_by(batch.count as u64);
             sent = batch.seq;
+            *sent_high = (*sent_high).max(sent);
         }
         tokio::select! {
             m = inbound.message() => match m {
                 Ok(Some(m)) => {
+                    if let Some(peer_message::Kind::Ack(a)) = &m.kind
+                        && a.seq > sent
+                    {
+                        return SessionEnd::AckedBeyondSent { claimed: a.seq, sent };
+                    }
                     if let Some(peer_message::Kind::Ack(a)) = m.kind
                         && a.seq > acked
                     {

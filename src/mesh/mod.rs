@@ -7,8 +7,11 @@
 
 pub mod acklog;
 pub mod client;
+pub mod dial;
+pub mod listener;
 pub mod outbox;
 pub mod rebuild;
+pub mod security;
 pub mod server;
 pub mod wire;
 

@@ -14,12 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use uhlc::HLC;
 
+use super::dial::dial;
+use super::security::PeerAuth;
+use super::wire::PROTOCOL_VERSION;
+use super::wire::pb::SnapshotRequest;
+use super::wire::pb::replication_client::ReplicationClient;
 use crate::base::backoff::Backoff;
 use crate::base::change::decode_batch;
 use crate::base::hlc;
-use crate::mesh::PROTOCOL_VERSION;
-use crate::mesh::pb::SnapshotRequest;
-use crate::mesh::pb::replication_client::ReplicationClient;
 use crate::ops::metrics::Metrics;
 use crate::store::Store;
 
@@ -35,6 +37,8 @@ pub struct Rebuild<'a> {
     pub clock: &'a Arc<HLC>,
     /// Metrics.
     pub metrics: &'a Metrics,
+    /// How the links to peers are secured.
+    pub auth: &'a PeerAuth,
 }
 
 impl Rebuild<'_> {
@@ -79,8 +83,7 @@ impl Rebuild<'_> {
         peer: &str,
         store: &mut Store,
     ) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
-        let mut client = ReplicationClient::connect(peer.to_string())
-            .await?
+        let mut client = ReplicationClient::new(dial(peer, self.auth).await?)
             .max_decoding_message_size(usize::MAX);
         let mut chunks = client
             .snapshot(SnapshotRequest {

@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, error, info, info_span, warn};
 use uhlc::HLC;
 
+use super::listener::{PeerConn, Refusals};
+use super::security::{TlsMode, binds_node};
 use super::wire::PROTOCOL_VERSION;
 use super::wire::pb::replication_server::Replication;
 use super::wire::pb::{
@@ -40,7 +42,16 @@ pub struct Receiver {
     apply: mpsc::Sender<ApplyJob>,
     metrics: Arc<Metrics>,
     origins: Arc<Mutex<Origins>>,
+    /// With mutual TLS, a caller's node id must be in its certificate.
+    tls: Option<TlsMode>,
+    refusals: Refusals,
+    /// Places for concurrent `Snapshot` streams.
+    snapshots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most `Snapshot` streams served at once; more are refused (busy) and the
+/// caller tries another peer or waits.
+pub const CONCURRENT_SNAPSHOTS: usize = 2;
 
 impl Receiver {
     /// A receiver applying through `apply`, reading `client`'s Redis for snapshots.
@@ -60,9 +71,81 @@ impl Receiver {
             databases,
             clock,
             apply,
+            refusals: Refusals::new(metrics.clone()),
             metrics,
             origins: Arc::new(Mutex::new(Origins::default())),
+            tls: None,
+            snapshots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SNAPSHOTS)),
         }
+    }
+
+    /// With mutual TLS (`Some(TlsMode::MutualTls)`), callers' node ids are
+    /// checked against their certificates.
+    pub fn with_tls(mut self, tls: Option<TlsMode>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Refuses a call: counted, logged with the caller's address.
+    fn refuse(&self, conn: Option<&PeerConn>, reason: &'static str, status: Status) -> Status {
+        match conn {
+            Some(c) => self.refusals.refuse(c.remote, reason, &status.message()),
+            None => {
+                self.metrics
+                    .peer_refused
+                    .get_or_create(&Metrics::reason(reason))
+                    .inc();
+                warn!(reason, detail = %status.message(), "refused a call on the peer port");
+            }
+        }
+        status
+    }
+
+    /// Checks what every call states: protocol version and mesh, a node id
+    /// that is not this agent's, and (mutual TLS) named in the caller's
+    /// certificate.
+    fn check_caller(
+        &self,
+        conn: Option<&PeerConn>,
+        protocol_version: u32,
+        mesh: &str,
+        node_id: u32,
+    ) -> Result<(), Status> {
+        if protocol_version != PROTOCOL_VERSION {
+            return Err(self.refuse(
+                conn,
+                "protocol_version",
+                Status::failed_precondition(format!(
+                    "protocol version {protocol_version} is not supported (this agent speaks {PROTOCOL_VERSION})"
+                )),
+            ));
+        }
+        if mesh != self.mesh {
+            // The mesh name is not echoed back: it is not a stranger's to learn.
+            return Err(self.refuse(
+                conn,
+                "mesh",
+                Status::failed_precondition(format!(
+                    "mesh {mesh:?} does not match this agent's mesh"
+                )),
+            ));
+        }
+        if self.tls == Some(TlsMode::MutualTls) {
+            let named = conn
+                .and_then(|c| c.cert.as_deref())
+                .is_some_and(|cert| binds_node(cert, node_id));
+            if !named {
+                return Err(self.refuse(
+                    conn,
+                    "node_id_not_in_certificate",
+                    Status::permission_denied(format!(
+                        "node id {node_id} is not named in the caller's certificate (DNS name {})",
+                        super::security::node_name(node_id)
+                    )),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -171,16 +254,28 @@ impl Replication for Receiver {
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
+        let conn = request.extensions().get::<PeerConn>().cloned();
         let req = request.into_inner();
-        if req.protocol_version != PROTOCOL_VERSION
-            || req.mesh != self.mesh
-            || req.node_id == self.node_id
-        {
-            return Err(Status::failed_precondition(format!(
-                "snapshot refused: protocol {} mesh {:?} node {} (this agent: protocol {PROTOCOL_VERSION} mesh {:?} node {})",
-                req.protocol_version, req.mesh, req.node_id, self.mesh, self.node_id
-            )));
+        self.check_caller(conn.as_ref(), req.protocol_version, &req.mesh, req.node_id)?;
+        if req.node_id == self.node_id {
+            return Err(self.refuse(
+                conn.as_ref(),
+                "own_node_id",
+                Status::failed_precondition(format!(
+                    "snapshot refused: node {} is this agent's own id",
+                    req.node_id
+                )),
+            ));
         }
+        let Ok(place) = self.snapshots.clone().try_acquire_owned() else {
+            return Err(self.refuse(
+                conn.as_ref(),
+                "snapshot_busy",
+                Status::resource_exhausted(format!(
+                    "{CONCURRENT_SNAPSHOTS} snapshots are being sent already; try again later"
+                )),
+            ));
+        };
         info!(
             node_id = req.node_id,
             "sending a snapshot to rebuild a region"
@@ -191,6 +286,8 @@ impl Replication for Receiver {
         let (batches, mut read) = mpsc::channel::<Vec<Change>>(2);
         let err_tx = tx.clone();
         tokio::spawn(async move {
+            // The place is given back when the snapshot has been read.
+            let _place = place;
             let mut total = 0;
             for db in 0..databases {
                 match store
@@ -227,25 +324,26 @@ impl Replication for Receiver {
         &self,
         request: Request<Streaming<OriginMessage>>,
     ) -> Result<Response<PeerStream>, Status> {
+        let conn = request.extensions().get::<PeerConn>().cloned();
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(OriginMessage {
                 kind: Some(origin_message::Kind::Hello(h)),
             }) => h,
-            _ => return Err(Status::invalid_argument("the first message must be Hello")),
+            _ => {
+                return Err(self.refuse(
+                    conn.as_ref(),
+                    "no_hello",
+                    Status::invalid_argument("the first message must be Hello"),
+                ));
+            }
         };
-        if hello.protocol_version != PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
-                "protocol version {} is not supported (this agent speaks {PROTOCOL_VERSION})",
-                hello.protocol_version
-            )));
-        }
-        if hello.mesh != self.mesh {
-            return Err(Status::failed_precondition(format!(
-                "mesh {:?} does not match this agent's mesh {:?}",
-                hello.mesh, self.mesh
-            )));
-        }
+        self.check_caller(
+            conn.as_ref(),
+            hello.protocol_version,
+            &hello.mesh,
+            hello.node_id,
+        )?;
         if hello.node_id == self.node_id {
             error!(
                 node_id = hello.node_id,

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub peer_lag_ms: Family<PeerLabel, Gauge>,
     /// Incoming batches refused, by reason (clock skew, malformed, ...).
     pub batches_refused: Family<ReasonLabel, Counter>,
+    /// Connections and calls from peers refused before any batch, by reason
+    /// (TLS, not HTTP/2, too many connections, node id not in the
+    /// certificate, ...).
+    pub peer_refused: Family<ReasonLabel, Counter>,
     /// Full resynchronisations with the local Redis.
     pub sync_full: Counter,
     /// Times the region was rebuilt from a peer after its Redis lost its data.
@@ -99,6 +103,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut m = Metrics::default();
         let mut r = Registry::with_prefix("geosync");
+        r.register(
+            "peer_refused",
+            "Connections and calls from peers refused, by reason",
+            m.peer_refused.clone(),
+        );
         r.register(
             "changes_stamped",
             "Changes of local writes stamped",

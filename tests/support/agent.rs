@@ -58,8 +58,17 @@ impl Agent {
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .arg("--data-dir")
             .arg(&data_dir);
+        // Peer links with TLS (mutual TLS or a mesh secret) dial https://.
+        let scheme = if extra
+            .iter()
+            .any(|a| a == "--peer-tls-ca" || a == "--peer-secret-file")
+        {
+            "https"
+        } else {
+            "http"
+        };
         for p in peers {
-            cmd.args(["--peer", &format!("http://127.0.0.1:{p}")]);
+            cmd.args(["--peer", &format!("{scheme}://127.0.0.1:{p}")]);
         }
         cmd.args(extra);
         let logf = std::fs::File::create(&log).unwrap();

@@ -48,6 +48,22 @@ impl Mesh {
 
     /// [`Mesh::over`], every agent with extra settings.
     pub fn over_with(servers: Vec<Redis>, urls: Option<Vec<String>>, agent_args: &[&str]) -> Mesh {
+        let args: Vec<String> = agent_args.iter().map(|a| a.to_string()).collect();
+        Mesh::over_each(servers, urls, |_| args.clone())
+    }
+
+    /// `n` regions, each agent with the settings `args(node_id)` gives it
+    /// (its own certificate, say).
+    pub fn each(n: usize, args: impl Fn(u32) -> Vec<String>) -> Mesh {
+        Mesh::over_each((0..n).map(|_| Redis::start(&[])).collect(), None, args)
+    }
+
+    /// [`Mesh::over`], each agent with the settings `per_node(node_id)`.
+    pub fn over_each(
+        servers: Vec<Redis>,
+        urls: Option<Vec<String>>,
+        per_node: impl Fn(u32) -> Vec<String>,
+    ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let n = servers.len();
         let listens: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -61,7 +77,7 @@ impl Mesh {
                 .map(|(_, p)| *p)
                 .collect();
             let mut args = redis.agent_args();
-            args.extend(agent_args.iter().map(|a| a.to_string()));
+            args.extend(per_node(i as u32 + 1));
             let agent = Agent::start_with(
                 i as u32 + 1,
                 &urls[i],

@@ -5,6 +5,7 @@
 //! - `wait`: condition waits with deadlines (`poll`, `wait_until`).
 //! - `env`: free ports, the wall clock, benchmark settings.
 //! - `certs`: TLS test certificates and the settings that use them.
+//! - `peer_certs`: peer-link certificates per node, a stranger CA, mesh secret files.
 //! - `server`: redis-server processes and which binary runs them.
 //! - `sentinel`: a Redis Sentinel watching one test server.
 //! - `agent`: `geosync run` processes, their readiness and metrics.
@@ -20,6 +21,7 @@ mod changes;
 mod compare;
 mod env;
 mod mesh;
+mod peer_certs;
 mod scenarios;
 mod sentinel;
 mod server;
@@ -36,6 +38,7 @@ pub use self::{
     },
     env::{env_usize, free_port, listing_only, now_ms},
     mesh::{Mesh, Region},
+    peer_certs::{NodeCert, PeerCerts, secret_file},
     scenarios::{fill_past_backlog, partial_resync_after_agent_restart},
     sentinel::Sentinel,
     server::{Redis, RedisBuilder, redis_server_bin, tls_server_bin},
