@@ -310,3 +310,241 @@ fn plaintext_links_stay_on_loopback_unless_insecure_peers_is_given() {
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("local redis"), "{stderr}");
 }
+
+/// Writes `bytes` to the peer port of `port` and waits until the agent
+/// closes the connection.
+fn send_and_expect_close(port: u16, bytes: &[u8]) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(SETTLE)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the agent kept a connection of {bytes:?} open: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_http1_and_a_wrong_protocol_are_refused_while_peers_keep_flowing() {
+    let mesh = Mesh::start(2);
+    let agent = &mesh.regions[0].agent;
+    let port = agent.listen;
+    send_and_expect_close(
+        port,
+        b"\x16\x03\x01\x00\x05garbage that is no protocol at all",
+    );
+    send_and_expect_close(port, b"GET /metrics HTTP/1.1\r\nHost: geosync\r\n\r\n");
+    wait_until("garbage and HTTP/1 refused and counted", SETTLE, || {
+        refused(agent, "not_http2") >= 2.0
+    });
+    // A gRPC client speaking another protocol version.
+    let channel = dial(&format!("http://127.0.0.1:{port}"), &plaintext())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(OriginMessage {
+        kind: Some(origin_message::Kind::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION + 100,
+            mesh: "geosync".into(),
+            node_id: 3,
+            session: 1,
+        })),
+    })
+    .await
+    .unwrap();
+    let err = ReplicationClient::new(channel)
+        .replicate(ReceiverStream::new(rx))
+        .await
+        .expect_err("another protocol version was welcomed");
+    assert!(err.message().contains("protocol version"), "{err}");
+    assert_eq!(refused(agent, "protocol_version"), 1.0);
+    write_and_see(&mesh, 0, "after-garbage-1");
+    write_and_see(&mesh, 1, "after-garbage-2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_connections_is_bounded_and_peers_keep_flowing() {
+    let mesh = Mesh::start(2);
+    let agent = &mesh.regions[0].agent;
+    let port = agent.listen;
+    // Idle connections from another loopback address: the agent holds at
+    // most 16 from one address and refuses the rest at once.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        held.push(socket.connect(([127, 0, 0, 1], port).into()).await.unwrap());
+    }
+    wait_until("connections past the bound refused", SETTLE, || {
+        refused(agent, "too_many_connections") >= 24.0
+    });
+    // The real peer (another address) is not held back.
+    write_and_see(&mesh, 0, "during-flood-1");
+    write_and_see(&mesh, 1, "during-flood-2");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshots_are_bounded_and_the_next_caller_is_told_to_come_back() {
+    let mesh = Mesh::start(1);
+    let agent = &mesh.regions[0].agent;
+    let mut c = mesh.regions[0].redis.conn();
+    let mut p = redis::pipe();
+    for i in 0..20_000 {
+        p.set(format!("k{i}"), "x".repeat(100)).ignore();
+    }
+    let _: () = p.query(&mut c).unwrap();
+    wait_until("keys stamped", SETTLE, || {
+        agent.metric("geosync_changes_stamped_total") >= 20_000.0
+    });
+    let port = agent.listen;
+    // Two callers that do not read: their snapshots wait, holding places.
+    let mut open = Vec::new();
+    for node in [2, 3] {
+        let channel = dial(&format!("http://127.0.0.1:{port}"), &plaintext())
+            .await
+            .unwrap();
+        let stream = ReplicationClient::new(channel)
+            .snapshot(SnapshotRequest {
+                protocol_version: PROTOCOL_VERSION,
+                mesh: "geosync".into(),
+                node_id: node,
+            })
+            .await
+            .expect("a snapshot place");
+        open.push(stream);
+    }
+    let err = snapshot_call(port, &plaintext(), 4)
+        .await
+        .expect_err("a third snapshot at once");
+    assert!(err.contains("snapshots are being sent"), "{err}");
+    assert_eq!(refused(agent, "snapshot_busy"), 1.0);
+    // Reading one to its end gives its place back.
+    let mut first = open.remove(0).into_inner();
+    while first.message().await.unwrap().is_some() {}
+    snapshot_call(port, &plaintext(), 4)
+        .await
+        .expect("a place once a snapshot is done");
+}
+
+/// A peer played by the test: its first session answers Welcome with an
+/// acknowledged sequence this agent never sent, once told to; later
+/// sessions answer honestly, record every key they receive and ack.
+struct LyingPeer {
+    first: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    keys: Arc<std::sync::Mutex<std::collections::HashSet<Vec<u8>>>>,
+}
+
+type Answers = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<geosync::mesh::pb::PeerMessage, tonic::Status>> + Send>,
+>;
+type Chunks = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<geosync::mesh::pb::SnapshotChunk, tonic::Status>> + Send>,
+>;
+
+#[tonic::async_trait]
+impl geosync::mesh::pb::replication_server::Replication for LyingPeer {
+    type ReplicateStream = Answers;
+    type SnapshotStream = Chunks;
+
+    async fn snapshot(
+        &self,
+        _: tonic::Request<SnapshotRequest>,
+    ) -> Result<tonic::Response<Chunks>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no snapshots here"))
+    }
+
+    async fn replicate(
+        &self,
+        request: tonic::Request<tonic::Streaming<OriginMessage>>,
+    ) -> Result<tonic::Response<Answers>, tonic::Status> {
+        use geosync::mesh::pb::{Ack, PeerMessage, Welcome};
+        let mut inbound = request.into_inner();
+        let _hello = inbound.message().await?;
+        let go = self.first.lock().unwrap().take();
+        let acked_seq = match go {
+            Some(go) => {
+                let _ = go.await;
+                1_000_000
+            }
+            None => 0,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let welcome = PeerMessage {
+            kind: Some(peer_message::Kind::Welcome(Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                mesh: "geosync".into(),
+                node_id: 2,
+                acked_seq,
+            })),
+        };
+        tx.send(Ok(welcome)).await.unwrap();
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(origin_message::Kind::Batch(b)) = m.kind {
+                    let changes = geosync::base::change::decode_batch(&b.changes).unwrap();
+                    keys.lock()
+                        .unwrap()
+                        .extend(changes.into_iter().map(|c| c.key.into_vec()));
+                    let ack = PeerMessage {
+                        kind: Some(peer_message::Kind::Ack(Ack { seq: b.seq })),
+                    };
+                    if tx.send(Ok(ack)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_acknowledges_what_it_was_never_sent_is_not_trusted() {
+    let (go, wait) = tokio::sync::oneshot::channel();
+    let keys: Arc<std::sync::Mutex<std::collections::HashSet<Vec<u8>>>> = Default::default();
+    let peer = LyingPeer {
+        first: std::sync::Mutex::new(Some(wait)),
+        keys: keys.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer_port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(geosync::mesh::pb::replication_server::ReplicationServer::new(peer))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let redis = Redis::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with(
+        1,
+        &redis.url(),
+        free_port(),
+        free_port(),
+        &[peer_port],
+        dir.path(),
+        &redis.agent_args(),
+    );
+    wait_until("agent serving metrics", SETTLE, || {
+        agent.get("/metrics").is_some()
+    });
+    let mut c = redis.conn();
+    for i in 0..50 {
+        let _: () = c.set(format!("k{i}"), i).unwrap();
+    }
+    wait_until("50 keys stamped", SETTLE, || {
+        agent.metric("geosync_changes_stamped_total") >= 50.0
+    });
+    // Now the peer claims to hold batch 1,000,000 of this agent's session.
+    go.send(()).unwrap();
+    wait_until("the peer received every key", SETTLE, || {
+        keys.lock().unwrap().len() == 50
+    });
+    assert!(refused(&agent, "acked_beyond_sent") >= 1.0);
+}
