@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A local three-region geosync demo: three redis-servers, three agents in a
 # full mesh, a conflict written into two regions at once, and the regions
-# converging. Everything runs on 127.0.0.1 and is stopped at the end.
+# converging. Everything runs on 127.0.0.1 and is stopped at the end. The
+# agents talk over mutual TLS, with a CA and node certificates made at start
+# (scripts/peer-certs.sh), as a deployment across regions would.
 #
 #   DEMO_BASE_PORT  first port to use (default 7380; 12 ports from there)
 #   DEMO_KEEP=1     leave the regions running (stop them with Ctrl-C)
@@ -37,6 +39,10 @@ redis_port() { echo $((base + $1)); }
 grpc_port() { echo $((base + 3 + $1)); }
 admin_port() { echo $((base + 6 + $1)); }
 
+echo "==> making a CA and a certificate per node for the links between agents"
+bash scripts/peer-certs.sh "$work/certs" \
+  1=DNS:localhost,IP:127.0.0.1 2=DNS:localhost,IP:127.0.0.1 3=DNS:localhost,IP:127.0.0.1 >/dev/null
+
 echo "==> starting three regions (redis + geosync agent each)"
 for i in 0 1 2; do
   mkdir -p "$work/redis-$i"
@@ -50,10 +56,12 @@ done
 for i in 0 1 2; do
   peers=()
   for j in 0 1 2; do
-    [[ $j == "$i" ]] || peers+=(--peer "http://127.0.0.1:$(grpc_port $j)")
+    [[ $j == "$i" ]] || peers+=(--peer "https://127.0.0.1:$(grpc_port $j)")
   done
   "$bin" run --node-id $((i + 1)) --redis "redis://127.0.0.1:$(redis_port $i)" \
     --listen "127.0.0.1:$(grpc_port $i)" "${peers[@]}" \
+    --peer-tls-ca "$work/certs/ca.pem" --peer-tls-cert "$work/certs/node-$((i + 1)).pem" \
+    --peer-tls-key "$work/certs/node-$((i + 1)).key" \
     --admin "127.0.0.1:$(admin_port $i)" --data-dir "$work/agent-$i" \
     >"$work/agent-$i.log" 2>&1 &
   pids+=($!)
@@ -77,6 +85,7 @@ for i in 0 1 2; do
   }
 done
 echo "    regions A, B, C: redis on ports $(redis_port 0), $(redis_port 1), $(redis_port 2); metrics on :$(admin_port 0)/metrics"
+echo "    agents linked by mutual TLS (certificates in .demo/certs/)"
 
 echo "==> writing a conflict into regions A and B at the same moment"
 target/debug/examples/conflict \

@@ -548,3 +548,39 @@ async fn a_peer_that_acknowledges_what_it_was_never_sent_is_not_trusted() {
     });
     assert!(refused(&agent, "acked_beyond_sent") >= 1.0);
 }
+
+#[test]
+fn certificates_made_by_the_readme_recipe_link_regions() {
+    // scripts/peer-certs.sh is the openssl recipe the README gives.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/peer-certs.sh"
+        ))
+        .arg(dir.path())
+        .args([
+            "1=DNS:localhost,IP:127.0.0.1",
+            "2=DNS:localhost,IP:127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let mesh = Mesh::each(2, |n| {
+        vec![
+            "--peer-tls-ca".into(),
+            file("ca.pem"),
+            "--peer-tls-cert".into(),
+            file(&format!("node-{n}.pem")),
+            "--peer-tls-key".into(),
+            file(&format!("node-{n}.key")),
+        ]
+    });
+    write_and_see(&mesh, 0, "openssl-1");
+    write_and_see(&mesh, 1, "openssl-2");
+}
