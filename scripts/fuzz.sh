@@ -3,6 +3,8 @@
 #   resp        geosync::source::resp::parse (the master's replication stream)
 #   rdb         geosync::source::rdb::RdbReader (the full-resync snapshot)
 #   peer_batch  geosync::base::change::decode_batch + Value::to_flat/from_flat
+#   handshake   geosync::mesh::server::caller_refusal + security::binds_node_der
+#               (what a caller sends before any batch, and its certificate)
 #
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 60)
 #        FUZZ_TARGETS="rdb resp" scripts/fuzz.sh 300   (a subset)
@@ -28,7 +30,7 @@ if ! [[ $secs =~ ^[0-9]+$ ]] || (( secs < 1 )); then
   echo "usage: $0 [SECONDS_PER_TARGET]   (a whole number, default 60)" >&2
   exit 2
 fi
-read -r -a targets <<<"${FUZZ_TARGETS:-resp rdb peer_batch}"
+read -r -a targets <<<"${FUZZ_TARGETS:-resp rdb peer_batch handshake}"
 
 export RUSTC_BOOTSTRAP=1
 

@@ -90,3 +90,8 @@ fn rdb_inputs_do_not_panic() {
 fn peer_batch_inputs_do_not_panic() {
     replay("peer_batch", harness::peer_batch);
 }
+
+#[test]
+fn handshake_inputs_do_not_panic() {
+    replay("handshake", harness::handshake);
+}

@@ -216,3 +216,59 @@ pub fn peer_batch(data: &[u8]) {
         }
     }
 }
+
+/// What a caller sends before any batch, and the certificate it presents:
+/// `data` is a two-byte big-endian length, that many bytes of certificate
+/// DER, then an `OriginMessage` or a `SnapshotRequest` (protobuf).
+///
+/// Checked: reading a certificate never panics and names a node only if
+/// it is a certificate; a caller is admitted only with this agent's
+/// protocol version and mesh and, under mutual TLS, a certificate naming
+/// the node id it claims; under mutual TLS a caller without a certificate
+/// is always refused.
+pub fn handshake(data: &[u8]) {
+    use geosync::mesh::PROTOCOL_VERSION;
+    use geosync::mesh::pb::{OriginMessage, SnapshotRequest, origin_message};
+    use geosync::mesh::security::binds_node_der;
+    use geosync::mesh::server::{Claim, caller_refusal};
+    use prost::Message;
+
+    let (cert, msg) = match data {
+        [hi, lo, rest @ ..] => {
+            let n = (usize::from(*hi) << 8 | usize::from(*lo)).min(rest.len());
+            rest.split_at(n)
+        }
+        _ => return,
+    };
+    let mut claims = Vec::new();
+    if let Ok(OriginMessage {
+        kind: Some(origin_message::Kind::Hello(h)),
+    }) = OriginMessage::decode(msg)
+    {
+        claims.push((h.protocol_version, h.mesh, h.node_id));
+    }
+    if let Ok(r) = SnapshotRequest::decode(msg) {
+        claims.push((r.protocol_version, r.mesh, r.node_id));
+    }
+    for (protocol_version, mesh, node_id) in claims {
+        let claim = Claim {
+            protocol_version,
+            mesh: &mesh,
+            node_id,
+        };
+        let names = binds_node_der(cert, node_id);
+        for mutual_tls in [false, true] {
+            let admitted = caller_refusal("geosync", mutual_tls, Some(cert), &claim).is_none();
+            let expected =
+                protocol_version == PROTOCOL_VERSION && mesh == "geosync" && (!mutual_tls || names);
+            assert_eq!(
+                admitted, expected,
+                "claim {claim:?}, mutual TLS {mutual_tls}"
+            );
+        }
+        assert!(
+            caller_refusal("geosync", true, None, &claim).is_some(),
+            "admitted without a certificate under mutual TLS"
+        );
+    }
+}

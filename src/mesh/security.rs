@@ -310,7 +310,14 @@ impl PeerTls {
 
 /// True when `cert` names node `id` (a DNS name `geosync-node-<id>`).
 pub fn binds_node(cert: &CertificateDer<'_>, id: u32) -> bool {
-    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+    binds_node_der(cert.as_ref(), id)
+}
+
+/// [`binds_node`] for a certificate's DER bytes as received (untrusted:
+/// anything that is not a certificate names no node).
+pub fn binds_node_der(der: &[u8], id: u32) -> bool {
+    let cert = CertificateDer::from(der);
+    let Ok(ee) = webpki::EndEntityCert::try_from(&cert) else {
         return false;
     };
     let Ok(name) = ServerName::try_from(node_name(id)) else {

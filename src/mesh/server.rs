@@ -13,7 +13,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use uhlc::HLC;
 
 use super::listener::{PeerConn, Refusals};
-use super::security::{TlsMode, binds_node};
+use super::security::{TlsMode, binds_node_der};
 use super::wire::PROTOCOL_VERSION;
 use super::wire::pb::replication_server::Replication;
 use super::wire::pb::{
@@ -101,9 +101,8 @@ impl Receiver {
         status
     }
 
-    /// Checks what every call states: protocol version and mesh, a node id
-    /// that is not this agent's, and (mutual TLS) named in the caller's
-    /// certificate.
+    /// Checks what every call states (see [`caller_refusal`]); a refusal is
+    /// counted and logged.
     fn check_caller(
         &self,
         conn: Option<&PeerConn>,
@@ -111,42 +110,71 @@ impl Receiver {
         mesh: &str,
         node_id: u32,
     ) -> Result<(), Status> {
-        if protocol_version != PROTOCOL_VERSION {
-            return Err(self.refuse(
-                conn,
-                "protocol_version",
-                Status::failed_precondition(format!(
-                    "protocol version {protocol_version} is not supported (this agent speaks {PROTOCOL_VERSION})"
-                )),
-            ));
+        let claim = Claim {
+            protocol_version,
+            mesh,
+            node_id,
+        };
+        let cert = conn.and_then(|c| c.cert.as_deref()).map(|c| c.as_ref());
+        let mutual_tls = self.tls == Some(TlsMode::MutualTls);
+        match caller_refusal(&self.mesh, mutual_tls, cert, &claim) {
+            Some((reason, status)) => Err(self.refuse(conn, reason, status)),
+            None => Ok(()),
         }
-        if mesh != self.mesh {
-            // The mesh name is not echoed back: it is not a stranger's to learn.
-            return Err(self.refuse(
-                conn,
-                "mesh",
-                Status::failed_precondition(format!(
-                    "mesh {mesh:?} does not match this agent's mesh"
-                )),
-            ));
-        }
-        if self.tls == Some(TlsMode::MutualTls) {
-            let named = conn
-                .and_then(|c| c.cert.as_deref())
-                .is_some_and(|cert| binds_node(cert, node_id));
-            if !named {
-                return Err(self.refuse(
-                    conn,
-                    "node_id_not_in_certificate",
-                    Status::permission_denied(format!(
-                        "node id {node_id} is not named in the caller's certificate (DNS name {})",
-                        super::security::node_name(node_id)
-                    )),
-                ));
-            }
-        }
-        Ok(())
     }
+}
+
+/// What a caller states in `Hello` or `SnapshotRequest`.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    /// Its protocol version.
+    pub protocol_version: u32,
+    /// Its mesh name.
+    pub mesh: &'a str,
+    /// The node id it claims.
+    pub node_id: u32,
+}
+
+/// Why a caller is refused before any batch, as a metric reason and the
+/// status it is answered with; None when it may go on. Checked: the
+/// protocol version, the mesh (not echoed back: it is not a stranger's to
+/// learn) and, under mutual TLS, that the certificate `cert` (DER) names
+/// the claimed node id.
+pub fn caller_refusal(
+    own_mesh: &str,
+    mutual_tls: bool,
+    cert: Option<&[u8]>,
+    claim: &Claim<'_>,
+) -> Option<(&'static str, Status)> {
+    let Claim {
+        protocol_version,
+        mesh,
+        node_id,
+    } = *claim;
+    if protocol_version != PROTOCOL_VERSION {
+        return Some((
+            "protocol_version",
+            Status::failed_precondition(format!(
+                "protocol version {protocol_version} is not supported (this agent speaks {PROTOCOL_VERSION})"
+            )),
+        ));
+    }
+    if mesh != own_mesh {
+        return Some((
+            "mesh",
+            Status::failed_precondition(format!("mesh {mesh:?} does not match this agent's mesh")),
+        ));
+    }
+    if mutual_tls && !cert.is_some_and(|der| binds_node_der(der, node_id)) {
+        return Some((
+            "node_id_not_in_certificate",
+            Status::permission_denied(format!(
+                "node id {node_id} is not named in the caller's certificate (DNS name {})",
+                super::security::node_name(node_id)
+            )),
+        ));
+    }
+    None
 }
 
 /// Why a batch was refused.
