@@ -5,7 +5,9 @@
 //! baseline is the same writes into a Redis without an agent, measured in
 //! the same run; the ratio says how far behind a saturating writer the
 //! agents fall. It also prints each agent's peak RSS next to the size of
-//! the data that went through it.
+//! the data that went through it. The mesh runs twice in the same run:
+//! with plaintext peer links and with mutual TLS between the agents, so the
+//! cost of TLS is the ratio of the two.
 //!
 //! ```text
 //! cargo bench --bench throughput                 # 200000 keys, 8-byte values
@@ -17,7 +19,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Mesh, Redis, wait_until};
+use support::{Mesh, PeerCerts, Redis, wait_until};
 
 fn write(c: &mut redis::Connection, n: usize, value_bytes: usize) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
@@ -43,7 +45,23 @@ fn main() {
     write(&mut plain.conn(), n, value_bytes);
     let baseline = start.elapsed();
 
-    let mesh = Mesh::start(2);
+    let plain_links = Mesh::start(2);
+    let plain_rate = run("plaintext links", &plain_links, n, value_bytes, baseline);
+    drop(plain_links);
+    let certs = PeerCerts::generate();
+    let node_certs: Vec<_> = (1..=2).map(|i| certs.node(i)).collect();
+    let tls_links = Mesh::each(2, |i| certs.agent_args(&node_certs[i as usize - 1]));
+    let tls_rate = run("mutual TLS links", &tls_links, n, value_bytes, baseline);
+    println!(
+        "peer links: mutual TLS replicates at {:.2} of the plaintext rate",
+        tls_rate / plain_rate
+    );
+    memory(&tls_links, value_bytes);
+}
+
+/// Writes into region 1 of `mesh` until region 2 holds every key; prints
+/// the rates and returns keys/s arriving in region 2.
+fn run(what: &str, mesh: &Mesh, n: usize, value_bytes: usize, baseline: Duration) -> f64 {
     let mut far = mesh.regions[1].redis.conn();
     let start = Instant::now();
     write(&mut mesh.regions[0].redis.conn(), n, value_bytes);
@@ -64,12 +82,17 @@ fn main() {
     let replicated = start.elapsed();
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
-        "keys={n}: plain redis {:.0} writes/s; with geosync {:.0} writes/s into region 1, {:.0} keys/s arriving in region 2; replicated/plain ratio {:.2}",
+        "keys={n}, {what}: plain redis {:.0} writes/s; with geosync {:.0} writes/s into region 1, {:.0} keys/s arriving in region 2; replicated/plain ratio {:.2}",
         rate(baseline),
         rate(written),
         rate(replicated),
         rate(replicated) / rate(baseline)
     );
+    rate(replicated)
+}
+
+/// Prints the dataset size and each agent's peak RSS.
+fn memory(mesh: &Mesh, value_bytes: usize) {
     let info: String = redis::cmd("INFO")
         .arg("memory")
         .query(&mut mesh.regions[0].redis.conn())

@@ -4,6 +4,11 @@
 //! the peer ([`server`]) answers `Welcome` and cumulative `Ack`s and hands
 //! the batches to the applier. [`rebuild`] pulls a peer's recorded state
 //! when this region's Redis lost its data.
+//!
+//! The links are secured by [`security`] (mutual TLS or a mesh secret;
+//! plaintext on loopback only): the peer port is [`listener`], which bounds
+//! and checks connections before gRPC sees them, and every outgoing link
+//! goes through [`dial`].
 
 pub mod acklog;
 pub mod client;
