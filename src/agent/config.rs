@@ -9,8 +9,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::mesh::security::{MutualTlsFiles, PeerAuth, PeerSettingError, PeerTls};
-use crate::store::tls::{RedisTls, TlsSettingError};
+use crate::base::setting::{SettingError, bad};
+use crate::mesh::security::{MutualTlsFiles, PeerAuth, PeerTls};
+use crate::store::tls::RedisTls;
 
 /// The `geosync` command line.
 #[derive(Debug, Parser)]
@@ -81,7 +82,7 @@ pub struct RunArgs {
     #[arg(long, env = "GEOSYNC_PEER_TLS_CA", value_name = "FILE")]
     pub peer_tls_ca: Option<PathBuf>,
     /// PEM certificate (chain) this agent presents to peers; it must name
-    /// the node id as the DNS name geosync-node-<id>.
+    /// the node id as the DNS name `geosync-node-<id>`.
     #[arg(long, env = "GEOSYNC_PEER_TLS_CERT", value_name = "FILE")]
     pub peer_tls_cert: Option<PathBuf>,
     /// PEM private key of --peer-tls-cert.
@@ -151,21 +152,7 @@ pub struct RunArgs {
 }
 
 /// A setting that stops the start, naming the setting.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting `{setting}`: {message}")]
-pub struct ConfigError {
-    /// The setting's name as on the command line.
-    pub setting: &'static str,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-pub(crate) fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        setting,
-        message: message.into(),
-    }
-}
+pub type ConfigError = SettingError;
 
 /// Why a non-loopback address is refused without peer security.
 const NO_SECURITY: &str = "peer links have no security: give --peer-tls-ca, --peer-tls-cert and --peer-tls-key (mutual TLS) or --peer-secret-file, or --insecure-peers when a VPN or service mesh secures them";
@@ -222,18 +209,6 @@ fn peer_auth(u: &RunArgs, node_id: u32) -> Result<PeerAuth, ConfigError> {
         return Ok(PeerAuth::Tls(Arc::new(PeerTls::secret(path)?)));
     }
     Ok(PeerAuth::None { insecure })
-}
-
-impl From<PeerSettingError> for ConfigError {
-    fn from(e: PeerSettingError) -> Self {
-        bad(e.setting, e.message)
-    }
-}
-
-impl From<TlsSettingError> for ConfigError {
-    fn from(e: TlsSettingError) -> Self {
-        bad(e.setting, e.message)
-    }
 }
 
 /// Log output format.

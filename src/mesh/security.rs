@@ -25,23 +25,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
-/// A peer security setting that cannot be used: the setting's name as on
-/// the command line, and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting `{setting}`: {message}")]
-pub struct PeerSettingError {
-    /// The setting's name as on the command line.
-    pub setting: &'static str,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-fn bad(setting: &'static str, message: impl Into<String>) -> PeerSettingError {
-    PeerSettingError {
-        setting,
-        message: message.into(),
-    }
-}
+use crate::base::setting::{SettingError, bad};
 
 /// The DNS name a certificate carries to bind node `id`.
 pub fn node_name(id: u32) -> String {
@@ -122,14 +106,14 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, PeerSettingError> {
+fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, SettingError> {
     std::fs::read(path).map_err(|e| bad(setting, format!("cannot read {}: {e}", path.display())))
 }
 
 fn certificates(
     setting: &'static str,
     path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, PeerSettingError> {
+) -> Result<Vec<CertificateDer<'static>>, SettingError> {
     let bytes = read(setting, path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -162,10 +146,7 @@ pub struct MutualTlsFiles {
 impl PeerTls {
     /// Mutual TLS from PEM files; with `node_id`, this agent's certificate
     /// must name it (`geosync-node-<id>`).
-    pub fn mutual(
-        files: &MutualTlsFiles,
-        node_id: Option<u32>,
-    ) -> Result<PeerTls, PeerSettingError> {
+    pub fn mutual(files: &MutualTlsFiles, node_id: Option<u32>) -> Result<PeerTls, SettingError> {
         let ca = certificates("peer-tls-ca", &files.ca)?;
         let mut roots = RootCertStore::empty();
         for c in ca {
@@ -238,7 +219,7 @@ impl PeerTls {
     /// TLS with the certificates derived from the secrets in `path`: one
     /// secret per line, at least [`MIN_SECRET_LEN`] bytes each, at most
     /// two (the first is presented; both are accepted).
-    pub fn secret(path: &Path) -> Result<PeerTls, PeerSettingError> {
+    pub fn secret(path: &Path) -> Result<PeerTls, SettingError> {
         let setting = "peer-secret-file";
         let text = read(setting, path)?;
         let text = String::from_utf8(text)
@@ -384,6 +365,46 @@ impl SecretVerifier {
     }
 }
 
+impl SecretVerifier {
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if self.known(cert) {
+            Ok(())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+}
+
+/// The handshake-signature checks both verifier traits ask for: rustls
+/// verifies the signature with the presented certificate's own key.
+macro_rules! signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    };
+}
+
 impl ServerCertVerifier for SecretVerifier {
     fn verify_server_cert(
         &self,
@@ -393,36 +414,11 @@ impl ServerCertVerifier for SecretVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.known(end_entity) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
+        self.check(end_entity)
+            .map(|()| ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    signature_checks!();
 }
 
 impl ClientCertVerifier for SecretVerifier {
@@ -436,36 +432,11 @@ impl ClientCertVerifier for SecretVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if self.known(end_entity) {
-            Ok(ClientCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
+        self.check(end_entity)
+            .map(|()| ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+    signature_checks!();
 }
 
 #[cfg(test)]

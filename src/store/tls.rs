@@ -18,24 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// A TLS setting that cannot be used: the setting's name as on the command
-/// line, and what is wrong with it (the agent's configuration reports it as
-/// an invalid setting).
-#[derive(Debug, thiserror::Error)]
-#[error("invalid setting `{setting}`: {message}")]
-pub struct TlsSettingError {
-    /// The setting's name as on the command line.
-    pub setting: &'static str,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-fn bad(setting: &'static str, message: impl Into<String>) -> TlsSettingError {
-    TlsSettingError {
-        setting,
-        message: message.into(),
-    }
-}
+use crate::base::setting::{SettingError, bad};
 
 /// Makes `ring` the process's rustls provider, so that code which asks
 /// rustls for the default (the `redis` crate does) never meets an
@@ -71,7 +54,7 @@ impl fmt::Debug for RedisTls {
     }
 }
 
-fn read(setting: &'static str, path: &Path) -> Result<Pem, TlsSettingError> {
+fn read(setting: &'static str, path: &Path) -> Result<Pem, SettingError> {
     let bytes = std::fs::read(path)
         .map_err(|e| bad(setting, format!("cannot read {}: {e}", path.display())))?;
     Ok(Pem {
@@ -83,7 +66,7 @@ fn read(setting: &'static str, path: &Path) -> Result<Pem, TlsSettingError> {
 fn certificates(
     setting: &'static str,
     pem: &Pem,
-) -> Result<Vec<CertificateDer<'static>>, TlsSettingError> {
+) -> Result<Vec<CertificateDer<'static>>, SettingError> {
     let certs = CertificateDer::pem_slice_iter(&pem.bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
@@ -112,7 +95,7 @@ impl RedisTls {
         ca: Option<&Path>,
         cert: Option<&Path>,
         key: Option<&Path>,
-    ) -> Result<RedisTls, TlsSettingError> {
+    ) -> Result<RedisTls, SettingError> {
         install_crypto_provider();
         let ca = ca.map(|p| read("redis-tls-ca", p)).transpose()?;
         // The redis crate reads the system's trust store for every TLS

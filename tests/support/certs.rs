@@ -19,19 +19,8 @@ pub struct TestCerts {
 
 impl TestCerts {
     pub fn generate() -> std::sync::Arc<TestCerts> {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair, KeyUsagePurpose,
-        };
-        let ca = |name: &str| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let cert = params.self_signed(&key).unwrap();
-            (cert, Issuer::new(params, key))
-        };
+        use super::peer_certs::test_ca as ca;
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair};
         let leaf = |issuer: &Issuer<'_, KeyPair>, names: &[&str], usage| {
             let key = KeyPair::generate().unwrap();
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();

@@ -20,7 +20,8 @@ pub struct PeerCerts {
     other_issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
-fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+/// A self-signed test CA named `name`, and the issuer that signs with it.
+pub fn test_ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
@@ -36,8 +37,8 @@ fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>
 impl PeerCerts {
     pub fn generate() -> PeerCerts {
         let dir = tempfile::tempdir().unwrap();
-        let (ca_cert, issuer) = ca("geosync peers test CA");
-        let (other_cert, other_issuer) = ca("geosync stranger CA");
+        let (ca_cert, issuer) = test_ca("geosync peers test CA");
+        let (other_cert, other_issuer) = test_ca("geosync stranger CA");
         let ca = dir.path().join("peer-ca.pem");
         std::fs::write(&ca, ca_cert.pem()).unwrap();
         let other_ca = dir.path().join("stranger-ca.pem");
