@@ -584,3 +584,69 @@ fn certificates_made_by_the_readme_recipe_link_regions() {
     write_and_see(&mesh, 0, "openssl-1");
     write_and_see(&mesh, 1, "openssl-2");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_stay_under_the_limit_and_larger_ones_are_refused() {
+    let mesh = Mesh::with_agent_args(2, &["--peer-max-message-mb", "1"]);
+    let agent = &mesh.regions[0].agent;
+    let mut c1 = mesh.regions[0].redis.conn();
+    let mut c2 = mesh.regions[1].redis.conn();
+    // A transaction of three 400 KB values is one stamp batch of 1.2 MB:
+    // it travels as several messages, each under the limit.
+    let value = "v".repeat(400_000);
+    let _: () = redis::pipe()
+        .atomic()
+        .set("t1", &value)
+        .set("t2", &value)
+        .set("t3", &value)
+        .query(&mut c1)
+        .unwrap();
+    for key in ["t1", "t2", "t3"] {
+        wait_until(&format!("{key} in region 2"), SETTLE, || {
+            c2.strlen::<_, usize>(key).unwrap() == value.len()
+        });
+    }
+    // A 2 MB value fits in no message: counted, logged, and the link goes on.
+    let _: () = c1.set("huge", "h".repeat(2_000_000)).unwrap();
+    wait_until("the huge change counted", SETTLE, || {
+        agent.metric("geosync_changes_too_large_total") >= 1.0
+    });
+    write_and_see(&mesh, 0, "after-huge");
+    assert!(!c2.exists::<_, bool>("huge").unwrap());
+    // A stranger's message over the limit is refused before it is decoded.
+    let port = agent.listen;
+    let channel = dial(&format!("http://127.0.0.1:{port}"), &plaintext())
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(OriginMessage {
+        kind: Some(origin_message::Kind::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            mesh: "geosync".into(),
+            node_id: 3,
+            session: 1,
+        })),
+    })
+    .await
+    .unwrap();
+    let mut answers = ReplicationClient::new(channel)
+        .replicate(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answers.message().await.unwrap().is_some(), "welcomed");
+    tx.send(OriginMessage {
+        kind: Some(origin_message::Kind::Batch(geosync::mesh::pb::Batch {
+            seq: 1,
+            changes: vec![0u8; 2 << 20],
+            count: 1,
+            catch_up: false,
+        })),
+    })
+    .await
+    .unwrap();
+    wait_until("the oversized message refused and counted", SETTLE, || {
+        refused(agent, "too_large") >= 1.0
+    });
+    write_and_see(&mesh, 1, "after-stranger");
+}

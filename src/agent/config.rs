@@ -104,6 +104,11 @@ pub struct RunArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub insecure_peers: Option<bool>,
+    /// MiB of the largest message accepted from a peer, and so the most the
+    /// agent sends in one (batches, snapshot chunks); a single change
+    /// larger than this is not replicated. The same in every region.
+    #[arg(long, env = "GEOSYNC_PEER_MAX_MESSAGE_MB")]
+    pub peer_max_message_mb: Option<u64>,
     /// Address the gRPC server listens on for peers.
     #[arg(long, env = "GEOSYNC_LISTEN")]
     pub listen: Option<String>,
@@ -235,6 +240,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// How the links between agents are secured.
     pub peer_auth: PeerAuth,
+    /// The largest message accepted from a peer, in bytes.
+    pub peer_max_message: usize,
     /// Peer gRPC endpoints.
     pub peers: Vec<String>,
     /// Sentinels naming the local master (empty: `redis_url` is the master).
@@ -288,6 +295,7 @@ impl RunArgs {
             peer_tls_key: self.peer_tls_key.or(other.peer_tls_key),
             peer_secret_file: self.peer_secret_file.or(other.peer_secret_file),
             insecure_peers: self.insecure_peers.or(other.insecure_peers),
+            peer_max_message_mb: self.peer_max_message_mb.or(other.peer_max_message_mb),
             listen: self.listen.or(other.listen),
             peers: if self.peers.is_empty() {
                 other.peers
@@ -494,6 +502,12 @@ impl Config {
         let outbox_mb = in_range("outbox-mb", u.outbox_mb, 256, 1..=1 << 20)?;
         let spool_memory_mb = in_range("spool-memory-mb", u.spool_memory_mb, 64, 1..=1 << 20)?;
         let spool_disk_mb = in_range("spool-disk-mb", u.spool_disk_mb, 4096, 0..=1 << 30)?;
+        let peer_max_message_mb = in_range(
+            "peer-max-message-mb",
+            u.peer_max_message_mb,
+            (crate::mesh::wire::DEFAULT_MAX_MESSAGE_BYTES >> 20) as u64,
+            1..=4096,
+        )?;
         let max_key_elements = in_range(
             "max-key-elements",
             u.max_key_elements,
@@ -516,6 +530,7 @@ impl Config {
             sentinel_tls,
             listen,
             peer_auth,
+            peer_max_message: (peer_max_message_mb << 20) as usize,
             peers,
             sentinels,
             master_name,

@@ -115,13 +115,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             acklog::path(&config.data_dir).display()
         ),
     })?;
-    let outbox = Arc::new(Outbox::new(
-        &config.peers,
-        config.outbox_batches,
-        config.outbox_bytes,
-        acked,
-        metrics.clone(),
-    ));
+    let outbox = Arc::new(
+        Outbox::new(
+            &config.peers,
+            config.outbox_batches,
+            config.outbox_bytes,
+            acked,
+            metrics.clone(),
+        )
+        .with_max_batch_bytes(mesh::wire::max_payload(config.peer_max_message)),
+    );
     let tracker = TaskTracker::new();
     let token = shutdown.child_token();
 
@@ -161,6 +164,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         clock: clock.clone(),
         metrics: metrics.clone(),
         auth: config.peer_auth.clone(),
+        max_message: config.peer_max_message,
     };
     tracker.spawn(source::run(
         source::TailerConfig {
@@ -202,6 +206,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         mesh: config.mesh.clone(),
         session: rand::random(),
         auth: config.peer_auth.clone(),
+        max_message: config.peer_max_message,
     };
     for peer in &config.peers {
         tracker.spawn(mesh::client::run(
@@ -231,10 +236,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         apply_tx,
         metrics.clone(),
     )
-    .with_tls(config.peer_auth.tls().map(|t| t.mode));
+    .with_tls(config.peer_auth.tls().map(|t| t.mode))
+    .with_max_message(config.peer_max_message);
     let service = mesh::pb::replication_server::ReplicationServer::new(receiver)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+        .max_decoding_message_size(config.peer_max_message)
+        .max_encoding_message_size(config.peer_max_message);
     let grpc_token = token.clone();
     let peer_auth = config.peer_auth.clone();
     let metrics_for_grpc = metrics.clone();

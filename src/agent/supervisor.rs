@@ -45,6 +45,8 @@ pub struct Supervisor {
     pub metrics: Arc<Metrics>,
     /// How the links to peers are secured.
     pub auth: PeerAuth,
+    /// The largest message accepted from a peer.
+    pub max_message: usize,
 }
 
 impl Supervisor {
@@ -59,6 +61,7 @@ impl Supervisor {
             clock: &self.clock,
             metrics: &self.metrics,
             auth: &self.auth,
+            max_message: self.max_message,
         };
         let mut store = Store::new(self.locator.clone());
         rebuild

@@ -335,6 +335,61 @@ pub fn encode_batch(changes: &[Change]) -> Vec<u8> {
     rmp_serde::to_vec(changes).expect("changes always serialize")
 }
 
+/// Bytes of a batch's encoding besides its changes (the array header).
+const BATCH_HEADER: usize = 5;
+
+/// Changes encoded as batches of at most `max_bytes` each, in order: one
+/// batch when they fit, else as many as it takes (a change is never cut).
+/// A change whose encoding alone is over the bound goes to `oversized` by
+/// its index and into no batch: no peer could accept it.
+#[derive(Debug, Default)]
+pub struct Batches {
+    /// Each batch's encoding and the indexes of its changes.
+    pub batches: Vec<(Vec<u8>, std::ops::Range<usize>)>,
+    /// Indexes of the changes too large for any batch.
+    pub oversized: Vec<usize>,
+}
+
+/// Encodes `changes` as [`Batches`] of at most `max_bytes` each.
+pub fn encode_batches(changes: &[Change], max_bytes: usize) -> Batches {
+    let whole = encode_batch(changes);
+    if whole.len() <= max_bytes {
+        return Batches {
+            batches: vec![(whole, 0..changes.len())],
+            oversized: Vec::new(),
+        };
+    }
+    let mut out = Batches::default();
+    let mut start = 0;
+    let mut bytes = BATCH_HEADER;
+    let close = |out: &mut Batches, range: std::ops::Range<usize>| {
+        if !range.is_empty() {
+            out.batches
+                .push((encode_batch(&changes[range.clone()]), range));
+        }
+    };
+    for (i, c) in changes.iter().enumerate() {
+        let size = rmp_serde::to_vec(c)
+            .expect("changes always serialize")
+            .len();
+        if size + BATCH_HEADER > max_bytes {
+            close(&mut out, start..i);
+            out.oversized.push(i);
+            start = i + 1;
+            bytes = BATCH_HEADER;
+            continue;
+        }
+        if bytes + size > max_bytes {
+            close(&mut out, start..i);
+            start = i;
+            bytes = BATCH_HEADER;
+        }
+        bytes += size;
+    }
+    close(&mut out, start..changes.len());
+    out
+}
+
 /// Decodes a batch of changes received from a peer.
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Change>, rmp_serde::decode::Error> {
     rmp_serde::from_slice(bytes)
@@ -343,6 +398,46 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<Change>, rmp_serde::decode::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn string(key: &str, len: usize) -> Change {
+        Change {
+            db: 0,
+            key: ByteBuf::from(key.as_bytes().to_vec()),
+            stamp: "00000000000000010100".into(),
+            op: Op::Put {
+                value: Value::String(ByteBuf::from(vec![b'x'; len])),
+                expire_at_ms: None,
+            },
+        }
+    }
+
+    #[test]
+    fn batches_stay_under_their_bound_and_keep_every_change_in_order() {
+        let changes: Vec<Change> = (0..10).map(|i| string(&format!("k{i}"), 300)).collect();
+        let one = encode_batches(&changes, 1 << 20);
+        assert_eq!(one.batches.len(), 1);
+        assert_eq!(one.batches[0].0, encode_batch(&changes));
+        let split = encode_batches(&changes, 1000);
+        assert!(split.batches.len() > 1);
+        assert!(split.oversized.is_empty());
+        let mut seen = Vec::new();
+        for (payload, range) in &split.batches {
+            assert!(payload.len() <= 1000, "{} bytes", payload.len());
+            let decoded = decode_batch(payload).unwrap();
+            assert_eq!(decoded, changes[range.clone()].to_vec());
+            seen.extend(range.clone());
+        }
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_change_over_the_bound_is_set_apart() {
+        let changes = vec![string("a", 10), string("big", 5000), string("b", 10)];
+        let b = encode_batches(&changes, 1000);
+        assert_eq!(b.oversized, vec![1]);
+        let ranges: Vec<_> = b.batches.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(ranges, vec![0..1, 2..3]);
+    }
 
     fn b(s: &str) -> ByteBuf {
         ByteBuf::from(s.as_bytes().to_vec())

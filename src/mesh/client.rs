@@ -11,10 +11,11 @@ use tracing::{error, info, warn};
 use super::dial::{DialError, dial};
 use super::security::PeerAuth;
 use super::wire::PROTOCOL_VERSION;
+use super::wire::max_payload;
 use super::wire::pb::replication_client::ReplicationClient;
 use super::wire::pb::{Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message};
 use crate::base::backoff::Backoff;
-use crate::base::change::encode_batch;
+use crate::base::change::encode_batches;
 use crate::mesh::outbox::Outbox;
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
@@ -38,6 +39,8 @@ pub struct Identity {
     pub session: u64,
     /// How the links to peers are secured.
     pub auth: PeerAuth,
+    /// The largest message a peer accepts (`--peer-max-message-mb`).
+    pub max_message: usize,
 }
 
 /// Why a session with a peer ended.
@@ -140,8 +143,8 @@ async fn session(
         _ = shutdown.cancelled() => return SessionEnd::Shutdown,
     };
     let mut client = ReplicationClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+        .max_decoding_message_size(me.max_message)
+        .max_encoding_message_size(me.max_message);
     let (tx, rx) = mpsc::channel::<OriginMessage>(WINDOW as usize + 1);
     let hello = OriginMessage {
         kind: Some(origin_message::Kind::Hello(Hello {
@@ -280,40 +283,47 @@ async fn catch_up(
     });
     let label = Metrics::peer(peer);
     while let Some(changes) = read.recv().await {
-        let count = changes.len() as u32;
-        let msg = OriginMessage {
-            kind: Some(origin_message::Kind::Batch(Batch {
-                seq: 0,
-                changes: encode_batch(&changes),
-                count,
-                catch_up: true,
-            })),
-        };
-        if tx.send(msg).await.is_err() {
-            return Err(SessionEnd::Closed);
+        let encoded = encode_batches(&changes, max_payload(me.max_message));
+        for i in encoded.oversized {
+            metrics.changes_too_large.inc();
+            warn!(%peer, key = %String::from_utf8_lossy(&changes[i].key), "a change is larger than a peer accepts in one message; left out of the catch-up (raise --peer-max-message-mb in every region)");
         }
-        let answer = tokio::select! {
-            m = inbound.message() => m,
-            _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
-        };
-        match answer {
-            Ok(Some(PeerMessage {
-                kind: Some(peer_message::Kind::Ack(a)),
-            })) if a.seq == 0 => {}
-            Ok(Some(other)) => {
-                return Err(SessionEnd::CatchUp(format!("unexpected answer {other:?}")));
+        for (payload, range) in encoded.batches {
+            let count = range.len() as u32;
+            let msg = OriginMessage {
+                kind: Some(origin_message::Kind::Batch(Batch {
+                    seq: 0,
+                    changes: payload,
+                    count,
+                    catch_up: true,
+                })),
+            };
+            if tx.send(msg).await.is_err() {
+                return Err(SessionEnd::Closed);
             }
-            Ok(None) => return Err(SessionEnd::Closed),
-            Err(s) => return Err(SessionEnd::Stream(s)),
+            let answer = tokio::select! {
+                m = inbound.message() => m,
+                _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+            };
+            match answer {
+                Ok(Some(PeerMessage {
+                    kind: Some(peer_message::Kind::Ack(a)),
+                })) if a.seq == 0 => {}
+                Ok(Some(other)) => {
+                    return Err(SessionEnd::CatchUp(format!("unexpected answer {other:?}")));
+                }
+                Ok(None) => return Err(SessionEnd::Closed),
+                Err(s) => return Err(SessionEnd::Stream(s)),
+            }
+            metrics
+                .catch_up_changes
+                .get_or_create(&label)
+                .inc_by(count as u64);
+            metrics
+                .changes_shipped
+                .get_or_create(&label)
+                .inc_by(count as u64);
         }
-        metrics
-            .catch_up_changes
-            .get_or_create(&label)
-            .inc_by(count as u64);
-        metrics
-            .changes_shipped
-            .get_or_create(&label)
-            .inc_by(count as u64);
     }
     match reader.await {
         Ok(Ok(())) => Ok(()),

@@ -101,6 +101,27 @@ impl Refusals {
     }
 }
 
+impl Refusals {
+    /// Counts and logs a refused call; `conn` names the caller when known.
+    pub fn refuse_call(
+        &self,
+        conn: Option<&PeerConn>,
+        reason: &'static str,
+        detail: &dyn std::fmt::Display,
+    ) {
+        match conn {
+            Some(c) => self.refuse(c.remote, reason, detail),
+            None => {
+                self.metrics
+                    .peer_refused
+                    .get_or_create(&Metrics::reason(reason))
+                    .inc();
+                warn!(reason, detail = %detail, "refused a call on the peer port");
+            }
+        }
+    }
+}
+
 /// Open connections, per remote address and in all.
 #[derive(Default)]
 struct Open {

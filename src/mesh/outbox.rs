@@ -15,9 +15,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{error, warn};
 
-use crate::base::change::{Change, encode_batch};
+use crate::base::change::{Change, encode_batch, encode_batches};
 use crate::ops::metrics::Metrics;
 
 /// One stamped batch, encoded once and shared by every peer's sender.
@@ -93,6 +93,9 @@ pub struct Outbox {
     /// A connected peer did not acknowledge for [`PATIENCE`]: pushes do not
     /// wait until the peers have caught up.
     impatient: AtomicBool,
+    /// Most bytes of one batch's encoding: what a peer accepts in one
+    /// message (`--peer-max-message-mb`, less the envelope).
+    max_batch_bytes: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -127,8 +130,16 @@ impl Outbox {
             progress: tokio::sync::Notify::new(),
             pace_bytes: capacity_bytes / 8,
             impatient: AtomicBool::new(false),
+            max_batch_bytes: usize::MAX,
             metrics,
         }
+    }
+
+    /// Batches are split so that none encodes to more than `bytes`; a
+    /// change larger than that alone is not shipped (logged, counted).
+    pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes;
+        self
     }
 
     /// Adds a batch, first pacing the stamper by the peers (see `pace`
@@ -141,7 +152,26 @@ impl Outbox {
         if shutdown.is_cancelled() {
             return false;
         }
-        let payload = Bytes::from(encode_batch(&changes));
+        let encoded = encode_batches(&changes, self.max_batch_bytes);
+        for i in encoded.oversized {
+            let c = &changes[i];
+            self.metrics.changes_too_large.inc();
+            error!(
+                db = c.db,
+                key = %String::from_utf8_lossy(&c.key),
+                bytes = encode_batch(std::slice::from_ref(c)).len(),
+                limit = self.max_batch_bytes,
+                "a change is larger than a peer accepts in one message and is not shipped; raise --peer-max-message-mb in every region"
+            );
+        }
+        for (payload, range) in encoded.batches {
+            self.insert(Bytes::from(payload), &changes[range]);
+        }
+        true
+    }
+
+    /// Holds one encoded batch for the peers.
+    fn insert(&self, payload: Bytes, changes: &[Change]) {
         let stamps = || changes.iter().map(|c| c.stamp.as_str());
         let max_stamp = stamps().max().unwrap_or("").to_string();
         let min_stamp = stamps().min().unwrap_or("").to_string();
@@ -164,7 +194,7 @@ impl Outbox {
             // No peers: nothing to keep.
             drop(inner);
             self.latest.send_replace(seq);
-            return true;
+            return;
         }
         while inner.batches.len() >= self.capacity
             || (!inner.batches.is_empty() && inner.bytes + payload.len() > self.capacity_bytes)
@@ -201,7 +231,6 @@ impl Outbox {
         drop(inner);
         self.latest.send_replace(seq);
         self.update_lag();
-        true
     }
 
     /// True when batches this peer had not acknowledged were dropped.

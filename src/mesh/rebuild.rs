@@ -39,6 +39,8 @@ pub struct Rebuild<'a> {
     pub metrics: &'a Metrics,
     /// How the links to peers are secured.
     pub auth: &'a PeerAuth,
+    /// The largest message accepted from a peer (`--peer-max-message-mb`).
+    pub max_message: usize,
 }
 
 impl Rebuild<'_> {
@@ -84,7 +86,7 @@ impl Rebuild<'_> {
         store: &mut Store,
     ) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
         let mut client = ReplicationClient::new(dial(peer, self.auth).await?)
-            .max_decoding_message_size(usize::MAX);
+            .max_decoding_message_size(self.max_message);
         let mut chunks = client
             .snapshot(SnapshotRequest {
                 protocol_version: PROTOCOL_VERSION,

@@ -47,6 +47,8 @@ pub struct Receiver {
     refusals: Refusals,
     /// Places for concurrent `Snapshot` streams.
     snapshots: Arc<tokio::sync::Semaphore>,
+    /// The largest message a peer accepts: snapshot chunks stay under it.
+    max_message: usize,
 }
 
 /// Most `Snapshot` streams served at once; more are refused (busy) and the
@@ -76,7 +78,15 @@ impl Receiver {
             origins: Arc::new(Mutex::new(Origins::default())),
             tls: None,
             snapshots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SNAPSHOTS)),
+            max_message: super::wire::DEFAULT_MAX_MESSAGE_BYTES,
         }
+    }
+
+    /// Snapshot chunks are cut to fit in `bytes`, what peers accept in one
+    /// message (`--peer-max-message-mb`).
+    pub fn with_max_message(mut self, bytes: usize) -> Self {
+        self.max_message = bytes;
+        self
     }
 
     /// With mutual TLS (`Some(TlsMode::MutualTls)`), callers' node ids are
@@ -88,16 +98,7 @@ impl Receiver {
 
     /// Refuses a call: counted, logged with the caller's address.
     fn refuse(&self, conn: Option<&PeerConn>, reason: &'static str, status: Status) -> Status {
-        match conn {
-            Some(c) => self.refusals.refuse(c.remote, reason, &status.message()),
-            None => {
-                self.metrics
-                    .peer_refused
-                    .get_or_create(&Metrics::reason(reason))
-                    .inc();
-                warn!(reason, detail = %status.message(), "refused a call on the peer port");
-            }
-        }
+        self.refusals.refuse_call(conn, reason, &status.message());
         status
     }
 
@@ -334,14 +335,23 @@ impl Replication for Receiver {
             }
             info!(changes = total, "snapshot sent");
         });
+        let max_payload = super::wire::max_payload(self.max_message);
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             while let Some(changes) = read.recv().await {
-                let chunk = SnapshotChunk {
-                    count: changes.len() as u32,
-                    changes: crate::base::change::encode_batch(&changes),
-                };
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
+                let encoded = crate::base::change::encode_batches(&changes, max_payload);
+                for i in encoded.oversized {
+                    metrics.changes_too_large.inc();
+                    warn!(key = %String::from_utf8_lossy(&changes[i].key), "a change is larger than a peer accepts in one message; left out of the snapshot (raise --peer-max-message-mb in every region)");
+                }
+                for (payload, range) in encoded.batches {
+                    let chunk = SnapshotChunk {
+                        count: range.len() as u32,
+                        changes: payload,
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -354,7 +364,13 @@ impl Replication for Receiver {
     ) -> Result<Response<PeerStream>, Status> {
         let conn = request.extensions().get::<PeerConn>().cloned();
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let first = inbound.message().await.inspect_err(|e| {
+            if e.code() == tonic::Code::OutOfRange {
+                self.refusals
+                    .refuse_call(conn.as_ref(), "too_large", &e.message());
+            }
+        })?;
+        let hello = match first {
             Some(OriginMessage {
                 kind: Some(origin_message::Kind::Hello(h)),
             }) => h,
@@ -425,6 +441,7 @@ impl Replication for Receiver {
             self.databases,
         );
         let session = hello.session;
+        let refusals = self.refusals.clone();
         tokio::spawn(
             async move {
                 let label = Metrics::peer(&origin.to_string());
@@ -432,7 +449,12 @@ impl Replication for Receiver {
                     let msg = match inbound.message().await {
                         Ok(Some(m)) => m,
                         Ok(None) => break "origin closed the stream".to_string(),
-                        Err(e) => break format!("stream error: {e}"),
+                        Err(e) => {
+                            if e.code() == tonic::Code::OutOfRange {
+                                refusals.refuse_call(conn.as_ref(), "too_large", &e.message());
+                            }
+                            break format!("stream error: {e}");
+                        }
                     };
                     let Some(origin_message::Kind::Batch(batch)) = msg.kind else {
                         metrics

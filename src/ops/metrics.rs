@@ -54,6 +54,9 @@ pub struct Metrics {
     /// (TLS, not HTTP/2, too many connections, node id not in the
     /// certificate, ...).
     pub peer_refused: Family<ReasonLabel, Counter>,
+    /// Changes larger than a peer accepts in one message
+    /// (`--peer-max-message-mb`): not shipped.
+    pub changes_too_large: Counter,
     /// Full resynchronisations with the local Redis.
     pub sync_full: Counter,
     /// Times the region was rebuilt from a peer after its Redis lost its data.
@@ -107,6 +110,11 @@ impl Metrics {
             "peer_refused",
             "Connections and calls from peers refused, by reason",
             m.peer_refused.clone(),
+        );
+        r.register(
+            "changes_too_large",
+            "Changes larger than a peer accepts in one message, not shipped",
+            m.changes_too_large.clone(),
         );
         r.register(
             "changes_stamped",
