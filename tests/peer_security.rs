@@ -38,6 +38,18 @@ fn write_and_see(mesh: &Mesh, from: usize, key: &str) {
     }
 }
 
+/// A `Hello` in this mesh, claiming `node_id`.
+fn hello_message(protocol_version: u32, node_id: u32) -> OriginMessage {
+    OriginMessage {
+        kind: Some(origin_message::Kind::Hello(Hello {
+            protocol_version,
+            mesh: "geosync".into(),
+            node_id,
+            session: rand::random(),
+        })),
+    }
+}
+
 /// Dials `port` and says Hello as `node_id`: Ok once welcomed.
 async fn hello(port: u16, auth: &PeerAuth, node_id: u32) -> Result<(), String> {
     let channel = dial(&format!("{}://127.0.0.1:{port}", auth.scheme()), auth)
@@ -45,16 +57,9 @@ async fn hello(port: u16, auth: &PeerAuth, node_id: u32) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut client = ReplicationClient::new(channel);
     let (tx, rx) = mpsc::channel(4);
-    tx.send(OriginMessage {
-        kind: Some(origin_message::Kind::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            mesh: "geosync".into(),
-            node_id,
-            session: rand::random(),
-        })),
-    })
-    .await
-    .unwrap();
+    tx.send(hello_message(PROTOCOL_VERSION, node_id))
+        .await
+        .unwrap();
     let mut answers = client
         .replicate(ReceiverStream::new(rx))
         .await
@@ -347,16 +352,9 @@ async fn garbage_http1_and_a_wrong_protocol_are_refused_while_peers_keep_flowing
         .await
         .unwrap();
     let (tx, rx) = mpsc::channel(1);
-    tx.send(OriginMessage {
-        kind: Some(origin_message::Kind::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION + 100,
-            mesh: "geosync".into(),
-            node_id: 3,
-            session: 1,
-        })),
-    })
-    .await
-    .unwrap();
+    tx.send(hello_message(PROTOCOL_VERSION + 100, 3))
+        .await
+        .unwrap();
     let err = ReplicationClient::new(channel)
         .replicate(ReceiverStream::new(rx))
         .await
@@ -619,16 +617,7 @@ async fn messages_stay_under_the_limit_and_larger_ones_are_refused() {
         .await
         .unwrap();
     let (tx, rx) = mpsc::channel(4);
-    tx.send(OriginMessage {
-        kind: Some(origin_message::Kind::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            mesh: "geosync".into(),
-            node_id: 3,
-            session: 1,
-        })),
-    })
-    .await
-    .unwrap();
+    tx.send(hello_message(PROTOCOL_VERSION, 3)).await.unwrap();
     let mut answers = ReplicationClient::new(channel)
         .replicate(ReceiverStream::new(rx))
         .await
