@@ -270,11 +270,8 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let refusals = refusals.clone();
             tokio::spawn(async move {
-                let ready = tokio::time::timeout(
-                    limits.handshake,
-                    open_connection(socket, remote, acceptor),
-                )
-                .await;
+                let ready =
+                    tokio::time::timeout(limits.handshake, open_connection(socket, acceptor)).await;
                 match ready {
                     Ok(Ok((stream, cert))) => {
                         let io = PeerIo {
@@ -306,7 +303,6 @@ type Opened = (Stream, Option<Arc<CertificateDer<'static>>>);
 /// TLS (when configured), then the HTTP/2 preface.
 async fn open_connection(
     socket: TcpStream,
-    _remote: SocketAddr,
     acceptor: Option<TlsAcceptor>,
 ) -> Result<Opened, (&'static str, String)> {
     let _ = socket.set_nodelay(true);
@@ -338,14 +334,9 @@ async fn open_connection(
         ));
     }
     if &first != PREFACE {
-        let shown = String::from_utf8_lossy(
-            &first[..first
-                .iter()
-                .position(|b| *b == b'\r' || *b == b'\n')
-                .unwrap_or(first.len())
-                .min(16)],
-        )
-        .into_owned();
+        // The first line, at most 16 bytes of it, says what it was.
+        let line = first.iter().position(|b| *b == b'\r' || *b == b'\n');
+        let shown = String::from_utf8_lossy(&first[..line.unwrap_or(16).min(16)]).into_owned();
         return Err((
             "not_http2",
             format!("not an HTTP/2 gRPC connection (it began {shown:?})"),
