@@ -68,6 +68,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         message,
     })?;
     store::set_max_key_elements(config.max_key_elements);
+    // A value that fits no peer message is refused before it is recorded
+    // (less room for the key and the change's other fields).
+    store::set_max_value_bytes(
+        mesh::wire::max_payload(config.peer_max_message).saturating_sub(8 << 10) as u64,
+    );
     let url = config::redacted(&config.redis_url);
     let redis_err = |message: String| StartError::Redis {
         url: url.clone(),

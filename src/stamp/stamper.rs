@@ -219,6 +219,25 @@ impl Stamper {
         error!(db, key = %name, r#type = %kind, elements = %elements, limit, "key has more elements than --max-key-elements and is not replicated; the other regions keep the version they have");
     }
 
+    /// Counts a value larger than a peer message holds (`what` is
+    /// `<type>:<bytes>`) and logs it the first time.
+    fn too_many_bytes(&mut self, db: u32, key: &Bytes, what: &str) {
+        self.metrics.changes_too_large.inc();
+        self.metrics
+            .unsupported_keys
+            .get_or_create(&Metrics::reason("too_large_bytes"))
+            .inc();
+        let (kind, bytes) = what.split_once(':').unwrap_or((what, "?"));
+        let name = String::from_utf8_lossy(key);
+        if self.too_large_logged.len() >= LOGGED_TOO_LARGE
+            || !self.too_large_logged.insert((db, key.clone()))
+        {
+            debug!(db, key = %name, r#type = %kind, bytes = %bytes, "value still larger than a peer message");
+            return;
+        }
+        error!(db, key = %name, r#type = %kind, bytes = %bytes, "value is larger than a peer accepts in one message and is not replicated; the other regions keep the version they have (raise --peer-max-message-mb in every region)");
+    }
+
     /// Stamps the pending keys as one batch. Keys that must be retried
     /// stay pending. Returns false on shutdown.
     async fn stamp_pending(
@@ -284,6 +303,10 @@ impl Stamper {
                 }
                 if let Some(rest) = kind.strip_prefix("too_large:") {
                     self.too_large(*db, &key, rest);
+                    continue;
+                }
+                if let Some(rest) = kind.strip_prefix("too_large_bytes:") {
+                    self.too_many_bytes(*db, &key, rest);
                     continue;
                 }
                 if !self.module_keys.knows(&kind) {

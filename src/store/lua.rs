@@ -76,15 +76,55 @@ pub fn max_key_elements() -> u64 {
     MAX_KEY_ELEMENTS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The line of `scripts/lib.lua` that [`set_max_value_bytes`] rewrites.
+const MAX_BYTES_LINE: &str = "local MAX_BYTES = 67100672 -- @max-value-bytes";
+
+/// Default of [`set_max_value_bytes`]: what a 64 MiB peer message holds,
+/// less room for the envelope and the key.
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = (64 << 20) - (8 << 10);
+
+static MAX_VALUE_BYTES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(DEFAULT_MAX_VALUE_BYTES);
+
+/// Sets the most bytes of a value the stamp and read scripts ship: a
+/// larger one fits in no peer message, so it is reported unsupported
+/// (`too_large_bytes:<type>:<bytes>`) before its record is written.
+/// Applies to stores created afterwards.
+pub fn set_max_value_bytes(n: u64) {
+    MAX_VALUE_BYTES.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Script {
     pub(super) fn new(main: &str) -> Self {
         let max = max_key_elements();
-        let lib = LIB.replace(
-            MAX_ELEMENTS_LINE,
-            &format!("local MAX_ELEMENTS = {max} -- @max-key-elements"),
-        );
+        let bytes = MAX_VALUE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+        let lib = LIB
+            .replace(
+                MAX_ELEMENTS_LINE,
+                &format!("local MAX_ELEMENTS = {max} -- @max-key-elements"),
+            )
+            .replace(
+                MAX_BYTES_LINE,
+                &format!("local MAX_BYTES = {bytes} -- @max-value-bytes"),
+            );
         let body = format!("{lib}\n{main}");
         let sha = redis::Script::new(&body).get_hash().to_string();
         Script { body, sha }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limits_are_written_into_the_scripts() {
+        // The lines replaced must stand in lib.lua as written here.
+        assert!(LIB.contains(MAX_ELEMENTS_LINE));
+        assert!(LIB.contains(MAX_BYTES_LINE));
+        assert_eq!(
+            MAX_BYTES_LINE,
+            format!("local MAX_BYTES = {DEFAULT_MAX_VALUE_BYTES} -- @max-value-bytes")
+        );
     }
 }

@@ -34,5 +34,8 @@ pub use layout::{
     APPLY_MARKER_KEY, BUILD_PREFIX, COPY_PREFIX, FLOOR_KEY, META_BUCKETS, META_PREFIX,
     RECORD_FLAG_AT, RESERVED_PREFIX, build_key, is_own_key, is_reserved, meta_bucket, node_suffix,
 };
-pub use lua::{DEFAULT_MAX_KEY_ELEMENTS, max_key_elements, set_max_key_elements};
+pub use lua::{
+    DEFAULT_MAX_KEY_ELEMENTS, DEFAULT_MAX_VALUE_BYTES, max_key_elements, set_max_key_elements,
+    set_max_value_bytes,
+};
 pub use stamping::StampOutcome;

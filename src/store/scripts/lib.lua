@@ -14,6 +14,10 @@ local CHUNK = 512
 -- leaves the remaining keys to the next batch.
 local MAX_ELEMENTS = 250000 -- @max-key-elements
 local elements_read = 0
+-- A value larger than this (bytes, with a small allowance per item) fits
+-- in no message a peer accepts; the agent sets it from
+-- --peer-max-message-mb. It is reported unsupported, not read further.
+local MAX_BYTES = 67100672 -- @max-value-bytes
 local SIZE_OF = { list = 'LLEN', set = 'SCARD', zset = 'ZCARD', hash = 'HLEN', stream = 'XLEN' }
 -- Types that travel in pieces past MAX_ELEMENTS (decision 009).
 local PIECEWISE = { list = true, set = true, zset = true, hash = true }
@@ -124,8 +128,14 @@ local function read_state(key, whole)
   else
     elements_read = elements_read + 1
   end
+  local function too_big(n)
+    return { t = t, exp = exp, flat = {}, unsupported = true,
+             reason = 'too_large_bytes:' .. t .. ':' .. n }
+  end
   local flat
   if t == 'string' then
+    local n = redis.call('STRLEN', key)
+    if n > MAX_BYTES and not whole then return too_big(n) end
     flat = { redis.call('GET', key) }
   elseif t == 'list' then
     flat = redis.call('LRANGE', key, 0, -1)
@@ -152,6 +162,11 @@ local function read_state(key, whole)
     flat = read_stream(key)
   else
     return { t = t, exp = exp, flat = {}, unsupported = true, reason = t }
+  end
+  if not whole and t ~= 'string' then
+    local n = 0
+    for _, x in ipairs(flat) do n = n + #x + 5 end
+    if n > MAX_BYTES then return too_big(n) end
   end
   return { t = t, exp = exp, flat = flat }
 end
