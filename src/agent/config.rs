@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::base::setting::{SettingError, bad};
+#[cfg(test)]
+use crate::mesh::security::TlsMode;
 use crate::mesh::security::{MutualTlsFiles, PeerAuth, PeerTls};
 use crate::store::tls::RedisTls;
 
@@ -564,6 +566,7 @@ pub fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::security::TlsMode;
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut full = vec!["geosync", "run"];
@@ -890,6 +893,37 @@ mod tests {
         assert!(
             !c.sentinel_tls,
             "the flag turns the file's sentinel-tls off"
+        );
+    }
+
+    #[test]
+    fn peer_security_settings_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("mesh.secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let file = |body: String| {
+            let path = dir.path().join("g.toml");
+            std::fs::write(&path, format!("node-id = 1\n{body}")).unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let f = file(format!(
+            "listen = \"0.0.0.0:7001\"\npeer = [\"https://10.0.0.2:7001\"]\n\
+             peer-secret-file = {:?}\npeer-max-message-mb = 8\n",
+            secret.to_str().unwrap()
+        ));
+        let c = parse(&["--config", &f]).unwrap();
+        assert_eq!(c.peer_auth.tls().map(|t| t.mode), Some(TlsMode::Secret));
+        assert_eq!(c.peer_max_message, 8 << 20);
+        let f = file(
+            "listen = \"0.0.0.0:7001\"\npeer = [\"http://10.0.0.2:7001\"]\ninsecure-peers = true\n"
+                .into(),
+        );
+        let c = parse(&["--config", &f]).unwrap();
+        assert!(matches!(c.peer_auth, PeerAuth::None { insecure: true }));
+        let f = file("peer-tls-ca = \"/nonexistent/ca.pem\"\n".into());
+        assert_eq!(
+            parse(&["--config", &f]).unwrap_err().setting,
+            "peer-tls-cert"
         );
     }
 }
