@@ -10,8 +10,6 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::base::setting::{SettingError, bad};
-#[cfg(test)]
-use crate::mesh::security::TlsMode;
 use crate::mesh::security::{MutualTlsFiles, PeerAuth, PeerTls};
 use crate::store::tls::RedisTls;
 
