@@ -341,13 +341,14 @@ const BATCH_HEADER: usize = 5;
 /// Changes encoded as batches of at most `max_bytes` each, in order: one
 /// batch when they fit, else as many as it takes (a change is never cut).
 /// A change whose encoding alone is over the bound goes to `oversized` by
-/// its index and into no batch: no peer could accept it.
+/// its index (with its encoded size) and into no batch: no peer could
+/// accept it.
 #[derive(Debug, Default)]
 pub struct Batches {
     /// Each batch's encoding and the indexes of its changes.
     pub batches: Vec<(Vec<u8>, std::ops::Range<usize>)>,
-    /// Indexes of the changes too large for any batch.
-    pub oversized: Vec<usize>,
+    /// Indexes and encoded sizes of the changes too large for any batch.
+    pub oversized: Vec<(usize, usize)>,
 }
 
 /// Encodes `changes` as [`Batches`] of at most `max_bytes` each.
@@ -374,7 +375,7 @@ pub fn encode_batches(changes: &[Change], max_bytes: usize) -> Batches {
             .len();
         if size + BATCH_HEADER > max_bytes {
             close(&mut out, start..i);
-            out.oversized.push(i);
+            out.oversized.push((i, size));
             start = i + 1;
             bytes = BATCH_HEADER;
             continue;
@@ -434,7 +435,9 @@ mod tests {
     fn a_change_over_the_bound_is_set_apart() {
         let changes = vec![string("a", 10), string("big", 5000), string("b", 10)];
         let b = encode_batches(&changes, 1000);
-        assert_eq!(b.oversized, vec![1]);
+        assert_eq!(b.oversized.len(), 1);
+        assert_eq!(b.oversized[0].0, 1);
+        assert!(b.oversized[0].1 > 5000);
         let ranges: Vec<_> = b.batches.iter().map(|(_, r)| r.clone()).collect();
         assert_eq!(ranges, vec![0..1, 2..3]);
     }

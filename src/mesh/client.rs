@@ -11,11 +11,10 @@ use tracing::{error, info, warn};
 use super::dial::{DialError, dial};
 use super::security::PeerAuth;
 use super::wire::PROTOCOL_VERSION;
-use super::wire::max_payload;
 use super::wire::pb::replication_client::ReplicationClient;
 use super::wire::pb::{Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message};
+use super::wire::{encode_for_peers, max_payload};
 use crate::base::backoff::Backoff;
-use crate::base::change::encode_batches;
 use crate::mesh::outbox::Outbox;
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
@@ -283,12 +282,8 @@ async fn catch_up(
     });
     let label = Metrics::peer(peer);
     while let Some(changes) = read.recv().await {
-        let encoded = encode_batches(&changes, max_payload(me.max_message));
-        for i in encoded.oversized {
-            metrics.changes_too_large.inc();
-            warn!(%peer, key = %String::from_utf8_lossy(&changes[i].key), "a change is larger than a peer accepts in one message; left out of the catch-up (raise --peer-max-message-mb in every region)");
-        }
-        for (payload, range) in encoded.batches {
+        let max = max_payload(me.max_message);
+        for (payload, range) in encode_for_peers(&changes, max, metrics, "catch-up") {
             let count = range.len() as u32;
             let msg = OriginMessage {
                 kind: Some(origin_message::Kind::Batch(Batch {

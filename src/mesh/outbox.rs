@@ -15,9 +15,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::warn;
 
-use crate::base::change::{Change, encode_batch, encode_batches};
+use super::wire::encode_for_peers;
+use crate::base::change::Change;
 use crate::ops::metrics::Metrics;
 
 /// One stamped batch, encoded once and shared by every peer's sender.
@@ -152,19 +153,8 @@ impl Outbox {
         if shutdown.is_cancelled() {
             return false;
         }
-        let encoded = encode_batches(&changes, self.max_batch_bytes);
-        for i in encoded.oversized {
-            let c = &changes[i];
-            self.metrics.changes_too_large.inc();
-            error!(
-                db = c.db,
-                key = %String::from_utf8_lossy(&c.key),
-                bytes = encode_batch(std::slice::from_ref(c)).len(),
-                limit = self.max_batch_bytes,
-                "a change is larger than a peer accepts in one message and is not shipped; raise --peer-max-message-mb in every region"
-            );
-        }
-        for (payload, range) in encoded.batches {
+        let batches = encode_for_peers(&changes, self.max_batch_bytes, &self.metrics, "batch");
+        for (payload, range) in batches {
             self.insert(Bytes::from(payload), &changes[range]);
         }
         true
@@ -486,6 +476,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::base::change::Op;
+    use crate::base::change::encode_batch;
     use serde_bytes::ByteBuf;
 
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

@@ -339,12 +339,9 @@ impl Replication for Receiver {
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             while let Some(changes) = read.recv().await {
-                let encoded = crate::base::change::encode_batches(&changes, max_payload);
-                for i in encoded.oversized {
-                    metrics.changes_too_large.inc();
-                    warn!(key = %String::from_utf8_lossy(&changes[i].key), "a change is larger than a peer accepts in one message; left out of the snapshot (raise --peer-max-message-mb in every region)");
-                }
-                for (payload, range) in encoded.batches {
+                let batches =
+                    super::wire::encode_for_peers(&changes, max_payload, &metrics, "snapshot");
+                for (payload, range) in batches {
                     let chunk = SnapshotChunk {
                         count: range.len() as u32,
                         changes: payload,

@@ -2,6 +2,11 @@
 //! (`proto/geosync.proto`) and the protocol version. Change payloads inside
 //! a batch are `rmp-serde` ([`crate::base::change`]).
 
+use tracing::error;
+
+use crate::base::change::{Change, encode_batches};
+use crate::ops::metrics::Metrics;
+
 /// Generated protobuf and gRPC types (`proto/geosync.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
@@ -23,4 +28,32 @@ const ENVELOPE_BYTES: usize = 1024;
 /// accepts `max_message` bytes.
 pub fn max_payload(max_message: usize) -> usize {
     max_message.saturating_sub(ENVELOPE_BYTES).max(1)
+}
+
+/// Encodes `changes` as batches of at most `max_payload` bytes each
+/// ([`encode_batches`]), in order. A change that fits in no message is
+/// left out of `what` (a batch, a catch-up, a snapshot): counted in
+/// `geosync_changes_too_large_total` and logged with its key. The stamp
+/// script refuses such values before recording them; this is the last
+/// guard.
+pub fn encode_for_peers(
+    changes: &[Change],
+    max_payload: usize,
+    metrics: &Metrics,
+    what: &str,
+) -> Vec<(Vec<u8>, std::ops::Range<usize>)> {
+    let encoded = encode_batches(changes, max_payload);
+    for (i, bytes) in encoded.oversized {
+        let c = &changes[i];
+        metrics.changes_too_large.inc();
+        error!(
+            db = c.db,
+            key = %String::from_utf8_lossy(&c.key),
+            bytes,
+            limit = max_payload,
+            what,
+            "a change is larger than a peer accepts in one message and is left out; raise --peer-max-message-mb in every region"
+        );
+    }
+    encoded.batches
 }

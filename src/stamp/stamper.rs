@@ -200,6 +200,13 @@ impl Stamper {
         self.outbox.push(changes, shutdown).await
     }
 
+    /// True the first time a too-large key is met (it is then logged by
+    /// name), while fewer than [`LOGGED_TOO_LARGE`] have been.
+    fn first_too_large(&mut self, db: u32, key: &Bytes) -> bool {
+        self.too_large_logged.len() < LOGGED_TOO_LARGE
+            && self.too_large_logged.insert((db, key.clone()))
+    }
+
     /// Counts a key over `--max-key-elements` (`what` is `<type>:<elements>`)
     /// and logs it the first time.
     fn too_large(&mut self, db: u32, key: &Bytes, what: &str) {
@@ -210,9 +217,7 @@ impl Stamper {
         let (kind, elements) = what.split_once(':').unwrap_or((what, "?"));
         let name = String::from_utf8_lossy(key);
         let limit = crate::store::max_key_elements();
-        if self.too_large_logged.len() >= LOGGED_TOO_LARGE
-            || !self.too_large_logged.insert((db, key.clone()))
-        {
+        if !self.first_too_large(db, key) {
             debug!(db, key = %name, r#type = %kind, elements = %elements, limit, "key still over --max-key-elements");
             return;
         }
@@ -229,9 +234,7 @@ impl Stamper {
             .inc();
         let (kind, bytes) = what.split_once(':').unwrap_or((what, "?"));
         let name = String::from_utf8_lossy(key);
-        if self.too_large_logged.len() >= LOGGED_TOO_LARGE
-            || !self.too_large_logged.insert((db, key.clone()))
-        {
+        if !self.first_too_large(db, key) {
             debug!(db, key = %name, r#type = %kind, bytes = %bytes, "value still larger than a peer message");
             return;
         }
