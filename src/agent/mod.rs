@@ -163,13 +163,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         })?;
     let supervisor = supervisor::Supervisor {
         locator: locator.clone(),
-        peers: config.peers.clone(),
-        node_id: config.node_id,
-        mesh: config.mesh.clone(),
-        clock: clock.clone(),
-        metrics: metrics.clone(),
-        auth: config.peer_auth.clone(),
-        max_message: config.peer_max_message,
+        rebuild: mesh::rebuild::Rebuild {
+            peers: config.peers.clone(),
+            node_id: config.node_id,
+            mesh: config.mesh.clone(),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            auth: config.peer_auth.clone(),
+            max_message: config.peer_max_message,
+        },
     };
     tracker.spawn(source::run(
         source::TailerConfig {

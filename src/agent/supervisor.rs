@@ -15,38 +15,21 @@
 //!   counts as synced, so the pull is retried until a peer answers; after a
 //!   failover one round is enough to try.
 
-use std::sync::Arc;
-
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
-use uhlc::HLC;
 
 use crate::mesh::rebuild::Rebuild;
-use crate::mesh::security::PeerAuth;
-use crate::ops::metrics::Metrics;
 use crate::source::{MasterChange, ResyncHook};
 use crate::store::Store;
 use crate::store::locator::Locator;
 
 /// What the supervisor needs to rebuild the region from its peers.
 pub struct Supervisor {
-    /// The local master.
+    /// The local master, which the rebuild writes into.
     pub locator: Locator,
-    /// The peers' gRPC addresses, asked in order.
-    pub peers: Vec<String>,
-    /// This region's node id.
-    pub node_id: u32,
-    /// The mesh name.
-    pub mesh: String,
-    /// The agent's clock, which observes every stamp received.
-    pub clock: Arc<HLC>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// How the links to peers are secured.
-    pub auth: PeerAuth,
-    /// The largest message accepted from a peer.
-    pub max_message: usize,
+    /// Who asks, and where.
+    pub rebuild: Rebuild,
 }
 
 impl Supervisor {
@@ -54,17 +37,8 @@ impl Supervisor {
     /// `until_done`, retries until a peer answers. False when shutdown
     /// stopped it.
     async fn rebuild(&self, until_done: bool, shutdown: &CancellationToken) -> bool {
-        let rebuild = Rebuild {
-            peers: &self.peers,
-            node_id: self.node_id,
-            mesh: &self.mesh,
-            clock: &self.clock,
-            metrics: &self.metrics,
-            auth: &self.auth,
-            max_message: self.max_message,
-        };
         let mut store = Store::new(self.locator.clone());
-        rebuild
+        self.rebuild
             .run(&mut store, until_done, shutdown)
             .await
             .is_some()

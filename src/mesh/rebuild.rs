@@ -26,24 +26,24 @@ use crate::ops::metrics::Metrics;
 use crate::store::Store;
 
 /// Who asks, and where to ask.
-pub struct Rebuild<'a> {
+pub struct Rebuild {
     /// The peers' gRPC addresses, tried in order.
-    pub peers: &'a [String],
+    pub peers: Vec<String>,
     /// This region's node id.
     pub node_id: u32,
     /// The mesh name.
-    pub mesh: &'a str,
+    pub mesh: String,
     /// The agent's clock, which observes every stamp received.
-    pub clock: &'a Arc<HLC>,
+    pub clock: Arc<HLC>,
     /// Metrics.
-    pub metrics: &'a Metrics,
+    pub metrics: Arc<Metrics>,
     /// How the links to peers are secured.
-    pub auth: &'a PeerAuth,
+    pub auth: PeerAuth,
     /// The largest message accepted from a peer (`--peer-max-message-mb`).
     pub max_message: usize,
 }
 
-impl Rebuild<'_> {
+impl Rebuild {
     /// Pulls and applies a peer's recorded keys, trying peers in turn until
     /// one succeeds (or, unless `until_done`, after one round). Returns the
     /// number of changes applied, or None on shutdown or when one round
@@ -56,7 +56,7 @@ impl Rebuild<'_> {
     ) -> Option<u64> {
         let mut backoff = Backoff::with(Duration::from_millis(200), Duration::from_secs(10));
         loop {
-            for peer in self.peers {
+            for peer in &self.peers {
                 match tokio::select! {
                     r = self.pull(peer, store) => r,
                     _ = shutdown.cancelled() => return None,
@@ -85,12 +85,12 @@ impl Rebuild<'_> {
         peer: &str,
         store: &mut Store,
     ) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
-        let mut client = ReplicationClient::new(dial(peer, self.auth).await?)
+        let mut client = ReplicationClient::new(dial(peer, &self.auth).await?)
             .max_decoding_message_size(self.max_message);
         let mut chunks = client
             .snapshot(SnapshotRequest {
                 protocol_version: PROTOCOL_VERSION,
-                mesh: self.mesh.to_string(),
+                mesh: self.mesh.clone(),
                 node_id: self.node_id,
             })
             .await?
