@@ -46,6 +46,7 @@
 pub mod agent;
 pub mod apply;
 pub mod base;
+pub mod lab;
 pub mod mesh;
 pub mod ops;
 pub mod source;

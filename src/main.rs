@@ -1,13 +1,41 @@
-//! The `geosync` binary: parse flags, set up logging, run the agent.
+//! The `geosync` binary: `run` (the agent) and `lab` (local regions to
+//! prove convergence with).
 
-use clap::Parser;
-use geosync::agent::config::{Cli, Command, LogFormat};
+use clap::{Parser, Subcommand};
+use geosync::agent::config::{LogFormat, RunArgs};
+use geosync::lab::LabArgs;
 use tokio_util::sync::CancellationToken;
 
+/// The `geosync` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "geosync",
+    version,
+    about = "Active-active geo-replication agent for Redis"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent beside one regional Redis.
+    Run(Box<RunArgs>),
+    /// Start local regions (a Redis and an agent each) and run a
+    /// conflict/fault scenario in them; exits 1 when the regions differ.
+    Lab(LabArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(*args),
+        Command::Lab(args) => std::process::exit(geosync::lab::runner::main(args)),
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let Command::Run(args) = cli.command;
+async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {

@@ -69,6 +69,7 @@ fn setup(master_args: &[&str]) -> Setup {
         sentinels,
         region1,
         region2: Region {
+            name: "2".into(),
             redis: other,
             agent: agent2,
         },

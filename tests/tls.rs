@@ -21,7 +21,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 fn tls_redis(certs: &Arc<TestCerts>) -> Redis {
     Redis::builder()
         .bin(&tls_server_bin())
-        .tls(certs)
+        .tls(certs.files())
         .args(&["--repl-backlog-size", "16mb"])
         .start()
 }
@@ -223,7 +223,7 @@ fn a_certificate_that_does_not_name_the_host_is_refused() {
     let certs = TestCerts::generate();
     let a = Redis::builder()
         .bin(&tls_server_bin())
-        .tls(&certs)
+        .tls(certs.files())
         .args(&["--bind", "127.0.0.1", "127.0.0.2"])
         .start();
     let dir = tempfile::tempdir().unwrap();

@@ -6,32 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use serde::Deserialize;
 
 use crate::base::setting::{SettingError, bad};
 use crate::mesh::security::{MutualTlsFiles, PeerAuth, PeerTls};
 use crate::store::tls::RedisTls;
-
-/// The `geosync` command line.
-#[derive(Debug, Parser)]
-#[command(
-    name = "geosync",
-    version,
-    about = "Active-active geo-replication agent for Redis"
-)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the agent beside one regional Redis.
-    Run(RunArgs),
-}
 
 /// Flags of `geosync run`; each also reads `GEOSYNC_<NAME>`, and the TOML
 /// file given by `--config` has the same names (`peer` is a list there).
@@ -566,11 +546,18 @@ mod tests {
     use super::*;
     use crate::mesh::security::TlsMode;
 
+    /// `geosync run`'s flags alone, as the binary parses them.
+    #[derive(clap::Parser)]
+    struct RunOnly {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
-        let mut full = vec!["geosync", "run"];
+        use clap::Parser;
+        let mut full = vec!["geosync-run"];
         full.extend_from_slice(args);
-        let Command::Run(run) = Cli::try_parse_from(full).unwrap().command;
-        run.into_config()
+        RunOnly::try_parse_from(full).unwrap().run.into_config()
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub fn node_suffix(node_id: u32) -> String {
 
 /// The parts of a metadata record that Rust code reads (see
 /// scripts/lib.lua for the whole layout): its stamp, whether it records a
-/// value (not a tombstone), and the value's digest.
+/// value (not a tombstone), the value's digest and its expiry.
 pub struct Record<'a> {
     /// The recorded stamp.
     pub stamp: &'a str,
@@ -78,6 +78,8 @@ pub struct Record<'a> {
     pub value: bool,
     /// The digest of the value as last stamped.
     pub digest: &'a str,
+    /// The value's absolute expiry (Unix ms), if it has one.
+    pub expire_at: Option<i64>,
 }
 
 impl<'a> Record<'a> {
@@ -88,6 +90,7 @@ impl<'a> Record<'a> {
             stamp: raw.get(..at)?,
             value: raw.get(at..at + 1)? == "v",
             digest: raw.get(at + 1..at + 17)?,
+            expire_at: raw.get(at + 17..).and_then(|e| e.parse().ok()),
         })
     }
 }

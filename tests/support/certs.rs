@@ -1,7 +1,12 @@
 //! TLS test certificates, made at test time, and the server, agent and
 //! client settings that use them.
 
+use std::net::TcpStream;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use geosync::lab::{TlsFiles, free_port, poll, redis_server_bin};
 
 /// Certificates for TLS tests, made at test time in a temp dir: a CA, a
 /// server certificate it signed for `localhost` and `127.0.0.1` (IP SAN),
@@ -62,49 +67,76 @@ impl TestCerts {
         })
     }
 
-    /// The `geosync run` flags that reach a server with these certificates.
-    pub fn agent_args(&self) -> Vec<String> {
-        let p = |p: &PathBuf| p.to_str().unwrap().to_string();
-        vec![
-            "--redis-tls-ca".into(),
-            p(&self.ca),
-            "--redis-tls-cert".into(),
-            p(&self.client_cert),
-            "--redis-tls-key".into(),
-            p(&self.client_key),
-        ]
+    /// The files as the lab's servers and agents take them.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: self.ca.clone(),
+            server_cert: self.server_cert.clone(),
+            server_key: self.server_key.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        }
     }
 
-    /// The redis-server arguments of a TLS-only server (`--port 0`) on
-    /// `port` that wants a client certificate and also replicates over TLS.
-    pub fn server_args(&self, port: u16) -> Vec<String> {
-        let p = |p: &PathBuf| p.to_str().unwrap().to_string();
-        vec![
-            "--port".into(),
-            "0".into(),
-            "--tls-port".into(),
-            port.to_string(),
-            "--tls-cert-file".into(),
-            p(&self.server_cert),
-            "--tls-key-file".into(),
-            p(&self.server_key),
-            "--tls-ca-cert-file".into(),
-            p(&self.ca),
-            "--tls-auth-clients".into(),
-            "yes".into(),
-            "--tls-replication".into(),
-            "yes".into(),
-        ]
+    /// The `geosync run` flags that reach a server with these certificates.
+    pub fn agent_args(&self) -> Vec<String> {
+        self.files().agent_args()
     }
 
     /// A test client's certificates (the agent's client certificate).
     pub fn client_certificates(&self) -> redis::TlsCertificates {
-        redis::TlsCertificates {
-            client_tls: Some(redis::ClientTlsConfig {
-                client_cert: std::fs::read(&self.client_cert).unwrap(),
-                client_key: std::fs::read(&self.client_key).unwrap(),
-            }),
-            root_cert: Some(std::fs::read(&self.ca).unwrap()),
-        }
+        self.files().client_certificates().unwrap()
     }
+}
+
+/// The server binary for TLS tests: `GEOSYNC_TEST_REDIS_SERVER` (or
+/// `redis-server`) when it was built with TLS, else Debian's
+/// `/usr/bin/redis-server`, which is. Decided once per test process and
+/// printed; panics when neither has TLS, so that a TLS test never passes
+/// without TLS.
+pub fn tls_server_bin() -> String {
+    static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHOSEN
+        .get_or_init(|| {
+            let configured = redis_server_bin();
+            let fallback = "/usr/bin/redis-server".to_string();
+            if has_tls(&configured) {
+                println!("TLS tests run on {configured} (the configured server has TLS)");
+                configured
+            } else if has_tls(&fallback) {
+                println!(
+                    "TLS tests run on {fallback}: the configured server {configured} has no TLS built in"
+                );
+                fallback
+            } else {
+                panic!("neither {configured} nor {fallback} has TLS built in: TLS is not tested");
+            }
+        })
+        .clone()
+}
+
+/// True when `bin` starts and listens on a TLS port.
+fn has_tls(bin: &str) -> bool {
+    let certs = TestCerts::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Ok(mut child) = Command::new(bin)
+        .args(certs.files().server_args(port))
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let mut exited = false;
+    let up = poll(Duration::from_secs(10), || {
+        exited = matches!(child.try_wait(), Ok(Some(_)));
+        exited || TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    up.is_some() && !exited
 }

@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use redis::{Commands, Connection};
 
-use super::mesh::Mesh;
-use super::wait::wait_until;
+use geosync::lab::{Mesh, wait_until};
 
 /// Writes 2000 keys `filler<i>` of 1000 bytes each: far more than a
 /// 16 kB replication backlog holds, whatever its block size. Returns the

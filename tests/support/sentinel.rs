@@ -5,17 +5,14 @@ use std::time::Duration;
 
 use redis::Connection;
 
-use super::certs::TestCerts;
-use super::env::free_port;
-use super::server::Redis;
-use super::wait::wait_until;
+use geosync::lab::{Redis, TlsFiles, free_port, wait_until};
 
 /// A redis-server in sentinel mode watching one master as `mymaster`,
 /// killed on drop. It speaks TLS (to its clients and to the servers it
 /// watches) when the master does, with the same certificates and binary.
 pub struct Sentinel {
     pub port: u16,
-    tls: Option<std::sync::Arc<TestCerts>>,
+    tls: Option<TlsFiles>,
     child: Child,
     _dir: tempfile::TempDir,
 }
@@ -71,7 +68,7 @@ impl Sentinel {
         match &self.tls {
             Some(certs) => redis::Client::build_with_tls(
                 format!("rediss://127.0.0.1:{}", self.port),
-                certs.client_certificates(),
+                certs.client_certificates()?,
             ),
             None => redis::Client::open(format!("redis://127.0.0.1:{}", self.port)),
         }

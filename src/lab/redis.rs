@@ -1,91 +1,107 @@
-//! redis-server processes: which binary (with TLS or not), started on a
-//! free port in a temp dir with test settings, killed on drop.
+//! redis-server processes: started on a free port in a temp dir with
+//! settings suited to a lab (no persistence, no diskless-sync delay),
+//! killed on drop.
 
-use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use redis::Connection;
-
-use super::certs::TestCerts;
 use super::env::free_port;
-use super::wait::{poll, wait_until};
+use super::wait::wait_until;
 
-/// The Redis server binary: `GEOSYNC_TEST_REDIS_SERVER` or `redis-server`.
+/// The Redis server binary: `GEOSYNC_TEST_REDIS_SERVER`, or `redis-server`
+/// from the PATH.
 pub fn redis_server_bin() -> String {
     std::env::var("GEOSYNC_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
 
-/// The server binary for TLS tests: `GEOSYNC_TEST_REDIS_SERVER` (or
-/// `redis-server`) when it was built with TLS, else Debian's
-/// `/usr/bin/redis-server`, which is. Decided once per test process and
-/// printed; panics when neither has TLS, so that a TLS test never passes
-/// without TLS.
-pub fn tls_server_bin() -> String {
-    static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    CHOSEN
-        .get_or_init(|| {
-            let configured = redis_server_bin();
-            let fallback = "/usr/bin/redis-server".to_string();
-            if has_tls(&configured) {
-                println!("TLS tests run on {configured} (the configured server has TLS)");
-                configured
-            } else if has_tls(&fallback) {
-                println!(
-                    "TLS tests run on {fallback}: the configured server {configured} has no TLS built in"
-                );
-                fallback
-            } else {
-                panic!("neither {configured} nor {fallback} has TLS built in: TLS is not tested");
-            }
-        })
-        .clone()
+/// The files of a TLS-only server and of the clients that reach it: a CA,
+/// the server's certificate and key, a client certificate and key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signed both certificates.
+    pub ca: PathBuf,
+    /// The server's certificate.
+    pub server_cert: PathBuf,
+    /// The server's private key.
+    pub server_key: PathBuf,
+    /// The certificate agents and clients present.
+    pub client_cert: PathBuf,
+    /// Its private key.
+    pub client_key: PathBuf,
 }
 
-/// True when `bin` starts and listens on a TLS port.
-fn has_tls(bin: &str) -> bool {
-    let certs = TestCerts::generate();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let Ok(mut child) = Command::new(bin)
-        .args(certs.server_args(port))
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    else {
-        return false;
-    };
-    let mut exited = false;
-    let up = poll(Duration::from_secs(10), || {
-        exited = matches!(child.try_wait(), Ok(Some(_)));
-        exited || TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    up.is_some() && !exited
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+impl TlsFiles {
+    /// The redis-server arguments of a TLS-only server (`--port 0`) on
+    /// `port` that wants a client certificate and replicates over TLS.
+    pub fn server_args(&self, port: u16) -> Vec<String> {
+        vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path_arg(&self.server_cert),
+            "--tls-key-file".into(),
+            path_arg(&self.server_key),
+            "--tls-ca-cert-file".into(),
+            path_arg(&self.ca),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+        ]
+    }
+
+    /// The `geosync run` flags that reach such a server.
+    pub fn agent_args(&self) -> Vec<String> {
+        vec![
+            "--redis-tls-ca".into(),
+            path_arg(&self.ca),
+            "--redis-tls-cert".into(),
+            path_arg(&self.client_cert),
+            "--redis-tls-key".into(),
+            path_arg(&self.client_key),
+        ]
+    }
+
+    /// A client's certificates, for `redis::Client::build_with_tls`.
+    pub fn client_certificates(&self) -> std::io::Result<redis::TlsCertificates> {
+        Ok(redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(&self.client_cert)?,
+                client_key: std::fs::read(&self.client_key)?,
+            }),
+            root_cert: Some(std::fs::read(&self.ca)?),
+        })
+    }
 }
 
 /// A redis-server process in its own temp dir, killed on drop.
 pub struct Redis {
+    /// The port it listens on (its TLS port when TLS-only).
     pub port: u16,
+    /// The `--requirepass` it was given.
     pub password: Option<String>,
-    /// TLS-only (`--port 0`) with these certificates.
-    pub tls: Option<std::sync::Arc<TestCerts>>,
-    pub(super) bin: String,
+    /// TLS-only with these files.
+    pub tls: Option<TlsFiles>,
+    /// The server binary.
+    pub bin: String,
     args: Vec<String>,
     child: Child,
+    /// Its working directory (`redis.log` is there).
     pub dir: tempfile::TempDir,
 }
 
 /// How to start a [`Redis`]: which binary, TLS, extra arguments.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct RedisBuilder {
     bin: Option<String>,
-    tls: Option<std::sync::Arc<TestCerts>>,
+    tls: Option<TlsFiles>,
     args: Vec<String>,
 }
 
@@ -96,20 +112,23 @@ impl RedisBuilder {
         self
     }
 
-    /// TLS only, with client certificates required (see [`TestCerts::server_args`]).
-    pub fn tls(mut self, certs: &std::sync::Arc<TestCerts>) -> Self {
-        self.tls = Some(certs.clone());
+    /// TLS only, with client certificates required.
+    pub fn tls(mut self, tls: TlsFiles) -> Self {
+        self.tls = Some(tls);
         self
     }
 
     /// Extra redis-server arguments.
-    pub fn args(mut self, extra: &[&str]) -> Self {
-        self.args.extend(extra.iter().map(|a| a.to_string()));
+    pub fn args<S: AsRef<str>>(mut self, extra: &[S]) -> Self {
+        self.args
+            .extend(extra.iter().map(|a| a.as_ref().to_string()));
         self
     }
 
+    /// Starts the server and waits until it answers PING; panics with its
+    /// log if it exits instead.
     pub fn start(self) -> Redis {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("a temp dir for redis-server");
         let port = free_port();
         let password = self
             .args
@@ -117,7 +136,7 @@ impl RedisBuilder {
             .find(|w| w[0] == "--requirepass")
             .map(|w| w[1].to_string());
         let bin = self.bin.unwrap_or_else(redis_server_bin);
-        let child = Redis::spawn(&bin, port, dir.path(), self.tls.as_deref(), &self.args);
+        let child = Redis::spawn(&bin, port, dir.path(), self.tls.as_ref(), &self.args);
         let mut r = Redis {
             port,
             password,
@@ -133,14 +152,12 @@ impl RedisBuilder {
 }
 
 impl Redis {
-    /// Starts a server with settings suited to tests (no persistence, no
-    /// diskless-sync delay) plus `extra` arguments.
+    /// Starts a server with lab settings plus `extra` arguments.
     pub fn start(extra: &[&str]) -> Redis {
         Redis::builder().args(extra).start()
     }
 
-    /// Like [`Redis::start`] with a given server binary, whatever
-    /// `GEOSYNC_TEST_REDIS_SERVER` says (a module goes with its server).
+    /// Like [`Redis::start`] with a given server binary.
     pub fn start_bin(bin: &str, extra: &[&str]) -> Redis {
         Redis::builder().bin(bin).args(extra).start()
     }
@@ -150,9 +167,9 @@ impl Redis {
         RedisBuilder::default()
     }
 
-    fn spawn(bin: &str, port: u16, dir: &Path, tls: Option<&TestCerts>, extra: &[String]) -> Child {
+    fn spawn(bin: &str, port: u16, dir: &Path, tls: Option<&TlsFiles>, extra: &[String]) -> Child {
         let listen = match tls {
-            Some(certs) => certs.server_args(port),
+            Some(t) => t.server_args(port),
             None => vec!["--port".into(), port.to_string()],
         };
         Command::new(bin)
@@ -174,7 +191,7 @@ impl Redis {
     /// exited (a module that failed to load, a bad argument).
     fn wait_up(&mut self) {
         let client = self.client();
-        let log = self.dir.path().join("redis.log");
+        let log = self.log_path();
         let child = &mut self.child;
         wait_until(
             &format!("redis on port {}", self.port),
@@ -195,6 +212,16 @@ impl Redis {
         );
     }
 
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// The process id (for signals: stop, continue).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server and starts it again on the same port. It has no
     /// persistence, so it comes back empty, with a new replication id.
     pub fn restart_empty(&mut self) {
@@ -204,7 +231,7 @@ impl Redis {
             &self.bin,
             self.port,
             self.dir.path(),
-            self.tls.as_deref(),
+            self.tls.as_ref(),
             &self.args,
         );
         self.wait_up();
@@ -238,22 +265,25 @@ impl Redis {
         self.client_db(0)
     }
 
-    fn client_db(&self, db: u32) -> redis::RedisResult<redis::Client> {
+    /// A client for database `db`.
+    pub fn client_db(&self, db: u32) -> redis::RedisResult<redis::Client> {
         let url = format!("{}/{db}", self.url());
         match &self.tls {
-            Some(certs) => redis::Client::build_with_tls(url, certs.client_certificates()),
+            Some(t) => redis::Client::build_with_tls(url, t.client_certificates()?),
             None => redis::Client::open(url),
         }
     }
 
-    /// A new client connection (database 0).
-    pub fn conn(&self) -> Connection {
+    /// A new client connection (database 0); panics if there is none.
+    pub fn conn(&self) -> redis::Connection {
         self.conn_db(0)
     }
 
-    /// A new client connection to database `db`.
-    pub fn conn_db(&self, db: u32) -> Connection {
-        self.client_db(db).unwrap().get_connection().unwrap()
+    /// A new client connection to database `db`; panics if there is none.
+    pub fn conn_db(&self, db: u32) -> redis::Connection {
+        self.client_db(db)
+            .and_then(|c| c.get_connection())
+            .unwrap_or_else(|e| panic!("connect to redis on port {}: {e}", self.port))
     }
 
     /// A field of `INFO section` as a number (e.g. `stats`, `sync_full`).
@@ -261,19 +291,30 @@ impl Redis {
         let info: String = redis::cmd("INFO")
             .arg(section)
             .query(&mut self.conn())
-            .unwrap();
+            .unwrap_or_else(|e| panic!("INFO {section}: {e}"));
         info.lines()
             .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .unwrap_or_else(|| panic!("no {field} in INFO {section}"))
             .trim()
             .parse()
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{field} in INFO {section}: {e}"))
     }
 
     /// The master's replication offset: what a replica that saw every
     /// write so far has read.
     pub fn master_repl_offset(&self) -> i64 {
         self.info_i64("replication", "master_repl_offset")
+    }
+
+    /// The databases that hold keys (`INFO keyspace`).
+    pub fn databases_in_use(&self) -> Vec<u32> {
+        let info: String = redis::cmd("INFO")
+            .arg("keyspace")
+            .query(&mut self.conn())
+            .unwrap_or_default();
+        info.lines()
+            .filter_map(|l| l.strip_prefix("db")?.split(':').next()?.parse().ok())
+            .collect()
     }
 }
 

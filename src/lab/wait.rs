@@ -1,10 +1,13 @@
-//! Condition waits with deadlines: every test waits for what it expects
-//! this way, never with a bare sleep.
+//! Condition waits with deadlines: the lab and every test wait for what
+//! they expect this way, never with a bare sleep.
 
 use std::time::{Duration, Instant};
 
+/// How often [`poll`] looks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Polls `cond` every 20 ms until it holds (how long that took) or
-/// `timeout` passes (None). The one condition wait every test uses.
+/// `timeout` passes (None).
 pub fn poll<F: FnMut() -> bool>(timeout: Duration, mut cond: F) -> Option<Duration> {
     let start = Instant::now();
     loop {
@@ -14,7 +17,7 @@ pub fn poll<F: FnMut() -> bool>(timeout: Duration, mut cond: F) -> Option<Durati
         if start.elapsed() > timeout {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(POLL_INTERVAL);
     }
 }
 
