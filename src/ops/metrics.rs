@@ -3,7 +3,8 @@
 //! One [`Metrics`] per agent, shared by every stage. Names are documented in
 //! the README; they are part of the interface operators build alerts on.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -21,6 +22,26 @@ pub struct PeerLabel {
 pub struct ReasonLabel {
     /// Short machine-readable reason.
     pub reason: String,
+}
+
+/// A metric family exported even before its first sample: its `# HELP`
+/// and `# TYPE` lines are always there, so that a scraper (or a test) can
+/// tell a metric at zero from a metric that does not exist.
+#[derive(Debug)]
+struct Declared<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Declared<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
 }
 
 /// Every metric the agent keeps.
@@ -109,7 +130,7 @@ impl Metrics {
         r.register(
             "peer_refused",
             "Connections and calls from peers refused, by reason",
-            m.peer_refused.clone(),
+            Declared(m.peer_refused.clone()),
         );
         r.register(
             "changes_too_large",
@@ -134,42 +155,42 @@ impl Metrics {
         r.register(
             "changes_shipped",
             "Changes sent to a peer",
-            m.changes_shipped.clone(),
+            Declared(m.changes_shipped.clone()),
         );
         r.register(
             "batches_acked",
             "Batches acknowledged by a peer",
-            m.batches_acked.clone(),
+            Declared(m.batches_acked.clone()),
         );
         r.register(
             "changes_applied",
             "Changes from peers applied",
-            m.changes_applied.clone(),
+            Declared(m.changes_applied.clone()),
         );
         r.register(
             "changes_rejected_older",
             "Changes from peers rejected as older",
-            m.changes_rejected_older.clone(),
+            Declared(m.changes_rejected_older.clone()),
         );
         r.register(
             "peer_connected",
             "Outgoing stream to the peer is up",
-            m.peer_connected.clone(),
+            Declared(m.peer_connected.clone()),
         );
         r.register(
             "peer_lag_batches",
             "Batches not yet acknowledged by the peer",
-            m.peer_lag_batches.clone(),
+            Declared(m.peer_lag_batches.clone()),
         );
         r.register(
             "peer_lag_ms",
             "Age of the oldest unacknowledged batch",
-            m.peer_lag_ms.clone(),
+            Declared(m.peer_lag_ms.clone()),
         );
         r.register(
             "batches_refused",
             "Incoming batches refused",
-            m.batches_refused.clone(),
+            Declared(m.batches_refused.clone()),
         );
         r.register(
             "sync_full",
@@ -199,22 +220,22 @@ impl Metrics {
         r.register(
             "unsupported_keys",
             "Keys of types geosync cannot carry",
-            m.unsupported_keys.clone(),
+            Declared(m.unsupported_keys.clone()),
         );
         r.register(
             "unsupported_commands",
             "Commands whose effect is not replicated",
-            m.unsupported_commands.clone(),
+            Declared(m.unsupported_commands.clone()),
         );
         r.register(
             "outbox_overflows",
             "Times a full outbox dropped batches a peer had not acknowledged",
-            m.outbox_overflows.clone(),
+            Declared(m.outbox_overflows.clone()),
         );
         r.register(
             "catch_up_changes",
             "Changes sent to a peer by a catch-up from the metadata",
-            m.catch_up_changes.clone(),
+            Declared(m.catch_up_changes.clone()),
         );
         r.register(
             "outbox_batches",
