@@ -290,9 +290,12 @@ fn is_declared(body: &str, name: &str) -> bool {
 }
 
 /// Sums the samples of `name` in a Prometheus text body; None when the
-/// body does not export `name` at all.
+/// body does not export `name` at all. `name` may carry the whole label set
+/// of one sample (`geosync_x_total{reason="y"}`): then only that sample
+/// counts, and a family without it reads as 0.
 pub fn metric_value(body: &str, name: &str) -> Option<f64> {
-    let mut found = is_declared(body, name);
+    let family = name.split('{').next().unwrap_or(name);
+    let mut found = is_declared(body, family);
     let mut sum = 0.0;
     for line in body.lines().filter(|l| !l.starts_with('#')) {
         let Some(rest) = line.strip_prefix(name) else {
@@ -352,6 +355,9 @@ mod tests {
     fn sums_every_label_set() {
         assert_eq!(metric_value(BODY, "geosync_x_total"), Some(7.0));
         assert_eq!(metric_value(BODY, "geosync_g"), Some(1.5));
+        assert_eq!(metric_value(BODY, "geosync_x_total{peer=\"3\"}"), Some(4.0));
+        assert_eq!(metric_value(BODY, "geosync_x_total{peer=\"9\"}"), Some(0.0));
+        assert_eq!(metric_value(BODY, "geosync_y_total{peer=\"3\"}"), None);
     }
 
     #[test]
