@@ -202,6 +202,14 @@ fn a_failover_continues_the_stream_with_psync() {
         s.region1.metric("geosync_sync_partial_ok_total") >= 1.0,
         "the promoted replica continued the stream"
     );
+    // A continued stream under the promoted replica's new replication id
+    // still pulls a peer's state, once: the replica may lack the old
+    // master's last writes. (A reconnect to the same master later does not.)
+    assert_eq!(
+        s.region1.metric("geosync_rebuilds_total"),
+        1.0,
+        "the promoted replica was reconciled with a peer once"
+    );
 }
 
 #[test]
