@@ -12,6 +12,7 @@
 //! - `mesh`: regions (a Redis and its agent) in a full mesh, and convergence waits.
 //! - `scenarios`: scenario steps shared by several test files.
 //! - `changes`: changes made by hand for tests that act as a peer.
+//! - `fake_peer`: a gRPC origin played by the test, sending those changes.
 //! - `compare`: the convergence checker (snapshots of a database and their differences).
 #![allow(dead_code)]
 
@@ -20,6 +21,7 @@ mod certs;
 mod changes;
 mod compare;
 mod env;
+mod fake_peer;
 mod mesh;
 mod peer_certs;
 mod scenarios;
@@ -37,6 +39,7 @@ pub use self::{
         KeyState, KeyValue, Snapshot, diff, field_expiries, has_field_expiry, read_key, snapshot,
     },
     env::{env_usize, free_port, listing_only, now_ms},
+    fake_peer::FakePeer,
     mesh::{Mesh, Region},
     peer_certs::{NodeCert, PeerCerts, secret_file},
     scenarios::{fill_past_backlog, partial_resync_after_agent_restart},
