@@ -1034,7 +1034,8 @@ const CHECKER_MARGIN_MS: i64 = 1500;
 
 /// The short TTLs, in ms: long enough that writing the keys and waiting for
 /// convergence (well under a second) leaves every key more than
-/// `CHECKER_MARGIN_MS` from expiring when it is compared.
+/// `CHECKER_MARGIN_MS` from expiring when it is compared (the test prints
+/// what was left as `spare_ms`).
 const SHORT_TTL_MS: std::ops::RangeInclusive<u64> = 4500..=5500;
 
 /// The fake region that tries to revive an expired key.
@@ -1120,6 +1121,7 @@ fn short_ttls_expire_everywhere_and_stay_deleted() {
     let (sa, sb) = (snapshot(&mut a), snapshot(&mut b));
     let compared_at = sa.taken_at.max(sb.taken_at);
     let mut written = BTreeMap::new();
+    let mut spare_ms = i64::MAX;
     for k in &short {
         let key = k.as_bytes();
         let x = sa.keys.get(key).unwrap_or_else(|| {
@@ -1140,6 +1142,7 @@ fn short_ttls_expire_everywhere_and_stay_deleted() {
             "metadata of {k}: a value record with its expiry"
         );
         written.insert(k.clone(), stamp.clone());
+        spare_ms = spare_ms.min(exp - compared_at - CHECKER_MARGIN_MS);
     }
 
     let exists = |c: &mut Connection| -> usize {
@@ -1239,7 +1242,7 @@ fn short_ttls_expire_everywhere_and_stay_deleted() {
         diffs.join("\n")
     );
     println!(
-        "short_ttls: seed={seed} expired={} long={} ticks={ticks} \
+        "short_ttls: seed={seed} expired={} long={} ticks={ticks} spare_ms={spare_ms} \
          stamped={} applied={} rejected_older={}",
         short.len(),
         long.len(),
