@@ -1026,8 +1026,25 @@ fn three_regions_random_workload_converges() {
     );
 }
 
-/// Keys with short TTLs expire in every region at the same absolute time, the
-/// metadata records them alike everywhere, and nothing brings them back.
+/// How close to its expiry the convergence checker excuses a key missing on
+/// one side: short-TTL keys must be further from it than this when the
+/// regions are compared, so that they are really compared.
+const CHECKER_MARGIN_MS: i64 = EXPIRY_MARGIN_MS;
+
+/// The short TTLs, in ms: long enough that writing the keys and waiting for
+/// convergence (well under a second) leaves every key more than
+/// `CHECKER_MARGIN_MS` from expiring when it is compared (the test prints
+/// what was left as `spare_ms`).
+const SHORT_TTL_MS: std::ops::RangeInclusive<u64> = 4500..=5500;
+
+/// The fake region that tries to revive an expired key.
+const FAKE_NODE: u32 = 3;
+
+/// Keys with short TTLs are compared while they live (same values, same
+/// absolute expiries, same metadata in both regions), expire everywhere,
+/// leave in every region a tombstone record that keeps the stamp they were
+/// written with, and nothing brings them back: neither later activity nor
+/// an older change from a peer, which the agents count as rejected.
 #[test]
 fn short_ttls_expire_everywhere_and_stay_deleted() {
     let seed = seed_from_env_or_clock();
@@ -1047,7 +1064,7 @@ fn short_ttls_expire_everywhere_and_stay_deleted() {
     let short: Vec<String> = (0..200).map(|i| format!("short:{i}")).collect();
     let long: Vec<String> = (0..5).map(|i| format!("long:{i}")).collect();
     for (i, k) in short.iter().enumerate() {
-        let ttl: u64 = rng.gen_range(300..=800);
+        let ttl: u64 = rng.gen_range(SHORT_TTL_MS);
         match i % 4 {
             0 => {
                 let _: () = redis::cmd("SET")
@@ -1097,6 +1114,36 @@ fn short_ttls_expire_everywhere_and_stay_deleted() {
     let _: () = a.set("persistent", "p").unwrap();
     mesh.wait_converged(&[0], SETTLE);
 
+    // Compared for real while alive: both regions hold every short key with
+    // the same value and absolute expiry, far enough from it that the
+    // checker compared it too, and the same live metadata record.
+    let (sa, sb) = (snapshot(&mut a), snapshot(&mut b));
+    let compared_at = sa.taken_at.max(sb.taken_at);
+    let mut written = BTreeMap::new();
+    let mut spare_ms = i64::MAX;
+    for k in &short {
+        let key = k.as_bytes();
+        let x = sa.keys.get(key).unwrap_or_else(|| {
+            panic!("{k} is gone from region 1 before it was compared: the TTLs are too short")
+        });
+        assert_eq!(Some(x), sb.keys.get(key), "{k} while alive");
+        let exp = x.expire_at.unwrap_or_else(|| panic!("{k} has no TTL"));
+        assert!(
+            exp > compared_at + CHECKER_MARGIN_MS,
+            "{k} expires at {exp}, within the checker's margin of {compared_at}: the TTLs are too short"
+        );
+        let rec = sa.meta.get(key);
+        assert_eq!(rec, sb.meta.get(key), "metadata of {k} while alive");
+        let (stamp, flag, rec_exp) = rec.unwrap_or_else(|| panic!("{k} has no metadata"));
+        assert_eq!(
+            (*flag, *rec_exp),
+            ('v', Some(exp)),
+            "metadata of {k}: a value record with its expiry"
+        );
+        written.insert(k.clone(), stamp.clone());
+        spare_ms = spare_ms.min(exp - compared_at - CHECKER_MARGIN_MS);
+    }
+
     let exists = |c: &mut Connection| -> usize {
         let n: usize = redis::cmd("EXISTS").arg(&short).query(c).unwrap();
         n
@@ -1105,12 +1152,32 @@ fn short_ttls_expire_everywhere_and_stay_deleted() {
         exists(&mut a) == 0 && exists(&mut b) == 0
     });
     let expired_at = Instant::now();
+    // Each region's agent turns the expired key's record into a tombstone
+    // that keeps the stamp the key was written with.
+    let tombstone = |k: &String| Some((written[k].clone(), 't', None));
+    let not_tombstones = |a: &mut Connection, b: &mut Connection| {
+        let (sa, sb) = (snapshot(a), snapshot(b));
+        let mut bad = BTreeMap::new();
+        for k in &short {
+            let (x, y) = (sa.meta.get(k.as_bytes()), sb.meta.get(k.as_bytes()));
+            if x.cloned() != tombstone(k) || y.cloned() != tombstone(k) {
+                bad.insert(k.clone(), (x.cloned(), y.cloned()));
+            }
+        }
+        bad
+    };
+    if poll(SETTLE, || not_tombstones(&mut a, &mut b).is_empty()).is_none() {
+        panic!(
+            "expired keys without the same tombstone in both regions (expected (written stamp, 't', None)): {:#?}",
+            not_tombstones(&mut a, &mut b)
+        );
+    }
     mesh.wait_converged(&[0], SETTLE);
 
-    // Two more seconds of agent activity: writes in both regions, each
-    // waited for in the other region.
+    // Two more seconds of agent activity (and at least one write each way):
+    // writes in both regions, each waited for in the other region.
     let mut ticks = 0u32;
-    while expired_at.elapsed() < Duration::from_secs(2) {
+    while ticks < 2 || expired_at.elapsed() < Duration::from_secs(2) {
         let (from, to) = if ticks.is_multiple_of(2) {
             (&mut a, &mut b)
         } else {
@@ -1124,38 +1191,45 @@ fn short_ttls_expire_everywhere_and_stay_deleted() {
         ticks += 1;
     }
 
+    // A third region sends each region an older change to one key of each
+    // kind: a persistent string stamped just before the key's tombstone.
+    let revive: Vec<geosync::base::change::Change> = short[..4]
+        .iter()
+        .map(|k| {
+            let t = geosync::base::hlc::decode(written[k].as_bytes()).unwrap();
+            string_put(
+                k,
+                "revived",
+                &stamp_at(t.get_time().as_u64() - 1, FAKE_NODE),
+            )
+        })
+        .collect();
+    let rejected = "geosync_changes_rejected_older_total";
+    for r in &mesh.regions {
+        // Both agents have applied the other's ticks, so the metric is there.
+        let before = r.agent.metric(rejected);
+        let mut peer = FakePeer::connect(r.agent.listen, FAKE_NODE);
+        let acked = peer.send(1, &revive).unwrap_or_else(|e| {
+            panic!("region {} refused the older changes: {e}", r.agent.node_id)
+        });
+        assert_eq!(
+            acked, 1,
+            "region {} acknowledged the batch",
+            r.agent.node_id
+        );
+        assert_eq!(
+            r.agent.metric(rejected),
+            before + revive.len() as f64,
+            "region {} counts the older changes as rejected",
+            r.agent.node_id
+        );
+    }
+
     assert_eq!(exists(&mut a), 0, "a short-TTL key came back in region 1");
     assert_eq!(exists(&mut b), 0, "a short-TTL key came back in region 2");
-    let sa = snapshot(&mut a);
-    let sb = snapshot(&mut b);
-    let now = now_ms();
-    let dead = |m: Option<&(String, char, Option<i64>)>| -> Option<(String, bool)> {
-        m.map(|(s, f, e)| (s.clone(), *f == 't' || e.is_some_and(|e| e <= now)))
-    };
-    let mut tombstones = 0;
-    let mut bad = BTreeMap::new();
-    for k in &short {
-        let (ma, mb) = (
-            dead(sa.meta.get(k.as_bytes())),
-            dead(sb.meta.get(k.as_bytes())),
-        );
-        if ma != mb || ma.as_ref().is_some_and(|(_, d)| !d) {
-            bad.insert(
-                k.clone(),
-                (
-                    sa.meta.get(k.as_bytes()).cloned(),
-                    sb.meta.get(k.as_bytes()).cloned(),
-                ),
-            );
-        }
-        if ma.is_some() {
-            tombstones += 1;
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "metadata of expired keys differs or is not a tombstone: {bad:#?}"
-    );
+    let bad = not_tombstones(&mut a, &mut b);
+    assert!(bad.is_empty(), "tombstones changed: {bad:#?}");
+    let (sa, sb) = (snapshot(&mut a), snapshot(&mut b));
     for k in &long {
         let (x, y) = (sa.keys.get(k.as_bytes()), sb.keys.get(k.as_bytes()));
         assert!(x.is_some() && x == y, "long-TTL key {k}: {x:?} vs {y:?}");
@@ -1167,12 +1241,12 @@ fn short_ttls_expire_everywhere_and_stay_deleted() {
         diffs.join("\n")
     );
     println!(
-        "short_ttls: seed={seed} expired={} with_tombstones={tombstones} long={} ticks={ticks} \
+        "short_ttls: seed={seed} expired={} long={} ticks={ticks} spare_ms={spare_ms} \
          stamped={} applied={} rejected_older={}",
         short.len(),
         long.len(),
         mesh.metric("geosync_changes_stamped_total"),
         mesh.metric("geosync_changes_applied_total"),
-        mesh.metric("geosync_changes_rejected_older_total"),
+        mesh.metric(rejected),
     );
 }

@@ -1,5 +1,8 @@
 //! Following the local master through Sentinel: three real redis-sentinel
-//! processes, a master with two replicas, and a failover.
+//! processes, a master with replicas, and failovers: planned (the stream
+//! continues), after the backlog moved on (a full resync), and after the
+//! old master died with writes its replica never got (pulled back from the
+//! peer).
 
 mod support;
 
@@ -10,8 +13,8 @@ use support::*;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// Region 1 is a master with two replicas behind three sentinels; region 2
-/// is a plain Redis. Returns the servers, the sentinels and the mesh.
+/// Region 1 is a master with `replicas` replicas behind three sentinels;
+/// region 2 is a plain Redis. Returns the servers, the sentinels and the mesh.
 struct Setup {
     servers: Vec<Redis>,
     sentinels: Vec<Sentinel>,
@@ -20,7 +23,7 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn setup(master_args: &[&str]) -> Setup {
+fn setup(master_args: &[&str], replicas: usize) -> Setup {
     let master = Redis::start(master_args);
     let mut args: Vec<String> = master_args.iter().map(|a| a.to_string()).collect();
     args.extend([
@@ -29,9 +32,8 @@ fn setup(master_args: &[&str]) -> Setup {
         master.port.to_string(),
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r1 = Redis::start(&args);
-    let r2 = Redis::start(&args);
-    for r in [&r1, &r2] {
+    let replicas: Vec<Redis> = (0..replicas).map(|_| Redis::start(&args)).collect();
+    for r in &replicas {
         wait_until("replica in sync", SETTLE, || {
             let info: String = redis::cmd("INFO")
                 .arg("replication")
@@ -41,13 +43,13 @@ fn setup(master_args: &[&str]) -> Setup {
         });
     }
     let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(&master)).collect();
-    wait_until("sentinels see both replicas", SETTLE, || {
+    wait_until("sentinels see every replica", SETTLE, || {
         let n: Vec<redis::Value> = redis::cmd("SENTINEL")
             .arg("replicas")
             .arg("mymaster")
             .query(&mut sentinels[0].conn())
             .unwrap();
-        n.len() == 2
+        n.len() == replicas.len()
     });
     let dir = tempfile::tempdir().unwrap();
     let (l1, l2, a1, a2) = (free_port(), free_port(), free_port(), free_port());
@@ -65,7 +67,7 @@ fn setup(master_args: &[&str]) -> Setup {
         region1.is_ready() && agent2.is_ready()
     });
     Setup {
-        servers: vec![master, r1, r2],
+        servers: std::iter::once(master).chain(replicas).collect(),
         sentinels,
         region1,
         region2: Region {
@@ -170,7 +172,7 @@ impl Setup {
 
 #[test]
 fn a_failover_continues_the_stream_with_psync() {
-    let s = setup(&[]);
+    let s = setup(&[], 2);
     let _: () = s.master().conn().set("before", "1").unwrap();
     s.wait_in_region2("before", "1");
     // A planned failover: the old master stops taking writes (Sentinel's
@@ -203,11 +205,19 @@ fn a_failover_continues_the_stream_with_psync() {
         s.region1.metric("geosync_sync_partial_ok_total") >= 1.0,
         "the promoted replica continued the stream"
     );
+    // A continued stream under the promoted replica's new replication id
+    // still pulls a peer's state, once: the replica may lack the old
+    // master's last writes. (A reconnect to the same master later does not.)
+    assert_eq!(
+        s.region1.metric("geosync_rebuilds_total"),
+        1.0,
+        "the promoted replica was reconciled with a peer once"
+    );
 }
 
 #[test]
 fn a_failover_after_the_backlog_moved_on_resyncs_fully() {
-    let mut s = setup(&["--repl-backlog-size", "16kb"]);
+    let mut s = setup(&["--repl-backlog-size", "16kb"], 2);
     let _: () = s.master().conn().set("before", "1").unwrap();
     s.wait_in_region2("before", "1");
     s.region1.kill();
@@ -238,5 +248,124 @@ fn a_failover_after_the_backlog_moved_on_resyncs_fully() {
         s.region1.metric("geosync_rebuilds_total"),
         1.0,
         "the new master was reconciled with a peer"
+    );
+}
+
+/// The failover the README's Sentinel promise is about: the old master took
+/// writes that its agent stamped and shipped to region 2 but that its
+/// replica never got, then it died and Sentinel promoted the replica. The
+/// agent pulls region 2's state once, so the new master gets those writes
+/// back (new keys, an overwrite and a delete) and both regions converge.
+///
+/// The replica is cut off for real: a wrong `masterauth` and a killed link
+/// keep it from reconnecting, so nothing the old master writes afterwards
+/// reaches it. (SIGSTOP would not do: the writes would wait in the stopped
+/// replica's socket buffer and be read when it resumes.)
+#[test]
+fn writes_the_promoted_replica_lacks_come_back_from_a_peer() {
+    let mut s = setup(&[], 1);
+    let old = s.master().port;
+    let mut m = s.master().conn();
+    let _: () = m.set("kept", "1").unwrap();
+    let _: () = m.set("overwritten", "old").unwrap();
+    let _: () = m.set("deleted", "x").unwrap();
+    s.wait_in_region2("deleted", "x");
+    s.wait_in_region2("overwritten", "old");
+    s.replicas_caught_up(old);
+
+    // Cut the replica off from the master.
+    let replica = s.servers.iter().find(|r| r.port != old).unwrap();
+    let mut rc = replica.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("masterauth")
+        .arg("not-the-password")
+        .query(&mut rc)
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("master")
+        .query(&mut rc)
+        .unwrap();
+    wait_until("the replica's link to the master is down", SETTLE, || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut rc)
+            .unwrap();
+        info.contains("master_link_status:down")
+    });
+
+    // Writes only the old master (and through its agent, region 2) gets.
+    let lost: Vec<String> = (0..20).map(|i| format!("lost:{i}")).collect();
+    for (i, k) in lost.iter().enumerate() {
+        let _: () = m.set(k, i).unwrap();
+    }
+    let _: () = m.hset("lost-hash", "f", "v").unwrap();
+    let _: () = m.set("overwritten", "new").unwrap();
+    let _: () = m.del("deleted").unwrap();
+    s.wait_in_region2("lost:19", "19");
+    s.wait_in_region2("overwritten", "new");
+    let mut c2 = s.region2.redis.conn();
+    wait_until("the delete reaches region 2", SETTLE, || {
+        !c2.exists::<_, bool>("deleted").unwrap()
+    });
+    // The replica (serving stale reads) really lacks them.
+    assert_eq!(rc.get::<_, Option<String>>("lost:0").unwrap(), None);
+    assert_eq!(
+        rc.get::<_, Option<String>>("overwritten")
+            .unwrap()
+            .as_deref(),
+        Some("old")
+    );
+    assert!(rc.exists::<_, bool>("deleted").unwrap());
+
+    // The old master dies; Sentinel promotes the replica.
+    drop(m);
+    let pos = s.servers.iter().position(|r| r.port == old).unwrap();
+    drop(s.servers.remove(pos));
+    wait_until("the replica is promoted", SETTLE, || {
+        s.sentinels
+            .iter()
+            .all(|x| x.master().is_some_and(|p| p != old))
+    });
+    let new = s.master();
+    let mut nm = new.conn();
+    wait_until("the lost writes reach the new master", SETTLE, || {
+        let n: usize = redis::cmd("EXISTS").arg(&lost).query(&mut nm).unwrap();
+        n == lost.len()
+            && !nm.exists::<_, bool>("deleted").unwrap()
+            && nm
+                .get::<_, Option<String>>("overwritten")
+                .unwrap()
+                .as_deref()
+                == Some("new")
+    });
+    for (i, k) in lost.iter().enumerate() {
+        assert_eq!(nm.get::<_, Option<usize>>(k).unwrap(), Some(i), "{k}");
+    }
+    assert_eq!(
+        nm.hget::<_, _, Option<String>>("lost-hash", "f")
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+    assert_eq!(
+        nm.get::<_, Option<String>>("kept").unwrap().as_deref(),
+        Some("1")
+    );
+    // And region 2 lost nothing: the new master's older state was not
+    // shipped over its newer one.
+    let _: () = nm.set("after", "2").unwrap();
+    s.wait_in_region2("after", "2");
+    assert_eq!(
+        c2.get::<_, Option<String>>("lost:0").unwrap().as_deref(),
+        Some("0")
+    );
+    s.converged();
+    assert_eq!(
+        s.region1.metric("geosync_rebuilds_total"),
+        1.0,
+        "the new master was reconciled with a peer once"
     );
 }

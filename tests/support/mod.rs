@@ -12,11 +12,13 @@
 //! - `sentinel`: a Redis Sentinel watching one test server.
 //! - `scenarios`: scenario steps shared by several test files.
 //! - `changes`: changes made by hand for tests that act as a peer.
+//! - `fake_peer`: a gRPC origin played by the test, sending those changes.
 #![allow(dead_code)]
 
 mod certs;
 mod changes;
 mod env;
+mod fake_peer;
 mod peer_certs;
 mod scenarios;
 mod sentinel;
@@ -27,6 +29,7 @@ pub use self::{
     certs::{TestCerts, tls_server_bin},
     changes::{stamp_at, string_put},
     env::{env_usize, listing_only},
+    fake_peer::FakePeer,
     peer_certs::{NodeCert, PeerCerts, secret_file},
     scenarios::{fill_past_backlog, partial_resync_after_agent_restart},
     sentinel::Sentinel,
@@ -36,7 +39,8 @@ pub use self::{
 pub use geosync::lab::{
     Agent, Mesh, Redis, RedisBuilder, Region,
     compare::{
-        KeyState, KeyValue, Snapshot, diff, field_expiries, has_field_expiry, read_key, snapshot,
+        EXPIRY_MARGIN_MS, KeyState, KeyValue, Snapshot, diff, field_expiries, has_field_expiry,
+        read_key, snapshot,
     },
     free_port, http_get, metric_sum, now_ms, poll, redis_server_bin, wait_until,
 };
