@@ -82,6 +82,13 @@ steps = [
     assert!(out.contains("\"only-in-a\""), "{out}");
     assert!(out.contains("faults in force"), "{out}");
     assert!(out.contains("a dials b"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "replay: geosync lab {} --seed ",
+            s.path().display()
+        )),
+        "{out}"
+    );
 }
 
 #[test]
@@ -244,4 +251,28 @@ fn combined_faults_from_the_library_converge_once_healed() {
     if let Err(f) = lab.run(&steps, &texts) {
         panic!("seed {seed}: {f}");
     }
+}
+
+/// The scenario the README shows runs as it is written there.
+#[test]
+fn the_readme_scenario_passes() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Prove it for your application: `geosync lab`")
+        .nth(1)
+        .expect("the README's lab section");
+    let toml = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|t| t.split("```").next())
+        .expect("a TOML scenario in the lab section");
+    let s = scenario(toml);
+    let o = lab(&[s.path().to_str().unwrap()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("expect us HGET cart:alice pears => 5\n    5\n    ok"),
+        "{out}"
+    );
 }

@@ -16,6 +16,10 @@ use super::scenario::{COMMANDS, Regions, Scenario, ScenarioError, Step, check_na
 
 /// `geosync lab`: start local regions and run a scenario in them.
 #[derive(Debug, clap::Args)]
+#[command(after_help = concat!(
+    "Scenario steps (a TOML file's `steps`, or lines on standard input):\n\n",
+    include_str!("steps.txt")
+))]
 pub struct LabArgs {
     /// A scenario file (TOML: regions, steps). Without one, the lab starts
     /// the regions, prints their addresses and reads steps from standard
@@ -95,6 +99,9 @@ fn try_main(args: LabArgs) -> Result<i32, ScenarioError> {
     std::panic::set_hook(Box::new(|_| {}));
     let seed = seed.unwrap_or_else(|| now_ms() as u64);
     let mut lab = Lab::start(&names, seed, |b| b.bin(&bin).args(&redis_args), &agent_args)?;
+    if let Some(path) = &args.scenario {
+        lab.scenario = path.display().to_string();
+    }
     lab.print_regions();
     Ok(match steps {
         Some(steps) => {
@@ -146,6 +153,8 @@ pub struct Lab {
     pub mesh: Mesh,
     /// Seed of the random writes.
     pub seed: u64,
+    /// What the replay line names as the scenario.
+    pub scenario: String,
     rng: StdRng,
 }
 
@@ -212,6 +221,7 @@ impl Lab {
         Ok(Lab {
             mesh,
             seed,
+            scenario: "SCENARIO".into(),
             rng: StdRng::seed_from_u64(seed),
         })
     }
@@ -271,7 +281,7 @@ impl Lab {
                 text: text.to_string(),
                 message,
                 faults: self.mesh.faults(),
-                replay: format!("geosync lab SCENARIO --seed {}", self.seed),
+                replay: format!("geosync lab {} --seed {}", self.scenario, self.seed),
             }),
         }
     }

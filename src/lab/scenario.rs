@@ -25,29 +25,7 @@ use serde::Deserialize;
 use super::workload::{Kind, Workload};
 
 /// Every step command, as `geosync lab` prints it for `help`.
-pub const COMMANDS: &str = "\
-redis R CMD ARG...             run a Redis command in region R and print the reply
-expect R CMD ARG... => REPLY   run it and fail unless the reply is REPLY ((nil), 0, OK, [a, b] ...)
-write R N [keys=K] [types=T,T] [prefix=P] [ttl=LO..HI]
-                               N random writes in R over K keys per type (types: string counter
-                               hash list set zset stream session delete; ttl of session keys)
-partition A B                  cut A and B apart: connections reset, new ones refused
-partition A -> B               bytes from A stop reaching B (one way; connections stay open)
-drop A B                       nothing gets through between A and B; connections stay open
-                               (held bytes arrive if healed before an end gives up, as with TCP)
-delay A B DURATION             bytes between A and B take DURATION longer each way
-reset A B                      reset the connections between A and B once
-heal [A B]                     clear the faults between A and B (or all faults)
-wait-stamped R [DURATION]      wait (default 10s) until R's agent has stamped every write made in R
-                               so far: a write after that is later than all of them, everywhere
-kill-agent R                   kill R's agent (SIGKILL)
-start-agent R                  start R's agent again and wait until it is ready
-restart-redis-empty R          restart R's Redis with no data (its agent rebuilds the region)
-wait-ready                     wait until every running agent is ready
-wait-converged [DURATION]      wait (default 30s) until every region holds the same data, or fail
-verify                         compare the regions now; fail if they differ
-pause DURATION                 let time pass (writes in flight, TTLs running)
-echo TEXT                      print TEXT";
+pub const COMMANDS: &str = include_str!("steps.txt");
 
 /// A scenario file.
 #[derive(Debug, Deserialize)]
