@@ -7,70 +7,12 @@ use std::time::Duration;
 
 use geosync::base::change::{Change, Collection, Op, Value, encode_batch};
 use geosync::base::hlc;
-use geosync::mesh::PROTOCOL_VERSION;
-use geosync::mesh::pb::replication_client::ReplicationClient;
-use geosync::mesh::pb::{Batch, Hello, OriginMessage, PeerMessage, origin_message, peer_message};
 use redis::Commands;
 use serde_bytes::ByteBuf;
 use support::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use uhlc::{NTP64, Timestamp};
 
 const SETTLE: Duration = Duration::from_secs(20);
-
-/// A fake origin: its outgoing channel and the agent's answers.
-struct Origin {
-    tx: mpsc::Sender<OriginMessage>,
-    rx: tonic::Streaming<PeerMessage>,
-}
-
-async fn connect(port: u16, node_id: u32, mesh: &str) -> Result<Origin, tonic::Status> {
-    let mut client = ReplicationClient::connect(format!("http://127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(OriginMessage {
-        kind: Some(origin_message::Kind::Hello(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            mesh: mesh.into(),
-            node_id,
-            session: rand::random(),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut rx = client
-        .replicate(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    match rx.message().await?.and_then(|m| m.kind) {
-        Some(peer_message::Kind::Welcome(w)) => assert_eq!(w.mesh, mesh),
-        other => panic!("expected Welcome, got {other:?}"),
-    }
-    Ok(Origin { tx, rx })
-}
-
-impl Origin {
-    /// Sends a batch and returns the agent's answer (an ack seq, or the error).
-    async fn send(&mut self, seq: u64, payload: Vec<u8>) -> Result<u64, tonic::Status> {
-        self.tx
-            .send(OriginMessage {
-                kind: Some(origin_message::Kind::Batch(Batch {
-                    seq,
-                    changes: payload,
-                    count: 1,
-                    catch_up: false,
-                })),
-            })
-            .await
-            .unwrap();
-        match self.rx.message().await?.and_then(|m| m.kind) {
-            Some(peer_message::Kind::Ack(a)) => Ok(a.seq),
-            other => panic!("expected Ack, got {other:?}"),
-        }
-    }
-}
 
 fn put(key: &str, value: &str, at: &Timestamp) -> Vec<u8> {
     encode_batch(&[string_put(key, value, at)])
@@ -92,10 +34,10 @@ fn equal_time_changes_resolve_identically_in_every_region() {
     assert!(a > b);
     rt.block_on(async {
         let (r1, r2) = (mesh.regions[0].agent.listen, mesh.regions[1].agent.listen);
-        let mut o_a1 = connect(r1, 1000, "geosync").await.unwrap();
-        let mut o_b1 = connect(r1, 259, "geosync").await.unwrap();
-        let mut o_a2 = connect(r2, 1000, "geosync").await.unwrap();
-        let mut o_b2 = connect(r2, 259, "geosync").await.unwrap();
+        let mut o_a1 = Origin::connect(r1, 1000, "geosync").await.unwrap();
+        let mut o_b1 = Origin::connect(r1, 259, "geosync").await.unwrap();
+        let mut o_a2 = Origin::connect(r2, 1000, "geosync").await.unwrap();
+        let mut o_b2 = Origin::connect(r2, 259, "geosync").await.unwrap();
         // region 1 gets a then b; region 2 gets b then a
         assert_eq!(o_a1.send(1, put("tie", "from-1000", &a)).await.unwrap(), 1);
         assert_eq!(o_b1.send(1, put("tie", "from-259", &b)).await.unwrap(), 1);
@@ -120,26 +62,26 @@ fn bad_batches_are_refused_and_counted() {
     rt.block_on(async {
         let port = agent.listen;
         // the agent's own node id
-        let err = connect(port, 1, "geosync")
+        let err = Origin::connect(port, 1, "geosync")
             .await
             .err()
             .expect("own node id refused");
         assert_eq!(err.code(), tonic::Code::AlreadyExists);
         assert!(err.message().contains("unique"), "{}", err.message());
         // another mesh
-        let err = connect(port, 9, "other")
+        let err = Origin::connect(port, 9, "other")
             .await
             .err()
             .expect("other mesh refused");
         assert!(err.message().contains("mesh"), "{}", err.message());
 
         // garbage payload
-        let mut o = connect(port, 9, "geosync").await.unwrap();
+        let mut o = Origin::connect(port, 9, "geosync").await.unwrap();
         let err = o.send(1, b"\xc1garbage".to_vec()).await.unwrap_err();
         assert!(err.message().contains("malformed"), "{}", err.message());
 
         // a batch whose second change is bad: nothing of it is applied
-        let mut o = connect(port, 9, "geosync").await.unwrap();
+        let mut o = Origin::connect(port, 9, "geosync").await.unwrap();
         let now = Timestamp::new(NTP64(now_ntp()), hlc::node_id_to_id(9).unwrap());
         let mut changes = geosync::base::change::decode_batch(&put("good", "v", &now)).unwrap();
         changes.push(Change {
@@ -152,7 +94,7 @@ fn bad_batches_are_refused_and_counted() {
         assert!(err.message().contains("malformed"), "{}", err.message());
 
         // a stamp ten seconds in the future
-        let mut o = connect(port, 9, "geosync").await.unwrap();
+        let mut o = Origin::connect(port, 9, "geosync").await.unwrap();
         let ahead = Timestamp::new(
             NTP64(now_ntp() + (10 << 32)),
             hlc::node_id_to_id(9).unwrap(),
@@ -161,13 +103,13 @@ fn bad_batches_are_refused_and_counted() {
         assert!(err.message().contains("future"), "{}", err.message());
 
         // a change stamped by another node than the sender
-        let mut o = connect(port, 9, "geosync").await.unwrap();
+        let mut o = Origin::connect(port, 9, "geosync").await.unwrap();
         let other = Timestamp::new(NTP64(now_ntp()), hlc::node_id_to_id(10).unwrap());
         let err = o.send(1, put("forwarded", "v", &other)).await.unwrap_err();
         assert!(err.message().contains("node 10"), "{}", err.message());
 
         // and a good batch still goes through
-        let mut o = connect(port, 9, "geosync").await.unwrap();
+        let mut o = Origin::connect(port, 9, "geosync").await.unwrap();
         let ok = Timestamp::new(NTP64(now_ntp()), hlc::node_id_to_id(9).unwrap());
         assert_eq!(o.send(7, put("fine", "v", &ok)).await.unwrap(), 7);
     });
@@ -231,7 +173,7 @@ fn a_large_key_with_a_missing_piece_is_not_applied() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let digest = "0123456789abcdef";
     rt.block_on(async {
-        let mut o = connect(agent.listen, 9, "geosync").await.unwrap();
+        let mut o = Origin::connect(agent.listen, 9, "geosync").await.unwrap();
         let id = hlc::node_id_to_id(9).unwrap();
         let t1 = Timestamp::new(NTP64(now_ntp()), id);
         // elements 2..4 never arrive
@@ -260,7 +202,7 @@ fn a_large_key_with_a_missing_piece_is_not_applied() {
 
         // (other node ids: node 9's stream is still open)
         let t3 = Timestamp::new(NTP64(now_ntp()), hlc::node_id_to_id(10).unwrap());
-        let mut o = connect(agent.listen, 10, "geosync").await.unwrap();
+        let mut o = Origin::connect(agent.listen, 10, "geosync").await.unwrap();
         let string_piece = Change {
             op: Op::Part {
                 at: 0,
@@ -271,7 +213,7 @@ fn a_large_key_with_a_missing_piece_is_not_applied() {
         let err = o.send(1, encode_batch(&[string_piece])).await.unwrap_err();
         assert!(err.message().contains("piece"), "{}", err.message());
         let t4 = Timestamp::new(NTP64(now_ntp()), hlc::node_id_to_id(11).unwrap());
-        let mut o = connect(agent.listen, 11, "geosync").await.unwrap();
+        let mut o = Origin::connect(agent.listen, 11, "geosync").await.unwrap();
         let err = o
             .send(1, encode_batch(&[seal("bad", 5, "XYZ", &t4)]))
             .await

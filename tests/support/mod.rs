@@ -29,7 +29,7 @@ pub use self::{
     certs::{TestCerts, tls_server_bin},
     changes::{stamp_at, string_put},
     env::{env_usize, listing_only},
-    fake_peer::FakePeer,
+    fake_peer::{FakePeer, Origin},
     peer_certs::{NodeCert, PeerCerts, secret_file},
     scenarios::{fill_past_backlog, partial_resync_after_agent_restart},
     sentinel::Sentinel,
