@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::Commands;
 use support::*;
@@ -237,6 +237,9 @@ fn transactions_arrive_whole() {
     });
     let mut r = mesh.regions[1].redis.conn();
     let mut seen = 0;
+    // Read as often as possible (no pause between reads, to catch half a
+    // transaction if one ever shows), until the last one is there.
+    let deadline = Instant::now() + SETTLE;
     loop {
         let (a, b): (Option<i64>, Option<i64>) = redis::cmd("MGET")
             .arg("ta")
@@ -250,6 +253,12 @@ fn transactions_arrive_whole() {
         if writer.is_finished() && a == Some(299) {
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {SETTLE:?} waiting for region 2 to hold the last transaction \
+             (ta = tb = 299); it holds {a:?} (writer finished: {})",
+            writer.is_finished()
+        );
     }
     writer.join().unwrap();
     assert!(seen > 0);
