@@ -13,6 +13,8 @@
 //! - `scenarios`: scenario steps shared by several test files.
 //! - `changes`: changes made by hand for tests that act as a peer.
 //! - `compare`: the convergence checker (snapshots of a database and their differences).
+//! - `feature`: tests that need a server feature record whether they ran
+//!   (`scripts/test.sh` fails when one was skipped on every server).
 #![allow(dead_code)]
 
 mod agent;
@@ -20,6 +22,7 @@ mod certs;
 mod changes;
 mod compare;
 mod env;
+pub mod feature;
 mod mesh;
 mod peer_certs;
 mod scenarios;
