@@ -13,6 +13,7 @@
 //! - `scenarios`: scenario steps shared by several test files.
 //! - `changes`: changes made by hand for tests that act as a peer.
 //! - `compare`: the convergence checker (snapshots of a database and their differences).
+//! - `keys`: a database's user keys counted without geosync's own.
 //! - `feature`: tests that need a server feature record whether they ran
 //!   (`scripts/test.sh` fails when one was skipped on every server).
 #![allow(dead_code)]
@@ -23,6 +24,7 @@ mod changes;
 mod compare;
 mod env;
 pub mod feature;
+mod keys;
 mod mesh;
 mod peer_certs;
 mod scenarios;
@@ -40,6 +42,7 @@ pub use self::{
         KeyState, KeyValue, Snapshot, diff, field_expiries, has_field_expiry, read_key, snapshot,
     },
     env::{env_usize, free_port, listing_only, now_ms},
+    keys::user_key_count,
     mesh::{Mesh, Region},
     peer_certs::{NodeCert, PeerCerts, secret_file},
     scenarios::{fill_past_backlog, partial_resync_after_agent_restart},
