@@ -216,6 +216,15 @@ fn stamped_but_unshipped_changes_survive_an_agent_crash() {
         !b.exists::<_, bool>("before").unwrap(),
         "the delete was re-shipped too"
     );
+    // They arrived because the restarted agent shipped them again with the
+    // stamps it had recorded, not by some other way.
+    let reshipped = mesh.regions[0]
+        .agent
+        .metric("geosync_changes_reshipped_total");
+    assert!(
+        reshipped >= 3.0,
+        "the restarted agent re-shipped the three unacknowledged changes: {reshipped}"
+    );
 }
 
 /// A peer away long enough to overflow the outbox: stamping never stalls
