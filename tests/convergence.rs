@@ -3,7 +3,10 @@
 //! scripts, multi-key commands, TTLs and FLUSHDB, and must end identical
 //! (data, expiries and metadata) once the writers stop.
 //!
-//! Replay: every run prints `seed=N (replay with GEOSYNC_SEED=N)`. Each writer
+//! Replay: every run prints, at the start and again on failure, one command
+//! that runs the test again with the same settings (`GEOSYNC_SEED`,
+//! `GEOSYNC_TEST_OPS` where the test reads it, `GEOSYNC_TEST_REDIS_SERVER`):
+//! `replay: GEOSYNC_SEED=N ... cargo nextest run --test convergence NAME`. Each writer
 //! derives its RNG from the seed and its region index, so the sequence of
 //! operations each writer issues is the same for the same seed. The
 //! interleaving across regions (and with the agents' replication) is not
@@ -134,17 +137,52 @@ fn ops_per_writer() -> usize {
         .unwrap_or(1500)
 }
 
-/// Prints the seed again when the test fails, whatever panicked (a writer,
-/// the convergence check, an assertion).
-struct SeedGuard(u64);
+/// The command that runs `test` again with this run's settings: the seed,
+/// the operations per writer (for the tests that read
+/// `GEOSYNC_TEST_OPS`) and the server binary.
+fn replay_command(test: &str, seed: u64, ops: Option<usize>) -> String {
+    let mut settings = vec![format!("GEOSYNC_SEED={seed}")];
+    if let Some(ops) = ops {
+        settings.push(format!("GEOSYNC_TEST_OPS={ops}"));
+    }
+    settings.push(format!(
+        "GEOSYNC_TEST_REDIS_SERVER={}",
+        shell_quoted(&redis_server_bin())
+    ));
+    format!(
+        "{} cargo nextest run --test convergence {test}",
+        settings.join(" ")
+    )
+}
+
+/// `s` as one shell word.
+fn shell_quoted(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Prints the replay command at the start, and again when the test fails,
+/// whatever panicked (a writer, the convergence check, an assertion).
+struct SeedGuard(String);
+
+impl SeedGuard {
+    fn new(test: &str, seed: u64, ops: Option<usize>) -> SeedGuard {
+        let command = replay_command(test, seed, ops);
+        println!("replay: {command}");
+        SeedGuard(command)
+    }
+}
 
 impl Drop for SeedGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "FAILED with seed={} (replay with GEOSYNC_SEED={})",
-                self.0, self.0
-            );
+            eprintln!("FAILED; replay: {}", self.0);
         }
     }
 }
@@ -921,8 +959,8 @@ fn user_keys(redis: &Redis, db: u32) -> usize {
 fn three_regions_random_workload_converges() {
     let seed = seed_from_env_or_clock();
     let ops = ops_per_writer();
-    println!("seed={seed} (replay with GEOSYNC_SEED={seed}); {ops} operations per writer");
-    let _guard = SeedGuard(seed);
+    println!("seed={seed}; {ops} operations per writer");
+    let _guard = SeedGuard::new("three_regions_random_workload_converges", seed, Some(ops));
     let started = Instant::now();
 
     let mesh = Mesh::start(3);
@@ -1048,8 +1086,8 @@ const FAKE_NODE: u32 = 3;
 #[test]
 fn short_ttls_expire_everywhere_and_stay_deleted() {
     let seed = seed_from_env_or_clock();
-    println!("seed={seed} (replay with GEOSYNC_SEED={seed})");
-    let _guard = SeedGuard(seed);
+    println!("seed={seed}");
+    let _guard = SeedGuard::new("short_ttls_expire_everywhere_and_stay_deleted", seed, None);
     let mut rng = StdRng::seed_from_u64(seed);
 
     let mesh = Mesh::start(2);

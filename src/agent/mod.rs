@@ -232,6 +232,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         Store::new(locator.clone()),
         apply_rx,
         ready.clone(),
+        metrics.clone(),
         token.clone(),
     ));
     let receiver = mesh::server::Receiver::new(

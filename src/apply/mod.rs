@@ -13,6 +13,7 @@ use tracing::warn;
 
 use crate::base::backoff::Backoff;
 use crate::base::change::Change;
+use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
 use crate::store::{ApplyOutcome, Store, StoreError};
 
@@ -25,7 +26,8 @@ pub struct ApplyJob {
 }
 
 /// Applies jobs until the channel closes or shutdown. Connection failures
-/// are retried with backoff (the batch waits; the peer stream stalls).
+/// and timeouts are retried with backoff (the batch waits; the peer stream
+/// stalls); timeouts are counted in `metrics.redis_timeouts`.
 ///
 /// Nothing is applied before the first snapshot has been stamped: local
 /// writes made while the agent was down get their stamps first, instead of
@@ -34,6 +36,7 @@ pub async fn run(
     mut store: Store,
     mut rx: mpsc::Receiver<ApplyJob>,
     ready: Arc<Readiness>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     tokio::select! {
@@ -51,6 +54,9 @@ pub async fn run(
             match store.apply(&job.changes).await {
                 Ok(o) => break Ok(o),
                 Err(e) if e.is_retryable() => {
+                    if e.is_timeout() {
+                        metrics.redis_timeouts.inc();
+                    }
                     warn!(error = %e, "applying a batch failed; retrying");
                     if !backoff.wait(&shutdown).await {
                         return;

@@ -84,6 +84,12 @@ pub struct Metrics {
     pub rebuilds: Counter,
     /// Partial resynchronisations the local Redis accepted.
     pub sync_partial_ok: Counter,
+    /// Replication sessions with the local Redis that ended other than at
+    /// shutdown (the tailer then connects again).
+    pub replication_sessions_ended: Counter,
+    /// Script calls to the local Redis (stamping, applying) that got no
+    /// reply within the response timeout and were retried.
+    pub redis_timeouts: Counter,
     /// Replication offset processed from the local Redis.
     pub repl_offset: Gauge,
     /// Client writes to keys under the reserved `__geosync:` prefix (not replicated).
@@ -206,6 +212,16 @@ impl Metrics {
             "sync_partial_ok",
             "Partial resynchronisations accepted",
             m.sync_partial_ok.clone(),
+        );
+        r.register(
+            "replication_sessions_ended",
+            "Replication sessions with the local Redis that ended other than at shutdown",
+            m.replication_sessions_ended.clone(),
+        );
+        r.register(
+            "redis_timeouts",
+            "Script calls to the local Redis that got no reply within the response timeout",
+            m.redis_timeouts.clone(),
         );
         r.register(
             "repl_offset",

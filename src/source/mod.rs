@@ -123,6 +123,7 @@ pub async fn run(
             Err(e) => warn!(error = %e, "replication session ended"),
             Ok(()) => warn!("replication session ended"),
         }
+        metrics.replication_sessions_ended.inc();
         if started.elapsed() > Duration::from_secs(30) {
             backoff.reset(Duration::from_millis(100));
         }

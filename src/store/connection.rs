@@ -23,6 +23,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The local Redis did not reply within the response timeout
+    /// ([`locator::RESPONSE_TIMEOUT`]).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, StoreError::Redis(e) if e.is_timeout())
+    }
+
     /// Connection trouble is worth retrying; a bad reply is a bug.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -13,12 +13,15 @@
 //! - `scenarios`: scenario steps shared by several test files.
 //! - `changes`: changes made by hand for tests that act as a peer.
 //! - `fake_peer`: a gRPC origin played by the test, sending those changes.
+//! - `feature`: tests that need a server feature record whether they ran
+//!   (`scripts/test.sh` fails when one was skipped on every server).
 #![allow(dead_code)]
 
 mod certs;
 mod changes;
 mod env;
 mod fake_peer;
+pub mod feature;
 mod peer_certs;
 mod scenarios;
 mod sentinel;
@@ -40,7 +43,7 @@ pub use geosync::lab::{
     Agent, Mesh, Redis, RedisBuilder, Region,
     compare::{
         EXPIRY_MARGIN_MS, KeyState, KeyValue, Snapshot, diff, field_expiries, has_field_expiry,
-        read_key, snapshot,
+        read_key, snapshot, user_key_count,
     },
     free_port, http_get, metric_sum, now_ms, poll, redis_server_bin, wait_until,
 };
