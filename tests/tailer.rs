@@ -77,10 +77,17 @@ fn existing_data_reaches_peers(redis_args: &[&str]) {
     // and the live stream after it
     write_every_type(&mut mesh.regions[0].redis.conn(), "live:");
     mesh.wait_converged(&[0, 3], SETTLE);
-    let n: usize = redis::cmd("DBSIZE")
-        .query(&mut mesh.regions[1].redis.conn())
-        .unwrap();
-    assert!(n > 28, "region 2 holds the keys (and metadata): {n}");
+    // Region 2 holds every user key: db 3 got one set of every type (the
+    // snapshot), db 0 two (the snapshot and the live stream).
+    let b = &mesh.regions[1].redis;
+    let db0 = user_key_count(&mut b.conn()).unwrap();
+    let db3 = user_key_count(&mut b.conn_db(3)).unwrap();
+    assert!(db3 >= 7, "region 2's db 3 holds a key of every type: {db3}");
+    assert_eq!(
+        db0,
+        2 * db3,
+        "region 2's db 0 holds the snapshot's and the stream's keys"
+    );
 }
 
 #[test]
