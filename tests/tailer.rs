@@ -297,26 +297,6 @@ fn getack_is_answered() {
     assert_eq!(acked, 1);
 }
 
-/// An ACL user with only the rights the agent needs.
-#[test]
-fn acl_user() {
-    let dir = tempfile::tempdir().unwrap();
-    let acl = "user default on nopass ~* &* +@all\nuser geosync on >agentpw ~* &* +@all\n";
-    let acl_file = dir.path().join("users.acl");
-    std::fs::write(&acl_file, acl).unwrap();
-    let r1 = Redis::start(&["--aclfile", acl_file.to_str().unwrap()]);
-    let r2 = Redis::start(&[]);
-    let url1 = format!("redis://geosync:agentpw@127.0.0.1:{}", r1.port);
-    let url2 = r2.url();
-    let mesh = Mesh::over(vec![r1, r2], Some(vec![url1, url2]));
-    let _: () = mesh.regions[0].redis.conn().set("k", "v").unwrap();
-    mesh.wait_converged(&[0], SETTLE);
-    assert_eq!(
-        mesh.regions[1].redis.conn().get::<_, String>("k").unwrap(),
-        "v"
-    );
-}
-
 /// /healthz is up at once; /readyz says what it waits for until every peer
 /// has been reached.
 #[test]

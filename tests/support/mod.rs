@@ -39,7 +39,10 @@ pub use self::{
     env::{env_usize, free_port, listing_only, now_ms},
     mesh::{Mesh, Region},
     peer_certs::{NodeCert, PeerCerts, secret_file},
-    scenarios::{fill_past_backlog, partial_resync_after_agent_restart},
+    scenarios::{
+        fill_past_backlog, partial_resync_after_agent_restart,
+        partial_resync_after_agent_restart_in,
+    },
     sentinel::Sentinel,
     server::{Redis, RedisBuilder, redis_server_bin, tls_server_bin},
     wait::{poll, wait_until},
