@@ -20,7 +20,7 @@ pub enum StoreError {
     /// A script failed: the error, and the line of the script it failed
     /// at, which names the command (Redis 7.0 does not name a command a
     /// script was refused by the ACL).
-    #[error("redis: {error} (script line {line}: `{text}`)")]
+    #[error("redis: {error} (script line {line}: {text})")]
     Script {
         /// The server's error.
         error: RedisError,
