@@ -249,3 +249,47 @@ fn a_missing_permission_is_named_in_the_log() {
         assert!(seen.is_some(), "without {missing} the log names {named}");
     }
 }
+
+/// Through Sentinel the agent also asks the master for its `ROLE`; the
+/// README's user may do that too (the sentinels are asked without
+/// credentials).
+#[test]
+fn the_readme_acl_is_enough_through_sentinel() {
+    let acl = readme_acl();
+    let dir = tempfile::tempdir().unwrap();
+    let (d1, d2) = (dir.path().join("1"), dir.path().join("2"));
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::create_dir_all(&d2).unwrap();
+    let (r1, _) = server_with_user(&d1, &acl, &[]);
+    let (r2, url2) = server_with_user(&d2, &acl, &[]);
+    let sentinel = Sentinel::start(&r1);
+    let (l1, l2) = (free_port(), free_port());
+    // --redis carries only the credentials here; Sentinel names the master.
+    let url1 = format!("redis://geosync:{}@127.0.0.1:1", password(&acl));
+    let sentinel_args = [
+        "--master-name".to_string(),
+        "mymaster".to_string(),
+        "--sentinel".to_string(),
+        format!("127.0.0.1:{}", sentinel.port),
+    ];
+    let mut a1 = Agent::start_with(1, &url1, l1, free_port(), &[l2], &d1, &sentinel_args);
+    let mut a2 = Agent::start(2, &url2, l2, free_port(), &[l1], &d2);
+    wait_until("agents ready", SETTLE, || a1.is_ready() && a2.is_ready());
+    let _: () = r1.conn().set("through-sentinel", "1").unwrap();
+    let _: () = r2.conn().set("the-other-way", "2").unwrap();
+    let mut c2 = r2.conn();
+    let mut c1 = r1.conn();
+    wait_until("both writes in both regions", SETTLE, || {
+        c2.exists::<_, bool>("through-sentinel").unwrap()
+            && c1.exists::<_, bool>("the-other-way").unwrap()
+    });
+    for (i, redis) in [&r1, &r2].into_iter().enumerate() {
+        let refused = refusals(redis);
+        assert!(
+            refused.is_empty(),
+            "region {}: Redis refused the agent's user:\n{}",
+            i + 1,
+            refused.join("\n")
+        );
+    }
+}
