@@ -1,113 +1,41 @@
-//! Peak memory of parsing an RDB snapshot with huge collections: the full
-//! decoder (`RdbReader::next_entry`) against the key-only mode
-//! (`RdbReader::next_key`) that the tailer uses to report a snapshot's keys.
+//! Peak memory of a real `geosync run` agent doing its first full sync of a
+//! Redis holding huge collections: it reads the snapshot from the
+//! replication socket (diskless), reports every key and stamps the whole
+//! dataset (the collections over `--max-key-elements` in pieces). Against a
+//! baseline measured in the same run: the same agent's first full sync of
+//! an empty Redis.
 //!
-//! Observed bound: key-only mode stays under 8 MiB peak RSS regardless of
-//! value sizes: 3.5-3.8 MiB in every run, of which ~2.5 MiB is the process
-//! before parsing (the rest is mostly the 1 MiB read buffer), the same for
-//! 200 000, 2 000 000 and 5 000 000 members per collection. The full
-//! decoder's peak grows with the largest value (34 MiB, 278 MiB and 690 MiB
-//! in those runs).
-//!
-//! Starts a real redis-server (`/usr/bin/redis-server`, or
-//! `GEOSYNC_TEST_REDIS_SERVER`) on a free port in a temporary directory with
-//! `--save "" --appendonly no`, and writes one hash with N fields (LZF
-//! compressible values), one list, one set and one sorted set with N members
-//! each (pipelines of 10 000 members, 1 000 per command), plus K plain keys
-//! (`DEBUG POPULATE`, or pipelined `SET` where DEBUG is not allowed). After
-//! `SAVE`, the dump is parsed twice, each time in a fresh child process (this
-//! binary re-executed as `--child full|keys FILE`), which reports its peak RSS
-//! (`VmHWM` from /proc/self/status) at the end. One line per mode: file size,
-//! peak RSS (and the full/keys ratio), parse time and throughput.
+//! The Redis (`GEOSYNC_TEST_REDIS_SERVER`, or `redis-server`) holds one hash
+//! with N fields, one list, one set and one sorted set with N members each,
+//! plus K plain keys (`DEBUG POPULATE`). The agent runs alone (no peers, so
+//! the outbox holds nothing and what is measured is reading the snapshot
+//! and stamping). Its peak RSS (`VmHWM` of /proc/<pid>/status) is read when
+//! its log says the snapshot has been reported and again when it is ready
+//! (the whole snapshot stamped). The benchmark fails unless the agent did
+//! one full sync that reported every key.
 //!
 //! ```text
 //! cargo bench --bench rdb_memory          # N = 2 000 000, K = 1 000 000
 //! GEOSYNC_BENCH_MEMBERS=200000 GEOSYNC_BENCH_KEYS=100000 cargo bench --bench rdb_memory
+//! GEOSYNC_BENCH_AGENT_ARGS="--max-key-elements 1000 --batch-keys 64" cargo bench --bench rdb_memory
 //! ```
+//!
+//! `GEOSYNC_BENCH_AGENT_ARGS` are extra `geosync run` settings for both
+//! agents; smaller stamp batches show how much of the peak is stamping.
 
-use std::fs::File;
-use std::hint::black_box;
-use std::io::BufReader;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
-use geosync::source::rdb::{RdbEntry, RdbReader};
+use support::{Agent, Redis, free_port, poll, wait_until};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Members sent per pipeline round trip.
 const PIPELINE: usize = 10_000;
 /// Members per variadic command inside a pipeline.
 const PER_COMMAND: usize = 1_000;
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn conn(port: u16) -> Option<redis::Connection> {
-    let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-        .ok()?
-        .get_connection()
-        .ok()?;
-    redis::cmd("PING").query::<String>(&mut c).ok()?;
-    Some(c)
-}
-
-/// Starts redis-server in `dir`; first with DEBUG enabled for local clients
-/// (Redis 7+), then, if that option is unknown, without it.
-fn start_redis(dir: &Path) -> (Proc, redis::Connection) {
-    let bin = std::env::var("GEOSYNC_TEST_REDIS_SERVER")
-        .unwrap_or_else(|_| "/usr/bin/redis-server".into());
-    for extra in [&["--enable-debug-command", "local"][..], &[]] {
-        let port = free_port();
-        let mut proc = Proc(
-            Command::new(&bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(extra)
-                .arg("--dir")
-                .arg(dir)
-                .arg("--logfile")
-                .arg(dir.join("redis.log"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {bin}: {e}")),
-        );
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Some(c) = conn(port) {
-                return (proc, c);
-            }
-            if proc.0.try_wait().unwrap().is_some() {
-                break; // exited: maybe an unknown option
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
-    panic!("redis-server did not start:\n{log}");
-}
+const DEADLINE: Duration = Duration::from_secs(1800);
 
 /// Adds `n` members to `key` with `cmd`, `args(i)` giving each member's
 /// arguments, in pipelines of [`PIPELINE`] members.
@@ -137,167 +65,137 @@ fn fill(
     }
 }
 
-fn plain_keys(c: &mut redis::Connection, n: usize) {
-    let populated: redis::RedisResult<()> = redis::cmd("DEBUG")
-        .arg("POPULATE")
-        .arg(n)
-        .arg("plain")
-        .arg(16)
-        .query(c);
-    if populated.is_ok() {
-        return;
-    }
-    let mut i = 0;
-    while i < n {
-        let end = (i + PIPELINE).min(n);
-        let mut p = redis::pipe();
-        for j in i..end {
-            p.cmd("SET")
-                .arg(format!("plain:{j}"))
-                .arg(format!("value:{j}"))
-                .ignore();
-        }
-        p.query::<()>(c).unwrap();
-        i = end;
-    }
-}
-
-/// Writes the data set and saves it; returns the dump's path.
-fn make_dump(dir: &Path, members: usize, keys: usize) -> PathBuf {
-    let (_server, mut c) = start_redis(dir);
+/// Writes the data set; returns the number of keys.
+fn make_dataset(c: &mut redis::Connection, members: usize, keys: usize) -> u64 {
     let start = Instant::now();
-    fill(&mut c, "HSET", "big:hash", members, |i, cmd| {
+    fill(c, "HSET", "big:hash", members, |i, cmd| {
         cmd.arg(format!("field:{i}")).arg(format!("value-{i:0>32}"));
     });
-    fill(&mut c, "RPUSH", "big:list", members, |i, cmd| {
+    fill(c, "RPUSH", "big:list", members, |i, cmd| {
         cmd.arg(format!("member:{i}"));
     });
-    fill(&mut c, "SADD", "big:set", members, |i, cmd| {
+    fill(c, "SADD", "big:set", members, |i, cmd| {
         cmd.arg(format!("member:{i}"));
     });
-    fill(&mut c, "ZADD", "big:zset", members, |i, cmd| {
+    fill(c, "ZADD", "big:zset", members, |i, cmd| {
         cmd.arg(i as f64 / 3.0).arg(format!("member:{i}"));
     });
-    plain_keys(&mut c, keys);
-    let dbsize: u64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
-    let _: () = redis::cmd("SAVE").query(&mut c).unwrap();
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(keys)
+        .arg("plain")
+        .arg(16)
+        .query(c)
+        .expect("DEBUG POPULATE (the server runs with --enable-debug-command local)");
+    let dbsize: u64 = redis::cmd("DBSIZE").query(c).unwrap();
     eprintln!(
-        "rdb_memory: wrote {dbsize} keys and saved in {:.1} s",
+        "rdb_memory: wrote {dbsize} keys in {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    dir.join("dump.rdb")
+    dbsize
 }
 
-/// Peak resident set size of this process so far, in KiB.
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status")
+/// Size of the snapshot of this data (`SAVE`, then the file's size).
+fn snapshot_mib(redis: &Redis) -> f64 {
+    let _: () = redis::cmd("SAVE").query(&mut redis.conn()).unwrap();
+    let path = redis.dir.path().join("dump.rdb");
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&path);
+    bytes as f64 / MIB
 }
 
-/// Child process: parses `path` in `mode` like the tailer does (1 MiB
-/// buffered file), then prints what the parent needs.
-fn child(mode: &str, path: &str) {
-    let baseline = vm_hwm_kib();
-    let start = Instant::now();
-    let file = BufReader::with_capacity(1 << 20, File::open(path).expect("dump file"));
-    let mut rdb = RdbReader::new(file).expect("RDB header");
-    let mut keys = 0u64;
-    match mode {
-        "full" => {
-            while let Some(entry) = rdb.next_entry().expect("full parse") {
-                if let RdbEntry::Key(k) = entry {
-                    keys += 1;
-                    black_box(&k);
-                }
-            }
-        }
-        "keys" => {
-            while let Some(k) = rdb.next_key().expect("key-only parse") {
-                keys += 1;
-                black_box(&k);
-            }
-        }
-        other => panic!("unknown mode {other}"),
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "keys={keys} secs={secs} hwm_kib={} baseline_kib={baseline}",
-        vm_hwm_kib()
-    );
-}
-
-struct ChildResult {
-    keys: u64,
+/// What one agent's first full sync cost.
+struct Sync {
+    /// Peak RSS when the snapshot had been reported, and when ready.
+    at_snapshot_mib: f64,
+    at_ready_mib: f64,
+    /// Keys the agent reported from the snapshot.
+    reported: u64,
+    /// Diskless (the master streamed it) or from the master's disk file.
+    diskless: bool,
     secs: f64,
-    hwm_kib: u64,
-    baseline_kib: u64,
 }
 
-fn run_child(mode: &str, dump: &Path) -> ChildResult {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--child", mode])
-        .arg(dump)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("child process");
-    assert!(out.status.success(), "{mode} child failed: {}", out.status);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| -> &str {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("no {name} in child output {text:?}"))
+/// Starts an agent (no peers) for `redis`, waits until it is ready, and
+/// checks it did one full sync.
+fn first_sync(redis: &Redis, dir: &std::path::Path) -> Sync {
+    let start = Instant::now();
+    let extra: Vec<String> = std::env::var("GEOSYNC_BENCH_AGENT_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let mut agent = Agent::start_with(1, &redis.url(), free_port(), free_port(), &[], dir, &extra);
+    let reported_line = |agent: &Agent| {
+        agent
+            .log_text()
+            .lines()
+            .find(|l| l.contains("snapshot reported"))
+            .map(str::to_owned)
     };
-    ChildResult {
-        keys: field("keys").parse().unwrap(),
-        secs: field("secs").parse().unwrap(),
-        hwm_kib: field("hwm_kib").parse().unwrap(),
-        baseline_kib: field("baseline_kib").parse().unwrap(),
+    wait_until("the snapshot is reported", DEADLINE, || {
+        reported_line(&agent).is_some()
+    });
+    let at_snapshot_mib = agent.peak_rss_mib();
+    let line = reported_line(&agent).unwrap();
+    let reported = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("keys="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no keys= in {line:?}"));
+    poll(DEADLINE, || agent.is_ready()).expect("the agent stamped the snapshot");
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(
+        agent.metric("geosync_sync_full_total"),
+        1.0,
+        "the agent did one full sync"
+    );
+    Sync {
+        at_snapshot_mib,
+        at_ready_mib: agent.peak_rss_mib(),
+        reported,
+        diskless: line.contains("diskless=true"),
+        secs,
     }
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    // Test runners list targets with `--list`; this is a benchmark, not a test.
-    if args.iter().any(|a| a == "--list") {
+    if support::listing_only() {
         return;
     }
-    if let Some(i) = args.iter().position(|a| a == "--child") {
-        child(&args[i + 1], &args[i + 2]);
-        return;
-    }
-    let members = env_usize("GEOSYNC_BENCH_MEMBERS", 2_000_000);
-    let keys = env_usize("GEOSYNC_BENCH_KEYS", 1_000_000);
+    let members = support::env_usize("GEOSYNC_BENCH_MEMBERS", 2_000_000);
+    let keys = support::env_usize("GEOSYNC_BENCH_KEYS", 1_000_000);
     let dir = tempfile::tempdir().unwrap();
-    let dump = make_dump(dir.path(), members, keys);
-    let size = std::fs::metadata(&dump).unwrap().len() as f64;
-    println!("rdb_memory: {members} members in each of a hash/list/set/zset, {keys} plain keys");
-    let full = run_child("full", &dump);
-    let key_only = run_child("keys", &dump);
-    assert_eq!(
-        full.keys, key_only.keys,
-        "both modes must see the same keys"
+    let debug = ["--enable-debug-command", "local"];
+
+    // Baseline: the same agent's first sync of an empty Redis.
+    let empty = Redis::start(&debug);
+    let base = first_sync(&empty, &dir.path().join("empty"));
+    assert_eq!(base.reported, 0);
+    drop(empty);
+
+    let redis = Redis::start(&debug);
+    let dbsize = make_dataset(&mut redis.conn(), members, keys);
+    let rdb = snapshot_mib(&redis);
+    let full = first_sync(&redis, &dir.path().join("full"));
+    assert_eq!(full.reported, dbsize, "the agent reported every key");
+    println!(
+        "rdb_memory: {members} members in each of a hash/list/set/zset, {keys} plain keys, \
+         {rdb:.1} MiB snapshot (sent {})",
+        if full.diskless {
+            "diskless"
+        } else {
+            "from the master's disk"
+        }
     );
-    let ratio = full.hwm_kib as f64 / key_only.hwm_kib as f64;
-    for (label, r, extra) in [
-        ("full (next_entry)", &full, String::new()),
-        (
-            "keys (next_key)  ",
-            &key_only,
-            format!(", full/keys {ratio:.1}x"),
-        ),
-    ] {
-        println!(
-            "rdb_memory {label}: file {:.1} MiB, peak RSS {:.1} MiB (process baseline {:.1} MiB){extra}, parse {:.2} s, {:.1} MB/s, {} keys",
-            size / MIB,
-            r.hwm_kib as f64 / 1024.0,
-            r.baseline_kib as f64 / 1024.0,
-            r.secs,
-            size / 1e6 / r.secs,
-            r.keys
-        );
-    }
+    println!(
+        "rdb_memory: agent peak RSS, empty Redis (baseline): {:.1} MiB; this dataset: {:.1} MiB \
+         once the snapshot was read, {:.1} MiB once it was all stamped ({:.1} MiB over the \
+         baseline; full sync and stamping took {:.1} s)",
+        base.at_ready_mib,
+        full.at_snapshot_mib,
+        full.at_ready_mib,
+        full.at_ready_mib - base.at_ready_mib,
+        full.secs,
+    );
 }

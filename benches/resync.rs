@@ -8,7 +8,10 @@
 //! holds all of it, next to the baseline measured in the same run: a plain
 //! replica (`--replicaof`) of a Redis holding the same data doing its full
 //! sync. It prints both agents' peak RSS (VmHWM) next to the size of the
-//! data and of the snapshot.
+//! data and of the snapshot. It fails, rather than print a figure, when
+//! the restarted agent did not resync fully (region 1's master counts one
+//! more `sync_full` and no `sync_partial_ok`, the agent one
+//! `geosync_sync_full_total`), or the replica did not.
 //!
 //! ```text
 //! cargo bench --bench resync                  # one set of 10 000 000 members
@@ -156,6 +159,11 @@ fn main() {
         size(&mut rc, &kind, key, n) == n
     });
     let baseline = start.elapsed();
+    assert_eq!(
+        master.info_i64("stats", "sync_full"),
+        1,
+        "the baseline is not one full sync of the replica"
+    );
     drop((replica, master));
 
     let mut mesh = Mesh::start(2);
@@ -163,6 +171,11 @@ fn main() {
     let mut a = mesh.regions[0].redis.conn();
     fill(&mut a, &kind, key, n);
     let data = dataset_mib(&mut a);
+    let redis = &mesh.regions[0].redis;
+    let (full, partial) = (
+        redis.info_i64("stats", "sync_full"),
+        redis.info_i64("stats", "sync_partial_ok"),
+    );
     let start = Instant::now();
     mesh.regions[0].agent.restart();
     let mut far = mesh.regions[1].redis.conn();
@@ -170,6 +183,21 @@ fn main() {
         size(&mut far, &kind, key, n) == n
     });
     let took = start.elapsed();
+    // The figure is a full resync's only if there was one: a dataset the
+    // master's backlog still holds continues with PSYNC instead.
+    let redis = &mesh.regions[0].redis;
+    let agent = &mesh.regions[0].agent;
+    assert!(
+        redis.info_i64("stats", "sync_full") == full + 1
+            && redis.info_i64("stats", "sync_partial_ok") == partial
+            && agent.metric("geosync_sync_full_total") == 1.0,
+        "the restarted agent did not resync fully (master sync_full {full} -> {}, \
+         sync_partial_ok {partial} -> {}, agent geosync_sync_full_total {}): \
+         the time measured is not a full resync's; write more data",
+        redis.info_i64("stats", "sync_full"),
+        redis.info_i64("stats", "sync_partial_ok"),
+        agent.metric("geosync_sync_full_total"),
+    );
     println!(
         "{kind} of {n} elements ({data:.0} MiB dataset, {rdb_mib:.0} MiB snapshot): redis replica full sync {:.1} s; geosync region 1 -> region 2 {:.1} s; geosync/replica time ratio {:.1}",
         baseline.as_secs_f64(),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs geosync's whole test suite: unit tests, integration tests against
 # real servers and agents (on Debian's Redis 7.0, then again on Valkey 8.1
-# and Redis 8.2), and doc tests.
+# and Redis 8.2, with the key-spec unit tests that check the tables against
+# the live server), and doc tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
@@ -28,12 +29,15 @@ echo "==> all tests (redis-7.0)"
 run || status=1
 while read -r name path; do
   [[ $name == redis-7.0 ]] && continue
-  echo "==> integration tests against $name"
+  echo "==> integration and key-spec tests against $name"
+  export GEOSYNC_TEST_REDIS_SERVER=$path
   if cargo nextest --version >/dev/null 2>&1; then
-    GEOSYNC_TEST_REDIS_SERVER=$path run -E 'kind(test)' || status=1
+    run -E 'kind(test) or (kind(lib) and test(/^source::keyspec::tests::/))' || status=1
   else
-    GEOSYNC_TEST_REDIS_SERVER=$path run --test '*' || status=1
+    run --test '*' || status=1
+    run --lib source::keyspec::tests:: || status=1
   fi
+  unset GEOSYNC_TEST_REDIS_SERVER
 done <<<"$servers"
 echo "==> doc tests"
 cargo test --workspace --doc || status=1

@@ -17,6 +17,18 @@ pub enum StoreError {
     /// The master could not be found (Sentinel).
     #[error("{0}")]
     Locate(#[from] crate::store::locator::LocateError),
+    /// A script failed: the error, and the line of the script it failed
+    /// at, which names the command (Redis 7.0 does not name a command a
+    /// script was refused by the ACL).
+    #[error("redis: {error} (script line {line}: {text})")]
+    Script {
+        /// The server's error.
+        error: RedisError,
+        /// The line of the script body (shared library first) it names.
+        line: usize,
+        /// That line's text.
+        text: String,
+    },
     /// A script answered something this version does not understand.
     #[error("unexpected script reply: {0}")]
     BadReply(String),
@@ -32,7 +44,7 @@ impl StoreError {
     /// Connection trouble is worth retrying; a bad reply is a bug.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StoreError::Redis(e) => {
+            StoreError::Redis(e) | StoreError::Script { error: e, .. } => {
                 e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_timeout()
@@ -132,11 +144,42 @@ impl Store {
                     {
                         self.conn = None;
                     }
-                    return Err(e.into());
+                    return Err(self.at_script_line(e));
                 }
             }
         }
         unreachable!("second attempt returns")
+    }
+
+    /// A script's error with the script line it names (`script: <sha>, on
+    /// @user_script:<line>`), or the error as it is.
+    fn at_script_line(&self, error: RedisError) -> StoreError {
+        let message = error.to_string();
+        let sha = message
+            .split("script: ")
+            .nth(1)
+            .and_then(|rest| rest.get(..40));
+        let line = message
+            .split("@user_script:")
+            .nth(1)
+            .map(|rest| {
+                rest.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .and_then(|n| n.parse::<usize>().ok());
+        let text = sha
+            .and_then(|sha| self.scripts.iter().find(|s| s.sha == sha))
+            .zip(line)
+            .and_then(|(script, line)| script.body.lines().nth(line.checked_sub(1)?));
+        match (line, text) {
+            (Some(line), Some(text)) => StoreError::Script {
+                error,
+                line,
+                text: text.trim().to_string(),
+            },
+            _ => StoreError::Redis(error),
+        }
     }
 
     /// Runs one script and returns its reply.

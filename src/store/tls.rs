@@ -265,9 +265,16 @@ pub fn hint(message: &str) -> &'static str {
 }
 
 /// A `redis` client for `url`: over TLS with `tls`, plain otherwise.
+///
+/// Its connections do not send `CLIENT SETINFO`: the agent's least-privilege
+/// ACL user (README) cannot be granted it on servers older than 7.2, and
+/// every refused command would land in the server's `ACL LOG`.
 pub fn open(url: &str, tls: Option<&RedisTls>) -> redis::RedisResult<redis::Client> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+    let redis = info.redis_settings().clone().set_skip_set_lib_name();
+    let info = info.set_redis_settings(redis);
     match tls {
-        Some(t) => t.client(url),
-        None => redis::Client::open(url),
+        Some(t) => redis::Client::build_with_tls(info, t.certificates()),
+        None => redis::Client::open(info),
     }
 }

@@ -34,7 +34,10 @@ pub use self::{
     env::{env_usize, listing_only},
     fake_peer::{FakePeer, Origin},
     peer_certs::{NodeCert, PeerCerts, secret_file},
-    scenarios::{fill_past_backlog, partial_resync_after_agent_restart},
+    scenarios::{
+        fill_past_backlog, partial_resync_after_agent_restart,
+        partial_resync_after_agent_restart_in,
+    },
     sentinel::Sentinel,
 };
 // The harness itself is the lab's (`geosync lab` runs on the same parts).

@@ -24,6 +24,12 @@ pub fn fill_past_backlog(c: &mut Connection, from: usize, to: usize) -> String {
 /// one more partial resync and no full one, and the writes land in
 /// database 1 of region 2.
 pub fn partial_resync_after_agent_restart(mut mesh: Mesh) {
+    partial_resync_after_agent_restart_in(&mut mesh);
+}
+
+/// [`partial_resync_after_agent_restart`] on a mesh the caller keeps (to
+/// look at it afterwards).
+pub fn partial_resync_after_agent_restart_in(mesh: &mut Mesh) {
     const SETTLE: Duration = Duration::from_secs(30);
     let mut a1 = mesh.regions[0].redis.conn_db(1);
     let _: () = a1.set("x", "1").unwrap();

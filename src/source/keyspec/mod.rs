@@ -14,6 +14,12 @@
 //!
 //! # Decisions and surprises (checked against Redis 7.0.15 in this module's tests)
 //!
+//! The tests run against the server `GEOSYNC_TEST_REDIS_SERVER` names (`scripts/test.sh` runs
+//! them against every server it tests: Redis 7.0, Valkey 8.1, Redis 8.2), including a random
+//! workload that uses the newer servers' commands (`HSETEX`, `HGETDEL`, `HGETEX`, hash field
+//! expiry, `XACKDEL`, `XDELEX`, vector sets) where they exist and checks the keys each command
+//! wrote against the server's keyspace notifications.
+//!
 //! * A key is "written" when its spec flags contain `RW`, `OW` or `RM`. A spec that carries none
 //!   of the access flags (`RO`, `RW`, `OW`, `RM`) says nothing about how the key is used (module
 //!   commands created with only first/last/step get such a spec): it is treated as written, both

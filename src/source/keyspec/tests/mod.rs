@@ -5,3 +5,4 @@ mod real_server;
 mod redis_server;
 mod support;
 mod synthetic;
+mod workload;

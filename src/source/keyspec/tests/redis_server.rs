@@ -1,4 +1,6 @@
-//! A real redis-server per test, killed on drop.
+//! A real redis-server per test, killed on drop: `GEOSYNC_TEST_REDIS_SERVER`
+//! (as the integration tests; `scripts/test.sh` runs these tests against
+//! every server it tests), else `redis-server`.
 
 use redis::aio::MultiplexedConnection;
 use std::net::{TcpListener, TcpStream};
@@ -13,7 +15,13 @@ pub(super) struct RedisServer {
 }
 
 impl RedisServer {
+    /// The server binary the tests run.
+    pub(super) fn bin() -> String {
+        std::env::var("GEOSYNC_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+    }
+
     pub(super) fn start() -> Self {
+        let bin = Self::bin();
         for _attempt in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -22,7 +30,7 @@ impl RedisServer {
             let dir =
                 std::env::temp_dir().join(format!("geosync-keyspec-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).expect("create redis dir");
-            let mut child = Command::new("/usr/bin/redis-server")
+            let mut child = Command::new(&bin)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
                 .arg("--dir")
@@ -30,7 +38,7 @@ impl RedisServer {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("spawn /usr/bin/redis-server");
+                .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -48,7 +56,12 @@ impl RedisServer {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        panic!("could not start redis-server");
+        panic!("could not start {bin}");
+    }
+
+    /// A client for the server (RESP2).
+    pub(super) fn client(&self) -> redis::Client {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).expect("client")
     }
 
     pub(super) async fn connect(&self, resp3: bool) -> MultiplexedConnection {
