@@ -4,6 +4,7 @@
 //! stages a change flows through, in order, and the layers they stand on:
 //!
 //! ```text
+//!            lab/     beside the agent, over it: local regions for `geosync lab` and the tests
 //!            agent/   run: settings in, stages wired, resync decisions (supervisor)
 //!  ───────────────────────────────────────────────────────────────────────────────────────
 //!  clients ─► local Redis ─PSYNC─► source/ ─tail events─► stamp/ ─batches─► mesh/ ─gRPC─► peer's mesh/ ─► apply/ ─► peer's Redis
@@ -36,6 +37,9 @@
 //! - [`agent`] reads the settings ([`agent::config`]), builds every stage
 //!   and its channels, and makes the decisions no stage makes alone
 //!   ([`agent::supervisor`]).
+//! - [`lab`] is not part of the agent: it starts local regions (Redis and
+//!   agent processes, fault-injecting proxies between them) for `geosync
+//!   lab` and for this crate's tests, and compares them key by key.
 //!
 //! A folder imports only from the folders under it in this picture (a
 //! stage hands its output to the next one by that one's inbox type; every
