@@ -228,8 +228,11 @@ fn a_delay_slows_every_change_down() {
 fn combined_faults_from_the_library_converge_once_healed() {
     use geosync::lab::{Lab, Step};
     let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
-    let seed = now_ms() as u64;
-    println!("seed={seed}");
+    let seed = std::env::var("GEOSYNC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(now_ms() as u64);
+    println!("replay: GEOSYNC_SEED={seed} cargo nextest run --test lab combined_faults");
     let mut lab = Lab::start(&names, seed, |b| b, &[]).unwrap();
     let steps = [
         "write a 300 keys=40",
@@ -249,7 +252,7 @@ fn combined_faults_from_the_library_converge_once_healed() {
         .collect();
     let texts: Vec<String> = steps.iter().map(|s| format!("{s:?}")).collect();
     if let Err(f) = lab.run(&steps, &texts) {
-        panic!("seed {seed}: {f}");
+        panic!("{f}\nreplay: GEOSYNC_SEED={seed} cargo nextest run --test lab combined_faults");
     }
 }
 
