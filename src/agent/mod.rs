@@ -101,12 +101,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let mut conn = locator::connect(&client)
         .await
         .map_err(|e| redis_err(format!("cannot connect{over}: {e}{}", tls_hint(&e))))?;
+    // The first reply: where a server that refuses the client after the
+    // TLS handshake shows it.
     let databases: (String, u32) = redis::cmd("CONFIG")
         .arg("GET")
         .arg("databases")
         .query_async(&mut conn)
         .await
-        .map_err(|e| redis_err(format!("CONFIG GET databases: {e}")))?;
+        .map_err(|e| {
+            let hint = match &config.redis_tls {
+                Some(t) => t.first_reply_hint(&e.to_string()),
+                None => "",
+            };
+            redis_err(format!(
+                "cannot connect{over}: CONFIG GET databases: {e}{hint}"
+            ))
+        })?;
     let databases = databases.1;
     drop(conn);
 

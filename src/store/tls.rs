@@ -249,6 +249,28 @@ impl RedisTls {
     }
 }
 
+/// The hint for a server that refused the client's certificate (or its lack).
+const CLIENT_CERTIFICATE_HINT: &str = " (the server refused the client: it may want a client certificate its CA trusts, --redis-tls-cert and --redis-tls-key)";
+
+impl RedisTls {
+    /// What an operator should check when the first reply over a new TLS
+    /// connection fails with `message`, or "". With TLS 1.3 the server
+    /// checks the client's certificate after the client's handshake has
+    /// ended, so a server that wants one and got none just closes the
+    /// connection: the first command fails with a broken pipe or a reset.
+    pub fn first_reply_hint(&self, message: &str) -> &'static str {
+        let known = hint(message);
+        let closed = ["broken pipe", "reset", "closed", "eof", "unexpected end"]
+            .iter()
+            .any(|m| message.to_lowercase().contains(m));
+        if known.is_empty() && self.client.is_none() && closed {
+            CLIENT_CERTIFICATE_HINT
+        } else {
+            known
+        }
+    }
+}
+
 /// What an operator should check for a TLS failure `message`, or "".
 pub fn hint(message: &str) -> &'static str {
     if message.contains("UnknownIssuer") {
@@ -256,7 +278,7 @@ pub fn hint(message: &str) -> &'static str {
     } else if message.contains("NotValidForName") || message.contains("not valid for name") {
         " (the server's certificate does not name the host connected to: it needs that DNS name or IP address as a subjectAltName)"
     } else if message.contains("CertificateRequired") || message.contains("HandshakeFailure") {
-        " (the server refused the client: it may want a client certificate its CA trusts, --redis-tls-cert and --redis-tls-key)"
+        CLIENT_CERTIFICATE_HINT
     } else if message.contains("Expired") || message.contains("NotValidYet") {
         " (a certificate is outside its validity period)"
     } else {
