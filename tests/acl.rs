@@ -161,7 +161,12 @@ fn the_readme_acl_is_all_the_agent_needs() {
     let mut mesh = Mesh::over_with(
         vec![r1, r2],
         Some(vec![url1, url2]),
-        &["--max-key-elements", "1000"],
+        &[
+            "--max-key-elements",
+            "1000",
+            "--anti-entropy-interval-secs",
+            "1",
+        ],
     );
     write_every_type(&mut mesh.regions[0].redis.conn(), "a:");
     write_every_type(&mut mesh.regions[1].redis.conn_db(1), "b:");
@@ -201,6 +206,14 @@ fn the_readme_acl_is_all_the_agent_needs() {
 
     // A partial resync (PSYNC continues the stream).
     partial_resync_after_agent_restart_in(&mut mesh);
+
+    // Anti-entropy rounds (digests, bucket reads) complete under this user.
+    for region in &mesh.regions {
+        let agent = &region.agent;
+        wait_until("an anti-entropy round with the peer", SETTLE, || {
+            agent.metric("geosync_anti_entropy_rounds_total") >= 1.0
+        });
+    }
 
     for (i, region) in mesh.regions.iter().enumerate() {
         let refused = refusals(&region.redis);

@@ -81,6 +81,7 @@ async fn snapshot_call(port: u16, auth: &PeerAuth, node_id: u32) -> Result<(), S
             protocol_version: PROTOCOL_VERSION,
             mesh: "geosync".into(),
             node_id,
+            ..Default::default()
         })
         .await
         .map(|_| ())
@@ -412,6 +413,7 @@ async fn snapshots_are_bounded_and_the_next_caller_is_told_to_come_back() {
                 protocol_version: PROTOCOL_VERSION,
                 mesh: "geosync".into(),
                 node_id: node,
+                ..Default::default()
             })
             .await
             .expect("a snapshot place");
@@ -455,6 +457,13 @@ impl geosync::mesh::pb::replication_server::Replication for LyingPeer {
         _: tonic::Request<SnapshotRequest>,
     ) -> Result<tonic::Response<Chunks>, tonic::Status> {
         Err(tonic::Status::unimplemented("no snapshots here"))
+    }
+
+    async fn digests(
+        &self,
+        _: tonic::Request<geosync::mesh::pb::DigestRequest>,
+    ) -> Result<tonic::Response<geosync::mesh::pb::DigestReply>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no digests here"))
     }
 
     async fn replicate(

@@ -120,6 +120,9 @@ pub struct RunArgs {
     /// the same value in every region.
     #[arg(long, env = "GEOSYNC_MAX_KEY_ELEMENTS")]
     pub max_key_elements: Option<u64>,
+    /// Seconds between anti-entropy rounds with each peer (0: none).
+    #[arg(long, env = "GEOSYNC_ANTI_ENTROPY_INTERVAL_SECS")]
+    pub anti_entropy_interval_secs: Option<u64>,
     /// MiB of stamped changes held in memory for peers that have not
     /// acknowledged them (with --outbox-batches, whichever is reached first).
     #[arg(long, env = "GEOSYNC_OUTBOX_MB")]
@@ -246,6 +249,8 @@ pub struct Config {
     pub spool: crate::stamp::spool::Limits,
     /// Most elements of a replicated collection.
     pub max_key_elements: u64,
+    /// Time between anti-entropy rounds (None: no anti-entropy).
+    pub anti_entropy_interval: Option<Duration>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -297,6 +302,9 @@ impl RunArgs {
             spool_memory_mb: self.spool_memory_mb.or(other.spool_memory_mb),
             outbox_mb: self.outbox_mb.or(other.outbox_mb),
             max_key_elements: self.max_key_elements.or(other.max_key_elements),
+            anti_entropy_interval_secs: self
+                .anti_entropy_interval_secs
+                .or(other.anti_entropy_interval_secs),
             spool_disk_mb: self.spool_disk_mb.or(other.spool_disk_mb),
             log_format: self.log_format.or(other.log_format),
         }
@@ -494,6 +502,12 @@ impl Config {
             crate::store::DEFAULT_MAX_KEY_ELEMENTS,
             1000..=100_000_000,
         )?;
+        let anti_entropy = in_range(
+            "anti-entropy-interval-secs",
+            u.anti_entropy_interval_secs,
+            crate::mesh::repair::DEFAULT_INTERVAL.as_secs(),
+            0..=86_400,
+        )?;
         let spool = crate::stamp::spool::Limits {
             memory_bytes: (spool_memory_mb << 20) as usize,
             disk_bytes: spool_disk_mb << 20,
@@ -523,6 +537,7 @@ impl Config {
             outbox_bytes: (outbox_mb << 20) as usize,
             spool,
             max_key_elements,
+            anti_entropy_interval: (anti_entropy > 0).then(|| Duration::from_secs(anti_entropy)),
             log_format,
         })
     }

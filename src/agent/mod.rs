@@ -245,6 +245,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         metrics.clone(),
         token.clone(),
     ));
+    // Anti-entropy: compare with each peer, pull what differs.
+    if let Some(interval) = config.anti_entropy_interval {
+        let anti_entropy = mesh::repair::AntiEntropy {
+            peers: config.peers.clone(),
+            node_id: config.node_id,
+            mesh: config.mesh.clone(),
+            databases,
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            auth: config.peer_auth.clone(),
+            max_message: config.peer_max_message,
+            interval,
+            apply: apply_tx.clone(),
+            ready: ready.clone(),
+        };
+        tracker.spawn(anti_entropy.run(Store::new(locator.clone()), token.clone()));
+    }
     let receiver = mesh::server::Receiver::new(
         locator.clone(),
         config.node_id,

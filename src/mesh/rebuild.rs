@@ -92,6 +92,7 @@ impl Rebuild {
                 protocol_version: PROTOCOL_VERSION,
                 mesh: self.mesh.clone(),
                 node_id: self.node_id,
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -17,8 +17,8 @@ use super::security::{TlsMode, binds_node_der};
 use super::wire::PROTOCOL_VERSION;
 use super::wire::pb::replication_server::Replication;
 use super::wire::pb::{
-    Ack, OriginMessage, PeerMessage, SnapshotChunk, SnapshotRequest, Welcome, origin_message,
-    peer_message,
+    Ack, DigestReply, DigestRequest, OriginMessage, PeerMessage, SnapshotChunk, SnapshotRequest,
+    Welcome, origin_message, peer_message,
 };
 use crate::apply::ApplyJob;
 use crate::base::change::{Change, Op, decode_batch};
@@ -305,10 +305,25 @@ impl Replication for Receiver {
                 )),
             ));
         };
-        info!(
-            node_id = req.node_id,
-            "sending a snapshot to rebuild a region"
-        );
+        if req.buckets_only && req.db >= self.databases {
+            return Err(Status::invalid_argument(format!(
+                "database {} does not exist here (databases {})",
+                req.db, self.databases
+            )));
+        }
+        if req.buckets_only {
+            tracing::debug!(
+                node_id = req.node_id,
+                db = req.db,
+                buckets = req.buckets.len(),
+                "sending buckets for anti-entropy"
+            );
+        } else {
+            info!(
+                node_id = req.node_id,
+                "sending a snapshot to rebuild a region"
+            );
+        }
         let (tx, rx) = mpsc::channel::<Result<SnapshotChunk, Status>>(4);
         let mut store = crate::store::Store::new(self.locator.clone());
         let databases = self.databases;
@@ -318,11 +333,22 @@ impl Replication for Receiver {
             // The place is given back when the snapshot has been read.
             let _place = place;
             let mut total = 0;
-            for db in 0..databases {
-                match store
-                    .read_recorded(db, SNAPSHOT_BATCH, None, &batches)
-                    .await
-                {
+            let dbs = if req.buckets_only {
+                req.db..req.db + 1
+            } else {
+                0..databases
+            };
+            for db in dbs {
+                let read = if req.buckets_only {
+                    store
+                        .read_numbered_buckets(db, &req.buckets, SNAPSHOT_BATCH, &batches)
+                        .await
+                } else {
+                    store
+                        .read_recorded(db, SNAPSHOT_BATCH, None, &batches)
+                        .await
+                };
+                match read {
                     Ok(n) => total += n,
                     Err(e) => {
                         error!(error = %e, db, "reading the snapshot failed");
@@ -333,7 +359,11 @@ impl Replication for Receiver {
                     }
                 }
             }
-            info!(changes = total, "snapshot sent");
+            if req.buckets_only {
+                tracing::debug!(changes = total, "buckets sent");
+            } else {
+                info!(changes = total, "snapshot sent");
+            }
         });
         let max_payload = super::wire::max_payload(self.max_message);
         let metrics = self.metrics.clone();
@@ -353,6 +383,51 @@ impl Replication for Receiver {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn digests(
+        &self,
+        request: Request<DigestRequest>,
+    ) -> Result<Response<DigestReply>, Status> {
+        let conn = request.extensions().get::<PeerConn>().cloned();
+        let req = request.into_inner();
+        self.check_caller(conn.as_ref(), req.protocol_version, &req.mesh, req.node_id)?;
+        if req.db >= self.databases {
+            return Err(Status::invalid_argument(format!(
+                "database {} does not exist here (databases {}): set the same `databases` in every region",
+                req.db, self.databases
+            )));
+        }
+        let groups = super::wire::group_count();
+        if let Some(g) = req.groups.iter().find(|g| **g >= groups) {
+            return Err(Status::invalid_argument(format!(
+                "no digest group {g} (there are {groups})"
+            )));
+        }
+        // Reading digests reads every record of the buckets: it shares the
+        // places of snapshots.
+        let Ok(_place) = self.snapshots.clone().try_acquire_owned() else {
+            return Err(self.refuse(
+                conn.as_ref(),
+                "snapshot_busy",
+                Status::resource_exhausted("busy sending snapshots or digests; try again later"),
+            ));
+        };
+        let mut store = crate::store::Store::new(self.locator.clone());
+        let digests = if req.groups.is_empty() {
+            super::repair::local_digests(&mut store, req.db)
+                .await
+                .map(|b| super::wire::group_digests(&b))
+        } else {
+            let wanted: Vec<u32> = req
+                .groups
+                .iter()
+                .flat_map(|g| super::wire::group_buckets(*g))
+                .collect();
+            store.bucket_digests(req.db, &wanted).await
+        }
+        .map_err(|e| Status::unavailable(format!("reading digests failed: {e}")))?;
+        Ok(Response::new(DigestReply { digests }))
     }
 
     async fn replicate(

@@ -57,3 +57,38 @@ pub fn encode_for_peers(
     }
     encoded.batches
 }
+
+/// Anti-entropy: metadata buckets per digest group. A round first compares
+/// one digest per group (128 of them per database), then the buckets of
+/// the groups that differ.
+pub const GROUP_BUCKETS: u32 = 128;
+
+/// The buckets of group `g`.
+pub fn group_buckets(g: u32) -> std::ops::Range<u32> {
+    g * GROUP_BUCKETS..((g + 1) * GROUP_BUCKETS).min(crate::store::layout::META_BUCKETS)
+}
+
+/// The number of groups a database's buckets form.
+pub fn group_count() -> u32 {
+    crate::store::layout::META_BUCKETS.div_ceil(GROUP_BUCKETS)
+}
+
+/// Folds bucket digests (all buckets of a database, in order) into one
+/// digest per group: "" when every bucket of the group is empty, else the
+/// SHA-256 of its buckets' digests.
+pub fn group_digests(buckets: &[String]) -> Vec<String> {
+    buckets
+        .chunks(GROUP_BUCKETS as usize)
+        .map(|group| {
+            if group.iter().all(String::is_empty) {
+                return String::new();
+            }
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            for d in group {
+                ctx.update(d.as_bytes());
+                ctx.update(b"\n");
+            }
+            hex::encode(ctx.finish().as_ref())
+        })
+        .collect()
+}

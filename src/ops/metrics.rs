@@ -106,6 +106,16 @@ pub struct Metrics {
     pub outbox_overflows: Family<PeerLabel, Counter>,
     /// Changes sent to a peer by catch-ups.
     pub catch_up_changes: Family<PeerLabel, Counter>,
+    /// Anti-entropy rounds completed with each peer.
+    pub anti_entropy_rounds: Family<PeerLabel, Counter>,
+    /// Metadata buckets compared with each peer (through group digests).
+    pub anti_entropy_buckets_compared: Family<PeerLabel, Counter>,
+    /// Metadata buckets found different from each peer's.
+    pub anti_entropy_buckets_differing: Family<PeerLabel, Counter>,
+    /// Keys pulled from each peer that were newer here: repaired.
+    pub anti_entropy_keys_repaired: Family<PeerLabel, Counter>,
+    /// Unix time of the last round with each peer that found nothing different.
+    pub anti_entropy_last_clean_round: Family<PeerLabel, Gauge>,
     /// Bytes of tailer events waiting in memory for the stamper (estimated).
     pub spool_memory_bytes: Gauge,
     /// Bytes of tailer events waiting on disk for the stamper.
@@ -252,6 +262,31 @@ impl Metrics {
             "catch_up_changes",
             "Changes sent to a peer by a catch-up from the metadata",
             Declared(m.catch_up_changes.clone()),
+        );
+        r.register(
+            "anti_entropy_rounds",
+            "Anti-entropy rounds completed with a peer",
+            Declared(m.anti_entropy_rounds.clone()),
+        );
+        r.register(
+            "anti_entropy_buckets_compared",
+            "Metadata buckets compared with a peer",
+            Declared(m.anti_entropy_buckets_compared.clone()),
+        );
+        r.register(
+            "anti_entropy_buckets_differing",
+            "Metadata buckets found different from a peer's",
+            Declared(m.anti_entropy_buckets_differing.clone()),
+        );
+        r.register(
+            "anti_entropy_keys_repaired",
+            "Keys pulled from a peer that were newer there",
+            Declared(m.anti_entropy_keys_repaired.clone()),
+        );
+        r.register(
+            "anti_entropy_last_clean_round_timestamp_seconds",
+            "Unix time of the last anti-entropy round with a peer that found no difference",
+            Declared(m.anti_entropy_last_clean_round.clone()),
         );
         r.register(
             "outbox_batches",

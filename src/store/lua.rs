@@ -10,6 +10,7 @@ const READ: &str = include_str!("scripts/read.lua");
 const FREEZE: &str = include_str!("scripts/freeze.lua");
 const PIECE: &str = include_str!("scripts/piece.lua");
 const CLAIM: &str = include_str!("scripts/claim.lua");
+const DIGEST: &str = include_str!("scripts/digest.lua");
 
 /// Which of the scripts a pipelined call runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,10 +22,11 @@ pub(super) enum Which {
     Freeze,
     Piece,
     Claim,
+    Digest,
 }
 
 impl Which {
-    pub(super) const ALL: [Which; 7] = [
+    pub(super) const ALL: [Which; 8] = [
         Which::Stamp,
         Which::Apply,
         Which::Flush,
@@ -32,6 +34,7 @@ impl Which {
         Which::Freeze,
         Which::Piece,
         Which::Claim,
+        Which::Digest,
     ];
 
     pub(super) fn source(self) -> &'static str {
@@ -43,6 +46,7 @@ impl Which {
             Which::Freeze => FREEZE,
             Which::Piece => PIECE,
             Which::Claim => CLAIM,
+            Which::Digest => DIGEST,
         }
     }
 }

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use super::connection::{Store, StoreError};
-use super::layout::{META_PREFIX, meta_bucket, node_suffix};
+use super::layout::{META_BUCKETS, META_PREFIX, meta_bucket, node_suffix};
 use super::lua::Which;
 use super::pieces::{LargeError, ship_recorded, travels_in_pieces};
 use super::stamping::parse_stamp_reply;
@@ -13,6 +13,10 @@ use crate::base::change::Change;
 
 /// Metadata buckets listed per round trip when records are read back.
 const BUCKETS_PER_READ: usize = 64;
+
+/// Metadata buckets one digest script reads: at about 60 records a bucket
+/// with a million keys, a few milliseconds of Redis time per call.
+pub const DIGEST_BUCKETS_PER_CALL: usize = 64;
 
 impl Store {
     /// Every key of database `db` that has a metadata record, as changes
@@ -29,11 +33,6 @@ impl Store {
         only: Option<(&str, u32)>,
         out: &tokio::sync::mpsc::Sender<Vec<Change>>,
     ) -> Result<u64, StoreError> {
-        let (after, own) = match only {
-            Some((after, node)) => (after.to_string(), node_suffix(node)),
-            None => (String::new(), String::new()),
-        };
-        let filter = vec![after.clone().into_bytes(), own.clone().into_bytes()];
         let mut buckets: Vec<Vec<u8>> = Vec::new();
         let mut cursor = 0u64;
         loop {
@@ -57,6 +56,84 @@ impl Store {
                 break;
             }
         }
+        self.read_buckets(db, &buckets, batch, only, out).await
+    }
+
+    /// [`Store::read_recorded`] for the keys recorded in the metadata
+    /// buckets numbered `buckets` only (anti-entropy).
+    pub async fn read_numbered_buckets(
+        &mut self,
+        db: u32,
+        buckets: &[u32],
+        batch: usize,
+        out: &tokio::sync::mpsc::Sender<Vec<Change>>,
+    ) -> Result<u64, StoreError> {
+        let names: Vec<Vec<u8>> = buckets
+            .iter()
+            .filter(|b| **b < META_BUCKETS)
+            .map(|b| format!("{META_PREFIX}{b}").into_bytes())
+            .collect();
+        self.read_buckets(db, &names, batch, None, out).await
+    }
+
+    /// The number of keys of database `db`, geosync's own included.
+    pub async fn dbsize(&mut self, db: u32) -> Result<u64, StoreError> {
+        let conn = self.conn().await?;
+        let (n,): (u64,) = redis::pipe()
+            .cmd("SELECT")
+            .arg(db)
+            .ignore()
+            .cmd("DBSIZE")
+            .query_async(conn)
+            .await?;
+        Ok(n)
+    }
+
+    /// The digest of each numbered metadata bucket of database `db`
+    /// (scripts/digest.lua: its keys and their stamps; "" when empty), in
+    /// the order given, read [`DIGEST_BUCKETS_PER_CALL`] buckets per script
+    /// call so that no call holds Redis long.
+    pub async fn bucket_digests(
+        &mut self,
+        db: u32,
+        buckets: &[u32],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::with_capacity(buckets.len());
+        for slice in buckets.chunks(DIGEST_BUCKETS_PER_CALL) {
+            let keys: Vec<Vec<u8>> = slice
+                .iter()
+                .map(|b| format!("{META_PREFIX}{b}").into_bytes())
+                .collect();
+            let reply = self.run_one(db, Which::Digest, keys, Vec::new()).await?;
+            let digests: Vec<String> = redis::from_redis_value(reply)
+                .map_err(|e| StoreError::BadReply(format!("digest script: {e}")))?;
+            if digests.len() != slice.len() {
+                return Err(StoreError::BadReply(format!(
+                    "digest script: {} digests for {} buckets",
+                    digests.len(),
+                    slice.len()
+                )));
+            }
+            out.extend(digests);
+        }
+        Ok(out)
+    }
+
+    /// Reads the keys recorded in the named metadata buckets (see
+    /// [`Store::read_recorded`]).
+    async fn read_buckets(
+        &mut self,
+        db: u32,
+        buckets: &[Vec<u8>],
+        batch: usize,
+        only: Option<(&str, u32)>,
+        out: &tokio::sync::mpsc::Sender<Vec<Change>>,
+    ) -> Result<u64, StoreError> {
+        let (after, own) = match only {
+            Some((after, node)) => (after.to_string(), node_suffix(node)),
+            None => (String::new(), String::new()),
+        };
+        let filter = vec![after.clone().into_bytes(), own.clone().into_bytes()];
         let mut sent = 0u64;
         let mut keys: Vec<Bytes> = Vec::new();
         let groups = buckets.chunks(BUCKETS_PER_READ).count();
