@@ -46,6 +46,7 @@ fn hello_message(protocol_version: u32, node_id: u32) -> OriginMessage {
             mesh: "geosync".into(),
             node_id,
             session: rand::random(),
+            ..Default::default()
         })),
     }
 }

@@ -234,3 +234,56 @@ fn a_large_key_with_a_missing_piece_is_not_applied() {
         .unwrap();
     assert!(rec.ends_with(&format!("v{digest}")), "recorded: {rec}");
 }
+
+/// Regions whose `--max-key-elements` or `databases` differ would cut large
+/// keys differently or send changes of a database the other lacks: each
+/// agent refuses the other when it connects, and says which setting.
+#[test]
+fn regions_with_different_settings_refuse_each_other_naming_the_setting() {
+    let mesh = Mesh::builder(2)
+        .per_node(|n| {
+            let elements = if n == 1 { "1000" } else { "2000" };
+            vec!["--max-key-elements".to_string(), elements.to_string()]
+        })
+        .unready()
+        .start();
+    for r in &mesh.regions {
+        wait_until(
+            "the other region is refused for its settings",
+            SETTLE,
+            || {
+                // try_metric: the admin server may not answer yet.
+                r.agent
+                    .try_metric("geosync_peer_refused_total{reason=\"settings\"}")
+                    .is_some_and(|n| n >= 1.0)
+            },
+        );
+    }
+    let log = mesh.regions[0].agent.log_text();
+    assert!(
+        log.contains("runs with --max-key-elements 2000, this region with 1000"),
+        "the refused agent's log names the setting:\n{log}"
+    );
+
+    let other = Mesh::builder(2)
+        .servers(vec![
+            Redis::start(&[]),
+            Redis::start(&["--databases", "32"]),
+        ])
+        .unready()
+        .start();
+    wait_until("a different `databases` is refused", SETTLE, || {
+        other.regions[1]
+            .agent
+            .try_metric("geosync_peer_refused_total{reason=\"settings\"}")
+            .is_some_and(|n| n >= 1.0)
+    });
+    assert!(
+        other.regions[0]
+            .agent
+            .log_text()
+            .contains("Redis has `databases` 16, this region's has 32"),
+        "{}",
+        other.regions[0].agent.log_text()
+    );
+}

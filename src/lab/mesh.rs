@@ -45,6 +45,7 @@ pub struct MeshBuilder<'a> {
     urls: Option<Vec<String>>,
     per_node: Box<dyn Fn(u32) -> Vec<String> + 'a>,
     proxied: bool,
+    wait: bool,
 }
 
 impl<'a> MeshBuilder<'a> {
@@ -91,6 +92,13 @@ impl<'a> MeshBuilder<'a> {
     /// [`Mesh::partition`] and the other faults work.
     pub fn proxied(mut self) -> Self {
         self.proxied = true;
+        self
+    }
+
+    /// [`MeshBuilder::start`] returns as soon as the agents run, without
+    /// waiting until they are ready (agents that will refuse each other).
+    pub fn unready(mut self) -> Self {
+        self.wait = false;
         self
     }
 
@@ -149,7 +157,9 @@ impl<'a> MeshBuilder<'a> {
             dir,
             links,
         };
-        mesh.wait_ready();
+        if self.wait {
+            mesh.wait_ready();
+        }
         mesh
     }
 }
@@ -180,6 +190,7 @@ impl Mesh {
             urls: None,
             per_node: Box::new(|_| Vec::new()),
             proxied: false,
+            wait: true,
         }
     }
 

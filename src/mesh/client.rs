@@ -151,6 +151,8 @@ async fn session(
             mesh: me.mesh.clone(),
             node_id: me.node_id,
             session: me.session,
+            databases: me.databases,
+            max_key_elements: crate::store::max_key_elements(),
         })),
     };
     if tx.send(hello).await.is_err() {

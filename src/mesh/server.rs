@@ -178,6 +178,25 @@ pub fn caller_refusal(
     None
 }
 
+/// The refusal of an origin whose settings that must match in every region
+/// differ from this agent's (`(databases, --max-key-elements)` here and as
+/// the origin stated them; 0 is "not stated" and matches anything).
+pub fn settings_refusal(own: (u32, u64), origin: (u32, u64), node_id: u32) -> Option<Status> {
+    let (databases, max_key_elements) = own;
+    let (their_databases, their_max) = origin;
+    if their_databases != 0 && their_databases != databases {
+        return Some(Status::failed_precondition(format!(
+            "settings differ: node {node_id}'s Redis has `databases` {their_databases}, this region's has {databases}; set the same `databases` in every region's Redis"
+        )));
+    }
+    if their_max != 0 && their_max != max_key_elements {
+        return Some(Status::failed_precondition(format!(
+            "settings differ: node {node_id} runs with --max-key-elements {their_max}, this region with {max_key_elements}; use the same value in every region"
+        )));
+    }
+    None
+}
+
 /// Why a batch was refused.
 #[derive(Debug, thiserror::Error)]
 enum Refusal {
@@ -460,6 +479,13 @@ impl Replication for Receiver {
             &hello.mesh,
             hello.node_id,
         )?;
+        if let Some(status) = settings_refusal(
+            (self.databases, crate::store::max_key_elements()),
+            (hello.databases, hello.max_key_elements),
+            hello.node_id,
+        ) {
+            return Err(self.refuse(conn.as_ref(), "settings", status));
+        }
         if hello.node_id == self.node_id {
             error!(
                 node_id = hello.node_id,

@@ -91,7 +91,7 @@ impl Store {
 
     /// The digest of each numbered metadata bucket of database `db`
     /// (scripts/digest.lua: its keys and their stamps; "" when empty), in
-    /// the order given, read [`DIGEST_BUCKETS_PER_CALL`] buckets per script
+    /// the order given, read `DIGEST_BUCKETS_PER_CALL` (64) buckets per script
     /// call so that no call holds Redis long.
     pub async fn bucket_digests(
         &mut self,

@@ -31,6 +31,7 @@ impl Origin {
                 mesh: mesh.into(),
                 node_id,
                 session: rand::random(),
+                ..Default::default()
             })),
         })
         .await
