@@ -259,11 +259,13 @@ fn regions_with_different_settings_refuse_each_other_naming_the_setting() {
             },
         );
     }
-    let log = mesh.regions[0].agent.log_text();
-    assert!(
-        log.contains("runs with --max-key-elements 2000, this region with 1000"),
-        "the refused agent's log names the setting:\n{log}"
-    );
+    // Region 1 refused region 2 and logs why.
+    let refusing = &mesh.regions[0].agent;
+    wait_until("region 1's log names the setting", SETTLE, || {
+        refusing
+            .log_text()
+            .contains("runs with --max-key-elements 2000, this region with 1000")
+    });
 
     let other = Mesh::builder(2)
         .servers(vec![
@@ -278,12 +280,11 @@ fn regions_with_different_settings_refuse_each_other_naming_the_setting() {
             .try_metric("geosync_peer_refused_total{reason=\"settings\"}")
             .is_some_and(|n| n >= 1.0)
     });
-    assert!(
-        other.regions[0]
-            .agent
+    // The refused agent hears why, as it retries.
+    let refused = &other.regions[0].agent;
+    wait_until("region 1 is told why region 2 refuses it", SETTLE, || {
+        refused
             .log_text()
-            .contains("Redis has `databases` 16, this region's has 32"),
-        "{}",
-        other.regions[0].agent.log_text()
-    );
+            .contains("Redis has `databases` 16, this region's has 32")
+    });
 }

@@ -98,6 +98,19 @@ impl Store {
         Ok(self.conn.as_mut().expect("just set"))
     }
 
+    /// Drops the connection after an error that means it is gone (or, with
+    /// READONLY after a failover, that it reaches the old master), so that
+    /// the next call connects anew.
+    pub(super) fn forget_broken(&mut self, e: &RedisError) {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_unrecoverable_error()
+            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        {
+            self.conn = None;
+        }
+    }
+
     pub(super) fn script(&self, which: Which) -> &Script {
         &self.scripts[which as usize]
     }
@@ -136,14 +149,7 @@ impl Store {
                     }
                 }
                 Err(e) => {
-                    // After a failover the old master answers READONLY: find the new one.
-                    if e.is_io_error()
-                        || e.is_connection_dropped()
-                        || e.is_unrecoverable_error()
-                        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-                    {
-                        self.conn = None;
-                    }
+                    self.forget_broken(&e);
                     return Err(self.at_script_line(e));
                 }
             }

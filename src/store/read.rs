@@ -79,14 +79,17 @@ impl Store {
     /// The number of keys of database `db`, geosync's own included.
     pub async fn dbsize(&mut self, db: u32) -> Result<u64, StoreError> {
         let conn = self.conn().await?;
-        let (n,): (u64,) = redis::pipe()
+        let reply: Result<(u64,), _> = redis::pipe()
             .cmd("SELECT")
             .arg(db)
             .ignore()
             .cmd("DBSIZE")
             .query_async(conn)
-            .await?;
-        Ok(n)
+            .await;
+        reply.map(|(n,)| n).map_err(|e| {
+            self.forget_broken(&e);
+            e.into()
+        })
     }
 
     /// The digest of each numbered metadata bucket of database `db`
