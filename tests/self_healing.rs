@@ -56,12 +56,11 @@ fn a_killed_agent_and_a_redis_restarted_empty_converge_by_anti_entropy() {
     if let Err(f) = lab.run(&steps, &texts) {
         panic!("{f}\nreplay: {replay}");
     }
+    // Whether a run loses anything depends on timing (most runs did):
+    // printed, not asserted; keys_lost_without_a_trace_... loses keys for
+    // sure.
     let repaired = lab.mesh.metric("geosync_anti_entropy_keys_repaired_total");
     println!("keys repaired by anti-entropy: {repaired}");
-    assert!(
-        repaired > 0.0,
-        "the regions converged without a repair: the scenario lost nothing"
-    );
     // Once converged, a round with every peer finds nothing different.
     let since = now_ms() / 1000;
     for r in &lab.mesh.regions {
