@@ -82,10 +82,13 @@ fn a_killed_agent_and_a_redis_restarted_empty_converge_by_anti_entropy() {
     }
 }
 
-/// Makes region `r` lose `keys` behind the agents' backs, as a region whose
-/// data was lost without a trace would: the values go in a transaction
-/// that starts with geosync's apply marker (the tailer skips it) and the
-/// records are geosync's own keys (never stamped).
+/// Makes region `r` lose `keys` behind the agents' backs, as a Redis that
+/// lost them (with their records, and so with their part of the bucket
+/// digests) would: the values go in a transaction that starts with
+/// geosync's apply marker (the tailer skips it); the records and digests
+/// are geosync's own keys (never stamped), changed as decision 013 defines
+/// them (a bucket's digest is the XOR of SHA1(#key:key stamp) over its
+/// records).
 fn lose(r: &Redis, keys: &[String]) {
     let mut c = r.conn();
     let mut p = redis::pipe();
@@ -98,12 +101,33 @@ fn lose(r: &Redis, keys: &[String]) {
         p.cmd("DEL").arg(k).ignore();
     }
     p.query::<()>(&mut c).unwrap();
-    let mut p = redis::pipe();
+    let forget = redis::Script::new(
+        r#"
+        local function xor_hex(a, b)
+          local out = {}
+          for i = 1, 40, 8 do
+            out[#out + 1] = bit.tohex(bit.bxor(tonumber(string.sub(a, i, i + 7), 16),
+                                               tonumber(string.sub(b, i, i + 7), 16)), 8)
+          end
+          return table.concat(out)
+        end
+        local key, bucket = KEYS[1], KEYS[2]
+        local stamp = string.sub(redis.call('HGET', bucket, key), 1, 20)
+        local acc = redis.call('HGET', '__geosync:dg', bucket)
+        acc = xor_hex(acc, redis.sha1hex(#key .. ':' .. key .. stamp))
+        if acc == string.rep('0', 40) then
+          redis.call('HDEL', '__geosync:dg', bucket)
+        else
+          redis.call('HSET', '__geosync:dg', bucket, acc)
+        end
+        return redis.call('HDEL', bucket, key)
+        "#,
+    );
     for k in keys {
         let bucket = geosync::store::layout::meta_bucket(k.as_bytes());
-        p.cmd("HDEL").arg(bucket).arg(k).ignore();
+        let removed: i64 = forget.key(k).key(bucket).invoke(&mut c).unwrap();
+        assert_eq!(removed, 1, "{k} had a record");
     }
-    p.query::<()>(&mut c).unwrap();
 }
 
 /// Keys one region lost without a trace come back from a peer by
@@ -142,4 +166,103 @@ fn keys_lost_without_a_trace_come_back_by_anti_entropy() {
         repaired(&mesh) - before >= 50.0
     });
     assert_eq!(repaired(&mesh) - before, 50.0, "nothing else was repaired");
+}
+
+/// The buckets of the connection's database whose stored anti-entropy
+/// digest is not what its records make (decision 013's definition).
+fn drifted_digests(c: &mut redis::Connection) -> Vec<String> {
+    redis::Script::new(
+        r#"
+        local function xor_hex(a, b)
+          local out = {}
+          for i = 1, 40, 8 do
+            out[#out + 1] = bit.tohex(bit.bxor(tonumber(string.sub(a, i, i + 7), 16),
+                                               tonumber(string.sub(b, i, i + 7), 16)), 8)
+          end
+          return table.concat(out)
+        end
+        local zero = string.rep('0', 40)
+        local wrong = {}
+        for n = 0, 16383 do
+          local bucket = '__geosync:m:' .. n
+          local flat = redis.call('HGETALL', bucket)
+          local acc = zero
+          for i = 1, #flat, 2 do
+            acc = xor_hex(acc, redis.sha1hex(#flat[i] .. ':' .. flat[i] .. string.sub(flat[i + 1], 1, 20)))
+          end
+          local stored = redis.call('HGET', '__geosync:dg', bucket) or zero
+          if stored ~= acc then wrong[#wrong + 1] = bucket end
+        end
+        return wrong
+        "#,
+    )
+    .invoke(c)
+    .unwrap()
+}
+
+/// Every script that writes a record keeps its bucket's digest: after
+/// writes of every type in both regions (large collections in pieces,
+/// expiries, deletes, a flush from a peer), each region's stored digests
+/// are what its records make, and rounds find nothing different.
+#[test]
+fn stored_digests_follow_every_record_change() {
+    let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
+    let seed = std::env::var("GEOSYNC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(now_ms() as u64);
+    println!("replay: GEOSYNC_SEED={seed} cargo nextest run --test self_healing stored_digests");
+    let args: Vec<String> = [
+        "--anti-entropy-interval-secs",
+        "1",
+        "--max-key-elements",
+        "1000",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut lab = Lab::start(&names, seed, |b| b, &args).unwrap();
+    let steps = [
+        "write a 2000 keys=100 ttl=500ms..3s",
+        "write b 2000 keys=100 ttl=500ms..3s",
+        "redis a RPUSH big 0 1 2 3 4 5 6 7 8 9",
+        "wait-converged",
+        "redis b FLUSHDB",
+        "write a 500 keys=100",
+        "write b 500 keys=100",
+        "wait-converged",
+    ];
+    let texts: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+    let steps: Vec<Step> = steps
+        .iter()
+        .map(|s| Step::parse(s, &names).unwrap())
+        .collect();
+    lab.run(&steps, &texts).unwrap_or_else(|f| panic!("{f}"));
+    // A large set, in pieces.
+    let mut a = lab.mesh.regions[0].redis.conn();
+    let members: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
+    let _: () = redis::cmd("SADD")
+        .arg("large")
+        .arg(&members)
+        .query(&mut a)
+        .unwrap();
+    lab.mesh.wait_converged(&[0], SETTLE);
+    for r in &lab.mesh.regions {
+        let wrong = drifted_digests(&mut r.redis.conn());
+        assert!(
+            wrong.is_empty(),
+            "region {}: stored digests drifted in {wrong:?}",
+            r.name
+        );
+    }
+    let differing = |m: &Mesh| m.metric("geosync_anti_entropy_buckets_differing_total");
+    let rounds = |m: &Mesh| m.metric("geosync_anti_entropy_rounds_total");
+    let (d0, r0) = (differing(&lab.mesh), rounds(&lab.mesh));
+    wait_until("two more rounds in each region", SETTLE, || {
+        rounds(&lab.mesh) >= r0 + 4.0
+    });
+    assert_eq!(
+        differing(&lab.mesh),
+        d0,
+        "converged regions' rounds found differences"
+    );
 }

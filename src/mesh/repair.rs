@@ -7,15 +7,19 @@
 //! ever send it, although other regions have it. Anti-entropy closes that
 //! gap: any region repairs any other.
 //!
-//! A round with one peer, per database: both sides compute a digest of
-//! each of the 16384 metadata buckets (scripts/digest.lua: the keys a
-//! bucket records and their stamps) and fold them into 128 group digests;
+//! A round with one peer, per database: both sides read the digest of
+//! each of the 16384 metadata buckets (the XOR of a hash of each key the
+//! bucket records and its stamp, kept up to date by the scripts that write
+//! records; scripts/digest.lua) and fold them into 128 group digests;
 //! the groups that differ are compared bucket by bucket; the keys of the
 //! buckets that differ are pulled from the peer (`Snapshot` restricted to
 //! those buckets) and applied through the applier, so that the newer stamp
 //! wins, whoever made it. Each side pulls only; the peer's own rounds pull
 //! what this side has newer. Databases without keys on either side cost one
-//! `DBSIZE`. Digests are read 64 buckets per script call.
+//! `DBSIZE`. At start the digests are computed once from the records (64
+//! buckets per script call); when a pull finds nothing older although the
+//! digests differed, this side's digests of those buckets are computed
+//! again, so a drifted digest heals.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +94,26 @@ impl AntiEntropy {
         tokio::select! {
             _ = self.ready.wait_snapshot() => {}
             _ = shutdown.cancelled() => return,
+        }
+        // Records written while no agent kept the digests (an older
+        // version, a Redis restored from a backup) are counted in once.
+        loop {
+            match tokio::select! {
+                r = rebuild_all(&mut store, self.databases) => r,
+                _ = shutdown.cancelled() => return,
+            } {
+                Ok(buckets) => {
+                    debug!(buckets, "anti-entropy digests computed from the records");
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot compute the anti-entropy digests; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.interval) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
         }
         // The first round one interval after the start: a restarted agent's
         // peers first deliver what they hold for it (outbox, catch-up);
@@ -207,9 +231,16 @@ impl AntiEntropy {
             if buckets.is_empty() {
                 continue;
             }
-            let (pulled, repaired) = self.pull(&mut client, db, buckets).await?;
+            let (pulled, repaired) = self.pull(&mut client, db, buckets.clone()).await?;
             round.pulled += pulled;
             round.repaired += repaired;
+            if repaired == 0 {
+                // Nothing here was older, yet the digests differed: one
+                // side's stored digests drifted (a record changed by hand).
+                // Count this side's in again; the peer does the same in its
+                // own rounds.
+                store.rebuild_digests(db, &buckets).await?;
+            }
         }
         Ok(round)
     }
@@ -258,8 +289,23 @@ impl AntiEntropy {
     }
 }
 
-/// The digest of every bucket of database `db` ("" each when the database
-/// is empty: one `DBSIZE` instead of reading 16384 buckets).
+/// Computes every bucket's digest of every database with keys from the
+/// records; the number of buckets computed.
+async fn rebuild_all(store: &mut Store, databases: u32) -> Result<u64, crate::store::StoreError> {
+    let all: Vec<u32> = (0..META_BUCKETS).collect();
+    let mut n = 0;
+    for db in 0..databases {
+        if store.dbsize(db).await? > 0 {
+            store.rebuild_digests(db, &all).await?;
+            n += all.len() as u64;
+        }
+    }
+    Ok(n)
+}
+
+/// The digest of every bucket of database `db` as the scripts keep it (""
+/// each when the database is empty: one `DBSIZE` instead of reading 16384
+/// digests).
 pub async fn local_digests(
     store: &mut Store,
     db: u32,

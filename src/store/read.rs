@@ -14,8 +14,9 @@ use crate::base::change::Change;
 /// Metadata buckets listed per round trip when records are read back.
 const BUCKETS_PER_READ: usize = 64;
 
-/// Metadata buckets one digest script reads: at about 60 records a bucket
-/// with a million keys, a few milliseconds of Redis time per call.
+/// Metadata buckets one digest script reads or rebuilds: rebuilding reads
+/// every record, about 60 a bucket with a million keys, a few milliseconds
+/// of Redis time per call.
 pub const DIGEST_BUCKETS_PER_CALL: usize = 64;
 
 impl Store {
@@ -92,14 +93,34 @@ impl Store {
         })
     }
 
-    /// The digest of each numbered metadata bucket of database `db`
-    /// (scripts/digest.lua: its keys and their stamps; "" when empty), in
-    /// the order given, read `DIGEST_BUCKETS_PER_CALL` (64) buckets per script
-    /// call so that no call holds Redis long.
+    /// The digest of each numbered metadata bucket of database `db`, as
+    /// the scripts keep it (scripts/digest.lua; "" when empty), in the
+    /// order given, `DIGEST_BUCKETS_PER_CALL` (64) buckets per script call.
     pub async fn bucket_digests(
         &mut self,
         db: u32,
         buckets: &[u32],
+    ) -> Result<Vec<String>, StoreError> {
+        self.digests(db, buckets, "stored").await
+    }
+
+    /// Computes the digests of the numbered buckets from their records,
+    /// stores them, and returns them: at start (records written before the
+    /// digests were kept), and for buckets a repair found equal although
+    /// their digests differed.
+    pub async fn rebuild_digests(
+        &mut self,
+        db: u32,
+        buckets: &[u32],
+    ) -> Result<Vec<String>, StoreError> {
+        self.digests(db, buckets, "rebuild").await
+    }
+
+    async fn digests(
+        &mut self,
+        db: u32,
+        buckets: &[u32],
+        mode: &str,
     ) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::with_capacity(buckets.len());
         for slice in buckets.chunks(DIGEST_BUCKETS_PER_CALL) {
@@ -107,7 +128,9 @@ impl Store {
                 .iter()
                 .map(|b| format!("{META_PREFIX}{b}").into_bytes())
                 .collect();
-            let reply = self.run_one(db, Which::Digest, keys, Vec::new()).await?;
+            let reply = self
+                .run_one(db, Which::Digest, keys, vec![mode.as_bytes().to_vec()])
+                .await?;
             let digests: Vec<String> = redis::from_redis_value(reply)
                 .map_err(|e| StoreError::BadReply(format!("digest script: {e}")))?;
             if digests.len() != slice.len() {

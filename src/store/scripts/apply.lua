@@ -69,6 +69,7 @@ for i = 3, #KEYS, 3 do
         end
       end
       redis.call('HSET', bucket, key, record)
+      digest_moved(bucket, key, rec and rec.stamp, stamp)
       out[#out + 1] = 1
     end
   else
@@ -87,6 +88,7 @@ for i = 3, #KEYS, 3 do
       record = make_record(stamp, 't', NO_DIGEST, nil)
     end
     redis.call('HSET', bucket, key, record)
+    digest_moved(bucket, key, rec and rec.stamp, stamp)
     out[#out + 1] = 1
   end
 end

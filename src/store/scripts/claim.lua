@@ -23,4 +23,6 @@ if raw ~= seen then
   return { 'retry', '' }
 end
 redis.call('HSET', bucket, key, make_record(stamp, 'v', ARGV[3], tonumber(ARGV[4])))
+local before = parse_record(seen ~= '' and seen or nil)
+digest_moved(bucket, key, before and before.stamp, stamp)
 return { 'ok' }

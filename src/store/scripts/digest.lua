@@ -1,25 +1,24 @@
--- geosync digest script: a digest of each metadata bucket, for
--- anti-entropy between regions.
+-- geosync digest script: the digest of each metadata bucket, for
+-- anti-entropy between regions (decision 013).
 --
--- KEYS  metadata buckets
+-- KEYS     metadata buckets
+-- ARGV[1]  'stored' to read the digests the scripts keep, 'rebuild' to
+--          compute them from the records first (at start, and for buckets
+--          a repair found equal although their digests differed)
 --
--- Returns one hex SHA1 per bucket ('' when the bucket is empty or missing)
--- of its records' keys and stamps, in key order. Two regions whose bucket
--- digests match hold the same stamp for every key of that bucket, and so
--- (stamps being unique per write) the same state.
+-- Returns one hex digest per bucket ('' when the bucket is empty): the XOR
+-- of SHA1(#key .. ':' .. key .. stamp) over its records. Two regions whose
+-- bucket digests match hold the same stamp for every key of that bucket,
+-- and so (stamps being unique per write) the same state.
 local out = {}
-for i = 1, #KEYS do
-  local flat = redis.call('HGETALL', KEYS[i])
-  if #flat == 0 then
-    out[i] = ''
-  else
-    local parts = {}
-    local sorted = sorted_pairs(flat)
-    for j = 1, #sorted, 2 do
-      local key = sorted[j]
-      parts[#parts + 1] = #key .. ':' .. key .. string.sub(sorted[j + 1], 1, STAMP_LEN)
-    end
-    out[i] = redis.sha1hex(table.concat(parts))
+if ARGV[1] == 'rebuild' then
+  for i = 1, #KEYS do
+    out[i] = digest_rebuild(KEYS[i])
+  end
+else
+  local stored = redis.call('HMGET', DIGESTS, unpack(KEYS))
+  for i = 1, #KEYS do
+    out[i] = stored[i] or ''
   end
 end
 return out

@@ -49,6 +49,7 @@ for _, bucket in ipairs(buckets) do
     local rec = parse_record(flat[i + 1])
     if rec.stamp < stamp then
       redis.call('HDEL', bucket, flat[i])
+      digest_moved(bucket, flat[i], rec.stamp, nil)
       if not from_peer then
         if string.sub(rec.stamp, -4) == me then
           restamp[#restamp + 1] = flat[i]

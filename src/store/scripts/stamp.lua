@@ -55,6 +55,7 @@ local function stamp_key(key, bucket)
       retry[#retry + 1] = rec.stamp
     else
       redis.call('HSET', bucket, key, make_record(stamp, 't', NO_DIGEST, nil))
+      digest_moved(bucket, key, rec.stamp, stamp)
       changes[#changes + 1] = { key, stamp, 'd' }
     end
   elseif state.unsupported then
@@ -72,6 +73,7 @@ local function stamp_key(key, bucket)
       retry[#retry + 1] = rec.stamp
     else
       redis.call('HSET', bucket, key, make_record(stamp, 'v', d, state.exp))
+      digest_moved(bucket, key, rec and rec.stamp, stamp)
       changes[#changes + 1] = { key, stamp, 'p', state.t, state.exp, state.flat }
     end
   end
