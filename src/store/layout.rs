@@ -19,6 +19,9 @@ pub const FLOOR_KEY: &str = "__geosync:floor";
 /// Offset of the flag byte ('v' value, 't' tombstone) in a metadata record
 /// (after the 20-byte stamp; see scripts/lib.lua).
 pub const RECORD_FLAG_AT: usize = crate::base::hlc::ENCODED_LEN;
+/// Hash of the anti-entropy digest of each metadata bucket (decision 013),
+/// kept by the scripts that write records.
+pub const DIGESTS_KEY: &str = "__geosync:dg";
 /// Key the apply scripts write first, marking their transaction as geosync's.
 pub const APPLY_MARKER_KEY: &str = "__geosync:applied";
 
@@ -59,6 +62,7 @@ pub fn is_own_key(key: &[u8]) -> bool {
         || key.starts_with(BUILD_PREFIX)
         || key == FLOOR_KEY.as_bytes()
         || key == APPLY_MARKER_KEY.as_bytes()
+        || key == DIGESTS_KEY.as_bytes()
 }
 
 /// The last four hex digits of every stamp this node makes.

@@ -122,6 +122,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_scripts_keep_digests_where_the_agent_knows_its_own_keys() {
+        let line = format!("local DIGESTS = '{}'", crate::store::layout::DIGESTS_KEY);
+        assert!(LIB.contains(&line), "lib.lua names {line}");
+        assert!(crate::store::layout::is_own_key(
+            crate::store::layout::DIGESTS_KEY.as_bytes()
+        ));
+    }
+
+    #[test]
     fn the_limits_are_written_into_the_scripts() {
         // The lines replaced must stand in lib.lua as written here.
         assert!(LIB.contains(MAX_ELEMENTS_LINE));
