@@ -44,13 +44,20 @@ pub(super) async fn persist_progress(
     let mut last_acks = outbox.acked_stamps();
     let mut last_position = None;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    // The stamper (which sends positions) stops before the links to peers
+    // at a graceful shutdown: acks go on arriving, and are recorded, until
+    // `shutdown`.
+    let mut stamping = true;
     loop {
         // Positions are written as they come (about once a second, and at
         // once after a full sync, so a restart soon after it can resume);
         // acks once a second.
         let stop = tokio::select! {
             _ = tick.tick() => false,
-            r = position.changed() => r.is_err(),
+            r = position.changed(), if stamping => {
+                stamping = r.is_ok();
+                false
+            }
             _ = shutdown.cancelled() => true,
         };
         let acks = outbox.acked_stamps();

@@ -61,7 +61,12 @@ pub enum StartError {
     Grpc(#[from] tonic::transport::Error),
 }
 
-/// Runs the agent until `shutdown` is cancelled or a stage fails fatally.
+/// How long a shutdown waits for connected peers to acknowledge what was
+/// stamped before it closes the links.
+pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs the agent until `shutdown` is cancelled (gracefully: see
+/// [`SHUTDOWN_DRAIN`]) or a stage fails fatally.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     data_dir::claim(&config.data_dir, config.node_id).map_err(|message| StartError::DataDir {
         path: config.data_dir.display().to_string(),
@@ -141,7 +146,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .with_max_batch_bytes(mesh::wire::max_payload(config.peer_max_message)),
     );
     let tracker = TaskTracker::new();
-    let token = shutdown.child_token();
+    // Every task stops on `token`. At shutdown the intake (reading the
+    // local Redis, stamping) stops first, and the links to peers stay up
+    // until they acknowledged what was stamped (see the end of this
+    // function); a fatal error stops everything at once.
+    let token = CancellationToken::new();
+    let intake = token.child_token();
 
     let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -194,7 +204,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         Arc::new(supervisor),
         tail_tx,
         metrics.clone(),
-        token.clone(),
+        intake.clone(),
     ));
     let (position_tx, position_rx) = tokio::sync::watch::channel(None);
     let stamper = stamper::Stamper {
@@ -213,7 +223,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         module_keys: Default::default(),
         too_large_logged: Default::default(),
     };
-    tracker.spawn(stamper.run(tail_rx, token.clone()));
+    tracker.spawn(stamper.run(tail_rx, intake.clone()));
 
     // Outbox → peers.
     let me = mesh::client::Identity {
@@ -324,6 +334,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     let mut grpc_task = grpc_task;
     let result = tokio::select! {
+        _ = shutdown.cancelled() => {
+            // Graceful: no new changes; what was stamped reaches the
+            // connected peers (and their acknowledgements are recorded)
+            // before the links close, so a restart re-ships nothing.
+            intake.cancel();
+            let drained = outbox.wait_drained(SHUTDOWN_DRAIN).await;
+            if drained {
+                info!("every connected peer acknowledged what was stamped; stopping");
+            } else {
+                warn!(
+                    seconds = SHUTDOWN_DRAIN.as_secs(),
+                    "peers did not acknowledge everything in time; the rest is re-shipped after a restart"
+                );
+            }
+            Ok(())
+        }
         _ = token.cancelled() => Ok(()),
         r = &mut grpc_task => match r {
             Ok(Ok(())) => Ok(()),
@@ -338,6 +364,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         },
     };
     token.cancel();
+    // The gRPC server's own shutdown waits for peers to close their streams
+    // to this agent, which they never do on their own: stop it. A batch a
+    // peer sent and this agent did not acknowledge is sent again.
+    grpc_task.abort();
     if tokio::time::timeout(std::time::Duration::from_secs(10), tracker.wait())
         .await
         .is_err()

@@ -203,6 +203,18 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Asks the process to stop (SIGTERM), as an orchestrator does; see
+    /// [`Agent::wait_exit`] for its exit code.
+    pub fn terminate(&mut self) {
+        if let Some(pid) = self.pid() {
+            let sent = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(sent, "kill -TERM {pid} failed");
+        }
+    }
+
     /// Kills the process with SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

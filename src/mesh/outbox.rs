@@ -314,6 +314,32 @@ impl Outbox {
         }
     }
 
+    /// True when every connected peer has acknowledged every batch pushed
+    /// so far (what a shutdown waits for before it stops the streams).
+    pub fn drained(&self) -> bool {
+        let inner = self.inner.lock().expect("outbox lock");
+        let last = inner.next_seq.saturating_sub(1);
+        inner
+            .connected
+            .iter()
+            .all(|p| inner.acked.get(p).copied().unwrap_or(0) >= last)
+    }
+
+    /// Waits until [`Outbox::drained`] or `deadline` passes; true when drained.
+    pub async fn wait_drained(&self, deadline: std::time::Duration) -> bool {
+        tokio::time::timeout(deadline, async {
+            loop {
+                let progress = self.progress.notified();
+                if self.drained() {
+                    return;
+                }
+                progress.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     /// Records whether the stream to `peer` is up.
     pub fn set_connected(&self, peer: &str, up: bool) {
         {
