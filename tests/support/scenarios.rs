@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use redis::{Commands, Connection};
 
-use geosync::lab::{Mesh, wait_until};
+use geosync::lab::{Mesh, Redis, wait_until};
 
 /// Writes 2000 keys `filler<i>` of 1000 bytes each: far more than a
 /// 16 kB replication backlog holds, whatever its block size. Returns the
@@ -74,4 +74,52 @@ pub fn partial_resync_after_agent_restart_in(mesh: &mut Mesh) {
         !mesh.regions[1].redis.conn().exists::<_, bool>("y").unwrap(),
         "nothing landed in db 0"
     );
+}
+
+/// Makes region `r` lose `keys` behind the agents' backs, as a Redis that
+/// lost them (with their records, and so with their part of the bucket
+/// digests) would: the values go in a transaction that starts with
+/// geosync's apply marker (the tailer skips it); the records and digests
+/// are geosync's own keys (never stamped), changed as decision 013 defines
+/// them (a bucket's digest is the XOR of SHA1(#key:key stamp) over its
+/// records).
+pub fn lose(r: &Redis, keys: &[String]) {
+    let mut c = r.conn();
+    let mut p = redis::pipe();
+    p.atomic()
+        .cmd("SET")
+        .arg("__geosync:applied")
+        .arg("1")
+        .ignore();
+    for k in keys {
+        p.cmd("DEL").arg(k).ignore();
+    }
+    p.query::<()>(&mut c).unwrap();
+    let forget = redis::Script::new(
+        r#"
+        local function xor_hex(a, b)
+          local out = {}
+          for i = 1, 40, 8 do
+            out[#out + 1] = bit.tohex(bit.bxor(tonumber(string.sub(a, i, i + 7), 16),
+                                               tonumber(string.sub(b, i, i + 7), 16)), 8)
+          end
+          return table.concat(out)
+        end
+        local key, bucket = KEYS[1], KEYS[2]
+        local stamp = string.sub(redis.call('HGET', bucket, key), 1, 20)
+        local acc = redis.call('HGET', '__geosync:dg', bucket)
+        acc = xor_hex(acc, redis.sha1hex(#key .. ':' .. key .. stamp))
+        if acc == string.rep('0', 40) then
+          redis.call('HDEL', '__geosync:dg', bucket)
+        else
+          redis.call('HSET', '__geosync:dg', bucket, acc)
+        end
+        return redis.call('HDEL', bucket, key)
+        "#,
+    );
+    for k in keys {
+        let bucket = geosync::store::layout::meta_bucket(k.as_bytes());
+        let removed: i64 = forget.key(k).key(bucket).invoke(&mut c).unwrap();
+        assert_eq!(removed, 1, "{k} had a record");
+    }
 }
