@@ -120,38 +120,6 @@ fn keys_lost_without_a_trace_come_back_by_anti_entropy() {
     assert_eq!(repaired(&mesh) - before, 50.0, "nothing else was repaired");
 }
 
-/// The buckets of the connection's database whose stored anti-entropy
-/// digest is not what its records make (decision 013's definition).
-fn drifted_digests(c: &mut redis::Connection) -> Vec<String> {
-    redis::Script::new(
-        r#"
-        local function xor_hex(a, b)
-          local out = {}
-          for i = 1, 40, 8 do
-            out[#out + 1] = bit.tohex(bit.bxor(tonumber(string.sub(a, i, i + 7), 16),
-                                               tonumber(string.sub(b, i, i + 7), 16)), 8)
-          end
-          return table.concat(out)
-        end
-        local zero = string.rep('0', 40)
-        local wrong = {}
-        for n = 0, 16383 do
-          local bucket = '__geosync:m:' .. n
-          local flat = redis.call('HGETALL', bucket)
-          local acc = zero
-          for i = 1, #flat, 2 do
-            acc = xor_hex(acc, redis.sha1hex(#flat[i] .. ':' .. flat[i] .. string.sub(flat[i + 1], 1, 20)))
-          end
-          local stored = redis.call('HGET', '__geosync:dg', bucket) or zero
-          if stored ~= acc then wrong[#wrong + 1] = bucket end
-        end
-        return wrong
-        "#,
-    )
-    .invoke(c)
-    .unwrap()
-}
-
 /// Every script that writes a record keeps its bucket's digest: after
 /// writes of every type in both regions (large collections in pieces,
 /// expiries, deletes, a flush from a peer), each region's stored digests

@@ -95,16 +95,9 @@ pub fn lose(r: &Redis, keys: &[String]) {
         p.cmd("DEL").arg(k).ignore();
     }
     p.query::<()>(&mut c).unwrap();
-    let forget = redis::Script::new(
+    let forget = redis::Script::new(&format!(
+        "{XOR_HEX}{}",
         r#"
-        local function xor_hex(a, b)
-          local out = {}
-          for i = 1, 40, 8 do
-            out[#out + 1] = bit.tohex(bit.bxor(tonumber(string.sub(a, i, i + 7), 16),
-                                               tonumber(string.sub(b, i, i + 7), 16)), 8)
-          end
-          return table.concat(out)
-        end
         local key, bucket = KEYS[1], KEYS[2]
         local stamp = string.sub(redis.call('HGET', bucket, key), 1, 20)
         local acc = redis.call('HGET', '__geosync:dg', bucket)
@@ -115,11 +108,49 @@ pub fn lose(r: &Redis, keys: &[String]) {
           redis.call('HSET', '__geosync:dg', bucket, acc)
         end
         return redis.call('HDEL', bucket, key)
-        "#,
-    );
+        "#
+    ));
     for k in keys {
         let bucket = geosync::store::layout::meta_bucket(k.as_bytes());
         let removed: i64 = forget.key(k).key(bucket).invoke(&mut c).unwrap();
         assert_eq!(removed, 1, "{k} had a record");
     }
+}
+
+/// Lua: the XOR of two 40-digit hex strings, as geosync's scripts combine
+/// record hashes into a bucket's anti-entropy digest (decision 013).
+const XOR_HEX: &str = r#"
+local function xor_hex(a, b)
+  local out = {}
+  for i = 1, 40, 8 do
+    out[#out + 1] = bit.tohex(bit.bxor(tonumber(string.sub(a, i, i + 7), 16),
+                                       tonumber(string.sub(b, i, i + 7), 16)), 8)
+  end
+  return table.concat(out)
+end
+"#;
+
+/// The buckets of the connection's database whose stored anti-entropy
+/// digest is not what its records make (decision 013's definition).
+pub fn drifted_digests(c: &mut redis::Connection) -> Vec<String> {
+    redis::Script::new(&format!(
+        "{XOR_HEX}{}",
+        r#"
+        local zero = string.rep('0', 40)
+        local wrong = {}
+        for n = 0, 16383 do
+          local bucket = '__geosync:m:' .. n
+          local flat = redis.call('HGETALL', bucket)
+          local acc = zero
+          for i = 1, #flat, 2 do
+            acc = xor_hex(acc, redis.sha1hex(#flat[i] .. ':' .. flat[i] .. string.sub(flat[i + 1], 1, 20)))
+          end
+          local stored = redis.call('HGET', '__geosync:dg', bucket) or zero
+          if stored ~= acc then wrong[#wrong + 1] = bucket end
+        end
+        return wrong
+        "#
+    ))
+    .invoke(c)
+    .unwrap()
 }
