@@ -9,6 +9,9 @@ use std::time::Duration;
 use super::env::free_port;
 use super::wait::wait_until;
 
+/// The longest a lab connection waits for a reply.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The Redis server binary: `GEOSYNC_TEST_REDIS_SERVER`, or `redis-server`
 /// from the PATH.
 pub fn redis_server_bin() -> String {
@@ -280,10 +283,17 @@ impl Redis {
     }
 
     /// A new client connection to database `db`; panics if there is none.
+    /// A reply that takes over [`REPLY_TIMEOUT`] is an error, so that a
+    /// server that stops answering fails the step that waits for it.
     pub fn conn_db(&self, db: u32) -> redis::Connection {
-        self.client_db(db)
+        let c = self
+            .client_db(db)
             .and_then(|c| c.get_connection())
-            .unwrap_or_else(|e| panic!("connect to redis on port {}: {e}", self.port))
+            .unwrap_or_else(|e| panic!("connect to redis on port {}: {e}", self.port));
+        c.set_read_timeout(Some(REPLY_TIMEOUT))
+            .and_then(|()| c.set_write_timeout(Some(REPLY_TIMEOUT)))
+            .unwrap_or_else(|e| panic!("set timeouts on a connection to port {}: {e}", self.port));
+        c
     }
 
     /// A field of `INFO section` as a number (e.g. `stats`, `sync_full`).
