@@ -226,12 +226,9 @@ fn a_delay_slows_every_change_down() {
 /// agent converges once healed.
 #[test]
 fn combined_faults_from_the_library_converge_once_healed() {
-    use geosync::lab::{Lab, Step};
+    use geosync::lab::Lab;
     let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
-    let seed = std::env::var("GEOSYNC_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(now_ms() as u64);
+    let seed = seed_from_env();
     println!("replay: GEOSYNC_SEED={seed} cargo nextest run --test lab combined_faults");
     let mut lab = Lab::start(&names, seed, |b| b, &[]).unwrap();
     let steps = [
@@ -246,12 +243,7 @@ fn combined_faults_from_the_library_converge_once_healed() {
         "heal",
         "wait-converged 60s",
     ];
-    let steps: Vec<Step> = steps
-        .iter()
-        .map(|s| Step::parse(s, &names).unwrap())
-        .collect();
-    let texts: Vec<String> = steps.iter().map(|s| format!("{s:?}")).collect();
-    if let Err(f) = lab.run(&steps, &texts) {
+    if let Err(f) = lab.run_texts(&steps) {
         panic!("{f}\nreplay: GEOSYNC_SEED={seed} cargo nextest run --test lab combined_faults");
     }
 }

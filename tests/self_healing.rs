@@ -7,7 +7,7 @@ use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
-use geosync::lab::{Lab, Step};
+use geosync::lab::Lab;
 use support::*;
 
 /// Three regions with writes in every one: one region's agent is killed and
@@ -19,10 +19,7 @@ use support::*;
 #[test]
 fn a_killed_agent_and_a_redis_restarted_empty_converge_by_anti_entropy() {
     let names: Vec<String> = ["1", "2", "3"].map(String::from).to_vec();
-    let seed = std::env::var("GEOSYNC_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(now_ms() as u64);
+    let seed = seed_from_env();
     let replay = format!(
         "GEOSYNC_SEED={seed} GEOSYNC_TEST_REDIS_SERVER={} cargo nextest run --test self_healing",
         redis_server_bin()
@@ -48,12 +45,7 @@ fn a_killed_agent_and_a_redis_restarted_empty_converge_by_anti_entropy() {
         "write 2 500 keys=300",
         "wait-converged 60s",
     ];
-    let texts: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
-    let steps: Vec<Step> = steps
-        .iter()
-        .map(|s| Step::parse(s, &names).unwrap())
-        .collect();
-    if let Err(f) = lab.run(&steps, &texts) {
+    if let Err(f) = lab.run_texts(&steps) {
         panic!("{f}\nreplay: {replay}");
     }
     // Whether a run loses anything depends on timing (most runs did):
@@ -127,10 +119,7 @@ fn keys_lost_without_a_trace_come_back_by_anti_entropy() {
 #[test]
 fn stored_digests_follow_every_record_change() {
     let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
-    let seed = std::env::var("GEOSYNC_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(now_ms() as u64);
+    let seed = seed_from_env();
     println!("replay: GEOSYNC_SEED={seed} cargo nextest run --test self_healing stored_digests");
     let args: Vec<String> = [
         "--anti-entropy-interval-secs",
@@ -151,12 +140,7 @@ fn stored_digests_follow_every_record_change() {
         "write b 500 keys=100",
         "wait-converged",
     ];
-    let texts: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
-    let steps: Vec<Step> = steps
-        .iter()
-        .map(|s| Step::parse(s, &names).unwrap())
-        .collect();
-    lab.run(&steps, &texts).unwrap_or_else(|f| panic!("{f}"));
+    lab.run_texts(&steps).unwrap_or_else(|f| panic!("{f}"));
     // A large set, in pieces.
     let mut a = lab.mesh.regions[0].redis.conn();
     let members: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();

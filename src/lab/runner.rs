@@ -246,6 +246,25 @@ impl Lab {
         }
     }
 
+    /// Parses `texts` as steps against this lab's region names and runs
+    /// them (see [`Lab::run`]); a step that does not parse is a failure.
+    pub fn run_texts(&mut self, texts: &[&str]) -> Result<(), Failure> {
+        let names: Vec<String> = self.mesh.regions.iter().map(|r| r.name.clone()).collect();
+        let mut steps = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let step = Step::parse(text, &names).map_err(|message| Failure {
+                number: i + 1,
+                text: text.to_string(),
+                message,
+                faults: Vec::new(),
+                replay: format!("seed {}", self.seed),
+            })?;
+            steps.push(step);
+        }
+        let texts: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        self.run(&steps, &texts)
+    }
+
     /// Runs every step, then, unless the last step compared the regions,
     /// waits up to 30 s for them to converge.
     pub fn run(&mut self, steps: &[Step], texts: &[String]) -> Result<(), Failure> {

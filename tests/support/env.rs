@@ -14,3 +14,12 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// For randomized tests: `GEOSYNC_SEED`, or a seed from the clock (the
+/// test prints it, so that the run can be replayed).
+pub fn seed_from_env() -> u64 {
+    std::env::var("GEOSYNC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(geosync::lab::now_ms() as u64)
+}

@@ -31,7 +31,7 @@ mod sentinel;
 pub use self::{
     certs::{TestCerts, tls_server_bin},
     changes::{stamp_at, string_put},
-    env::{env_usize, listing_only},
+    env::{env_usize, listing_only, seed_from_env},
     fake_peer::{FakePeer, Origin},
     peer_certs::{NodeCert, PeerCerts, secret_file},
     scenarios::{
