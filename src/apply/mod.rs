@@ -68,3 +68,41 @@ pub async fn run(
         let _ = job.done.send(result);
     }
 }
+
+/// Counts and logs what an outcome holds besides applied and older
+/// changes: changes written without what this server cannot hold, changes
+/// set aside (each logged with its key), and collections whose pieces were
+/// missing. `peer` names where the changes came from.
+pub fn report(outcome: &ApplyOutcome, metrics: &Metrics, peer: &str) {
+    let label = Metrics::peer(peer);
+    if outcome.degraded > 0 {
+        metrics
+            .changes_degraded
+            .get_or_create(&label)
+            .inc_by(outcome.degraded);
+        warn!(
+            peer,
+            changes = outcome.degraded,
+            "hashes with field expiries applied without them: this server has no field expiry (Redis 7.4+); fields already expired were left out"
+        );
+    }
+    for q in &outcome.quarantined {
+        metrics.changes_quarantined.get_or_create(&label).inc();
+        warn!(
+            peer,
+            db = q.db,
+            key = %String::from_utf8_lossy(&q.key),
+            stamp = %q.stamp,
+            why = %q.why,
+            "change quarantined: not applied, the key keeps its value"
+        );
+    }
+    if outcome.incomplete > 0 {
+        metrics.large_keys_incomplete.inc_by(outcome.incomplete);
+        warn!(
+            peer,
+            keys = outcome.incomplete,
+            "pieces of a large key are missing (dropped from a full outbox); it is not applied until it arrives whole"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod change;
+pub mod check;
 pub mod event;
 pub mod hlc;
 pub mod position;

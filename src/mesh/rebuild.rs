@@ -111,7 +111,9 @@ impl Rebuild {
             {
                 return Err(format!("snapshot stamp beyond the clock skew limit: {e}").into());
             }
-            applied += store.apply(&changes).await?.applied;
+            let outcome = store.apply(&changes).await?;
+            crate::apply::report(&outcome, &self.metrics, peer);
+            applied += outcome.applied;
         }
         Ok(applied)
     }

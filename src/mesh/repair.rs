@@ -231,7 +231,7 @@ impl AntiEntropy {
             if buckets.is_empty() {
                 continue;
             }
-            let (pulled, repaired) = self.pull(&mut client, db, buckets.clone()).await?;
+            let (pulled, repaired) = self.pull(peer, &mut client, db, buckets.clone()).await?;
             round.pulled += pulled;
             round.repaired += repaired;
             if repaired == 0 {
@@ -249,6 +249,7 @@ impl AntiEntropy {
     /// applied).
     async fn pull(
         &self,
+        peer: &str,
         client: &mut ReplicationClient<tonic::transport::Channel>,
         db: u32,
         buckets: Vec<u32>,
@@ -283,7 +284,9 @@ impl AntiEntropy {
             pulled += changes.len() as u64;
             let (done, outcome) = oneshot::channel();
             self.apply.send(ApplyJob { changes, done }).await?;
-            applied += outcome.await?.map_err(|e| e.to_string())?.applied;
+            let outcome = outcome.await?.map_err(|e| e.to_string())?;
+            crate::apply::report(&outcome, &self.metrics, peer);
+            applied += outcome.applied;
         }
         Ok((pulled, applied))
     }

@@ -63,6 +63,12 @@ pub struct Metrics {
     pub changes_applied: Family<PeerLabel, Counter>,
     /// Changes from peers older than (or equal to) what the key held.
     pub changes_rejected_older: Family<PeerLabel, Counter>,
+    /// Peers' changes applied without what this server cannot hold (field
+    /// expiries on a server older than Redis 7.4).
+    pub changes_degraded: Family<PeerLabel, Counter>,
+    /// Peers' changes set aside because this server could not take them
+    /// (the key keeps its value; each is logged with its key).
+    pub changes_quarantined: Family<PeerLabel, Counter>,
     /// 1 while the outgoing stream to the peer is up.
     pub peer_connected: Family<PeerLabel, Gauge>,
     /// Batches stamped here but not yet acknowledged by the peer.
@@ -187,6 +193,16 @@ impl Metrics {
             "changes_rejected_older",
             "Changes from peers rejected as older",
             Declared(m.changes_rejected_older.clone()),
+        );
+        r.register(
+            "changes_degraded",
+            "Peers' changes applied without what this server cannot hold (field expiries)",
+            Declared(m.changes_degraded.clone()),
+        );
+        r.register(
+            "changes_quarantined",
+            "Peers' changes set aside because this server could not take them",
+            Declared(m.changes_quarantined.clone()),
         );
         r.register(
             "peer_connected",

@@ -27,7 +27,7 @@ mod reply;
 mod stamping;
 pub mod tls;
 
-pub use applying::ApplyOutcome;
+pub use applying::{ApplyOutcome, Quarantined};
 pub use connection::{Store, StoreError};
 pub use freeze::{Freeze, Frozen, Piece};
 pub use layout::{

@@ -16,7 +16,18 @@
 -- Returns per change: 1 applied, 0 older (or equal) than what is recorded
 -- (or a piece that does not continue what was built), 2 a seal that does
 -- not match what was built: a piece went missing, and the built key is
--- dropped.
+-- dropped; 3 applied without what this server cannot hold (field
+-- expiries); or the string 'q <error>' when the server refused to write
+-- the value: the key is left as it was (values are built in the private
+-- key and renamed into place only once whole), nothing is recorded, and
+-- the agent quarantines the change.
+
+-- The reply for a change whose value the server refused.
+local function refused(err)
+  if type(err) == 'table' then err = err.err end
+  return 'q ' .. tostring(err)
+end
+
 redis.call('INCR', KEYS[2])
 local floor = redis.call('GET', KEYS[1])
 local out = {}
@@ -48,9 +59,14 @@ for i = 3, #KEYS, 3 do
     if size_as(building, t) ~= num then
       out[#out + 1] = 0
     else
-      append_items(building, t, ARGV, from, to)
-      redis.call('PEXPIRE', building, PRIVATE_TTL_MS)
-      out[#out + 1] = 1
+      local ok, err = pcall(append_items, building, t, ARGV, from, to)
+      if ok then
+        redis.call('PEXPIRE', building, PRIVATE_TTL_MS)
+        out[#out + 1] = 1
+      else
+        redis.call('UNLINK', building)
+        out[#out + 1] = refused(err)
+      end
     end
   elseif op == 'S' then
     if from < 1 or size_as(building, t) ~= from then
@@ -72,22 +88,32 @@ for i = 3, #KEYS, 3 do
       digest_moved(bucket, key, rec and rec.stamp, stamp)
       out[#out + 1] = 1
     end
-  else
-    redis.call('UNLINK', key)
-    local record
-    if op == 'p' then
-      write_state(key, t, num, ARGV, from, to)
-      local state = read_state(key, true)
+  elseif op == 'p' then
+    -- Built aside, then renamed into place: a write the server refuses
+    -- leaves the key as it was.
+    redis.call('UNLINK', building)
+    local ok, degraded = pcall(write_state, building, t, num, ARGV, from, to)
+    if not ok then
+      redis.call('UNLINK', building)
+      out[#out + 1] = refused(degraded)
+    else
+      local state = read_state(building, true)
+      redis.call('UNLINK', key)
+      local record
       if state == nil then
         -- its expiry had already passed: recorded like an expired key
         record = make_record(stamp, 't', NO_DIGEST, nil)
       else
+        redis.call('RENAME', building, key)
         record = make_record(stamp, 'v', digest(state), state.exp)
       end
-    else
-      record = make_record(stamp, 't', NO_DIGEST, nil)
+      redis.call('HSET', bucket, key, record)
+      digest_moved(bucket, key, rec and rec.stamp, stamp)
+      out[#out + 1] = degraded and 3 or 1
     end
-    redis.call('HSET', bucket, key, record)
+  else
+    redis.call('UNLINK', key)
+    redis.call('HSET', bucket, key, make_record(stamp, 't', NO_DIGEST, nil))
     digest_moved(bucket, key, rec and rec.stamp, stamp)
     out[#out + 1] = 1
   end

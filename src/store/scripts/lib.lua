@@ -299,37 +299,70 @@ local function append_items(key, t, flat, from, to)
   return true
 end
 
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- True when `err` (a redis.pcall error) says the server has no such
+-- command: field expiries on a server older than Redis 7.4.
+local function is_unknown_command(err)
+  local msg = string.lower(err.err or '')
+  return string.find(msg, 'unknown', 1, true) ~= nil
+     and string.find(msg, 'command', 1, true) ~= nil
+end
+
+-- Writes a hash's fields with their expiries (flat: field, value, expiry
+-- triples). On a server without field expiry the fields are written
+-- without them, those already expired left out; returns true then.
+local function write_hash_ttl(key, flat, from, to)
+  local pairs_ = {}
+  for i = from, to, 3 do
+    pairs_[#pairs_ + 1] = flat[i]
+    pairs_[#pairs_ + 1] = flat[i + 1]
+  end
+  push_chunks('HSET', key, pairs_, 1, #pairs_, 2)
+  local degraded = false
+  local now = nil
+  for i = from, to, 3 do
+    local e = tonumber(flat[i + 2])
+    if e and e > 0 then
+      if not degraded then
+        local r = redis.pcall('HPEXPIREAT', key, e, 'FIELDS', 1, flat[i])
+        if type(r) == 'table' and r.err then
+          if not is_unknown_command(r) then error(r) end
+          degraded = true
+        end
+      end
+      if degraded then
+        now = now or now_ms()
+        if e <= now then redis.call('HDEL', key, flat[i]) end
+      end
+    end
+  end
+  return degraded
+end
+
 -- Writes a state into a key that does not exist. `flat` holds the value in
--- items from..to.
+-- items from..to. Raises the server's error when it refuses a write (the
+-- caller writes into a private key, so nothing half-written shows); returns
+-- true when the value was written without what this server cannot hold
+-- (field expiries).
 local function write_state(key, t, exp, flat, from, to)
+  local degraded = false
   if t == 'string' then
     redis.call('SET', key, flat[from])
   elseif append_items(key, t, flat, from, to) then
     -- a list, set, sorted set or hash
   elseif t == 'hash+ttl' then
-    local pairs_ = {}
-    for i = from, to, 3 do
-      pairs_[#pairs_ + 1] = flat[i]
-      pairs_[#pairs_ + 1] = flat[i + 1]
-    end
-    push_chunks('HSET', key, pairs_, 1, #pairs_, 2)
-    for i = from, to, 3 do
-      local e = tonumber(flat[i + 2])
-      if e and e > 0 then
-        redis.call('HPEXPIREAT', key, e, 'FIELDS', 1, flat[i])
-      end
-    end
+    degraded = write_hash_ttl(key, flat, from, to)
   elseif t == 'stream' then
     write_stream(key, flat, from, to)
   else
-    return redis.error_reply('geosync: cannot write type ' .. t)
+    error({ err = 'geosync: cannot write type ' .. t })
   end
   if exp and exp > 0 then
     redis.call('PEXPIREAT', key, exp)
   end
-end
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return degraded
 end
