@@ -238,3 +238,68 @@ fn local_flush_removes_what_landed_before_its_stamp() {
     assert_eq!(out.older, 1);
     assert!(!c.exists::<_, bool>("landed").unwrap());
 }
+
+/// A stamp call whose reply was lost (a timeout, a connection reset after
+/// the script ran) is retried with the same stamp: the retry finds the
+/// records the first call wrote and ships them, value and delete alike,
+/// instead of taking them for "unchanged since stamped".
+#[test]
+fn a_stamp_retried_after_its_reply_was_lost_ships_what_it_recorded() {
+    let rt = rt();
+    let (_r, mut store, mut c) = setup();
+    let _: () = c.set("gone", "x").unwrap();
+    assert_eq!(
+        stamp_one(&rt, &mut store, "gone", &ts(50 << 32, 1))
+            .changes
+            .len(),
+        1
+    );
+    let _: () = c.set("k", "v").unwrap();
+    let _: () = c.del("gone").unwrap();
+    let at = ts(100 << 32, 1);
+    let keys = vec![(
+        0u32,
+        vec![
+            bytes::Bytes::from_static(b"k"),
+            bytes::Bytes::from_static(b"gone"),
+        ],
+    )];
+    let first = rt
+        .block_on(store.stamp(&keys, &hlc::encode(&at), None, 1))
+        .unwrap();
+    assert_eq!(first[0].changes.len(), 2);
+    // the reply never arrived: the same call again
+    let retried = rt
+        .block_on(store.stamp(&keys, &hlc::encode(&at), None, 1))
+        .unwrap();
+    assert_eq!(
+        retried[0].changes, first[0].changes,
+        "the retry ships what the lost call recorded"
+    );
+    // a later stamp of the unchanged key ships nothing
+    let later = stamp_one(&rt, &mut store, "k", &ts(200 << 32, 1));
+    assert!(later.changes.is_empty(), "{:?}", later.changes);
+}
+
+/// A local flush recorded but whose reply was lost is recorded again with
+/// the same stamp: the retry still hands back the keys written after the
+/// FLUSHDB, which the first call took the records of.
+#[test]
+fn a_flush_retried_after_its_reply_was_lost_still_hands_back_keys_to_stamp() {
+    let rt = rt();
+    let (_r, mut store, mut c) = setup();
+    let _: () = redis::cmd("FLUSHDB").query(&mut c).unwrap();
+    let _: () = c.set("stamped-early", "client").unwrap();
+    assert_eq!(
+        stamp_one(&rt, &mut store, "stamped-early", &ts(150 << 32, 1))
+            .changes
+            .len(),
+        1
+    );
+    let flush = hlc::encode(&ts(200 << 32, 1));
+    let first = rt.block_on(store.flush_local(&[0], &flush, 1)).unwrap();
+    let want = vec![(0, vec![bytes::Bytes::from_static(b"stamped-early")])];
+    assert_eq!(first, want);
+    let retried = rt.block_on(store.flush_local(&[0], &flush, 1)).unwrap();
+    assert_eq!(retried, want, "the retry hands back the same keys");
+}

@@ -22,9 +22,25 @@
 -- ARGV[4]  (local) this node's id as the last 4 hex digits of its stamps
 --
 -- Returns { keys deleted (-1 when the floor was already newer), keys to stamp again }.
+-- A local flush tried again with the same stamp (its reply was lost) hands
+-- back every key of the database to be stamped again.
 redis.call('INCR', KEYS[2])
 local stamp, prefix, from_peer, me = ARGV[1], ARGV[2], ARGV[3] == 'peer', ARGV[4]
 local floor = redis.call('GET', KEYS[1])
+if floor and floor == stamp and not from_peer then
+  -- This flush was recorded by an earlier try whose reply was lost: the
+  -- records it dropped are gone, so every key is handed back to be
+  -- stamped again (those unchanged since their stamp ship nothing).
+  local cursor, keys = '0', {}
+  repeat
+    local r = redis.call('SCAN', cursor, 'COUNT', 1000)
+    cursor = r[1]
+    for _, key in ipairs(r[2]) do
+      if string.sub(key, 1, 10) ~= '__geosync:' then keys[#keys + 1] = key end
+    end
+  until cursor == '0'
+  return { 0, keys }
+end
 if floor and floor >= stamp then return { -1, {} } end
 local deleted = 0
 local restamp = {}

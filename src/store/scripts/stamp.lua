@@ -21,8 +21,11 @@
 local stamp, reship, me = ARGV[1], ARGV[2], ARGV[3]
 local changes, retry, unsupported, deferred = {}, {}, {}, {}
 
--- Recorded by this node after the re-ship floor: maybe never delivered.
+-- Recorded by this very call's stamp (an earlier try of it ran but its
+-- reply was lost, and the agent tries again with the same stamp), or by
+-- this node after the re-ship floor: maybe never delivered.
 local function own_unacked(rec)
+  if rec.stamp == stamp then return true end
   return reship ~= '' and rec.stamp > reship and string.sub(rec.stamp, -4) == me
 end
 
