@@ -181,3 +181,102 @@ fn stored_digests_follow_every_record_change() {
         );
     }
 }
+
+/// A FLUSHDB made while the peer's agent is down, whose origin agent is
+/// then killed before it could deliver it (its outbox dies with it): the
+/// origin's restarted agent ships its recorded flush again, and the peer
+/// deletes what the flush deleted. Anti-entropy is off: the re-ship alone
+/// must carry it.
+#[test]
+fn a_flush_whose_origin_agent_died_before_delivering_it_still_reaches_the_peer() {
+    let mut mesh = Mesh::with_agent_args(2, &["--anti-entropy-interval-secs", "0"]);
+    let mut a = mesh.regions[0].redis.conn();
+    for i in 0..100 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query(&mut a)
+            .unwrap();
+    }
+    mesh.wait_converged(&[0], SETTLE);
+    mesh.kill_agent(1);
+    let _: () = redis::cmd("FLUSHDB").query(&mut a).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg("flush")
+        .query(&mut a)
+        .unwrap();
+    mesh.wait_stamped(0, SETTLE);
+    mesh.kill_agent(0);
+    mesh.regions[0].agent.restart();
+    mesh.regions[1].agent.restart();
+    mesh.wait_ready();
+    mesh.wait_converged(&[0], SETTLE);
+    let mut b = mesh.regions[1].redis.conn();
+    assert_eq!(
+        user_key_count(&mut b).unwrap(),
+        1,
+        "only the key written after the flush"
+    );
+}
+
+/// Three regions: region 3's agent is down while region 1 flushes; region
+/// 2 applies the flush; then region 1's Redis restarts empty, so the only
+/// region that still records the flush is region 2. Region 1 rebuilds from
+/// region 2 and must not take back region 3's old keys; region 3 must
+/// delete them: the flush travels in the snapshot and in anti-entropy.
+#[test]
+fn a_flush_only_one_region_still_records_reaches_every_region() {
+    let mut mesh = Mesh::with_agent_args(3, &["--anti-entropy-interval-secs", "1"]);
+    let mut a = mesh.regions[0].redis.conn();
+    for i in 0..100 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query(&mut a)
+            .unwrap();
+    }
+    mesh.wait_converged(&[0], SETTLE);
+    mesh.kill_agent(2);
+    let _: () = redis::cmd("FLUSHDB").query(&mut a).unwrap();
+    let mut b = mesh.regions[1].redis.conn();
+    wait_until("region 2 applies the flush", SETTLE, || {
+        user_key_count(&mut b).unwrap() == 0
+    });
+    let _: () = redis::cmd("SET")
+        .arg("after")
+        .arg("flush")
+        .query(&mut a)
+        .unwrap();
+    mesh.wait_stamped(0, SETTLE);
+    wait_until(
+        "region 2 has the key written after the flush",
+        SETTLE,
+        || user_key_count(&mut b).unwrap() == 1,
+    );
+    mesh.kill_agent(0);
+    mesh.restart_redis_empty(0);
+    mesh.regions[0].agent.restart();
+    mesh.regions[2].agent.restart();
+    mesh.wait_ready();
+    mesh.wait_converged(&[0], SETTLE);
+    for r in &mesh.regions {
+        assert_eq!(
+            user_key_count(&mut r.redis.conn()).unwrap(),
+            1,
+            "region {}: only the key written after the flush",
+            r.name
+        );
+    }
+    // Counted when the round that applied it ends.
+    wait_until(
+        "region 3 counts the flush it got by anti-entropy",
+        SETTLE,
+        || {
+            mesh.regions[2]
+                .agent
+                .metric("geosync_anti_entropy_flushes_total")
+                >= 1.0
+        },
+    );
+}

@@ -82,6 +82,8 @@ pub struct Round {
     pub pulled: u64,
     /// Of those, changes newer than what this region held: repaired keys.
     pub repaired: u64,
+    /// Flushes the peer records and this region had missed, applied.
+    pub flushes: u64,
 }
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
@@ -145,7 +147,10 @@ impl AntiEntropy {
                         m.anti_entropy_keys_repaired
                             .get_or_create(&label)
                             .inc_by(r.repaired);
-                        if r.buckets_differing == 0 {
+                        m.anti_entropy_flushes
+                            .get_or_create(&label)
+                            .inc_by(r.flushes);
+                        if r.buckets_differing == 0 && r.flushes == 0 {
                             m.anti_entropy_last_clean_round
                                 .get_or_create(&label)
                                 .set(unix_seconds());
@@ -173,9 +178,8 @@ impl AntiEntropy {
             .max_decoding_message_size(self.max_message);
         let mut round = Round::default();
         for db in 0..self.databases {
-            let local = local_digests(store, db).await?;
-            let local_groups = group_digests(&local);
-            let remote_groups = client
+            let mut local = local_digests(store, db).await?;
+            let reply = client
                 .digests(DigestRequest {
                     protocol_version: PROTOCOL_VERSION,
                     mesh: self.mesh.clone(),
@@ -184,8 +188,18 @@ impl AntiEntropy {
                     groups: Vec::new(),
                 })
                 .await?
-                .into_inner()
-                .digests;
+                .into_inner();
+            // A flush the peer records and this region missed (its origin
+            // lost it before it got here): applied first, as the flush
+            // script applies any peer's flush, then compared again.
+            let mine = store.flush_floor(db).await?.unwrap_or_default();
+            if reply.floor > mine {
+                self.flush(peer, db, reply.floor).await?;
+                round.flushes += 1;
+                local = local_digests(store, db).await?;
+            }
+            let local_groups = group_digests(&local);
+            let remote_groups = reply.digests;
             if remote_groups.len() != local_groups.len() {
                 return Err(format!(
                     "the peer sent {} group digests for database {db}, not {}",
@@ -243,6 +257,21 @@ impl AntiEntropy {
             }
         }
         Ok(round)
+    }
+
+    /// Applies the peer's flush of database `db` stamped `floor`.
+    async fn flush(&self, peer: &str, db: u32, floor: String) -> Result<(), Failure> {
+        let ts = hlc::decode(floor.as_bytes())?;
+        self.clock
+            .update_with_timestamp(&ts)
+            .map_err(|e| format!("the peer's flush stamp is beyond the clock skew limit: {e}"))?;
+        info!(%peer, db, stamp = %floor, "anti-entropy: applying a flush this region missed");
+        let (done, outcome) = oneshot::channel();
+        let changes = vec![crate::store::flush_change(db, floor)];
+        self.apply.send(ApplyJob { changes, done }).await?;
+        let outcome = outcome.await?.map_err(|e| e.to_string())?;
+        crate::apply::report(&outcome, &self.metrics, peer);
+        Ok(())
     }
 
     /// Pulls the keys of `buckets` from the peer and applies them: (pulled,

@@ -412,7 +412,16 @@ impl Replication for Receiver {
             store.bucket_digests(req.db, &wanted).await
         }
         .map_err(|e| Status::unavailable(format!("reading digests failed: {e}")))?;
-        Ok(Response::new(DigestReply { digests }))
+        let floor = if req.groups.is_empty() {
+            store
+                .flush_floor(req.db)
+                .await
+                .map_err(|e| Status::unavailable(format!("reading the flush floor failed: {e}")))?
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(DigestReply { digests, floor }))
     }
 
     async fn replicate(

@@ -120,6 +120,9 @@ pub struct Metrics {
     pub anti_entropy_buckets_differing: Family<PeerLabel, Counter>,
     /// Keys pulled from each peer that were newer here: repaired.
     pub anti_entropy_keys_repaired: Family<PeerLabel, Counter>,
+    /// Flushes a peer records and this region had missed, applied by
+    /// anti-entropy, per peer.
+    pub anti_entropy_flushes: Family<PeerLabel, Counter>,
     /// Unix time of the last round with each peer that found nothing different.
     pub anti_entropy_last_clean_round: Family<PeerLabel, Gauge>,
     /// Bytes of tailer events waiting in memory for the stamper (estimated).
@@ -298,6 +301,11 @@ impl Metrics {
             "anti_entropy_keys_repaired",
             "Keys pulled from a peer that were newer there",
             Declared(m.anti_entropy_keys_repaired.clone()),
+        );
+        r.register(
+            "anti_entropy_flushes",
+            "Flushes a peer records and this region had missed, applied by anti-entropy",
+            Declared(m.anti_entropy_flushes.clone()),
         );
         r.register(
             "anti_entropy_last_clean_round_timestamp_seconds",

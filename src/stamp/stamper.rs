@@ -142,7 +142,7 @@ impl Stamper {
                 self.reship =
                     crate::mesh::acklog::reship_floor(&self.outbox.acked_stamps(), &self.peers);
                 self.reshipped_large.clear();
-                true
+                self.reship_flushes(shutdown).await
             }
             TailEvent::SnapshotDone => {
                 pending.snapshot_done = true;
@@ -154,6 +154,41 @@ impl Stamper {
             // it; the others are not affected by the order.
             TailEvent::Flush(db) => self.flush(db, &mut pending.keys, shutdown).await,
         }
+    }
+
+    /// Ships again this node's recorded flushes newer than the re-ship
+    /// floor: a flush lives in the outbox until every peer acknowledged it,
+    /// and an agent killed before that lost it, while its Redis keeps the
+    /// floor the flush left. Returns false on shutdown.
+    async fn reship_flushes(&mut self, shutdown: &CancellationToken) -> bool {
+        let Some(reship) = self.reship.clone() else {
+            return true;
+        };
+        let own = crate::store::node_suffix(self.node_id);
+        let mut changes = Vec::new();
+        for db in 0..self.databases {
+            let mut backoff = Backoff::new();
+            let floor = loop {
+                match self.store.flush_floor(db).await {
+                    Ok(f) => break f,
+                    Err(e) => {
+                        warn!(db, error = %e, "reading the flush floor failed; retrying");
+                        if !backoff.wait(shutdown).await {
+                            return false;
+                        }
+                    }
+                }
+            };
+            if let Some(floor) = floor.filter(|f| *f > reship && f.ends_with(&own)) {
+                info!(db, stamp = %floor, "shipping again a flush no peer may have");
+                changes.push(crate::store::flush_change(db, floor));
+            }
+        }
+        if changes.is_empty() {
+            return true;
+        }
+        self.metrics.changes_reshipped.inc_by(changes.len() as u64);
+        self.outbox.push(changes, shutdown).await
     }
 
     /// Records a FLUSHDB/FLUSHALL with its own stamp and ships it; keys the

@@ -5,11 +5,11 @@
 use bytes::Bytes;
 
 use super::connection::{Store, StoreError};
-use super::layout::{META_BUCKETS, META_PREFIX, meta_bucket, node_suffix};
+use super::layout::{FLOOR_KEY, META_BUCKETS, META_PREFIX, meta_bucket, node_suffix};
 use super::lua::Which;
 use super::pieces::{LargeError, ship_recorded, travels_in_pieces};
 use super::stamping::parse_stamp_reply;
-use crate::base::change::Change;
+use crate::base::change::{Change, Op};
 
 /// Metadata buckets listed per round trip when records are read back.
 const BUCKETS_PER_READ: usize = 64;
@@ -27,6 +27,11 @@ impl Store {
     ///
     /// With `only = Some((after, node_id))`, only records stamped by that
     /// node after `after` (an outbox catch-up for one peer).
+    ///
+    /// The database's last flush comes first, as a [`Op::FlushDb`] with its
+    /// recorded stamp (with `only`, when that node made it after `after`):
+    /// a region that missed it deletes what it deleted, and an older change
+    /// cannot bring back what it deleted there.
     pub async fn read_recorded(
         &mut self,
         db: u32,
@@ -34,6 +39,17 @@ impl Store {
         only: Option<(&str, u32)>,
         out: &tokio::sync::mpsc::Sender<Vec<Change>>,
     ) -> Result<u64, StoreError> {
+        if let Some(floor) = self.flush_floor(db).await? {
+            let wanted = match only {
+                None => true,
+                Some((after, node)) => {
+                    floor.as_str() > after && floor.ends_with(&node_suffix(node))
+                }
+            };
+            if wanted && out.send(vec![flush_change(db, floor)]).await.is_err() {
+                return Ok(0);
+            }
+        }
         let mut buckets: Vec<Vec<u8>> = Vec::new();
         let mut cursor = 0u64;
         loop {
@@ -75,6 +91,24 @@ impl Store {
             .map(|b| format!("{META_PREFIX}{b}").into_bytes())
             .collect();
         self.read_buckets(db, &names, batch, None, out).await
+    }
+
+    /// The stamp of database `db`'s last flush (its floor: every record
+    /// older was dropped), None when it was never flushed.
+    pub async fn flush_floor(&mut self, db: u32) -> Result<Option<String>, StoreError> {
+        let conn = self.conn().await?;
+        let reply: Result<(Option<String>,), _> = redis::pipe()
+            .cmd("SELECT")
+            .arg(db)
+            .ignore()
+            .cmd("GET")
+            .arg(FLOOR_KEY)
+            .query_async(conn)
+            .await;
+        reply.map(|(f,)| f).map_err(|e| {
+            self.forget_broken(&e);
+            e.into()
+        })
     }
 
     /// The number of keys of database `db`, geosync's own included.
@@ -204,5 +238,15 @@ impl Store {
             }
         }
         Ok(sent)
+    }
+}
+
+/// The change that carries database `db`'s flush stamped `stamp`.
+pub fn flush_change(db: u32, stamp: String) -> Change {
+    Change {
+        db,
+        key: serde_bytes::ByteBuf::new(),
+        stamp,
+        op: Op::FlushDb,
     }
 }
