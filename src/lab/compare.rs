@@ -335,8 +335,42 @@ fn shown(k: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(k))
 }
 
+/// What [`compare_with`] leaves out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompareOptions {
+    /// Hashes compare by fields and values only. In a mesh of servers with
+    /// and without hash field expiry (Redis 7.4+), a field's expiry exists
+    /// only where the server supports it; everything else (values, key
+    /// expiries, metadata) must still be identical.
+    pub ignore_field_expiries: bool,
+}
+
+impl KeyState {
+    /// This state with hash field expiries left out: a hash with field
+    /// expiries reads as the plain hash of its fields and values.
+    pub fn without_field_expiries(&self) -> KeyState {
+        match &self.value {
+            KeyValue::HashTtl(fields) => KeyState {
+                value: KeyValue::Hash(
+                    fields
+                        .iter()
+                        .map(|(f, v, _)| (f.clone(), v.clone()))
+                        .collect(),
+                ),
+                expire_at: self.expire_at,
+            },
+            _ => self.clone(),
+        }
+    }
+}
+
 /// Compares two snapshots of the same database in two regions.
 pub fn compare(a: &Snapshot, b: &Snapshot) -> Comparison {
+    compare_with(a, b, CompareOptions::default())
+}
+
+/// [`compare`], leaving out what `options` says.
+pub fn compare_with(a: &Snapshot, b: &Snapshot, options: CompareOptions) -> Comparison {
     let now = a.taken_at.max(b.taken_at);
     let expiring_soon = |s: &KeyState| s.expire_at.is_some_and(|e| e <= now + EXPIRY_MARGIN_MS);
     let mut out = Comparison::default();
@@ -344,8 +378,17 @@ pub fn compare(a: &Snapshot, b: &Snapshot) -> Comparison {
     keys.sort();
     keys.dedup();
     out.keys = keys.len();
+    let read = |s: &Snapshot, k: &Vec<u8>| {
+        let state = s.keys.get(k)?;
+        Some(if options.ignore_field_expiries {
+            state.without_field_expiries()
+        } else {
+            state.clone()
+        })
+    };
     for k in keys {
-        let (x, y) = (a.keys.get(k), b.keys.get(k));
+        let (x, y) = (read(a, k), read(b, k));
+        let (x, y) = (x.as_ref(), y.as_ref());
         match (x, y) {
             _ if x == y => {}
             (Some(s), None) | (None, Some(s)) if expiring_soon(s) => {
@@ -424,6 +467,32 @@ mod tests {
         let c = compare(&a, &b);
         assert_eq!(c.differences.len(), 1, "{c:?}");
         assert!(c.expiring.is_empty());
+    }
+
+    #[test]
+    fn field_expiries_can_be_left_out() {
+        let hash = |e: i64| KeyState {
+            value: KeyValue::HashTtl(vec![(b"f".to_vec(), b"1".to_vec(), e)]),
+            expire_at: Some(2_000_000),
+        };
+        let plain = KeyState {
+            value: KeyValue::Hash(vec![(b"f".to_vec(), b"1".to_vec())]),
+            expire_at: Some(2_000_000),
+        };
+        let a = snap(&[("h", hash(1_900_000))]);
+        let b = snap(&[("h", plain.clone())]);
+        assert_eq!(compare(&a, &b).differences.len(), 1);
+        let leave = CompareOptions {
+            ignore_field_expiries: true,
+        };
+        assert!(compare_with(&a, &b, leave).differences.is_empty());
+        // Values and key expiries still count.
+        let other = KeyState {
+            expire_at: None,
+            ..plain
+        };
+        let c = snap(&[("h", other)]);
+        assert_eq!(compare_with(&a, &c, leave).differences.len(), 1);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::agent::Agent;
-use super::compare::{Snapshot, compare, try_snapshot};
+use super::compare::{CompareOptions, Snapshot, compare_with, try_snapshot};
 use super::env::free_port;
 use super::proxy::{Faults, Proxy};
 use super::redis::{Redis, RedisBuilder};
@@ -432,6 +432,11 @@ impl Mesh {
 
     /// Compares every region with region 1 in `dbs`, once.
     pub fn look(&self, dbs: &[u32]) -> Look {
+        self.look_with(dbs, CompareOptions::default())
+    }
+
+    /// [`Mesh::look`], leaving out what `options` says.
+    pub fn look_with(&self, dbs: &[u32], options: CompareOptions) -> Look {
         let mut out = Look::default();
         for &db in dbs {
             // Read the regions side by side: large datasets take a while.
@@ -463,7 +468,7 @@ impl Mesh {
                 );
                 match (first, s) {
                     (Ok(a), Ok(b)) => {
-                        let c = compare(a, b);
+                        let c = compare_with(a, b, options);
                         out.keys += c.keys;
                         out.differences
                             .extend(c.differences.iter().map(|d| format!("{pair}: {d}")));
@@ -488,9 +493,19 @@ impl Mesh {
     /// same metadata): Ok with how long it took and the last look, or Err
     /// with the differences at the deadline.
     pub fn converge(&self, dbs: &[u32], timeout: Duration) -> Result<(Duration, Look), Look> {
+        self.converge_with(dbs, timeout, CompareOptions::default())
+    }
+
+    /// [`Mesh::converge`], comparing as `options` says.
+    pub fn converge_with(
+        &self,
+        dbs: &[u32],
+        timeout: Duration,
+        options: CompareOptions,
+    ) -> Result<(Duration, Look), Look> {
         let mut last = Look::default();
         match poll(timeout, || {
-            last = self.look(dbs);
+            last = self.look_with(dbs, options);
             last.differences.is_empty()
         }) {
             Some(took) => Ok((took, last)),
@@ -501,7 +516,17 @@ impl Mesh {
     /// Waits until every region holds the same data in `dbs` (and the same
     /// metadata); returns how long that took. Panics with the differences.
     pub fn wait_converged(&self, dbs: &[u32], timeout: Duration) -> Duration {
-        match self.converge(dbs, timeout) {
+        self.wait_converged_with(dbs, timeout, CompareOptions::default())
+    }
+
+    /// [`Mesh::wait_converged`], comparing as `options` says.
+    pub fn wait_converged_with(
+        &self,
+        dbs: &[u32],
+        timeout: Duration,
+        options: CompareOptions,
+    ) -> Duration {
+        match self.converge_with(dbs, timeout, options) {
             Ok((took, look)) => {
                 if !look.expiring.is_empty() {
                     println!(

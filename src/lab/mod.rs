@@ -31,7 +31,7 @@ pub mod wait;
 pub mod workload;
 
 pub use agent::{Agent, http_get, metric_sum, metric_value};
-pub use compare::{Snapshot, compare, diff, snapshot};
+pub use compare::{CompareOptions, Snapshot, compare, compare_with, diff, snapshot};
 pub use env::{free_port, now_ms};
 pub use mesh::{Look, Mesh, MeshBuilder, Region};
 pub use proxy::Proxy;

@@ -45,8 +45,8 @@ pub use self::{
 pub use geosync::lab::{
     Agent, Mesh, Redis, RedisBuilder, Region,
     compare::{
-        EXPIRY_MARGIN_MS, KeyState, KeyValue, Snapshot, diff, field_expiries, has_field_expiry,
-        read_key, snapshot, user_key_count,
+        CompareOptions, EXPIRY_MARGIN_MS, KeyState, KeyValue, Snapshot, diff, field_expiries,
+        has_field_expiry, read_key, snapshot, user_key_count,
     },
     free_port, http_get, metric_sum, now_ms, poll, redis_server_bin, wait_until,
 };
