@@ -501,7 +501,6 @@ fn older_than(r: &Region, db: u32, stamp: &str) -> Vec<String> {
 /// re-ship and the catch-up after the restart send records, and the flush
 /// has none, so region 2 keeps its old keys.
 #[test]
-#[ignore = "flushes are not durable yet (issue 11, item 2)"]
 fn a_flush_made_while_a_peer_is_down_reaches_it_after_the_origin_is_killed() {
     let test = "a_flush_made_while_a_peer_is_down_reaches_it_after_the_origin_is_killed";
     let seed = seed_from_env();
@@ -621,7 +620,6 @@ fn mixed_servers() -> [(&'static str, String); 3] {
 /// expires during the run (10 to 20 minutes), so a field kept without its
 /// expiry has the same value as where it has one.
 #[test]
-#[ignore = "a hash with field expiries cannot be applied on a server without HPEXPIRE yet"]
 fn a_mixed_version_mesh_converges_except_for_field_expiries() {
     let test = "a_mixed_version_mesh_converges_except_for_field_expiries";
     let seed = seed_from_env();
@@ -674,5 +672,22 @@ fn a_mixed_version_mesh_converges_except_for_field_expiries() {
         ),
     };
     println!("hashes with field expiries in region redis82 (db 0): {with_ttls}");
+    assert!(
+        with_ttls > 0,
+        "the 8.2 region wrote hashes with field expiries"
+    );
+    for r in &mesh.regions[1..] {
+        let degraded = r.agent.metric("geosync_changes_degraded_total");
+        println!(
+            "{}: {degraded} changes applied without field expiries",
+            r.name
+        );
+        assert!(
+            degraded > 0.0,
+            "{} counts what it wrote without field expiries",
+            r.name
+        );
+        assert_eq!(r.agent.metric("geosync_changes_quarantined_total"), 0.0);
+    }
     figures(test, seed, 1, &written, took, &mesh);
 }
