@@ -168,9 +168,7 @@ fn stored_digests_follow_every_record_change() {
     let mut baseline = Vec::new();
     for r in &lab.mesh.regions {
         let r0 = count(r, rounds);
-        wait_until("the round under way ends", SETTLE, || {
-            count(r, rounds) > r0
-        });
+        wait_until("the round under way ends", SETTLE, || count(r, rounds) > r0);
         baseline.push((count(r, rounds), count(r, differing)));
     }
     for (r, (r1, d1)) in lab.mesh.regions.iter().zip(baseline) {
