@@ -200,6 +200,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             data_dir: config.data_dir.clone(),
             databases,
             node_id: config.node_id,
+            kept_disk_bytes: config.spool.disk_bytes,
         },
         Arc::new(supervisor),
         tail_tx,

@@ -98,6 +98,11 @@ pub struct Metrics {
     pub redis_timeouts: Counter,
     /// Replication offset processed from the local Redis.
     pub repl_offset: Gauge,
+    /// Bytes of the command stream read and kept while a resync's work
+    /// ran (the snapshot's keys, a rebuild from a peer), handled after it.
+    pub resync_stream_kept_bytes: Counter,
+    /// Of those, bytes that went through `<data-dir>/resync-stream`.
+    pub resync_stream_spilled_bytes: Counter,
     /// Client writes to keys under the reserved `__geosync:` prefix (not replicated).
     pub reserved_key_writes: Counter,
     /// Keys of types geosync cannot carry, by reason: `module:<type name>`
@@ -256,6 +261,16 @@ impl Metrics {
             "repl_offset",
             "Replication offset processed",
             m.repl_offset.clone(),
+        );
+        r.register(
+            "resync_stream_kept_bytes",
+            "Bytes of the replication stream read and kept while a resync's work ran",
+            m.resync_stream_kept_bytes.clone(),
+        );
+        r.register(
+            "resync_stream_spilled_bytes",
+            "Bytes of the replication stream kept on disk while a resync's work ran",
+            m.resync_stream_spilled_bytes.clone(),
         );
         r.register(
             "reserved_key_writes",

@@ -3,6 +3,7 @@
 //! `REPLCONF`).
 
 use bytes::{Buf, BytesMut};
+use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -11,7 +12,7 @@ use super::resp::{self, Frame};
 use crate::store::tls::RedisTls;
 
 /// Room made in the read buffer before each read of the socket.
-const READ_CHUNK: usize = 256 << 10;
+pub(super) const READ_CHUNK: usize = 256 << 10;
 
 /// What the replication socket is: plain TCP or TLS over it.
 trait Socket: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -75,6 +76,14 @@ impl Link {
         self.buf.reserve(READ_CHUNK);
         let n = self.rd.read_buf(&mut self.buf).await;
         read_result(n)
+    }
+
+    /// Reads what the socket holds right now into `dst`, without waiting:
+    /// None when nothing is there yet.
+    pub(super) fn read_now(&mut self, dst: &mut BytesMut) -> Option<Result<(), TailError>> {
+        dst.reserve(READ_CHUNK);
+        // `read_buf` is cancel-safe: dropped unfinished, it read nothing.
+        self.rd.read_buf(dst).now_or_never().map(read_result)
     }
 
     pub(super) async fn send(&mut self, args: &[&[u8]]) -> Result<(), TailError> {

@@ -5,8 +5,11 @@
 //! eof capa psync2`, `PSYNC`, receive the RDB snapshot (length-prefixed or
 //! diskless with an EOF marker) into the data directory, hand every key in it
 //! to the stamper, then follow the command stream, acknowledging the offset
-//! every second and on `REPLCONF GETACK`. A session ends with a reason; the
-//! tailer reconnects with capped, jittered backoff.
+//! every second and on `REPLCONF GETACK`. While a resync's work runs (the
+//! snapshot's keys, this node's records, a rebuild from a peer) the stream
+//! is already read, kept in order and acknowledged, so the master does not
+//! drop the agent for it. A session ends with a reason; the tailer
+//! reconnects with capped, jittered backoff.
 //!
 //! What it emits is [`TailEvent`](crate::base::event::TailEvent)s: sets of
 //! dirty keys, never values. The stamper reads the values atomically inside
@@ -19,9 +22,11 @@
 //!
 //! Files, in the order a session uses them: `link.rs` (socket and
 //! handshake), `session.rs` (`PSYNC`), `snapshot.rs` and `recorded.rs` (a
-//! resync's keys), `stream.rs` (the command stream, read with [`resp`]).
+//! resync's keys), `kept.rs` (the stream read meanwhile), `stream.rs` (the
+//! command stream, read with [`resp`]).
 
 mod error;
+mod kept;
 pub mod keyspec;
 mod link;
 pub mod rdb;
@@ -59,6 +64,9 @@ pub struct TailerConfig {
     /// This region's node id (its own records are re-shipped after a
     /// resync).
     pub node_id: u32,
+    /// Most bytes of the command stream kept on disk while a resync's work
+    /// runs (`<data-dir>/resync-stream`); 0 keeps only the memory part.
+    pub kept_disk_bytes: u64,
 }
 
 /// A resync that met another master than the one followed before.

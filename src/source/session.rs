@@ -1,10 +1,12 @@
 //! One replication session: connect, handshake, `PSYNC`, a partial or a
-//! full resync, then the command stream.
+//! full resync (its work done while the link is still read and
+//! acknowledged, `kept.rs`), then the command stream.
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::error::TailError;
+use super::kept::{Kept, keep_while};
 use super::link::{Link, handshake};
 use super::recorded::report_recorded;
 use super::snapshot::{receive_snapshot, report_snapshot};
@@ -44,7 +46,9 @@ pub(super) async fn session(
     let reply = link.line().await?;
     let reply = String::from_utf8_lossy(&reply).into_owned();
     let mut parts = reply.trim_start_matches('+').split(' ');
-    let (replid, offset, db) = match (parts.next(), resume) {
+    // What the link delivers while the resync's work runs (kept.rs).
+    let kept_path = cfg.data_dir.join("resync-stream");
+    let (replid, offset, db, kept) = match (parts.next(), resume) {
         (Some("CONTINUE"), Some(p)) => {
             metrics.sync_partial_ok.inc();
             // A new id means the master was promoted; the offsets carry on.
@@ -53,29 +57,35 @@ pub(super) async fn session(
                 .map(str::to_string)
                 .unwrap_or_else(|| p.replid.clone());
             info!(%replid, offset = p.offset, "partial resync");
-            // The outbox did not survive a restart: re-ship what this node
-            // stamped and no peer acknowledged.
-            tx.send(TailEvent::SnapshotStart)
-                .await
-                .map_err(TailError::from)?;
-            let recorded =
-                report_recorded(&mut side, cfg.databases, cfg.node_id, false, tx).await?;
-            // A promoted replica continued the stream, but may lack the old
-            // master's last writes, which this agent may have shipped or
-            // applied already: peers' recorded state brings them back.
-            if replid != p.replid {
-                let change = MasterChange::Continued {
-                    replid: replid.clone(),
-                };
-                if !hook.master_changed(change, shutdown).await {
-                    return Err(TailError::Shutdown);
+            let mut kept = Kept::new(kept_path, cfg.kept_disk_bytes, p.offset);
+            let work = async {
+                // The outbox did not survive a restart: re-ship what this
+                // node stamped and no peer acknowledged.
+                tx.send(TailEvent::SnapshotStart)
+                    .await
+                    .map_err(TailError::from)?;
+                let recorded =
+                    report_recorded(&mut side, cfg.databases, cfg.node_id, false, tx).await?;
+                // A promoted replica continued the stream, but may lack the
+                // old master's last writes, which this agent may have
+                // shipped or applied already: peers' recorded state brings
+                // them back.
+                if replid != p.replid {
+                    let change = MasterChange::Continued {
+                        replid: replid.clone(),
+                    };
+                    if !hook.master_changed(change, shutdown).await {
+                        return Err(TailError::Shutdown);
+                    }
                 }
-            }
-            tx.send(TailEvent::SnapshotDone)
-                .await
-                .map_err(TailError::from)?;
+                tx.send(TailEvent::SnapshotDone)
+                    .await
+                    .map_err(TailError::from)?;
+                Ok(recorded)
+            };
+            let recorded = keep_while(&mut link, &mut kept, work, tx, metrics, shutdown).await?;
             info!(recorded, "own records reported");
-            (replid, p.offset, p.db)
+            (replid, p.offset, p.db, kept)
         }
         (Some("FULLRESYNC"), previous) => {
             let replid = parts.next().unwrap_or_default().to_string();
@@ -92,32 +102,40 @@ pub(super) async fn session(
                 let off = offset.to_string();
                 link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
             }
-            tx.send(TailEvent::SnapshotStart)
-                .await
-                .map_err(TailError::from)?;
-            let keys = report_snapshot(path, tx).await?;
-            let recorded = report_recorded(&mut side, cfg.databases, cfg.node_id, true, tx).await?;
-            // A new replication id that could not continue the old stream:
-            // the Redis restarted empty (it lost its data), or another
-            // server became master and did not have everything the old one
-            // had (what this agent shipped or applied there may be gone).
-            // Peers' recorded state brings it back; applying it only lets
-            // newer stamps win, so it is safe in every case.
-            if previous.is_some_and(|p| p.replid != replid) {
-                let change = MasterChange::Replaced {
-                    replid: replid.clone(),
-                    keys,
-                    recorded,
-                };
-                if !hook.master_changed(change, shutdown).await {
-                    return Err(TailError::Shutdown);
+            let mut kept = Kept::new(kept_path, cfg.kept_disk_bytes, offset);
+            let work = async {
+                tx.send(TailEvent::SnapshotStart)
+                    .await
+                    .map_err(TailError::from)?;
+                let keys = report_snapshot(path, tx).await?;
+                let recorded =
+                    report_recorded(&mut side, cfg.databases, cfg.node_id, true, tx).await?;
+                // A new replication id that could not continue the old
+                // stream: the Redis restarted empty (it lost its data), or
+                // another server became master and did not have everything
+                // the old one had (what this agent shipped or applied there
+                // may be gone). Peers' recorded state brings it back;
+                // applying it only lets newer stamps win, so it is safe in
+                // every case.
+                if previous.is_some_and(|p| p.replid != replid) {
+                    let change = MasterChange::Replaced {
+                        replid: replid.clone(),
+                        keys,
+                        recorded,
+                    };
+                    if !hook.master_changed(change, shutdown).await {
+                        return Err(TailError::Shutdown);
+                    }
                 }
-            }
-            tx.send(TailEvent::SnapshotDone)
-                .await
-                .map_err(TailError::from)?;
+                tx.send(TailEvent::SnapshotDone)
+                    .await
+                    .map_err(TailError::from)?;
+                Ok((keys, recorded))
+            };
+            let (keys, recorded) =
+                keep_while(&mut link, &mut kept, work, tx, metrics, shutdown).await?;
             info!(keys, recorded, diskless, "snapshot reported");
-            (replid, offset, 0)
+            (replid, offset, 0, kept)
         }
         _ => {
             return Err(TailError::Handshake {
@@ -136,5 +154,5 @@ pub(super) async fn session(
         specs,
         side,
     };
-    follow(link, start, state, tx, metrics, &mut epoch, shutdown).await
+    follow(link, kept, start, state, tx, metrics, &mut epoch, shutdown).await
 }

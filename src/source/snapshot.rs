@@ -2,6 +2,8 @@
 //! key by key (values skipped) and reported as dirty keys.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -65,9 +67,23 @@ pub(super) async fn receive_snapshot(link: &mut Link, path: &PathBuf) -> Result<
     Ok(diskless)
 }
 
-/// Parses the snapshot file and reports its keys in chunks.
+/// Sets its flag when dropped: the session that waited for the blocking
+/// task is gone.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Parses the snapshot file and reports its keys in chunks. Dropped before
+/// it ends (the session ended: a link error, shutdown), the blocking task
+/// stops at its next chunk instead of reporting into the next session.
 pub(super) async fn report_snapshot(path: PathBuf, tx: &SpoolTx) -> Result<u64, TailError> {
     let tx = tx.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = StopOnDrop(stop.clone());
     tokio::task::spawn_blocking(move || -> Result<u64, TailError> {
         let file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
         let mut rdb = RdbReader::new(file)?;
@@ -82,9 +98,15 @@ pub(super) async fn report_snapshot(path: PathBuf, tx: &SpoolTx) -> Result<u64, 
             n += 1;
             chunk.push((k.db as u32, Bytes::from(k.key)));
             if chunk.len() >= 1024 {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(TailError::Shutdown);
+                }
                 tx.blocking_send(TailEvent::Dirty(std::mem::take(&mut chunk)))
                     .map_err(TailError::from)?;
             }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(TailError::Shutdown);
         }
         if !chunk.is_empty() {
             tx.blocking_send(TailEvent::Dirty(chunk))

@@ -1,15 +1,19 @@
 //! The command stream after a resync: every command's written keys
 //! reported (a transaction's together), the position reported as it moves,
-//! and the offset acknowledged every second and on `REPLCONF GETACK`.
+//! and the offset acknowledged every second and on `REPLCONF GETACK`. What
+//! was received while the resync's work ran (`kept.rs`) is handled first,
+//! as if it had been read live.
 
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use super::error::TailError;
-use super::link::Link;
+use super::kept::{ACK_EVERY, Kept};
+use super::link::{Link, READ_CHUNK};
 use super::resp;
 use crate::base::event::TailEvent;
 use crate::base::position::Position;
@@ -39,9 +43,12 @@ pub(super) struct StreamState {
     pub(super) side: redis::aio::MultiplexedConnection,
 }
 
-/// Follows the command stream from `offset`.
+/// Follows the command stream from `start`: the bytes `kept` while the
+/// resync's work ran first, then the link.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn follow(
     mut link: Link,
+    mut kept: Kept,
     start: Position,
     mut state: StreamState,
     tx: &SpoolTx,
@@ -54,8 +61,10 @@ pub(super) async fn follow(
     } = start;
     let mut reported = offset;
     let mut reported_at = Instant::now();
-    let mut ack = tokio::time::interval(Duration::from_secs(1));
+    let mut ack = tokio::time::interval(ACK_EVERY);
     ack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What the link delivers while kept bytes are still being handled.
+    let mut incoming = BytesMut::new();
     loop {
         // Handle every complete command in the buffer.
         while let Some((frame, used)) =
@@ -68,9 +77,9 @@ pub(super) async fn follow(
             let getack = handle(&argv, &mut state, tx, metrics).await?;
             offset += used as i64;
             metrics.repl_offset.set(offset);
-            if getack {
-                let off = offset.to_string();
-                link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
+            // A GETACK kept during the resync's work was answered then.
+            if getack && offset > kept.acknowledged {
+                send_ack(&mut link, offset).await?;
             }
         }
         // Report the position (between transactions, at most ten times a
@@ -90,17 +99,48 @@ pub(super) async fn follow(
             reported = offset;
             reported_at = Instant::now();
         }
+        if !kept.is_empty() {
+            // Catching up with the bytes kept during the resync's work, in
+            // order, a chunk at a time; the link is still read (behind
+            // them, without waiting), acknowledged and watched.
+            if kept.has_room()
+                && let Some(r) = link.read_now(&mut incoming)
+            {
+                r?;
+                kept.push(&incoming, metrics)?;
+                incoming.clear();
+            }
+            kept.pop_into(&mut link.buf, READ_CHUNK)?;
+            if ack.tick().now_or_never().is_some() {
+                tx.check()?;
+                send_ack(&mut link, offset.max(kept.acknowledged)).await?;
+            }
+            if shutdown.is_cancelled() {
+                return Err(TailError::Shutdown);
+            }
+            if epoch.has_changed().unwrap_or(true) {
+                return Err(TailError::MasterSwitched);
+            }
+            tokio::task::yield_now().await;
+            continue;
+        }
         tokio::select! {
             r = link.fill() => r?,
             _ = ack.tick() => {
                 tx.check()?;
-                let off = offset.to_string();
-                link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await?;
+                // Never less than what was acknowledged while the work ran
+                // (the master keeps the largest offset anyway).
+                send_ack(&mut link, offset.max(kept.acknowledged)).await?;
             }
             _ = epoch.changed() => return Err(TailError::MasterSwitched),
             _ = shutdown.cancelled() => return Err(TailError::Shutdown),
         }
     }
+}
+
+async fn send_ack(link: &mut Link, offset: i64) -> Result<(), TailError> {
+    let off = offset.to_string();
+    link.send(&[b"REPLCONF", b"ACK", off.as_bytes()]).await
 }
 
 fn lower(b: &[u8]) -> String {
