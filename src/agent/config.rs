@@ -123,6 +123,10 @@ pub struct RunArgs {
     /// Seconds between anti-entropy rounds with each peer (0: none).
     #[arg(long, env = "GEOSYNC_ANTI_ENTROPY_INTERVAL_SECS")]
     pub anti_entropy_interval_secs: Option<u64>,
+    /// Most bytes per second anti-entropy pulls from peers, over all its
+    /// rounds (0: no limit); a larger repair takes longer, it does not stop.
+    #[arg(long, env = "GEOSYNC_ANTI_ENTROPY_MAX_BYTES_PER_SEC")]
+    pub anti_entropy_max_bytes_per_sec: Option<u64>,
     /// MiB of stamped changes held in memory for peers that have not
     /// acknowledged them (with --outbox-batches, whichever is reached first).
     #[arg(long, env = "GEOSYNC_OUTBOX_MB")]
@@ -251,6 +255,8 @@ pub struct Config {
     pub max_key_elements: u64,
     /// Time between anti-entropy rounds (None: no anti-entropy).
     pub anti_entropy_interval: Option<Duration>,
+    /// Most bytes per second anti-entropy pulls (0: no limit).
+    pub anti_entropy_max_bytes_per_sec: u64,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -305,6 +311,9 @@ impl RunArgs {
             anti_entropy_interval_secs: self
                 .anti_entropy_interval_secs
                 .or(other.anti_entropy_interval_secs),
+            anti_entropy_max_bytes_per_sec: self
+                .anti_entropy_max_bytes_per_sec
+                .or(other.anti_entropy_max_bytes_per_sec),
             spool_disk_mb: self.spool_disk_mb.or(other.spool_disk_mb),
             log_format: self.log_format.or(other.log_format),
         }
@@ -508,6 +517,17 @@ impl Config {
             crate::mesh::repair::DEFAULT_INTERVAL.as_secs(),
             0..=86_400,
         )?;
+        let anti_entropy_max_bytes_per_sec = u
+            .anti_entropy_max_bytes_per_sec
+            .unwrap_or(crate::mesh::repair::DEFAULT_MAX_BYTES_PER_SEC);
+        if (1..MIN_ANTI_ENTROPY_BYTES_PER_SEC).contains(&anti_entropy_max_bytes_per_sec) {
+            return Err(bad(
+                "anti-entropy-max-bytes-per-sec",
+                format!(
+                    "{anti_entropy_max_bytes_per_sec} is less than {MIN_ANTI_ENTROPY_BYTES_PER_SEC}; use 0 for no limit"
+                ),
+            ));
+        }
         let spool = crate::stamp::spool::Limits {
             memory_bytes: (spool_memory_mb << 20) as usize,
             disk_bytes: spool_disk_mb << 20,
@@ -538,10 +558,15 @@ impl Config {
             spool,
             max_key_elements,
             anti_entropy_interval: (anti_entropy > 0).then(|| Duration::from_secs(anti_entropy)),
+            anti_entropy_max_bytes_per_sec,
             log_format,
         })
     }
 }
+
+/// The smallest nonzero `--anti-entropy-max-bytes-per-sec`: less would
+/// take minutes for one chunk of keys.
+pub const MIN_ANTI_ENTROPY_BYTES_PER_SEC: u64 = 1024;
 
 /// `url` without its password, for messages and logs.
 pub fn redacted(url: &str) -> String {
@@ -610,6 +635,14 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((c.spool.memory_bytes, c.spool.disk_bytes), (8 << 20, 0));
+        assert_eq!(c.anti_entropy_max_bytes_per_sec, 8 << 20, "the default");
+        let limit = |v: &str| {
+            parse(&["--node-id", "1", "--anti-entropy-max-bytes-per-sec", v])
+                .unwrap()
+                .anti_entropy_max_bytes_per_sec
+        };
+        assert_eq!(limit("0"), 0, "no limit");
+        assert_eq!(limit("1024"), 1024);
     }
 
     #[test]
@@ -639,6 +672,10 @@ mod tests {
             (
                 &["--node-id", "1", "--spool-disk-mb", "9999999999"],
                 "spool-disk-mb",
+            ),
+            (
+                &["--node-id", "1", "--anti-entropy-max-bytes-per-sec", "100"],
+                "anti-entropy-max-bytes-per-sec",
             ),
         ];
         for (args, setting) in cases {

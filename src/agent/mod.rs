@@ -236,6 +236,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         auth: config.peer_auth.clone(),
         max_message: config.peer_max_message,
     };
+    // What the links with peers tell anti-entropy (reconnects, deliveries).
+    let links = Arc::new(mesh::repair::PeerLinks::new(&config.peers));
     for peer in &config.peers {
         tracker.spawn(mesh::client::run(
             peer.clone(),
@@ -243,6 +245,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             outbox.clone(),
             metrics.clone(),
             ready.clone(),
+            links.clone(),
             token.clone(),
         ));
     }
@@ -268,8 +271,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             auth: config.peer_auth.clone(),
             max_message: config.peer_max_message,
             interval,
+            max_bytes_per_sec: config.anti_entropy_max_bytes_per_sec,
             apply: apply_tx.clone(),
             ready: ready.clone(),
+            links: links.clone(),
         };
         tracker.spawn(anti_entropy.run(Store::new(locator.clone()), token.clone()));
     }
@@ -283,7 +288,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         metrics.clone(),
     )
     .with_tls(config.peer_auth.tls().map(|t| t.mode))
-    .with_max_message(config.peer_max_message);
+    .with_max_message(config.peer_max_message)
+    .with_links(links);
     let service = mesh::pb::replication_server::ReplicationServer::new(receiver)
         .max_decoding_message_size(config.peer_max_message)
         .max_encoding_message_size(config.peer_max_message);

@@ -16,6 +16,7 @@ use super::wire::pb::{Batch, Hello, OriginMessage, PeerMessage, origin_message, 
 use super::wire::{encode_for_peers, max_payload};
 use crate::base::backoff::Backoff;
 use crate::mesh::outbox::Outbox;
+use crate::mesh::repair::PeerLinks;
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
 use crate::store::Store;
@@ -72,6 +73,7 @@ pub async fn run(
     outbox: Arc<Outbox>,
     metrics: Arc<Metrics>,
     ready: Arc<Readiness>,
+    links: Arc<PeerLinks>,
     shutdown: CancellationToken,
 ) {
     let label = Metrics::peer(&peer);
@@ -86,7 +88,10 @@ pub async fn run(
             &me,
             &outbox,
             &metrics,
-            &ready,
+            Told {
+                ready: &ready,
+                links: &links,
+            },
             &mut sent_high,
             &shutdown,
         )
@@ -123,12 +128,20 @@ pub async fn run(
     }
 }
 
+/// Who is told when a session reached its peer.
+struct Told<'a> {
+    /// `/readyz`: the peer was reached once.
+    ready: &'a Readiness,
+    /// Anti-entropy: a reconnect starts a round with the peer.
+    links: &'a PeerLinks,
+}
+
 async fn session(
     peer: &str,
     me: &Identity,
     outbox: &Outbox,
     metrics: &Metrics,
-    ready: &Readiness,
+    told: Told<'_>,
     sent_high: &mut u64,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
@@ -198,10 +211,13 @@ async fn session(
     }
     let mut acked = outbox.acked(peer);
     let mut sent = acked;
-    ready.peer_reached(peer);
+    told.ready.peer_reached(peer);
     outbox.set_connected(peer, true);
     metrics.peer_connected.get_or_create(&label).set(1);
     info!(%peer, peer_node = welcome.node_id, acked, "peer connected");
+    // After the catch-up, with the outbox's re-sends under way: anti-entropy
+    // starts a round with this peer when this is a reconnect.
+    told.links.connected(peer, welcome.node_id);
     let mut latest = outbox.subscribe();
     loop {
         if outbox.is_overflowed(peer) {

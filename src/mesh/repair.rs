@@ -21,10 +21,11 @@
 //! digests differed, this side's digests of those buckets are computed
 //! again, so a drifted digest heals.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use uhlc::HLC;
@@ -44,6 +45,32 @@ use crate::store::layout::META_BUCKETS;
 
 /// Default of `--anti-entropy-interval-secs`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Default of `--anti-entropy-max-bytes-per-sec`: 8 MiB/s (67 Mbit/s),
+/// a repair of a gigabyte in about two minutes.
+pub const DEFAULT_MAX_BYTES_PER_SEC: u64 = 8 << 20;
+
+/// A round after a reconnect waits until the peer's own stream to this
+/// region has delivered nothing for this long (its re-sends and catch-up
+/// are through)...
+pub const RECONNECT_QUIET: Duration = Duration::from_secs(1);
+
+/// ... or until this long after the reconnect, whichever comes first (a
+/// peer that writes without pause never goes quiet).
+pub const RECONNECT_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Most buckets pulled by one `Snapshot` call: a slow, paced pull holds
+/// one of the peer's two snapshot places for one slice, not the whole
+/// repair.
+const MAX_SLICE_BUCKETS: usize = 256;
+
+/// Buckets of a paced round's first slice; the next slices are sized from
+/// the bytes per bucket seen so far.
+const FIRST_SLICE_BUCKETS: usize = 16;
+
+/// A slice the peer refused as busy (its two snapshot places taken) is
+/// asked again this many times, a second apart, before the round fails.
+const BUSY_RETRIES: u32 = 30;
 
 /// What anti-entropy needs.
 pub struct AntiEntropy {
@@ -65,10 +92,15 @@ pub struct AntiEntropy {
     pub max_message: usize,
     /// Time between rounds.
     pub interval: Duration,
+    /// Most bytes of pulled changes per second, over every round (0: no
+    /// limit).
+    pub max_bytes_per_sec: u64,
     /// Pulled changes are applied here, like peers' batches.
     pub apply: mpsc::Sender<ApplyJob>,
     /// Rounds start once the first snapshot has been stamped.
     pub ready: Arc<Readiness>,
+    /// When the links with peers came back, and what they delivered.
+    pub links: Arc<PeerLinks>,
 }
 
 /// What one round with one peer found.
@@ -84,15 +116,43 @@ pub struct Round {
     pub repaired: u64,
     /// Flushes the peer records and this region had missed, applied.
     pub flushes: u64,
+    /// Bytes of the pulled changes, as encoded on the link.
+    pub bytes: u64,
+    /// Time spent pulling, from each `Snapshot` call to the end of the
+    /// wait its last chunk paid for.
+    pub pull_time: Duration,
+}
+
+/// Why a round runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Interval,
+    Reconnect,
 }
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 impl AntiEntropy {
-    /// Runs rounds with every peer, one peer after the other, every
-    /// `interval` (the first one interval after the first snapshot was
-    /// stamped), until shutdown.
+    /// Runs rounds with every peer until shutdown: every `interval` (the
+    /// first one interval after the first snapshot was stamped), and soon
+    /// after every reconnect of this agent's stream to a peer. One round
+    /// runs at a time; rounds with one peer never overlap.
+    ///
+    /// A reconnect (a partition healed, the peer restarted, a connection
+    /// reset) starts a round with that peer once what the links deliver
+    /// by themselves is through: this agent's stream reports a reconnect
+    /// after its catch-up from the metadata; the round then waits until the
+    /// peer's stream to this region has been quiet for [`RECONNECT_QUIET`]
+    /// (its outbox re-sends and catch-up applied), [`RECONNECT_MAX_WAIT`] at
+    /// most. Pulling sooner would race them: the round would pull again,
+    /// and count as repaired, changes on their way anyway. The first
+    /// connection of this process starts no round: the start logic stands
+    /// (digests computed from the records, first round one interval
+    /// later), and the peers, which see this start as a reconnect, pull
+    /// from this region at once.
     pub async fn run(self, mut store: Store, shutdown: CancellationToken) {
+        // Subscribed before anything waits, so that no reconnect is missed.
+        let connects: Vec<_> = self.peers.iter().map(|p| self.links.watch(p)).collect();
         tokio::select! {
             _ = self.ready.wait_snapshot() => {}
             _ = shutdown.cancelled() => return,
@@ -121,62 +181,146 @@ impl AntiEntropy {
         // peers first deliver what they hold for it (outbox, catch-up);
         // anti-entropy is for what no one would deliver.
         let first = tokio::time::Instant::now() + self.interval;
+        // One round at a time: the store is the turn.
+        let store = tokio::sync::Mutex::new(store);
+        let pace = Pace::new(self.max_bytes_per_sec);
+        let loops = self.peers.iter().zip(connects).map(|(peer, connects)| {
+            self.with_peer(peer, connects, first, &store, &pace, &shutdown)
+        });
+        futures::future::join_all(loops).await;
+    }
+
+    /// The rounds with one peer, one after the other.
+    async fn with_peer(
+        &self,
+        peer: &str,
+        mut connects: watch::Receiver<Connects>,
+        first: tokio::time::Instant,
+        store: &tokio::sync::Mutex<Store>,
+        pace: &Pace,
+        shutdown: &CancellationToken,
+    ) {
         let mut tick = tokio::time::interval_at(first, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            for peer in &self.peers {
-                let round = tokio::select! {
-                    r = self.round(peer, &mut store) => r,
-                    _ = shutdown.cancelled() => return,
-                };
-                let label = Metrics::peer(peer);
-                match round {
-                    Ok(r) => {
-                        let m = &self.metrics;
-                        m.anti_entropy_rounds.get_or_create(&label).inc();
-                        m.anti_entropy_buckets_compared
-                            .get_or_create(&label)
-                            .inc_by(r.buckets_compared);
-                        m.anti_entropy_buckets_differing
-                            .get_or_create(&label)
-                            .inc_by(r.buckets_differing);
-                        m.anti_entropy_keys_repaired
-                            .get_or_create(&label)
-                            .inc_by(r.repaired);
-                        m.anti_entropy_flushes
-                            .get_or_create(&label)
-                            .inc_by(r.flushes);
-                        if r.buckets_differing == 0 && r.flushes == 0 {
-                            m.anti_entropy_last_clean_round
-                                .get_or_create(&label)
-                                .set(unix_seconds());
-                            debug!(%peer, "anti-entropy: nothing differs");
-                        } else {
-                            info!(
-                                %peer,
-                                buckets = r.buckets_differing,
-                                pulled = r.pulled,
-                                repaired = r.repaired,
-                                "anti-entropy: repaired from a peer"
-                            );
-                        }
+            let why = tokio::select! {
+                _ = tick.tick() => Why::Interval,
+                changed = connects.changed() => {
+                    if changed.is_err() {
+                        return;
                     }
-                    Err(e) => warn!(%peer, error = %e, "anti-entropy round failed"),
+                    let c = *connects.borrow_and_update();
+                    if c.count < 2 {
+                        continue;
+                    }
+                    if !self.settle(c.node_id, shutdown).await {
+                        return;
+                    }
+                    Why::Reconnect
                 }
+                _ = shutdown.cancelled() => return,
+            };
+            let mut store = tokio::select! {
+                s = store.lock() => s,
+                _ = shutdown.cancelled() => return,
+            };
+            let label = Metrics::peer(peer);
+            if why == Why::Reconnect {
+                self.metrics
+                    .anti_entropy_reconnect_rounds
+                    .get_or_create(&label)
+                    .inc();
+                info!(%peer, "anti-entropy round after a reconnect");
+            }
+            let mut round = Round::default();
+            let result = tokio::select! {
+                r = self.round(peer, &mut store, pace, &mut round) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            self.publish(peer, &round, result);
+        }
+    }
+
+    /// Waits until the stream from the peer `node_id` to this region has
+    /// delivered nothing for [`RECONNECT_QUIET`] since the reconnect, at
+    /// most [`RECONNECT_MAX_WAIT`]; false at shutdown.
+    async fn settle(&self, node_id: u32, shutdown: &CancellationToken) -> bool {
+        let reconnected = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now.duration_since(reconnected) >= RECONNECT_MAX_WAIT {
+                return true;
+            }
+            if let Some(active) = self.links.origin_active(node_id)
+                && now.duration_since(active.max(reconnected)) >= RECONNECT_QUIET
+            {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = shutdown.cancelled() => return false,
             }
         }
     }
 
+    /// Counts what a round did, and logs how it ended.
+    fn publish(&self, peer: &str, r: &Round, result: Result<(), Failure>) {
+        let label = Metrics::peer(peer);
+        let m = &self.metrics;
+        // What was pulled and repaired counts, even in a round that failed.
+        m.anti_entropy_bytes_pulled
+            .get_or_create(&label)
+            .inc_by(r.bytes);
+        m.anti_entropy_pull_seconds
+            .get_or_create(&label)
+            .inc_by(r.pull_time.as_secs_f64());
+        m.anti_entropy_keys_repaired
+            .get_or_create(&label)
+            .inc_by(r.repaired);
+        m.anti_entropy_flushes
+            .get_or_create(&label)
+            .inc_by(r.flushes);
+        if let Err(e) = result {
+            warn!(%peer, error = %e, repaired = r.repaired, "anti-entropy round failed");
+            return;
+        }
+        m.anti_entropy_rounds.get_or_create(&label).inc();
+        m.anti_entropy_buckets_compared
+            .get_or_create(&label)
+            .inc_by(r.buckets_compared);
+        m.anti_entropy_buckets_differing
+            .get_or_create(&label)
+            .inc_by(r.buckets_differing);
+        if r.buckets_differing == 0 && r.flushes == 0 {
+            m.anti_entropy_last_clean_round
+                .get_or_create(&label)
+                .set(unix_seconds());
+            debug!(%peer, "anti-entropy: nothing differs");
+        } else {
+            info!(
+                %peer,
+                buckets = r.buckets_differing,
+                pulled = r.pulled,
+                repaired = r.repaired,
+                bytes = r.bytes,
+                pull_secs = r.pull_time.as_secs_f64(),
+                "anti-entropy: repaired from a peer"
+            );
+        }
+    }
+
     /// One round with `peer`: every database compared, the differing
-    /// buckets pulled and applied.
-    pub async fn round(&self, peer: &str, store: &mut Store) -> Result<Round, Failure> {
+    /// buckets pulled and applied; what it did is added to `round`, also
+    /// when it fails halfway.
+    pub async fn round(
+        &self,
+        peer: &str,
+        store: &mut Store,
+        pace: &Pace,
+        round: &mut Round,
+    ) -> Result<(), Failure> {
         let mut client = ReplicationClient::new(dial(peer, &self.auth).await?)
             .max_decoding_message_size(self.max_message);
-        let mut round = Round::default();
         for db in 0..self.databases {
             let mut local = local_digests(store, db).await?;
             let reply = client
@@ -245,9 +389,9 @@ impl AntiEntropy {
             if buckets.is_empty() {
                 continue;
             }
-            let (pulled, repaired) = self.pull(peer, &mut client, db, buckets.clone()).await?;
-            round.pulled += pulled;
-            round.repaired += repaired;
+            let repaired = self
+                .pull(peer, &mut client, db, &buckets, pace, round)
+                .await?;
             if repaired == 0 {
                 // Nothing here was older, yet the digests differed: one
                 // side's stored digests drifted (a record changed by hand).
@@ -256,7 +400,7 @@ impl AntiEntropy {
                 store.rebuild_digests(db, &buckets).await?;
             }
         }
-        Ok(round)
+        Ok(())
     }
 
     /// Applies the peer's flush of database `db` stamped `floor`.
@@ -274,28 +418,95 @@ impl AntiEntropy {
         Ok(())
     }
 
-    /// Pulls the keys of `buckets` from the peer and applies them: (pulled,
-    /// applied).
+    /// Pulls the keys of `buckets` from the peer a slice at a time and
+    /// applies them; the number of keys repaired. Paced by `pace`: when a
+    /// slice has spent the bytes allowed, the next waits, it does not stop.
     async fn pull(
         &self,
         peer: &str,
         client: &mut ReplicationClient<tonic::transport::Channel>,
         db: u32,
-        buckets: Vec<u32>,
-    ) -> Result<(u64, u64), Failure> {
-        let mut chunks = client
-            .snapshot(SnapshotRequest {
-                protocol_version: PROTOCOL_VERSION,
-                mesh: self.mesh.clone(),
-                node_id: self.node_id,
-                buckets_only: true,
-                db,
-                buckets,
-            })
-            .await?
-            .into_inner();
-        let (mut pulled, mut applied) = (0, 0);
+        buckets: &[u32],
+        pace: &Pace,
+        round: &mut Round,
+    ) -> Result<u64, Failure> {
+        let mut size = match pace.slice_bytes() {
+            Some(_) => FIRST_SLICE_BUCKETS,
+            None => MAX_SLICE_BUCKETS,
+        };
+        let (mut bytes_seen, mut buckets_seen) = (0u64, 0u64);
+        let mut repaired = 0;
+        let mut rest = buckets;
+        while !rest.is_empty() {
+            let (slice, next) = rest.split_at(size.min(rest.len()));
+            let before = round.bytes;
+            repaired += self
+                .pull_slice(peer, client, db, slice, pace, round)
+                .await?;
+            bytes_seen += round.bytes - before;
+            buckets_seen += slice.len() as u64;
+            // A slice of about a quarter second of pulling, so that the
+            // pacing waits between small pieces, not after a burst.
+            if let Some(target) = pace.slice_bytes() {
+                let per_bucket = (bytes_seen / buckets_seen).max(1);
+                size = ((target / per_bucket) as usize).clamp(1, MAX_SLICE_BUCKETS);
+            }
+            rest = next;
+        }
+        Ok(repaired)
+    }
+
+    /// Pulls the keys of one slice of buckets and applies them, chunk by
+    /// chunk, each chunk paid for before the next is read; the number of
+    /// keys repaired.
+    async fn pull_slice(
+        &self,
+        peer: &str,
+        client: &mut ReplicationClient<tonic::transport::Channel>,
+        db: u32,
+        buckets: &[u32],
+        pace: &Pace,
+        round: &mut Round,
+    ) -> Result<u64, Failure> {
+        let request = SnapshotRequest {
+            protocol_version: PROTOCOL_VERSION,
+            mesh: self.mesh.clone(),
+            node_id: self.node_id,
+            buckets_only: true,
+            db,
+            buckets: buckets.to_vec(),
+        };
+        let mut tries = 0;
+        let (mut chunks, started) = loop {
+            let started = tokio::time::Instant::now();
+            match client.snapshot(request.clone()).await {
+                Ok(r) => break (r.into_inner(), started),
+                Err(s) if s.code() == tonic::Code::ResourceExhausted && tries < BUSY_RETRIES => {
+                    tries += 1;
+                    debug!(db, "the peer is busy sending snapshots; asking again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(s) => return Err(s.into()),
+            }
+        };
+        let result = self.apply_chunks(peer, &mut chunks, db, pace, round).await;
+        round.pull_time += started.elapsed();
+        result
+    }
+
+    async fn apply_chunks(
+        &self,
+        peer: &str,
+        chunks: &mut tonic::Streaming<super::wire::pb::SnapshotChunk>,
+        db: u32,
+        pace: &Pace,
+        round: &mut Round,
+    ) -> Result<u64, Failure> {
+        let mut applied = 0;
         while let Some(chunk) = chunks.message().await? {
+            let bytes = chunk.changes.len() as u64;
+            let paid_until = pace.charge(bytes);
+            round.bytes += bytes;
             let changes = decode_batch(&chunk.changes)?;
             if let Some(c) = changes.iter().find(|c| c.db != db) {
                 return Err(format!(
@@ -310,14 +521,165 @@ impl AntiEntropy {
                     .update_with_timestamp(&ts)
                     .map_err(|e| format!("a pulled stamp is beyond the clock skew limit: {e}"))?;
             }
-            pulled += changes.len() as u64;
+            round.pulled += changes.len() as u64;
             let (done, outcome) = oneshot::channel();
             self.apply.send(ApplyJob { changes, done }).await?;
             let outcome = outcome.await?.map_err(|e| e.to_string())?;
             crate::apply::report(&outcome, &self.metrics, peer);
             applied += outcome.applied;
+            round.repaired += outcome.applied;
+            // The next chunk is read once this one is paid for: the peer's
+            // reads wait behind the stream's small buffers meanwhile.
+            tokio::time::sleep_until(paid_until).await;
         }
-        Ok((pulled, applied))
+        Ok(applied)
+    }
+}
+
+/// A token bucket on bytes, shared by every round of an agent: each chunk
+/// pulled is paid for after it arrived, and the next waits until the
+/// balance is back at zero. The bucket holds at most a tenth of a
+/// second of bytes, so a pull of `b` bytes that took `t` seconds (its
+/// waits included) never exceeds `limit * (t + 0.1)`.
+pub struct Pace {
+    /// Bytes per second (0: no limit).
+    rate: u64,
+    state: Mutex<(f64, tokio::time::Instant)>,
+}
+
+/// The most a [`Pace`] holds, in seconds of its rate.
+const BURST_SECS: f64 = 0.1;
+
+impl Pace {
+    /// A full bucket for `rate` bytes per second (0: no limit).
+    pub fn new(rate: u64) -> Self {
+        Pace {
+            rate,
+            state: Mutex::new((rate as f64 * BURST_SECS, tokio::time::Instant::now())),
+        }
+    }
+
+    /// Takes `bytes` from the bucket; when the balance is back at zero.
+    pub fn charge(&self, bytes: u64) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        if self.rate == 0 {
+            return now;
+        }
+        let rate = self.rate as f64;
+        let mut state = self.state.lock().expect("pace lock");
+        let (balance, at) = &mut *state;
+        *balance = (*balance + rate * now.duration_since(*at).as_secs_f64()).min(rate * BURST_SECS);
+        *at = now;
+        *balance -= bytes as f64;
+        if *balance >= 0.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64(-*balance / rate)
+        }
+    }
+
+    /// The bytes a slice should hold: a quarter second of pulling (None
+    /// without a limit).
+    fn slice_bytes(&self) -> Option<u64> {
+        (self.rate > 0).then(|| (self.rate / 4).max(1))
+    }
+}
+
+/// What the links with peers tell anti-entropy: when this agent's stream
+/// to each peer (re)connected, and when each peer's stream to this agent
+/// last delivered something. The client and the receiver report; rounds
+/// read.
+#[derive(Default)]
+pub struct PeerLinks {
+    connects: HashMap<String, watch::Sender<Connects>>,
+    origins: Mutex<HashMap<u32, Origin>>,
+}
+
+/// Connections of this agent's stream to one peer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Connects {
+    /// Sessions that reached the peer since this process started.
+    pub count: u64,
+    /// The peer's node id, as it said in `Welcome`.
+    pub node_id: u32,
+}
+
+/// A peer's stream to this agent.
+#[derive(Debug, Clone, Copy)]
+struct Origin {
+    session: u64,
+    connected: bool,
+    /// When it connected or last delivered a batch.
+    active: Instant,
+}
+
+impl PeerLinks {
+    /// Tracks the streams to `peers` (addresses as configured).
+    pub fn new(peers: &[String]) -> Self {
+        PeerLinks {
+            connects: peers
+                .iter()
+                .map(|p| (p.clone(), watch::channel(Connects::default()).0))
+                .collect(),
+            origins: Mutex::default(),
+        }
+    }
+
+    /// This agent's stream to `peer` (node `node_id`) is up again, its
+    /// catch-up from the metadata done.
+    pub fn connected(&self, peer: &str, node_id: u32) {
+        if let Some(tx) = self.connects.get(peer) {
+            tx.send_modify(|c| {
+                c.count += 1;
+                c.node_id = node_id;
+            });
+        }
+    }
+
+    /// Follows the connections of this agent's stream to `peer`.
+    pub fn watch(&self, peer: &str) -> watch::Receiver<Connects> {
+        match self.connects.get(peer) {
+            Some(tx) => tx.subscribe(),
+            None => watch::channel(Connects::default()).1,
+        }
+    }
+
+    /// The stream of origin `node_id` (its `session`) began.
+    pub fn origin_connected(&self, node_id: u32, session: u64) {
+        self.origins.lock().expect("links lock").insert(
+            node_id,
+            Origin {
+                session,
+                connected: true,
+                active: Instant::now(),
+            },
+        );
+    }
+
+    /// The stream of origin `node_id` delivered a batch.
+    pub fn origin_delivered(&self, node_id: u32) {
+        if let Some(o) = self.origins.lock().expect("links lock").get_mut(&node_id) {
+            o.active = Instant::now();
+        }
+    }
+
+    /// The stream of origin `node_id` (its `session`) ended.
+    pub fn origin_ended(&self, node_id: u32, session: u64) {
+        if let Some(o) = self.origins.lock().expect("links lock").get_mut(&node_id)
+            && o.session == session
+        {
+            o.connected = false;
+        }
+    }
+
+    /// When the stream of origin `node_id` connected or last delivered a
+    /// batch; None while it is not connected.
+    fn origin_active(&self, node_id: u32) -> Option<Instant> {
+        let origins = self.origins.lock().expect("links lock");
+        origins
+            .get(&node_id)
+            .filter(|o| o.connected)
+            .map(|o| o.active)
     }
 }
 
@@ -353,4 +715,68 @@ fn unix_seconds() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the chunk sizes, bytes taken by a puller that waits as told
+    /// never exceed the burst plus the rate times the time taken.
+    #[tokio::test(start_paused = true)]
+    async fn paced_bytes_stay_under_the_rate() {
+        let rate = 10_000u64;
+        let pace = Pace::new(rate);
+        let start = tokio::time::Instant::now();
+        let mut taken = 0u64;
+        for size in [500u64, 30_000, 1, 7_000, 0, 12_345, 999, 40_000] {
+            let until = pace.charge(size);
+            taken += size;
+            tokio::time::sleep_until(until).await;
+            let t = start.elapsed().as_secs_f64();
+            assert!(
+                taken as f64 <= rate as f64 * (t + BURST_SECS) + 1.0,
+                "{taken} bytes in {t} s"
+            );
+        }
+        // Paid for exactly: the burst is all the credit there was.
+        let t = start.elapsed().as_secs_f64();
+        assert!((taken as f64 / rate as f64 - BURST_SECS - t).abs() < 0.01);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_limit_never_waits_and_an_idle_bucket_fills_to_its_burst_only() {
+        let free = Pace::new(0);
+        let now = tokio::time::Instant::now();
+        assert_eq!(free.charge(u64::MAX), now);
+        let pace = Pace::new(1000);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // A minute idle holds a tenth of a second: 100 bytes free, not 60000.
+        let now = tokio::time::Instant::now();
+        assert_eq!(pace.charge(100), now);
+        assert_eq!(pace.charge(1000), now + Duration::from_secs(1));
+    }
+
+    #[test]
+    fn only_reconnects_count_and_origins_report_activity() {
+        let links = PeerLinks::new(&["http://a".to_string()]);
+        let mut rx = links.watch("http://a");
+        links.connected("http://a", 7);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().count, 1);
+        links.connected("http://a", 7);
+        assert_eq!(rx.borrow_and_update().count, 2);
+        links.connected("http://unknown", 9);
+        assert_eq!(links.origin_active(7), None);
+        links.origin_connected(7, 1);
+        let first = links.origin_active(7).unwrap();
+        links.origin_delivered(7);
+        assert!(links.origin_active(7).unwrap() >= first);
+        // An older session ending leaves a newer one connected.
+        links.origin_connected(7, 2);
+        links.origin_ended(7, 1);
+        assert!(links.origin_active(7).is_some());
+        links.origin_ended(7, 2);
+        assert_eq!(links.origin_active(7), None);
+    }
 }

@@ -48,6 +48,9 @@ pub struct Receiver {
     snapshots: Arc<tokio::sync::Semaphore>,
     /// The largest message a peer accepts: snapshot chunks stay under it.
     max_message: usize,
+    /// Told when an origin's stream begins, delivers and ends (anti-entropy
+    /// waits for it after a reconnect).
+    links: Arc<super::repair::PeerLinks>,
 }
 
 /// Most `Snapshot` streams served at once; more are refused (busy) and the
@@ -78,7 +81,15 @@ impl Receiver {
             tls: None,
             snapshots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SNAPSHOTS)),
             max_message: super::wire::DEFAULT_MAX_MESSAGE_BYTES,
+            links: Arc::default(),
         }
+    }
+
+    /// Origins' streams are reported to `links` (anti-entropy's reconnect
+    /// rounds wait until the peer's stream went quiet).
+    pub fn with_links(mut self, links: Arc<super::repair::PeerLinks>) -> Self {
+        self.links = links;
+        self
     }
 
     /// Snapshot chunks are cut to fit in `bytes`, what peers accept in one
@@ -494,6 +505,7 @@ impl Replication for Receiver {
             entry.1
         };
         info!(origin, session = hello.session, acked, "origin connected");
+        self.links.origin_connected(origin, hello.session);
         let (tx, rx) = mpsc::channel::<Result<PeerMessage, Status>>(64);
         let welcome = PeerMessage {
             kind: Some(peer_message::Kind::Welcome(Welcome {
@@ -515,6 +527,7 @@ impl Replication for Receiver {
         );
         let session = hello.session;
         let refusals = self.refusals.clone();
+        let links = self.links.clone();
         tokio::spawn(
             async move {
                 let label = Metrics::peer(&origin.to_string());
@@ -548,6 +561,7 @@ impl Replication for Receiver {
                         .map(|s| s.1)
                         .unwrap_or(0);
                     // A catch-up batch (seq 0) is always applied; others once.
+                    links.origin_delivered(origin);
                     if !batch.catch_up && seq <= last {
                         // Already applied (a resend after reconnect): ack again.
                         let _ = tx.send(Ok(ack(seq))).await;
@@ -598,6 +612,7 @@ impl Replication for Receiver {
                             {
                                 s.1 = s.1.max(seq);
                             }
+                            links.origin_delivered(origin);
                             if tx.send(Ok(ack(seq))).await.is_err() {
                                 break "origin went away".to_string();
                             }
@@ -621,6 +636,7 @@ impl Replication for Receiver {
                 {
                     s.2 = false;
                 }
+                links.origin_ended(origin, session);
                 info!(reason = %end, "origin stream ended");
             }
             .instrument(info_span!("origin", node_id = origin)),

@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Label set naming a peer by its configured address.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +131,15 @@ pub struct Metrics {
     pub anti_entropy_flushes: Family<PeerLabel, Counter>,
     /// Unix time of the last round with each peer that found nothing different.
     pub anti_entropy_last_clean_round: Family<PeerLabel, Gauge>,
+    /// Anti-entropy rounds with each peer started because this agent's
+    /// stream to it came back (a partition healed, a restart, a reset).
+    pub anti_entropy_reconnect_rounds: Family<PeerLabel, Counter>,
+    /// Bytes of changes pulled from each peer by anti-entropy (as encoded
+    /// on the link; paced by `--anti-entropy-max-bytes-per-sec`).
+    pub anti_entropy_bytes_pulled: Family<PeerLabel, Counter>,
+    /// Seconds anti-entropy spent pulling from each peer, the waits of the
+    /// byte limit included: bytes over seconds is the pulling rate.
+    pub anti_entropy_pull_seconds: Family<PeerLabel, Counter<f64, AtomicU64>>,
     /// Bytes of tailer events waiting in memory for the stamper (estimated).
     pub spool_memory_bytes: Gauge,
     /// Bytes of tailer events waiting on disk for the stamper.
@@ -326,6 +336,21 @@ impl Metrics {
             "anti_entropy_last_clean_round_timestamp_seconds",
             "Unix time of the last anti-entropy round with a peer that found no difference",
             Declared(m.anti_entropy_last_clean_round.clone()),
+        );
+        r.register(
+            "anti_entropy_reconnect_rounds",
+            "Anti-entropy rounds with a peer started because the link to it came back",
+            Declared(m.anti_entropy_reconnect_rounds.clone()),
+        );
+        r.register(
+            "anti_entropy_bytes_pulled",
+            "Bytes of changes pulled from a peer by anti-entropy",
+            Declared(m.anti_entropy_bytes_pulled.clone()),
+        );
+        r.register(
+            "anti_entropy_pull_seconds",
+            "Seconds anti-entropy spent pulling from a peer, paced waits included",
+            Declared(m.anti_entropy_pull_seconds.clone()),
         );
         r.register(
             "outbox_batches",
