@@ -48,7 +48,7 @@ pub(super) async fn session(
     let mut parts = reply.trim_start_matches('+').split(' ');
     // What the link delivers while the resync's work runs (kept.rs).
     let kept_path = cfg.data_dir.join("resync-stream");
-    let (replid, offset, db, kept) = match (parts.next(), resume) {
+    let (replid, offset, db, kept, done_at) = match (parts.next(), resume) {
         (Some("CONTINUE"), Some(p)) => {
             metrics.sync_partial_ok.inc();
             // A new id means the master was promoted; the offsets carry on.
@@ -57,6 +57,9 @@ pub(super) async fn session(
                 .map(str::to_string)
                 .unwrap_or_else(|| p.replid.clone());
             info!(%replid, offset = p.offset, "partial resync");
+            // The writes made while the agent was away are in the stream
+            // up to here: the resync is done once they are reported.
+            let backlog_end = master_offset(&mut side).await?;
             let mut kept = Kept::new(kept_path, cfg.kept_disk_bytes, p.offset);
             let work = async {
                 // The outbox did not survive a restart: re-ship what this
@@ -78,14 +81,11 @@ pub(super) async fn session(
                         return Err(TailError::Shutdown);
                     }
                 }
-                tx.send(TailEvent::SnapshotDone)
-                    .await
-                    .map_err(TailError::from)?;
                 Ok(recorded)
             };
             let recorded = keep_while(&mut link, &mut kept, work, tx, metrics, shutdown).await?;
-            info!(recorded, "own records reported");
-            (replid, p.offset, p.db, kept)
+            info!(recorded, backlog_end, "own records reported");
+            (replid, p.offset, p.db, kept, Some(backlog_end))
         }
         (Some("FULLRESYNC"), previous) => {
             let replid = parts.next().unwrap_or_default().to_string();
@@ -135,7 +135,7 @@ pub(super) async fn session(
             let (keys, recorded) =
                 keep_while(&mut link, &mut kept, work, tx, metrics, shutdown).await?;
             info!(keys, recorded, diskless, "snapshot reported");
-            (replid, offset, 0, kept)
+            (replid, offset, 0, kept, None)
         }
         _ => {
             return Err(TailError::Handshake {
@@ -153,6 +153,19 @@ pub(super) async fn session(
         multi: None,
         specs,
         side,
+        done_at,
     };
     follow(link, kept, start, state, tx, metrics, &mut epoch, shutdown).await
+}
+
+/// The master's replication offset (`master_repl_offset`).
+async fn master_offset(side: &mut redis::aio::MultiplexedConnection) -> Result<i64, TailError> {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(side)
+        .await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| TailError::Protocol("INFO replication has no master_repl_offset".into()))
 }

@@ -41,6 +41,12 @@ pub(super) struct StreamState {
     pub(super) specs: KeySpecTable,
     /// A plain connection for `COMMAND GETKEYSANDFLAGS`.
     pub(super) side: redis::aio::MultiplexedConnection,
+    /// After a partial resync, the master's offset when it continued the
+    /// stream: the backlog up to it holds the writes made while the agent
+    /// was away, and the resync is done (`SnapshotDone`, which lets the
+    /// applier start) only once they are reported, so that they are
+    /// stamped before any older change from a peer is applied over them.
+    pub(super) done_at: Option<i64>,
 }
 
 /// Follows the command stream from `start`: the bytes `kept` while the
@@ -81,6 +87,15 @@ pub(super) async fn follow(
             if getack && offset > kept.acknowledged {
                 send_ack(&mut link, offset).await?;
             }
+        }
+        if let Some(at) = state.done_at
+            && offset >= at
+            && state.multi.is_none()
+        {
+            tx.send(TailEvent::SnapshotDone)
+                .await
+                .map_err(TailError::from)?;
+            state.done_at = None;
         }
         // Report the position (between transactions, at most ten times a
         // second) so that a restart resumes close to where this one stopped.
