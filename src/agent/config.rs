@@ -127,6 +127,15 @@ pub struct RunArgs {
     /// rounds (0: no limit); a larger repair takes longer, it does not stop.
     #[arg(long, env = "GEOSYNC_ANTI_ENTROPY_MAX_BYTES_PER_SEC")]
     pub anti_entropy_max_bytes_per_sec: Option<u64>,
+    /// Seconds between collections of the tombstones every region has
+    /// (0: tombstones are kept for ever).
+    #[arg(long, env = "GEOSYNC_TOMBSTONE_COLLECT_INTERVAL_SECS")]
+    pub tombstone_collect_interval_secs: Option<u64>,
+    /// Seconds a peer may go without reporting what it has before
+    /// `geosync_tombstone_collection_blocked` says it holds tombstones back
+    /// (they are kept for it either way).
+    #[arg(long, env = "GEOSYNC_TOMBSTONE_HORIZON_SECS")]
+    pub tombstone_horizon_secs: Option<u64>,
     /// MiB of stamped changes held in memory for peers that have not
     /// acknowledged them (with --outbox-batches, whichever is reached first).
     #[arg(long, env = "GEOSYNC_OUTBOX_MB")]
@@ -257,6 +266,10 @@ pub struct Config {
     pub anti_entropy_interval: Option<Duration>,
     /// Most bytes per second anti-entropy pulls (0: no limit).
     pub anti_entropy_max_bytes_per_sec: u64,
+    /// Time between tombstone collections (None: never).
+    pub tombstone_collect_interval: Option<Duration>,
+    /// How long a silent peer may hold tombstones back before it is said.
+    pub tombstone_horizon: Duration,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -314,6 +327,10 @@ impl RunArgs {
             anti_entropy_max_bytes_per_sec: self
                 .anti_entropy_max_bytes_per_sec
                 .or(other.anti_entropy_max_bytes_per_sec),
+            tombstone_collect_interval_secs: self
+                .tombstone_collect_interval_secs
+                .or(other.tombstone_collect_interval_secs),
+            tombstone_horizon_secs: self.tombstone_horizon_secs.or(other.tombstone_horizon_secs),
             spool_disk_mb: self.spool_disk_mb.or(other.spool_disk_mb),
             log_format: self.log_format.or(other.log_format),
         }
@@ -528,6 +545,18 @@ impl Config {
                 ),
             ));
         }
+        let collect = in_range(
+            "tombstone-collect-interval-secs",
+            u.tombstone_collect_interval_secs,
+            60,
+            0..=86_400,
+        )?;
+        let horizon = in_range(
+            "tombstone-horizon-secs",
+            u.tombstone_horizon_secs,
+            86_400,
+            1..=30 * 86_400,
+        )?;
         let spool = crate::stamp::spool::Limits {
             memory_bytes: (spool_memory_mb << 20) as usize,
             disk_bytes: spool_disk_mb << 20,
@@ -559,6 +588,8 @@ impl Config {
             max_key_elements,
             anti_entropy_interval: (anti_entropy > 0).then(|| Duration::from_secs(anti_entropy)),
             anti_entropy_max_bytes_per_sec,
+            tombstone_collect_interval: (collect > 0).then(|| Duration::from_secs(collect)),
+            tombstone_horizon: Duration::from_secs(horizon),
             log_format,
         })
     }

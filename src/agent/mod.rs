@@ -220,6 +220,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         peers: config.peers.clone(),
         reship: None,
         reshipped_large: Default::default(),
+        snapshots_done: false,
         position: position_tx,
         module_keys: Default::default(),
         too_large_logged: Default::default(),
@@ -259,6 +260,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         metrics.clone(),
         token.clone(),
     ));
+    // What this node delivered, and what its peers say they did: the
+    // frontier tombstones are collected below (peers tell it in
+    // anti-entropy rounds, so collection needs anti-entropy).
+    let frontier = Arc::new(mesh::frontier::Frontier::new(outbox.clone(), &config.peers));
+    if let (Some(interval), Some(_)) = (
+        config.tombstone_collect_interval,
+        config.anti_entropy_interval,
+    ) {
+        let collector = mesh::frontier::Collector {
+            frontier: frontier.clone(),
+            databases,
+            interval,
+            horizon: config.tombstone_horizon,
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        tracker.spawn(collector.run(Store::new(locator.clone()), token.clone()));
+    }
     // Anti-entropy: compare with each peer, pull what differs.
     if let Some(interval) = config.anti_entropy_interval {
         let anti_entropy = mesh::repair::AntiEntropy {
@@ -275,6 +294,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             apply: apply_tx.clone(),
             ready: ready.clone(),
             links: links.clone(),
+            frontier: Some(frontier.clone()),
         };
         tracker.spawn(anti_entropy.run(Store::new(locator.clone()), token.clone()));
     }
@@ -289,7 +309,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     )
     .with_tls(config.peer_auth.tls().map(|t| t.mode))
     .with_max_message(config.peer_max_message)
-    .with_links(links);
+    .with_links(links)
+    .with_frontier(frontier);
     let service = mesh::pb::replication_server::ReplicationServer::new(receiver)
         .max_decoding_message_size(config.peer_max_message)
         .max_encoding_message_size(config.peer_max_message);

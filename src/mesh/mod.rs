@@ -14,6 +14,7 @@
 pub mod acklog;
 pub mod client;
 pub mod dial;
+pub mod frontier;
 pub mod listener;
 pub mod outbox;
 pub mod rebuild;

@@ -51,6 +51,10 @@ struct Inner {
     acked_stamps: HashMap<String, String>,
     /// The largest stamp pushed so far.
     pushed_max: String,
+    /// A stamp every change this node stamped up to has been pushed
+    /// before, and every later one will be above (see
+    /// [`Outbox::stamped_up_to`]); "" until the stamper says so.
+    watermark: String,
     /// Peers that lost batches to a full outbox and need a catch-up.
     overflowed: std::collections::HashSet<String>,
     /// Peers whose stream is up.
@@ -124,6 +128,7 @@ impl Outbox {
                 overflowed: Default::default(),
                 connected: Default::default(),
                 pushed_max: String::new(),
+                watermark: String::new(),
             }),
             capacity,
             capacity_bytes,
@@ -178,6 +183,9 @@ impl Outbox {
                 if *slot >= min_stamp {
                     *slot = stamp_before(&min_stamp);
                 }
+            }
+            if inner.watermark >= min_stamp {
+                inner.watermark = stamp_before(&min_stamp);
             }
         }
         if inner.acked.is_empty() {
@@ -470,6 +478,38 @@ impl Outbox {
         }
         self.progress.notify_waiters();
         self.update_lag();
+    }
+
+    /// The stamper says that every change it stamped up to `stamp` has
+    /// been pushed, and that every change it stamps from now on is newer
+    /// (it is idle, and `stamp` was taken from its clock).
+    pub fn stamped_up_to(&self, stamp: String) {
+        let mut inner = self.inner.lock().expect("outbox lock");
+        if stamp > inner.watermark {
+            inner.watermark = stamp;
+        }
+    }
+
+    /// A stamp such that every change this node stamped up to it has
+    /// reached every peer (acknowledged, so applied there): for a peer that
+    /// acknowledged every batch pushed, the stamper's watermark, else what
+    /// it acknowledged. None without peers. Tombstones are collected below
+    /// the least of these over the mesh (see `mesh::frontier`).
+    pub fn delivered(&self) -> Option<String> {
+        let inner = self.inner.lock().expect("outbox lock");
+        let last = inner.next_seq - 1;
+        inner
+            .acked
+            .iter()
+            .map(|(peer, seq)| {
+                let stamp = inner.acked_stamps.get(peer).cloned().unwrap_or_default();
+                if *seq >= last && !inner.overflowed.contains(peer) {
+                    stamp.max(inner.watermark.clone())
+                } else {
+                    stamp
+                }
+            })
+            .min()
     }
 
     /// Per peer, the largest stamp it has acknowledged.

@@ -101,6 +101,8 @@ pub struct AntiEntropy {
     pub ready: Arc<Readiness>,
     /// When the links with peers came back, and what they delivered.
     pub links: Arc<PeerLinks>,
+    /// Where peers' delivered stamps are recorded (tombstone collection).
+    pub frontier: Option<Arc<super::frontier::Frontier>>,
 }
 
 /// What one round with one peer found.
@@ -336,6 +338,11 @@ impl AntiEntropy {
             // A flush the peer records and this region missed (its origin
             // lost it before it got here): applied first, as the flush
             // script applies any peer's flush, then compared again.
+            if db == 0
+                && let Some(f) = &self.frontier
+            {
+                f.reported(peer, reply.delivered.clone());
+            }
             let mine = store.flush_floor(db).await?.unwrap_or_default();
             if reply.floor > mine {
                 self.flush(peer, db, reply.floor).await?;

@@ -51,6 +51,8 @@ pub struct Receiver {
     /// Told when an origin's stream begins, delivers and ends (anti-entropy
     /// waits for it after a reconnect).
     links: Arc<super::repair::PeerLinks>,
+    /// What this node delivered, told to peers in `Digests` replies.
+    frontier: Option<Arc<super::frontier::Frontier>>,
 }
 
 /// Most `Snapshot` streams served at once; more are refused (busy) and the
@@ -82,6 +84,7 @@ impl Receiver {
             snapshots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SNAPSHOTS)),
             max_message: super::wire::DEFAULT_MAX_MESSAGE_BYTES,
             links: Arc::default(),
+            frontier: None,
         }
     }
 
@@ -89,6 +92,13 @@ impl Receiver {
     /// rounds wait until the peer's stream went quiet).
     pub fn with_links(mut self, links: Arc<super::repair::PeerLinks>) -> Self {
         self.links = links;
+        self
+    }
+
+    /// `Digests` replies tell what this node delivered (tombstone
+    /// collection, decision 015).
+    pub fn with_frontier(mut self, frontier: Arc<super::frontier::Frontier>) -> Self {
+        self.frontier = Some(frontier);
         self
     }
 
@@ -432,7 +442,15 @@ impl Replication for Receiver {
         } else {
             String::new()
         };
-        Ok(Response::new(DigestReply { digests, floor }))
+        let delivered = match (&self.frontier, req.groups.is_empty()) {
+            (Some(f), true) => f.own(),
+            _ => String::new(),
+        };
+        Ok(Response::new(DigestReply {
+            digests,
+            floor,
+            delivered,
+        }))
     }
 
     async fn replicate(

@@ -131,6 +131,15 @@ pub struct Metrics {
     pub anti_entropy_flushes: Family<PeerLabel, Counter>,
     /// Unix time of the last round with each peer that found nothing different.
     pub anti_entropy_last_clean_round: Family<PeerLabel, Gauge>,
+    /// Tombstones dropped because every region has them (decision 015).
+    pub tombstones_collected: Counter,
+    /// Tombstones kept after the last collection (every database).
+    pub tombstones: Gauge,
+    /// Unix time of the stable frontier tombstones are collected below.
+    pub tombstone_frontier: Gauge,
+    /// 1 while a peer has not reported what it has for longer than the
+    /// horizon: tombstones are kept for it.
+    pub tombstone_collection_blocked: Family<PeerLabel, Gauge>,
     /// Anti-entropy rounds with each peer started because this agent's
     /// stream to it came back (a partition healed, a restart, a reset).
     pub anti_entropy_reconnect_rounds: Family<PeerLabel, Counter>,
@@ -336,6 +345,26 @@ impl Metrics {
             "anti_entropy_last_clean_round_timestamp_seconds",
             "Unix time of the last anti-entropy round with a peer that found no difference",
             Declared(m.anti_entropy_last_clean_round.clone()),
+        );
+        r.register(
+            "tombstones_collected",
+            "Tombstones dropped because every region has them",
+            m.tombstones_collected.clone(),
+        );
+        r.register(
+            "tombstones",
+            "Tombstones kept after the last collection",
+            m.tombstones.clone(),
+        );
+        r.register(
+            "tombstone_frontier_timestamp_seconds",
+            "Unix time of the stable frontier tombstones are collected below",
+            m.tombstone_frontier.clone(),
+        );
+        r.register(
+            "tombstone_collection_blocked",
+            "1 while a peer has been silent past the horizon and tombstones are kept for it",
+            Declared(m.tombstone_collection_blocked.clone()),
         );
         r.register(
             "anti_entropy_reconnect_rounds",

@@ -65,6 +65,9 @@ pub struct Stamper {
     /// this resync: a resync can report a key twice (the snapshot, then the
     /// own records), and shipping a large key twice is costly.
     pub reshipped_large: std::collections::HashSet<(u32, Bytes)>,
+    /// A snapshot was stamped whole since the start: from then on, when
+    /// idle, the stamper tells the outbox up to where it stamped.
+    pub snapshots_done: bool,
 }
 
 /// What the stamper has taken from the tailer and not finished yet.
@@ -118,6 +121,13 @@ impl Stamper {
                 self.reship = None;
                 self.reshipped_large.clear();
                 pending.snapshot_done = false;
+                self.snapshots_done = true;
+            }
+            // Idle, and not re-shipping old stamps: everything stamped so
+            // far is in the outbox, and the next stamp is newer than this.
+            if self.snapshots_done && self.reship.is_none() && pending.keys.is_empty() {
+                self.outbox
+                    .stamped_up_to(hlc::encode(&self.clock.new_timestamp()));
             }
         }
     }

@@ -16,6 +16,10 @@ pub const META_PREFIX: &str = "__geosync:m:";
 pub const META_BUCKETS: u32 = 16384;
 /// Key holding the database's flush floor: the stamp of the last FLUSHDB.
 pub const FLOOR_KEY: &str = "__geosync:floor";
+/// The database's collected floor: the mesh frontier up to which its
+/// tombstones were dropped (decision 015); a change older than it finds a
+/// key without a record deleted.
+pub const COLLECTED_KEY: &str = "__geosync:collected";
 /// Offset of the flag byte ('v' value, 't' tombstone) in a metadata record
 /// (after the 20-byte stamp; see scripts/lib.lua).
 pub const RECORD_FLAG_AT: usize = crate::base::hlc::ENCODED_LEN;
@@ -63,6 +67,7 @@ pub fn is_own_key(key: &[u8]) -> bool {
         || key == FLOOR_KEY.as_bytes()
         || key == APPLY_MARKER_KEY.as_bytes()
         || key == DIGESTS_KEY.as_bytes()
+        || key == COLLECTED_KEY.as_bytes()
 }
 
 /// The last four hex digits of every stamp this node makes.

@@ -11,6 +11,7 @@ const FREEZE: &str = include_str!("scripts/freeze.lua");
 const PIECE: &str = include_str!("scripts/piece.lua");
 const CLAIM: &str = include_str!("scripts/claim.lua");
 const DIGEST: &str = include_str!("scripts/digest.lua");
+const COLLECT: &str = include_str!("scripts/collect.lua");
 
 /// Which of the scripts a pipelined call runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,10 +24,11 @@ pub(super) enum Which {
     Piece,
     Claim,
     Digest,
+    Collect,
 }
 
 impl Which {
-    pub(super) const ALL: [Which; 8] = [
+    pub(super) const ALL: [Which; 9] = [
         Which::Stamp,
         Which::Apply,
         Which::Flush,
@@ -35,6 +37,7 @@ impl Which {
         Which::Piece,
         Which::Claim,
         Which::Digest,
+        Which::Collect,
     ];
 
     pub(super) fn source(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Which {
             Which::Piece => PIECE,
             Which::Claim => CLAIM,
             Which::Digest => DIGEST,
+            Which::Collect => COLLECT,
         }
     }
 }

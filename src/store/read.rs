@@ -150,6 +150,33 @@ impl Store {
         self.digests(db, buckets, "rebuild").await
     }
 
+    /// Drops the tombstones of database `db` stamped before `frontier`
+    /// (and records of expired keys that are gone), in the numbered
+    /// buckets, `DIGEST_BUCKETS_PER_CALL` buckets per script call
+    /// (scripts/collect.lua); (records dropped, tombstones kept).
+    pub async fn collect(
+        &mut self,
+        db: u32,
+        buckets: &[u32],
+        frontier: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        let (mut dropped, mut kept) = (0, 0);
+        for slice in buckets.chunks(DIGEST_BUCKETS_PER_CALL) {
+            let keys: Vec<Vec<u8>> = slice
+                .iter()
+                .map(|b| format!("{META_PREFIX}{b}").into_bytes())
+                .collect();
+            let reply = self
+                .run_one(db, Which::Collect, keys, vec![frontier.as_bytes().to_vec()])
+                .await?;
+            let (d, k): (u64, u64) = redis::from_redis_value(reply)
+                .map_err(|e| StoreError::BadReply(format!("collect script: {e}")))?;
+            dropped += d;
+            kept += k;
+        }
+        Ok((dropped, kept))
+    }
+
     async fn digests(
         &mut self,
         db: u32,

@@ -29,7 +29,11 @@ local function refused(err)
 end
 
 redis.call('INCR', KEYS[2])
+-- A key without a record is older than the database's last flush and
+-- than the frontier its tombstones were collected up to.
 local floor = redis.call('GET', KEYS[1])
+local collected = redis.call('GET', '__geosync:collected')
+if collected and (not floor or collected > floor) then floor = collected end
 local out = {}
 local a = 1
 for i = 3, #KEYS, 3 do

@@ -1,0 +1,194 @@
+//! Tombstone collection (decision 015): the mesh's stable frontier, and
+//! the task that drops the tombstones below it.
+//!
+//! Each agent knows a stamp up to which every change it stamped has
+//! reached every peer ([`Outbox::delivered`]). It tells each peer that
+//! stamp in every `Digests` reply, and learns theirs in its own
+//! anti-entropy rounds. The least of its own and every peer's last report
+//! is the stable frontier: every change any region stamped up to it has
+//! been applied in every region, and every stamp still to come is above
+//! it. A tombstone below it has done its work everywhere and no older
+//! change can still arrive, so it is dropped, and the database's collected
+//! floor (`__geosync:collected`) turns away any change older than the
+//! frontier for a key without a record. A peer's report only grows, so an
+//! old one is safe, only late: a region away keeps the frontier where it
+//! was, tombstones are kept, and once it has been silent past the horizon
+//! `geosync_tombstone_collection_blocked{peer}` says so.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::outbox::Outbox;
+use crate::base::hlc;
+use crate::ops::metrics::Metrics;
+use crate::ops::readiness::Readiness;
+use crate::store::{META_BUCKETS, Store};
+
+/// What this agent knows of the mesh's delivered stamps.
+pub struct Frontier {
+    outbox: Arc<Outbox>,
+    peers: Vec<String>,
+    /// Per peer address, its last reported delivered stamp and when.
+    reported: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl Frontier {
+    /// The frontier of this agent, whose outbox serves `peers`.
+    pub fn new(outbox: Arc<Outbox>, peers: &[String]) -> Frontier {
+        Frontier {
+            outbox,
+            peers: peers.to_vec(),
+            reported: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// This node's delivered stamp ("" when it has none yet).
+    pub fn own(&self) -> String {
+        self.outbox.delivered().unwrap_or_default()
+    }
+
+    /// Records what `peer` reported as its delivered stamp ("" means it
+    /// knows none yet).
+    pub fn reported(&self, peer: &str, delivered: String) {
+        if delivered.is_empty() {
+            return;
+        }
+        let mut r = self.reported.lock().expect("frontier lock");
+        let slot = r
+            .entry(peer.to_string())
+            .or_insert_with(|| (String::new(), Instant::now()));
+        if delivered > slot.0 {
+            slot.0 = delivered;
+        }
+        slot.1 = Instant::now();
+    }
+
+    /// The stable frontier: the least of this node's delivered stamp and
+    /// every peer's last report; None while one of them is unknown (or
+    /// without peers, where nothing needs keeping... nor collecting).
+    pub fn stable(&self) -> Option<String> {
+        if self.peers.is_empty() {
+            return None;
+        }
+        let own = self.own();
+        if own.is_empty() {
+            return None;
+        }
+        let r = self.reported.lock().expect("frontier lock");
+        let mut least = own;
+        for p in &self.peers {
+            let (stamp, _) = r.get(p)?;
+            if *stamp < least {
+                least = stamp.clone();
+            }
+        }
+        Some(least)
+    }
+
+    /// Peers that have not reported for longer than `horizon` (or never).
+    pub fn silent(&self, horizon: Duration) -> Vec<String> {
+        let r = self.reported.lock().expect("frontier lock");
+        self.peers
+            .iter()
+            .filter(|p| r.get(*p).is_none_or(|(_, at)| at.elapsed() > horizon))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The collector: every `interval`, drops the tombstones of every
+/// database below the stable frontier.
+pub struct Collector {
+    /// The frontier it collects below.
+    pub frontier: Arc<Frontier>,
+    /// The databases of the local Redis.
+    pub databases: u32,
+    /// Time between collections.
+    pub interval: Duration,
+    /// How long a peer may be silent before the metric says it holds
+    /// collection back.
+    pub horizon: Duration,
+    /// Counters and gauges.
+    pub metrics: Arc<Metrics>,
+    /// Collection starts once the first snapshot has been stamped.
+    pub ready: Arc<Readiness>,
+}
+
+impl Collector {
+    /// Runs until shutdown.
+    pub async fn run(self, mut store: Store, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.ready.wait_snapshot() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        // The first collection one interval in: peers' reports come with
+        // the first anti-entropy rounds.
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut blocked: Vec<String> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let silent = self.frontier.silent(self.horizon);
+            for p in &self.frontier.peers {
+                let is = silent.contains(p);
+                self.metrics
+                    .tombstone_collection_blocked
+                    .get_or_create(&Metrics::peer(p))
+                    .set(i64::from(is));
+                if is && !blocked.contains(p) {
+                    warn!(peer = %p, horizon_secs = self.horizon.as_secs(), "tombstones are kept: a peer has not reported what it has for longer than the horizon");
+                }
+            }
+            blocked = silent;
+            let Some(frontier) = self.frontier.stable() else {
+                debug!("no stable frontier yet: tombstones are kept");
+                continue;
+            };
+            if let Ok(ts) = hlc::decode(frontier.as_bytes()) {
+                let secs = ts
+                    .get_time()
+                    .to_system_time()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                self.metrics.tombstone_frontier.set(secs);
+            }
+            match self.collect(&mut store, &frontier).await {
+                Ok((dropped, kept)) => {
+                    self.metrics.tombstones_collected.inc_by(dropped);
+                    self.metrics.tombstones.set(kept as i64);
+                    if dropped > 0 {
+                        info!(dropped, kept, %frontier, "tombstones collected");
+                    }
+                }
+                Err(e) => warn!(error = %e, "collecting tombstones failed; trying again next time"),
+            }
+        }
+    }
+
+    /// One collection over every database with keys.
+    async fn collect(
+        &self,
+        store: &mut Store,
+        frontier: &str,
+    ) -> Result<(u64, u64), crate::store::StoreError> {
+        let all: Vec<u32> = (0..META_BUCKETS).collect();
+        let (mut dropped, mut kept) = (0, 0);
+        for db in 0..self.databases {
+            if store.dbsize(db).await? == 0 {
+                continue;
+            }
+            let (d, k) = store.collect(db, &all, frontier).await?;
+            dropped += d;
+            kept += k;
+        }
+        Ok((dropped, kept))
+    }
+}

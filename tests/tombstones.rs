@@ -1,0 +1,183 @@
+//! Tombstone collection (decision 015): tombstones and expired keys'
+//! records are dropped once every region has them, so a sessions workload
+//! (unique keys with short lifetimes) keeps its metadata bounded; nothing
+//! older than the frontier comes back; a silent region holds them back,
+//! and the metric says so.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use geosync::base::hlc;
+use redis::Commands;
+use support::*;
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// Records (metadata fields) in database 0 of a region, and the bytes the
+/// metadata takes (`MEMORY USAGE` of every bucket and the digests).
+fn metadata(c: &mut redis::Connection) -> (usize, u64) {
+    let buckets: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", geosync::store::META_PREFIX))
+        .query(c)
+        .unwrap();
+    let mut records = 0;
+    let mut bytes = 0;
+    for b in buckets
+        .iter()
+        .chain(std::iter::once(&"__geosync:dg".to_string()))
+    {
+        let n: usize = c.hlen(b).unwrap();
+        if b.starts_with(geosync::store::META_PREFIX) {
+            records += n;
+        }
+        let used: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(b).query(c).unwrap();
+        bytes += used.unwrap_or(0);
+    }
+    (records, bytes)
+}
+
+fn collecting(extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--anti-entropy-interval-secs",
+        "1",
+        "--tombstone-collect-interval-secs",
+        "1",
+    ];
+    args.extend(extra);
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Unique keys living 200 to 800 ms, written in both regions (a session
+/// store): once they expired, every region drops their records, and a
+/// change older than the frontier cannot bring one back.
+#[test]
+fn a_sessions_run_keeps_metadata_bounded() {
+    let per_region: usize = env_usize("GEOSYNC_TEST_SESSIONS", 10_000);
+    let seed = seed_from_env();
+    println!(
+        "replay: GEOSYNC_SEED={seed} GEOSYNC_TEST_SESSIONS={per_region} cargo nextest run --test tombstones sessions"
+    );
+    let args = collecting(&[]);
+    let mesh = Mesh::builder(2).agent_args(&args).start();
+    let started = Instant::now();
+    let mut peak = (0, 0);
+    for (i, r) in mesh.regions.iter().enumerate() {
+        let mut c = r.redis.conn();
+        for chunk in (0..per_region).collect::<Vec<_>>().chunks(1000) {
+            let mut pipe = redis::pipe();
+            for n in chunk {
+                let ttl = 200 + (seed as usize + n * 7919) % 600;
+                pipe.cmd("SET")
+                    .arg(format!("session:{i}:{n}"))
+                    .arg("x".repeat(32))
+                    .arg("PX")
+                    .arg(ttl)
+                    .ignore();
+            }
+            let _: () = pipe.query(&mut c).unwrap();
+        }
+    }
+    let written = per_region * mesh.regions.len();
+    // One key's record, to send back later as an older change.
+    let probe = "session:0:0";
+    let mut a = mesh.regions[0].redis.conn();
+    let mut recorded: Option<String> = None;
+    wait_until("the probe key is recorded", SETTLE, || {
+        recorded = a
+            .hget(geosync::store::meta_bucket(probe.as_bytes()), probe)
+            .unwrap();
+        recorded.is_some()
+    });
+    let recorded = recorded.unwrap();
+    for r in &mesh.regions {
+        let m = metadata(&mut r.redis.conn());
+        peak = (peak.0.max(m.0), peak.1.max(m.1));
+    }
+    for r in &mesh.regions {
+        let mut c = r.redis.conn();
+        wait_until(
+            &format!("region {}'s metadata is collected", r.name),
+            SETTLE,
+            || metadata(&mut c).0 == 0,
+        );
+    }
+    let took = started.elapsed();
+    mesh.wait_converged(&[0], SETTLE);
+    let after: Vec<(usize, u64)> = mesh
+        .regions
+        .iter()
+        .map(|r| metadata(&mut r.redis.conn()))
+        .collect();
+    let collected = mesh.metric("geosync_tombstones_collected_total");
+    println!(
+        "figures: sessions written={written} peak_records={} peak_metadata_bytes={} \
+         after_records={:?} after_metadata_bytes={:?} collected={collected} all_collected_in={:.1}s",
+        peak.0,
+        peak.1,
+        after.iter().map(|a| a.0).collect::<Vec<_>>(),
+        after.iter().map(|a| a.1).collect::<Vec<_>>(),
+        took.as_secs_f64()
+    );
+    // A key that expired before it was stamped was never recorded; the
+    // others were, and are gone.
+    assert!(collected > 0.0, "records were collected");
+
+    // The probe's change again, from a third node, stamped just after it:
+    // older than the frontier, so it stays gone in every region.
+    let stamp = hlc::decode(&recorded.as_bytes()[..20]).unwrap();
+    let older = stamp_at(stamp.get_time().as_u64() + 1, 9);
+    for r in &mesh.regions {
+        let mut peer = FakePeer::connect(r.agent.listen, 9);
+        assert_eq!(
+            peer.send(1, &[string_put(probe, "back", &older)]).unwrap(),
+            1
+        );
+        let mut c = r.redis.conn();
+        assert!(
+            !c.exists::<_, bool>(probe).unwrap(),
+            "region {} took it back",
+            r.name
+        );
+    }
+}
+
+/// A region whose agent is down keeps the others from collecting: their
+/// tombstones stay, the metric names the silent peer once past the
+/// horizon, and once it is back they are collected.
+#[test]
+fn a_silent_region_holds_tombstones_back_and_the_metric_says_so() {
+    let args = collecting(&["--tombstone-horizon-secs", "2"]);
+    let mut mesh = Mesh::builder(2).agent_args(&args).start();
+    let mut a = mesh.regions[0].redis.conn();
+    for i in 0..100 {
+        let _: () = a.set(format!("k{i}"), i).unwrap();
+    }
+    mesh.wait_converged(&[0], SETTLE);
+    mesh.kill_agent(1);
+    for i in 0..100 {
+        let _: () = a.del(format!("k{i}")).unwrap();
+    }
+    mesh.wait_stamped(0, SETTLE);
+    let blocked = "geosync_tombstone_collection_blocked";
+    wait_until(
+        "region a says region b holds tombstones back",
+        SETTLE,
+        || mesh.regions[0].agent.metric(blocked) == 1.0,
+    );
+    // Rounds went on (with the peer down they fail), collections too:
+    // every tombstone is still there.
+    let collections = mesh.regions[0]
+        .agent
+        .metric("geosync_tombstones_collected_total");
+    assert_eq!(collections, 0.0);
+    assert_eq!(metadata(&mut a).0, 100, "the 100 tombstones are kept");
+    mesh.restart_agent(1);
+    wait_until("region a collects once b is back", SETTLE, || {
+        metadata(&mut a).0 == 0
+    });
+    assert_eq!(mesh.regions[0].agent.metric(blocked), 0.0);
+    mesh.wait_converged(&[0], SETTLE);
+    let mut b = mesh.regions[1].redis.conn();
+    wait_until("region b collects too", SETTLE, || metadata(&mut b).0 == 0);
+}
