@@ -417,3 +417,80 @@ fn repairs_pull_no_more_than_the_byte_limit() {
         "nothing else was repaired"
     );
 }
+
+/// A large key whose pieces reached a region incomplete is acknowledged
+/// and not applied; its origin will not send it again, yet the region gets
+/// it whole from another region by anti-entropy. Region 3 writes the key
+/// while cut off from region 2; region 2 gets it from "region 3" (the test,
+/// with region 3's node id, stamp and digest) with a piece missing, then
+/// from region 1's snapshot of that bucket.
+#[test]
+fn a_large_key_that_arrived_incomplete_comes_whole_by_anti_entropy() {
+    use geosync::base::change::{Change, Collection, Op, Value};
+    use serde_bytes::ByteBuf;
+    let mesh = Mesh::builder(3)
+        .proxied()
+        .agent_args(&[
+            "--anti-entropy-interval-secs",
+            "1",
+            "--max-key-elements",
+            "1000",
+        ])
+        .start();
+    mesh.partition(1, 2);
+    let mut c = mesh.regions[2].redis.conn();
+    let members: Vec<String> = (0..5000).map(|i| format!("m{i}")).collect();
+    let _: () = redis::cmd("SADD")
+        .arg("large")
+        .arg(&members)
+        .query(&mut c)
+        .unwrap();
+    let mut a = mesh.regions[0].redis.conn();
+    wait_until("region 1 has the key", SETTLE, || {
+        redis::cmd("SCARD")
+            .arg("large")
+            .query::<usize>(&mut a)
+            .unwrap()
+            == 5000
+    });
+    let rec: String = redis::cmd("HGET")
+        .arg(geosync::store::meta_bucket(b"large"))
+        .arg("large")
+        .query(&mut c)
+        .unwrap();
+    let (stamp, digest) = (rec[..20].to_string(), rec[21..37].to_string());
+    let piece = |at: usize, n: usize| Change {
+        db: 0,
+        key: ByteBuf::from(b"large".to_vec()),
+        stamp: stamp.clone(),
+        op: Op::Part {
+            at: at as u64,
+            value: Value::Set(
+                members[at..at + n]
+                    .iter()
+                    .map(|m| ByteBuf::from(m.as_bytes().to_vec()))
+                    .collect(),
+            ),
+        },
+    };
+    let seal = Change {
+        db: 0,
+        key: ByteBuf::from(b"large".to_vec()),
+        stamp: stamp.clone(),
+        op: Op::Seal {
+            kind: Collection::Set,
+            expire_at_ms: None,
+            len: 5000,
+            digest,
+        },
+    };
+    let incomplete = [piece(0, 1000), piece(2000, 1000), seal];
+    let b = &mesh.regions[1].agent;
+    let mut peer = FakePeer::connect(b.listen, mesh.regions[2].agent.node_id);
+    assert_eq!(peer.send(1, &incomplete).expect("acknowledged"), 1);
+    assert_eq!(b.metric("geosync_large_keys_incomplete_total"), 1.0);
+    mesh.wait_converged(&[0], SETTLE);
+    wait_until("region 2 counts the key it repaired", SETTLE, || {
+        b.metric("geosync_anti_entropy_keys_repaired_total") >= 1.0
+    });
+}
