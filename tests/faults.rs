@@ -339,14 +339,7 @@ fn a_region_cut_off_under_writes_everywhere_converges_after_healing() {
     mesh.heal_all();
     random_wait(&mut rng, 500..=2_000);
     let written = writers.stop();
-    let dbs = mesh.databases_in_use();
-    let took = match mesh.converge(&dbs, SETTLE) {
-        Ok((took, _)) => took,
-        Err(look) => panic!(
-            "regions differ after healing: {}\nreplay: {replay}",
-            geosync::lab::mesh::report(&look)
-        ),
-    };
+    let took = converged_or_panic(&mesh, "regions differ after healing", &replay);
     println!(
         "cut off for {cut:?}; writes made by the end of the cut: {made_while_cut:?}; \
          outbox overflows: {}, catch-up changes: {}",
@@ -403,14 +396,11 @@ fn agents_killed_at_random_moments_under_load_converge() {
         started.elapsed().as_secs_f64()
     );
     let written = writers.stop();
-    let dbs = mesh.databases_in_use();
-    let took = match mesh.converge(&dbs, SETTLE) {
-        Ok((took, _)) => took,
-        Err(look) => panic!(
-            "regions differ after {ROUNDS} kills: {}\nreplay: {replay}",
-            geosync::lab::mesh::report(&look)
-        ),
-    };
+    let took = converged_or_panic(
+        &mesh,
+        &format!("regions differ after {ROUNDS} kills"),
+        &replay,
+    );
     println!(
         "since each agent's last start: re-shipped {}, caught up {}",
         mesh.metric("geosync_changes_reshipped_total"),
@@ -458,14 +448,7 @@ fn a_redis_restarted_empty_while_another_regions_agent_is_down_converges() {
     random_wait(&mut rng, 500..=2_000);
 
     let written = writers.stop();
-    let dbs = mesh.databases_in_use();
-    let took = match mesh.converge(&dbs, SETTLE) {
-        Ok((took, _)) => took,
-        Err(look) => panic!(
-            "regions differ: {}\nreplay: {replay}",
-            geosync::lab::mesh::report(&look)
-        ),
-    };
+    let took = converged_or_panic(&mesh, "regions differ", &replay);
     figures(test, seed, 1, &written, took, &mesh);
 }
 
@@ -690,4 +673,18 @@ fn a_mixed_version_mesh_converges_except_for_field_expiries() {
         assert_eq!(r.agent.metric("geosync_changes_quarantined_total"), 0.0);
     }
     figures(test, seed, 1, &written, took, &mesh);
+}
+
+/// Waits until every region holds the same data in every database in use
+/// and returns how long it took; panics with what differs, `what` first,
+/// and the replay line.
+fn converged_or_panic(mesh: &Mesh, what: &str, replay: &str) -> Duration {
+    let dbs = mesh.databases_in_use();
+    match mesh.converge(&dbs, SETTLE) {
+        Ok((took, _)) => took,
+        Err(look) => panic!(
+            "{what}: {}\nreplay: {replay}",
+            geosync::lab::mesh::report(&look)
+        ),
+    }
 }

@@ -191,13 +191,7 @@ fn stored_digests_follow_every_record_change() {
 fn a_flush_whose_origin_agent_died_before_delivering_it_still_reaches_the_peer() {
     let mut mesh = Mesh::with_agent_args(2, &["--anti-entropy-interval-secs", "0"]);
     let mut a = mesh.regions[0].redis.conn();
-    for i in 0..100 {
-        let _: () = redis::cmd("SET")
-            .arg(format!("k{i}"))
-            .arg(i)
-            .query(&mut a)
-            .unwrap();
-    }
+    set_keys(&mut a, 100);
     mesh.wait_converged(&[0], SETTLE);
     mesh.kill_agent(1);
     let _: () = redis::cmd("FLUSHDB").query(&mut a).unwrap();
@@ -229,13 +223,7 @@ fn a_flush_whose_origin_agent_died_before_delivering_it_still_reaches_the_peer()
 fn a_flush_only_one_region_still_records_reaches_every_region() {
     let mut mesh = Mesh::with_agent_args(3, &["--anti-entropy-interval-secs", "1"]);
     let mut a = mesh.regions[0].redis.conn();
-    for i in 0..100 {
-        let _: () = redis::cmd("SET")
-            .arg(format!("k{i}"))
-            .arg(i)
-            .query(&mut a)
-            .unwrap();
-    }
+    set_keys(&mut a, 100);
     mesh.wait_converged(&[0], SETTLE);
     mesh.kill_agent(2);
     let _: () = redis::cmd("FLUSHDB").query(&mut a).unwrap();
@@ -493,4 +481,13 @@ fn a_large_key_that_arrived_incomplete_comes_whole_by_anti_entropy() {
     wait_until("region 2 counts the key it repaired", SETTLE, || {
         b.metric("geosync_anti_entropy_keys_repaired_total") >= 1.0
     });
+}
+
+/// Sets `k0`..`k{n-1}` to their numbers.
+fn set_keys(c: &mut redis::Connection, n: usize) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+    }
+    let _: () = pipe.query(c).unwrap();
 }

@@ -162,12 +162,13 @@ impl Store {
     ) -> Result<(u64, u64), StoreError> {
         let (mut dropped, mut kept) = (0, 0);
         for slice in buckets.chunks(DIGEST_BUCKETS_PER_CALL) {
-            let keys: Vec<Vec<u8>> = slice
-                .iter()
-                .map(|b| format!("{META_PREFIX}{b}").into_bytes())
-                .collect();
             let reply = self
-                .run_one(db, Which::Collect, keys, vec![frontier.as_bytes().to_vec()])
+                .run_one(
+                    db,
+                    Which::Collect,
+                    bucket_names(slice),
+                    vec![frontier.as_bytes().to_vec()],
+                )
                 .await?;
             let (d, k): (u64, u64) = redis::from_redis_value(reply)
                 .map_err(|e| StoreError::BadReply(format!("collect script: {e}")))?;
@@ -185,12 +186,13 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::with_capacity(buckets.len());
         for slice in buckets.chunks(DIGEST_BUCKETS_PER_CALL) {
-            let keys: Vec<Vec<u8>> = slice
-                .iter()
-                .map(|b| format!("{META_PREFIX}{b}").into_bytes())
-                .collect();
             let reply = self
-                .run_one(db, Which::Digest, keys, vec![mode.as_bytes().to_vec()])
+                .run_one(
+                    db,
+                    Which::Digest,
+                    bucket_names(slice),
+                    vec![mode.as_bytes().to_vec()],
+                )
                 .await?;
             let digests: Vec<String> = redis::from_redis_value(reply)
                 .map_err(|e| StoreError::BadReply(format!("digest script: {e}")))?;
@@ -266,6 +268,14 @@ impl Store {
         }
         Ok(sent)
     }
+}
+
+/// The names of the numbered metadata buckets.
+fn bucket_names(buckets: &[u32]) -> Vec<Vec<u8>> {
+    buckets
+        .iter()
+        .map(|b| format!("{META_PREFIX}{b}").into_bytes())
+        .collect()
 }
 
 /// The change that carries database `db`'s flush stamped `stamp`.
