@@ -158,14 +158,19 @@ pub(super) async fn session(
     follow(link, kept, start, state, tx, metrics, &mut epoch, shutdown).await
 }
 
-/// The master's replication offset (`master_repl_offset`).
+/// The master's replication offset, from `ROLE` (which the documented
+/// least-privilege user may run; `INFO` it may not).
 async fn master_offset(side: &mut redis::aio::MultiplexedConnection) -> Result<i64, TailError> {
-    let info: String = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(side)
-        .await?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("master_repl_offset:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| TailError::Protocol("INFO replication has no master_repl_offset".into()))
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(side).await?;
+    // ["master", offset, replicas]; a replica (chained) ends with its offset.
+    let at = match role.first() {
+        Some(redis::Value::BulkString(r)) if r.as_slice() == b"master" => role.get(1),
+        _ => role.last(),
+    };
+    match at {
+        Some(redis::Value::Int(n)) => Ok(*n),
+        _ => Err(TailError::Protocol(format!(
+            "ROLE gave no replication offset: {role:?}"
+        ))),
+    }
 }
