@@ -48,15 +48,18 @@ fn collecting(extra: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-/// Unique keys living 200 to 800 ms, written in both regions (a session
+/// Unique keys living 200 to 800 ms (by default), written in both regions (a session
 /// store): once they expired, every region drops their records, and a
 /// change older than the frontier cannot bring one back.
 #[test]
 fn a_sessions_run_keeps_metadata_bounded() {
     let per_region: usize = env_usize("GEOSYNC_TEST_SESSIONS", 10_000);
+    // Lifetimes from `shortest` to 4 times it.
+    let shortest: usize = env_usize("GEOSYNC_TEST_SESSION_MS", 200);
     let seed = seed_from_env();
     println!(
-        "replay: GEOSYNC_SEED={seed} GEOSYNC_TEST_SESSIONS={per_region} cargo nextest run --test tombstones sessions"
+        "replay: GEOSYNC_SEED={seed} GEOSYNC_TEST_SESSIONS={per_region} \
+         GEOSYNC_TEST_SESSION_MS={shortest} cargo nextest run --test tombstones sessions"
     );
     let args = collecting(&[]);
     let mesh = Mesh::builder(2).agent_args(&args).start();
@@ -67,7 +70,7 @@ fn a_sessions_run_keeps_metadata_bounded() {
         for chunk in (0..per_region).collect::<Vec<_>>().chunks(1000) {
             let mut pipe = redis::pipe();
             for n in chunk {
-                let ttl = 200 + (seed as usize + n * 7919) % 600;
+                let ttl = shortest + (seed as usize + n * 7919) % (3 * shortest);
                 pipe.cmd("SET")
                     .arg(format!("session:{i}:{n}"))
                     .arg("x".repeat(32))
