@@ -12,7 +12,8 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -76,10 +77,10 @@ struct Written {
 
 /// One writer thread per region, each with its own RNG from the seed,
 /// writing in batches of 1 to 10 (databases 0 and 1) with a random pause
-/// after each, 2 to 10 ms unless the plan says otherwise (the pace of the workload, not a wait for
-/// anything).
+/// after each, 2 to 10 ms unless the plan says otherwise: the pace of the
+/// workload, spent waiting for the stop signal.
 struct Writers {
-    stop: Arc<AtomicBool>,
+    stop: Arc<Stop>,
     made: Vec<Arc<AtomicU64>>,
     threads: Vec<JoinHandle<Result<Written, String>>>,
 }
@@ -87,7 +88,7 @@ struct Writers {
 impl Writers {
     fn start(mesh: &Mesh, seed: u64, plans: &[Plan]) -> Writers {
         assert_eq!(plans.len(), mesh.regions.len(), "one plan per region");
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(Stop::default());
         let mut made = Vec::new();
         let mut threads = Vec::new();
         for (i, (r, plan)) in mesh.regions.iter().zip(plans).enumerate() {
@@ -130,9 +131,21 @@ impl Writers {
         }
     }
 
+    /// Lets the writers make a number of writes (all regions together)
+    /// drawn from `writes` by the test's RNG: how long a fault lasts or
+    /// when it strikes, measured in the workload's own progress. Returns
+    /// the number drawn.
+    fn let_write(&self, rng: &mut StdRng, writes: std::ops::RangeInclusive<u64>) -> u64 {
+        let n = rng.gen_range(writes);
+        let total = || (0..self.made.len()).map(|i| self.made_by(i)).sum::<u64>();
+        let from = total();
+        wait_until(&format!("{n} more writes"), SETTLE, || total() >= from + n);
+        n
+    }
+
     /// Stops the writers; what each did. Panics when one failed.
     fn stop(mut self) -> Vec<Written> {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.set();
         let threads = std::mem::take(&mut self.threads);
         threads
             .into_iter()
@@ -147,7 +160,36 @@ impl Writers {
 
 impl Drop for Writers {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.set();
+    }
+}
+
+/// The writers' stop signal; a writer's pause is a wait for it, with the
+/// pause as deadline.
+#[derive(Default)]
+struct Stop {
+    stopped: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Stop {
+    fn set(&self) {
+        *self.stopped.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+
+    fn is_set(&self) -> bool {
+        *self.stopped.lock().unwrap()
+    }
+
+    /// Waits up to `pause` for the signal; true once it is set.
+    fn wait(&self, pause: Duration) -> bool {
+        let guard = self.stopped.lock().unwrap();
+        *self
+            .changed
+            .wait_timeout_while(guard, pause, |stopped| !*stopped)
+            .unwrap()
+            .0
     }
 }
 
@@ -157,12 +199,12 @@ fn write(
     clients: [redis::Client; 2],
     plan: Plan,
     mut rng: StdRng,
-    stop: &AtomicBool,
+    stop: &Stop,
     count: &AtomicU64,
 ) -> Result<Written, String> {
     let mut out = Written::default();
     let mut conns: [Option<redis::Connection>; 2] = [None, None];
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.is_set() {
         let db = usize::from(rng.gen_range(0..4) == 0);
         let n = rng.gen_range(1..=10);
         let pause = Duration::from_millis(rng.gen_range(plan.pause_ms.0..=plan.pause_ms.1));
@@ -197,7 +239,9 @@ fn write(
             }
             Err(e) => return Err(format!("region {name}, db {db}: {e}")),
         }
-        std::thread::sleep(pause);
+        if stop.wait(pause) {
+            break;
+        }
     }
     Ok(out)
 }
@@ -241,15 +285,6 @@ fn field_ttl_writes(
     }
     p.query::<()>(c)?;
     Ok(n as u64)
-}
-
-/// A random wait of `ms` milliseconds from the test's RNG: how long a
-/// fault lasts or when it strikes (part of the workload, not a wait for
-/// anything).
-fn random_wait(rng: &mut StdRng, ms: std::ops::RangeInclusive<u64>) -> Duration {
-    let d = Duration::from_millis(rng.gen_range(ms));
-    std::thread::sleep(d);
-    d
 }
 
 /// Prints the figures of a run, one line.
@@ -332,16 +367,16 @@ fn a_region_cut_off_under_writes_everywhere_converges_after_healing() {
     };
     wait_until("the marker reaches region 2", SETTLE, || exists(&mut c2));
     assert!(!exists(&mut c3), "region 3 is cut off, yet got the marker");
-    let cut = random_wait(&mut rng, 2_000..=5_000);
+    let cut = writers.let_write(&mut rng, 4000..=10_000);
     assert!(!exists(&mut c3), "region 3 got the marker while cut off");
     let made_while_cut: Vec<u64> = (0..3).map(|i| writers.made_by(i)).collect();
 
     mesh.heal_all();
-    random_wait(&mut rng, 500..=2_000);
+    writers.let_write(&mut rng, 1000..=4000);
     let written = writers.stop();
     let took = converged_or_panic(&mesh, "regions differ after healing", &replay);
     println!(
-        "cut off for {cut:?}; writes made by the end of the cut: {made_while_cut:?}; \
+        "cut off for {cut} writes; writes made by the end of the cut: {made_while_cut:?}; \
          outbox overflows: {}, catch-up changes: {}",
         mesh.metric("geosync_outbox_overflows_total"),
         mesh.metric("geosync_catch_up_changes_total"),
@@ -374,7 +409,7 @@ fn agents_killed_at_random_moments_under_load_converge() {
     let mut victims = Vec::new();
     for round in 1..=ROUNDS {
         let i = rng.gen_range(0..3);
-        let after = random_wait(&mut rng, 50..=600);
+        let after = writers.let_write(&mut rng, 100..=1200);
         let pid = mesh.regions[i].agent.pid();
         mesh.kill_agent(i);
         assert!(
@@ -385,7 +420,7 @@ fn agents_killed_at_random_moments_under_load_converge() {
         let t = Instant::now();
         mesh.restart_agent(i);
         println!(
-            "round {round}: agent {} killed after {after:?}, ready {:.2?} after its restart",
+            "round {round}: agent {} killed after {after} writes, ready {:.2?} after its restart",
             i + 1,
             t.elapsed()
         );
@@ -432,7 +467,7 @@ fn a_redis_restarted_empty_while_another_regions_agent_is_down_converges() {
     writers.wait_writes(300);
 
     mesh.kill_agent(1);
-    random_wait(&mut rng, 200..=1_000);
+    writers.let_write(&mut rng, 400..=2000);
     let rebuilds = mesh.regions[0].agent.metric("geosync_rebuilds_total");
     mesh.restart_redis_empty(0);
     let agent = &mesh.regions[0].agent;
@@ -443,9 +478,9 @@ fn a_redis_restarted_empty_while_another_regions_agent_is_down_converges() {
     });
     mesh.wait_ready();
     println!("region 1 rebuilt {rebuilt:.2?} after its Redis came back empty");
-    random_wait(&mut rng, 200..=1_000);
+    writers.let_write(&mut rng, 400..=2000);
     mesh.restart_agent(1);
-    random_wait(&mut rng, 500..=2_000);
+    writers.let_write(&mut rng, 1000..=4000);
 
     let written = writers.stop();
     let took = converged_or_panic(&mesh, "regions differ", &replay);
@@ -512,7 +547,7 @@ fn a_flush_made_while_a_peer_is_down_reaches_it_after_the_origin_is_killed() {
     mesh.regions[1].agent.terminate();
     let code = mesh.regions[1].agent.wait_exit(SETTLE);
     assert_eq!(code, Some(0), "region 2's agent stops cleanly on SIGTERM");
-    random_wait(&mut rng, 100..=500);
+    writers.let_write(&mut rng, 200..=1000);
     let before = floor(&mesh.regions[0], 0);
     let _: () = redis::cmd("FLUSHDB")
         .query(&mut mesh.regions[0].redis.conn())
@@ -525,12 +560,12 @@ fn a_flush_made_while_a_peer_is_down_reaches_it_after_the_origin_is_killed() {
     // agent will not read the FLUSHDB again (and stamp it anew).
     mesh.wait_stamped(0, SETTLE);
     mesh.kill_agent(0);
-    random_wait(&mut rng, 100..=500);
+    writers.let_write(&mut rng, 200..=1000);
     // Neither is ready until it reached the other: start both, then wait.
     mesh.regions[0].agent.restart();
     mesh.regions[1].agent.restart();
     mesh.wait_ready();
-    random_wait(&mut rng, 500..=1_500);
+    writers.let_write(&mut rng, 1000..=3000);
 
     let written = writers.stop();
     let dbs = mesh.databases_in_use();
@@ -629,7 +664,7 @@ fn a_mixed_version_mesh_converges_except_for_field_expiries() {
     let mut rng = StdRng::seed_from_u64(seed);
     let writers = Writers::start(&mesh, seed, &plans);
     writers.wait_writes(1_000);
-    random_wait(&mut rng, 1_000..=3_000);
+    writers.let_write(&mut rng, 2000..=6000);
     let written = writers.stop();
 
     let dbs = mesh.databases_in_use();
