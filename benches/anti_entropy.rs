@@ -54,9 +54,9 @@ fn main() {
     let n = support::env_usize("GEOSYNC_BENCH_KEYS", 200_000);
     let interval = support::env_usize("GEOSYNC_BENCH_INTERVAL_SECS", 5) as u64;
     // Tombstone collection off: the keys region 2 loses below are older
-    // than the frontier once a collection ran, and a region that lacks a
-    // record older than the frontier takes the key for deleted (decision
-    // 015); the repair measured here is of keys lost without that.
+    // than the frontier once a collection ran, and a key lost below the
+    // peers' collected floor is deleted everywhere, not restored (decision
+    // 015); what is measured here is the restore of lost keys.
     let mesh = Mesh::with_agent_args(
         2,
         &[

@@ -467,6 +467,13 @@ impl geosync::mesh::pb::replication_server::Replication for LyingPeer {
         Err(tonic::Status::unimplemented("no digests here"))
     }
 
+    async fn records(
+        &self,
+        _: tonic::Request<geosync::mesh::pb::RecordsRequest>,
+    ) -> Result<tonic::Response<geosync::mesh::pb::RecordsReply>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no records here"))
+    }
+
     async fn replicate(
         &self,
         request: tonic::Request<tonic::Streaming<OriginMessage>>,

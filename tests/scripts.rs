@@ -303,3 +303,66 @@ fn a_flush_retried_after_its_reply_was_lost_still_hands_back_keys_to_stamp() {
     let retried = rt.block_on(store.flush_local(&[0], &flush, 1)).unwrap();
     assert_eq!(retried, want, "the retry hands back the same keys");
 }
+
+/// Dropping keys a peer lacks below its collected floor (decision 015)
+/// drops only what was read: a key rewritten since its record (a local
+/// write waiting to be stamped), a tombstone whose key exists again, a
+/// record whose stamp moved, and a record at or above the floor all stay.
+#[test]
+fn only_unchanged_records_below_the_floor_are_forgotten() {
+    let rt = rt();
+    let (_r, mut store, mut c) = setup();
+    let at = |n: u64| ts(n << 32, 2);
+    let del = |k: &str, t: &Timestamp| Change {
+        op: Op::Delete,
+        ..put(k, "", t)
+    };
+    let changes = [
+        put("gone", "v", &at(100)),
+        put("rewritten", "v", &at(100)),
+        del("revived", &at(100)),
+        put("moved", "v", &at(100)),
+        put("recent", "v", &at(300)),
+        del("tomb", &at(100)),
+    ];
+    rt.block_on(store.apply(&changes)).unwrap();
+    let read: Vec<(Vec<u8>, String)> = ["gone", "rewritten", "revived", "moved", "recent", "tomb"]
+        .iter()
+        .map(|k| (k.as_bytes().to_vec(), recorded_stamp(&mut c, k)))
+        .collect();
+    let _: () = c.set("rewritten", "new, not yet stamped").unwrap();
+    let _: () = c.set("revived", "new, not yet stamped").unwrap();
+    rt.block_on(store.apply(&[put("moved", "w", &at(150))]))
+        .unwrap();
+    let floor = hlc::encode(&at(200));
+    let dropped = rt.block_on(store.forget_below(0, &floor, &read)).unwrap();
+    assert_eq!(dropped, 2, "gone and tomb");
+    for k in ["gone", "tomb"] {
+        assert!(!c.exists::<_, bool>(k).unwrap());
+        let rec: Option<String> = c.hget(meta_bucket(k.as_bytes()), k).unwrap();
+        assert_eq!(rec, None, "{k}'s record is dropped");
+    }
+    assert_eq!(
+        c.get::<_, String>("rewritten").unwrap(),
+        "new, not yet stamped"
+    );
+    assert_eq!(
+        c.get::<_, String>("revived").unwrap(),
+        "new, not yet stamped"
+    );
+    assert_eq!(c.get::<_, String>("moved").unwrap(), "w");
+    assert_eq!(c.get::<_, String>("recent").unwrap(), "v");
+    for k in ["rewritten", "revived", "moved", "recent"] {
+        let rec: Option<String> = c.hget(meta_bucket(k.as_bytes()), k).unwrap();
+        assert!(rec.is_some(), "{k} is still recorded");
+    }
+    // The floor went up with the drop: an older change finds the key
+    // deleted.
+    let collected: String = c.get(geosync::store::layout::COLLECTED_KEY).unwrap();
+    assert_eq!(collected, floor);
+    let out = rt
+        .block_on(store.apply(&[put("gone", "back", &at(150))]))
+        .unwrap();
+    assert_eq!(out.older, 1);
+    assert!(!c.exists::<_, bool>("gone").unwrap());
+}

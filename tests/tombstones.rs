@@ -2,7 +2,9 @@
 //! records are dropped once every region has them, so a sessions workload
 //! (unique keys with short lifetimes) keeps its metadata bounded; nothing
 //! older than the frontier comes back; a silent region holds them back,
-//! and the metric says so.
+//! and the metric says so; a key one region lost without a trace, or took
+//! back from an older copy, below the floor the others collected up to, is
+//! dropped where it remains rather than differing for ever.
 
 mod support;
 
@@ -183,4 +185,118 @@ fn a_silent_region_holds_tombstones_back_and_the_metric_says_so() {
     mesh.wait_converged(&[0], SETTLE);
     let mut b = mesh.regions[1].redis.conn();
     wait_until("region b collects too", SETTLE, || metadata(&mut b).0 == 0);
+}
+
+/// The stamp region `c` records for `key`, None without a record.
+fn recorded_stamp(c: &mut redis::Connection, key: &str) -> Option<String> {
+    let rec: Option<String> = c
+        .hget(geosync::store::meta_bucket(key.as_bytes()), key)
+        .unwrap();
+    rec.map(|r| r[..20].to_string())
+}
+
+/// Waits until every region's collected floor (database 0) is past `stamp`.
+fn wait_collected_past(mesh: &Mesh, stamp: &str) {
+    for r in &mesh.regions {
+        let mut c = r.redis.conn();
+        wait_until(
+            &format!("region {} collects past {stamp}", r.name),
+            SETTLE,
+            || {
+                let floor: Option<String> = c.get(geosync::store::layout::COLLECTED_KEY).unwrap();
+                floor.is_some_and(|f| f.as_str() > stamp)
+            },
+        );
+    }
+}
+
+/// Region b loses keys with their records below the floor both regions
+/// collected up to (as a Redis that lost them would: no delete travels).
+/// Region a would send them in vain, since b turns away any change older
+/// than its floor for a key it holds no record of: region a drops them.
+#[test]
+fn a_key_lost_without_a_trace_below_the_collected_floor_is_dropped_where_it_remains() {
+    let mesh = Mesh::builder(2).agent_args(&collecting(&[])).start();
+    let mut a = mesh.regions[0].redis.conn();
+    let lost: Vec<String> = (0..50).map(|i| format!("lost:{i}")).collect();
+    for (i, k) in lost.iter().enumerate() {
+        let _: () = a.set(k, i).unwrap();
+        let _: () = a.set(format!("kept:{i}"), i).unwrap();
+    }
+    mesh.wait_converged(&[0], SETTLE);
+    let newest = lost
+        .iter()
+        .map(|k| recorded_stamp(&mut a, k).expect("recorded"))
+        .max()
+        .unwrap();
+    wait_collected_past(&mesh, &newest);
+    lose(&mesh.regions[1].redis, &lost);
+    mesh.wait_converged(&[0], SETTLE);
+    for (i, k) in lost.iter().enumerate() {
+        assert!(!a.exists::<_, bool>(k).unwrap(), "{k} is still in region a");
+        assert_eq!(recorded_stamp(&mut a, k), None, "{k} is still recorded");
+        assert_eq!(a.get::<_, i64>(format!("kept:{i}")).unwrap(), i as i64);
+    }
+    // A round counts what it dropped when it ends.
+    let dropped = "geosync_anti_entropy_keys_dropped_total";
+    wait_until("the drops are counted", SETTLE, || {
+        mesh.regions[0].agent.metric(dropped) >= lost.len() as f64
+    });
+    assert_eq!(mesh.regions[0].agent.metric(dropped), lost.len() as f64);
+    assert_eq!(mesh.regions[1].agent.metric(dropped), 0.0);
+}
+
+/// Region b comes back from an older copy of its data: it holds keys, with
+/// their old records, that were deleted since and whose tombstones every
+/// region collected. Region a refuses them (older than its floor); region
+/// b drops them.
+#[test]
+fn a_region_back_from_an_older_copy_drops_what_every_region_collected() {
+    let mesh = Mesh::builder(2).agent_args(&collecting(&[])).start();
+    let mut a = mesh.regions[0].redis.conn();
+    let mut b = mesh.regions[1].redis.conn();
+    let keys: Vec<String> = (0..50).map(|i| format!("old:{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let _: () = a.set(k, i).unwrap();
+    }
+    let _: () = a.set("current", "yes").unwrap();
+    mesh.wait_converged(&[0], SETTLE);
+    // The copy: each key's value and record as region b holds them now.
+    let copy: Vec<(String, Vec<u8>, String)> = keys
+        .iter()
+        .map(|k| {
+            let dump: Vec<u8> = redis::cmd("DUMP").arg(k).query(&mut b).unwrap();
+            let rec: String = b
+                .hget(geosync::store::meta_bucket(k.as_bytes()), k)
+                .unwrap();
+            (k.clone(), dump, rec)
+        })
+        .collect();
+    for k in &keys {
+        let _: () = a.del(k).unwrap();
+    }
+    mesh.wait_converged(&[0], SETTLE);
+    for r in &mesh.regions {
+        let mut c = r.redis.conn();
+        wait_until(
+            &format!("region {} collects the tombstones", r.name),
+            SETTLE,
+            || keys.iter().all(|k| recorded_stamp(&mut c, k).is_none()),
+        );
+    }
+    bring_back(&mesh.regions[1].redis, &copy);
+    mesh.wait_converged(&[0], SETTLE);
+    for k in &keys {
+        for c in [&mut a, &mut b] {
+            assert!(!c.exists::<_, bool>(k).unwrap(), "{k} came back");
+        }
+    }
+    assert_eq!(b.get::<_, String>("current").unwrap(), "yes");
+    // A round counts what it dropped when it ends.
+    let dropped = "geosync_anti_entropy_keys_dropped_total";
+    wait_until("the drops are counted", SETTLE, || {
+        mesh.regions[1].agent.metric(dropped) >= keys.len() as f64
+    });
+    assert_eq!(mesh.regions[1].agent.metric(dropped), keys.len() as f64);
+    assert_eq!(mesh.regions[0].agent.metric(dropped), 0.0);
 }

@@ -21,7 +21,7 @@
 //! digests differed, this side's digests of those buckets are computed
 //! again, so a drifted digest heals.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,9 @@ use uhlc::HLC;
 
 use super::dial::dial;
 use super::security::PeerAuth;
+use super::server::MAX_RECORDS_ASKED;
 use super::wire::pb::replication_client::ReplicationClient;
-use super::wire::pb::{DigestRequest, SnapshotRequest};
+use super::wire::pb::{DigestRequest, RecordsRequest, SnapshotRequest};
 use super::wire::{PROTOCOL_VERSION, group_buckets, group_count, group_digests};
 use crate::apply::ApplyJob;
 use crate::base::change::decode_batch;
@@ -118,11 +119,22 @@ pub struct Round {
     pub repaired: u64,
     /// Flushes the peer records and this region had missed, applied.
     pub flushes: u64,
+    /// Keys this region held below the peer's collected floor, which the
+    /// peer lacked: dropped here (decision 015).
+    pub dropped: u64,
     /// Bytes of the pulled changes, as encoded on the link.
     pub bytes: u64,
     /// Time spent pulling, from each `Snapshot` call to the end of the
     /// wait its last chunk paid for.
     pub pull_time: Duration,
+}
+
+/// Where a pull reads from: the peer, the database, and the peer's
+/// collected floor for it ("" when it never collected).
+struct From<'a> {
+    peer: &'a str,
+    db: u32,
+    collected: &'a str,
 }
 
 /// Why a round runs.
@@ -282,6 +294,9 @@ impl AntiEntropy {
         m.anti_entropy_flushes
             .get_or_create(&label)
             .inc_by(r.flushes);
+        m.anti_entropy_keys_dropped
+            .get_or_create(&label)
+            .inc_by(r.dropped);
         if let Err(e) = result {
             warn!(%peer, error = %e, repaired = r.repaired, "anti-entropy round failed");
             return;
@@ -293,7 +308,7 @@ impl AntiEntropy {
         m.anti_entropy_buckets_differing
             .get_or_create(&label)
             .inc_by(r.buckets_differing);
-        if r.buckets_differing == 0 && r.flushes == 0 {
+        if r.buckets_differing == 0 && r.flushes == 0 && r.dropped == 0 {
             m.anti_entropy_last_clean_round
                 .get_or_create(&label)
                 .set(unix_seconds());
@@ -304,6 +319,7 @@ impl AntiEntropy {
                 buckets = r.buckets_differing,
                 pulled = r.pulled,
                 repaired = r.repaired,
+                dropped = r.dropped,
                 bytes = r.bytes,
                 pull_secs = r.pull_time.as_secs_f64(),
                 "anti-entropy: repaired from a peer"
@@ -343,6 +359,7 @@ impl AntiEntropy {
             {
                 f.reported(peer, reply.delivered.clone());
             }
+            let collected = reply.collected;
             let mine = store.flush_floor(db).await?.unwrap_or_default();
             if reply.floor > mine {
                 self.flush(peer, db, reply.floor).await?;
@@ -396,10 +413,16 @@ impl AntiEntropy {
             if buckets.is_empty() {
                 continue;
             }
+            let from = From {
+                peer,
+                db,
+                collected: &collected,
+            };
+            let dropped_before = round.dropped;
             let repaired = self
-                .pull(peer, &mut client, db, &buckets, pace, round)
+                .pull(&from, &mut client, store, &buckets, pace, round)
                 .await?;
-            if repaired == 0 {
+            if repaired == 0 && round.dropped == dropped_before {
                 // Nothing here was older, yet the digests differed: one
                 // side's stored digests drifted (a record changed by hand).
                 // Count this side's in again; the peer does the same in its
@@ -430,9 +453,9 @@ impl AntiEntropy {
     /// slice has spent the bytes allowed, the next waits, it does not stop.
     async fn pull(
         &self,
-        peer: &str,
+        from: &From<'_>,
         client: &mut ReplicationClient<tonic::transport::Channel>,
-        db: u32,
+        store: &mut Store,
         buckets: &[u32],
         pace: &Pace,
         round: &mut Round,
@@ -448,7 +471,7 @@ impl AntiEntropy {
             let (slice, next) = rest.split_at(size.min(rest.len()));
             let before = round.bytes;
             repaired += self
-                .pull_slice(peer, client, db, slice, pace, round)
+                .pull_slice(from, client, store, slice, pace, round)
                 .await?;
             bytes_seen += round.bytes - before;
             buckets_seen += slice.len() as u64;
@@ -464,17 +487,19 @@ impl AntiEntropy {
     }
 
     /// Pulls the keys of one slice of buckets and applies them, chunk by
-    /// chunk, each chunk paid for before the next is read; the number of
-    /// keys repaired.
+    /// chunk, each chunk paid for before the next is read; then drops what
+    /// this region holds there below the peer's collected floor and the
+    /// peer lacks. The number of keys repaired.
     async fn pull_slice(
         &self,
-        peer: &str,
+        from: &From<'_>,
         client: &mut ReplicationClient<tonic::transport::Channel>,
-        db: u32,
+        store: &mut Store,
         buckets: &[u32],
         pace: &Pace,
         round: &mut Round,
     ) -> Result<u64, Failure> {
+        let (peer, db) = (from.peer, from.db);
         let request = SnapshotRequest {
             protocol_version: PROTOCOL_VERSION,
             mesh: self.mesh.clone(),
@@ -496,9 +521,83 @@ impl AntiEntropy {
                 Err(s) => return Err(s.into()),
             }
         };
-        let result = self.apply_chunks(peer, &mut chunks, db, pace, round).await;
+        let mut sent = HashSet::new();
+        let result = self
+            .apply_chunks(peer, &mut chunks, db, pace, round, &mut sent)
+            .await;
         round.pull_time += started.elapsed();
-        result
+        let repaired = result?;
+        if !from.collected.is_empty() {
+            round.dropped += self
+                .drop_lacking(from, client, store, buckets, &sent)
+                .await?;
+        }
+        Ok(repaired)
+    }
+
+    /// Drops the keys this region records in `buckets` with a stamp older
+    /// than the peer's collected floor which the peer did not send and
+    /// records nothing of (decision 015): the peer turns such a change
+    /// away, so holding on would keep the regions different for ever. The
+    /// number of keys dropped.
+    async fn drop_lacking(
+        &self,
+        from: &From<'_>,
+        client: &mut ReplicationClient<tonic::transport::Channel>,
+        store: &mut Store,
+        buckets: &[u32],
+        sent: &HashSet<Vec<u8>>,
+    ) -> Result<u64, Failure> {
+        let db = from.db;
+        let mut below = store.records_below(db, buckets, from.collected).await?;
+        below.retain(|(key, _)| !sent.contains(key));
+        let mut dropped = 0;
+        for ask in below.chunks(MAX_RECORDS_ASKED) {
+            let reply = client
+                .records(RecordsRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    mesh: self.mesh.clone(),
+                    node_id: self.node_id,
+                    db,
+                    keys: ask.iter().map(|(k, _)| k.clone()).collect(),
+                })
+                .await;
+            let stamps = match reply {
+                Ok(r) => r.into_inner().stamps,
+                // A peer of an older version: nothing is dropped.
+                Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(dropped),
+                Err(s) => return Err(s.into()),
+            };
+            if stamps.len() != ask.len() {
+                return Err(format!(
+                    "the peer sent {} record stamps for {} keys",
+                    stamps.len(),
+                    ask.len()
+                )
+                .into());
+            }
+            let lacking: Vec<(Vec<u8>, String)> = ask
+                .iter()
+                .zip(&stamps)
+                .filter(|(_, theirs)| theirs.is_empty())
+                .map(|(mine, _)| mine.clone())
+                .collect();
+            if lacking.is_empty() {
+                continue;
+            }
+            let n = store.forget_below(db, from.collected, &lacking).await?;
+            if n > 0 {
+                info!(
+                    peer = %from.peer,
+                    db,
+                    keys = n,
+                    floor = %from.collected,
+                    "anti-entropy: dropped keys the peer lacks below its collected floor"
+                );
+            }
+            dropped += n;
+        }
+        Ok(dropped)
     }
 
     async fn apply_chunks(
@@ -508,6 +607,7 @@ impl AntiEntropy {
         db: u32,
         pace: &Pace,
         round: &mut Round,
+        sent: &mut HashSet<Vec<u8>>,
     ) -> Result<u64, Failure> {
         let mut applied = 0;
         while let Some(chunk) = chunks.message().await? {
@@ -529,6 +629,7 @@ impl AntiEntropy {
                     .map_err(|e| format!("a pulled stamp is beyond the clock skew limit: {e}"))?;
             }
             round.pulled += changes.len() as u64;
+            sent.extend(changes.iter().map(|c| c.key.to_vec()));
             let (done, outcome) = oneshot::channel();
             self.apply.send(ApplyJob { changes, done }).await?;
             let outcome = outcome.await?.map_err(|e| e.to_string())?;

@@ -17,8 +17,8 @@ use super::security::{TlsMode, binds_node_der};
 use super::wire::PROTOCOL_VERSION;
 use super::wire::pb::replication_server::Replication;
 use super::wire::pb::{
-    Ack, DigestReply, DigestRequest, OriginMessage, PeerMessage, SnapshotChunk, SnapshotRequest,
-    Welcome, origin_message, peer_message,
+    Ack, DigestReply, DigestRequest, OriginMessage, PeerMessage, RecordsReply, RecordsRequest,
+    SnapshotChunk, SnapshotRequest, Welcome, origin_message, peer_message,
 };
 use crate::apply::ApplyJob;
 use crate::base::change::{Change, decode_batch};
@@ -58,6 +58,9 @@ pub struct Receiver {
 /// Most `Snapshot` streams served at once; more are refused (busy) and the
 /// caller tries another peer or waits.
 pub const CONCURRENT_SNAPSHOTS: usize = 2;
+
+/// Most keys one `Records` call asks about.
+pub const MAX_RECORDS_ASKED: usize = 4096;
 
 impl Receiver {
     /// A receiver applying through `apply`, reading `client`'s Redis for snapshots.
@@ -433,14 +436,14 @@ impl Replication for Receiver {
             store.bucket_digests(req.db, &wanted).await
         }
         .map_err(|e| Status::unavailable(format!("reading digests failed: {e}")))?;
-        let floor = if req.groups.is_empty() {
-            store
-                .flush_floor(req.db)
-                .await
-                .map_err(|e| Status::unavailable(format!("reading the flush floor failed: {e}")))?
-                .unwrap_or_default()
+        let (floor, collected) = if req.groups.is_empty() {
+            let read =
+                |e| Status::unavailable(format!("reading the database's floors failed: {e}"));
+            let floor = store.flush_floor(req.db).await.map_err(read)?;
+            let collected = store.collected_floor(req.db).await.map_err(read)?;
+            (floor.unwrap_or_default(), collected.unwrap_or_default())
         } else {
-            String::new()
+            (String::new(), String::new())
         };
         let delivered = match (&self.frontier, req.groups.is_empty()) {
             (Some(f), true) => f.own(),
@@ -450,7 +453,35 @@ impl Replication for Receiver {
             digests,
             floor,
             delivered,
+            collected,
         }))
+    }
+
+    async fn records(
+        &self,
+        request: Request<RecordsRequest>,
+    ) -> Result<Response<RecordsReply>, Status> {
+        let conn = request.extensions().get::<PeerConn>().cloned();
+        let req = request.into_inner();
+        self.check_caller(conn.as_ref(), req.protocol_version, &req.mesh, req.node_id)?;
+        if req.db >= self.databases {
+            return Err(Status::invalid_argument(format!(
+                "database {} does not exist here (databases {}): set the same `databases` in every region",
+                req.db, self.databases
+            )));
+        }
+        if req.keys.len() > MAX_RECORDS_ASKED {
+            return Err(Status::invalid_argument(format!(
+                "{} keys asked; at most {MAX_RECORDS_ASKED} per call",
+                req.keys.len()
+            )));
+        }
+        let mut store = crate::store::Store::new(self.locator.clone());
+        let stamps = store
+            .recorded_stamps(req.db, &req.keys)
+            .await
+            .map_err(|e| Status::unavailable(format!("reading records failed: {e}")))?;
+        Ok(Response::new(RecordsReply { stamps }))
     }
 
     async fn replicate(

@@ -129,6 +129,9 @@ pub struct Metrics {
     /// Flushes a peer records and this region had missed, applied by
     /// anti-entropy, per peer.
     pub anti_entropy_flushes: Family<PeerLabel, Counter>,
+    /// Keys this region held below a peer's collected floor, which the
+    /// peer lacked, dropped by anti-entropy (decision 015), per peer.
+    pub anti_entropy_keys_dropped: Family<PeerLabel, Counter>,
     /// Unix time of the last round with each peer that found nothing different.
     pub anti_entropy_last_clean_round: Family<PeerLabel, Gauge>,
     /// Tombstones dropped because every region has them (decision 015).
@@ -340,6 +343,11 @@ impl Metrics {
             "anti_entropy_flushes",
             "Flushes a peer records and this region had missed, applied by anti-entropy",
             Declared(m.anti_entropy_flushes.clone()),
+        );
+        r.register(
+            "anti_entropy_keys_dropped",
+            "Keys held below a peer's collected floor that the peer lacked, dropped by anti-entropy",
+            Declared(m.anti_entropy_keys_dropped.clone()),
         );
         r.register(
             "anti_entropy_last_clean_round_timestamp_seconds",

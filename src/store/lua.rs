@@ -12,6 +12,7 @@ const PIECE: &str = include_str!("scripts/piece.lua");
 const CLAIM: &str = include_str!("scripts/claim.lua");
 const DIGEST: &str = include_str!("scripts/digest.lua");
 const COLLECT: &str = include_str!("scripts/collect.lua");
+const FORGET: &str = include_str!("scripts/forget.lua");
 
 /// Which of the scripts a pipelined call runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,10 +26,11 @@ pub(super) enum Which {
     Claim,
     Digest,
     Collect,
+    Forget,
 }
 
 impl Which {
-    pub(super) const ALL: [Which; 9] = [
+    pub(super) const ALL: [Which; 10] = [
         Which::Stamp,
         Which::Apply,
         Which::Flush,
@@ -38,6 +40,7 @@ impl Which {
         Which::Claim,
         Which::Digest,
         Which::Collect,
+        Which::Forget,
     ];
 
     pub(super) fn source(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Which {
             Which::Claim => CLAIM,
             Which::Digest => DIGEST,
             Which::Collect => COLLECT,
+            Which::Forget => FORGET,
         }
     }
 }

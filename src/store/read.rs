@@ -5,7 +5,10 @@
 use bytes::Bytes;
 
 use super::connection::{Store, StoreError};
-use super::layout::{FLOOR_KEY, META_BUCKETS, META_PREFIX, meta_bucket, node_suffix};
+use super::layout::{
+    APPLY_MARKER_KEY, COLLECTED_KEY, FLOOR_KEY, META_BUCKETS, META_PREFIX, Record, meta_bucket,
+    node_suffix,
+};
 use super::lua::Which;
 use super::pieces::{LargeError, ship_recorded, travels_in_pieces};
 use super::stamping::parse_stamp_reply;
@@ -18,6 +21,13 @@ const BUCKETS_PER_READ: usize = 64;
 /// every record, about 60 a bucket with a million keys, a few milliseconds
 /// of Redis time per call.
 pub const DIGEST_BUCKETS_PER_CALL: usize = 64;
+
+/// A hash field and its value, as HGETALL gives them.
+type Field = (Vec<u8>, String);
+
+/// Keys one forget script drops at most: each is read and digested to
+/// make sure no local write waits to be stamped.
+const FORGET_PER_CALL: usize = 256;
 
 impl Store {
     /// Every key of database `db` that has a metadata record, as changes
@@ -96,19 +106,120 @@ impl Store {
     /// The stamp of database `db`'s last flush (its floor: every record
     /// older was dropped), None when it was never flushed.
     pub async fn flush_floor(&mut self, db: u32) -> Result<Option<String>, StoreError> {
+        self.get_in(db, FLOOR_KEY).await
+    }
+
+    /// Database `db`'s collected floor (decision 015: the frontier its
+    /// tombstones were dropped up to), None when never collected.
+    pub async fn collected_floor(&mut self, db: u32) -> Result<Option<String>, StoreError> {
+        self.get_in(db, COLLECTED_KEY).await
+    }
+
+    /// The string at `key` of database `db`.
+    async fn get_in(&mut self, db: u32, key: &str) -> Result<Option<String>, StoreError> {
         let conn = self.conn().await?;
         let reply: Result<(Option<String>,), _> = redis::pipe()
             .cmd("SELECT")
             .arg(db)
             .ignore()
             .cmd("GET")
-            .arg(FLOOR_KEY)
+            .arg(key)
             .query_async(conn)
             .await;
         reply.map(|(f,)| f).map_err(|e| {
             self.forget_broken(&e);
             e.into()
         })
+    }
+
+    /// The stamp recorded for each of `keys` in database `db`, in order
+    /// ("" where none is).
+    pub async fn recorded_stamps(
+        &mut self,
+        db: u32,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SELECT").arg(db).ignore();
+        for k in keys {
+            pipe.cmd("HGET").arg(meta_bucket(k)).arg(k);
+        }
+        let reply: Result<Vec<Option<String>>, _> = pipe.query_async(conn).await;
+        let raw = reply.map_err(|e| {
+            self.forget_broken(&e);
+            StoreError::from(e)
+        })?;
+        Ok(raw
+            .into_iter()
+            .map(|r| {
+                r.as_deref()
+                    .and_then(Record::parse)
+                    .map(|r| r.stamp.to_string())
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    /// The keys recorded in the numbered buckets of database `db` with a
+    /// stamp older than `below`, each with that stamp.
+    pub async fn records_below(
+        &mut self,
+        db: u32,
+        buckets: &[u32],
+        below: &str,
+    ) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
+        let mut out = Vec::new();
+        for group in buckets.chunks(BUCKETS_PER_READ) {
+            let conn = self.conn().await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("SELECT").arg(db).ignore();
+            for name in bucket_names(group) {
+                pipe.cmd("HGETALL").arg(name);
+            }
+            let reply: Result<Vec<Vec<Field>>, _> = pipe.query_async(conn).await;
+            let buckets = reply.map_err(|e| {
+                self.forget_broken(&e);
+                StoreError::from(e)
+            })?;
+            for (key, raw) in buckets.into_iter().flatten() {
+                if let Some(r) = Record::parse(&raw)
+                    && r.stamp < below
+                {
+                    out.push((key, r.stamp.to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops each of `keys` of database `db` (key, recorded stamp), with
+    /// its record, where that record still holds that stamp, older than
+    /// `floor` (a peer's collected floor: the peer lacks these keys and
+    /// would refuse them), and the key holds what was recorded (no local
+    /// write waits to be stamped); raises the database's collected floor to
+    /// `floor` (scripts/forget.lua). The number of keys dropped.
+    pub async fn forget_below(
+        &mut self,
+        db: u32,
+        floor: &str,
+        keys: &[(Vec<u8>, String)],
+    ) -> Result<u64, StoreError> {
+        let mut dropped = 0;
+        for slice in keys.chunks(FORGET_PER_CALL) {
+            let mut k = vec![APPLY_MARKER_KEY.as_bytes().to_vec()];
+            let mut argv = vec![floor.as_bytes().to_vec()];
+            for (key, stamp) in slice {
+                k.push(key.clone());
+                k.push(meta_bucket(key).into_bytes());
+                argv.push(stamp.clone().into_bytes());
+            }
+            let reply = self.run_one(db, Which::Forget, k, argv).await?;
+            let n: u64 = redis::from_redis_value(reply)
+                .map_err(|e| StoreError::BadReply(format!("forget script: {e}")))?;
+            dropped += n;
+        }
+        Ok(dropped)
     }
 
     /// The number of keys of database `db`, geosync's own included.

@@ -35,7 +35,7 @@ pub use self::{
     fake_peer::{FakePeer, Origin},
     peer_certs::{NodeCert, PeerCerts, secret_file},
     scenarios::{
-        drifted_digests, fill_past_backlog, lose, partial_resync_after_agent_restart,
+        bring_back, drifted_digests, fill_past_backlog, lose, partial_resync_after_agent_restart,
         partial_resync_after_agent_restart_in,
     },
     sentinel::Sentinel,

@@ -117,6 +117,50 @@ pub fn lose(r: &Redis, keys: &[String]) {
     }
 }
 
+/// Puts `keys` back into region `r` behind the agents' backs, each from
+/// its `DUMP` with its metadata record as they were (key, dump, record):
+/// what a Redis restored from an older copy of its data holds. Like
+/// [`lose`], the values go in a transaction the tailer skips, and the
+/// records and bucket digests change as decision 013 defines them.
+pub fn bring_back(r: &Redis, keys: &[(String, Vec<u8>, String)]) {
+    let mut c = r.conn();
+    let mut p = redis::pipe();
+    p.atomic()
+        .cmd("SET")
+        .arg("__geosync:applied")
+        .arg("1")
+        .ignore();
+    for (k, dump, _) in keys {
+        p.cmd("RESTORE")
+            .arg(k)
+            .arg(0)
+            .arg(dump)
+            .arg("REPLACE")
+            .ignore();
+    }
+    p.query::<()>(&mut c).unwrap();
+    let record = redis::Script::new(&format!(
+        "{XOR_HEX}{}",
+        r#"
+        local key, bucket, rec = KEYS[1], KEYS[2], ARGV[1]
+        assert(not redis.call('HGET', bucket, key), 'the key is recorded already')
+        local acc = redis.call('HGET', '__geosync:dg', bucket) or string.rep('0', 40)
+        acc = xor_hex(acc, redis.sha1hex(#key .. ':' .. key .. string.sub(rec, 1, 20)))
+        if acc == string.rep('0', 40) then
+          redis.call('HDEL', '__geosync:dg', bucket)
+        else
+          redis.call('HSET', '__geosync:dg', bucket, acc)
+        end
+        return redis.call('HSET', bucket, key, rec)
+        "#
+    ));
+    for (k, _, rec) in keys {
+        let bucket = geosync::store::layout::meta_bucket(k.as_bytes());
+        let added: i64 = record.key(k).key(bucket).arg(rec).invoke(&mut c).unwrap();
+        assert_eq!(added, 1, "{k} recorded again");
+    }
+}
+
 /// Lua: the XOR of two 40-digit hex strings, as geosync's scripts combine
 /// record hashes into a bucket's anti-entropy digest (decision 013).
 const XOR_HEX: &str = r#"
