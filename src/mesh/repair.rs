@@ -32,10 +32,9 @@ use uhlc::HLC;
 
 use super::dial::dial;
 use super::security::PeerAuth;
-use super::server::MAX_RECORDS_ASKED;
 use super::wire::pb::replication_client::ReplicationClient;
 use super::wire::pb::{DigestRequest, RecordsRequest, SnapshotRequest};
-use super::wire::{PROTOCOL_VERSION, group_buckets, group_count, group_digests};
+use super::wire::{MAX_RECORDS_ASKED, PROTOCOL_VERSION, group_buckets, group_count, group_digests};
 use crate::apply::ApplyJob;
 use crate::base::change::decode_batch;
 use crate::base::hlc;

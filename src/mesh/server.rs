@@ -59,9 +59,6 @@ pub struct Receiver {
 /// caller tries another peer or waits.
 pub const CONCURRENT_SNAPSHOTS: usize = 2;
 
-/// Most keys one `Records` call asks about.
-pub const MAX_RECORDS_ASKED: usize = 4096;
-
 impl Receiver {
     /// A receiver applying through `apply`, reading `client`'s Redis for snapshots.
     pub fn new(
@@ -470,10 +467,11 @@ impl Replication for Receiver {
                 req.db, self.databases
             )));
         }
-        if req.keys.len() > MAX_RECORDS_ASKED {
+        if req.keys.len() > super::wire::MAX_RECORDS_ASKED {
             return Err(Status::invalid_argument(format!(
-                "{} keys asked; at most {MAX_RECORDS_ASKED} per call",
-                req.keys.len()
+                "{} keys asked; at most {} per call",
+                req.keys.len(),
+                super::wire::MAX_RECORDS_ASKED
             )));
         }
         let mut store = crate::store::Store::new(self.locator.clone());

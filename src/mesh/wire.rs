@@ -63,6 +63,9 @@ pub fn encode_for_peers(
 /// the groups that differ.
 pub const GROUP_BUCKETS: u32 = 128;
 
+/// Most keys one `Records` call asks about.
+pub const MAX_RECORDS_ASKED: usize = 4096;
+
 /// The buckets of group `g`.
 pub fn group_buckets(g: u32) -> std::ops::Range<u32> {
     g * GROUP_BUCKETS..((g + 1) * GROUP_BUCKETS).min(crate::store::layout::META_BUCKETS)
