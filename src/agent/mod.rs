@@ -61,6 +61,23 @@ pub enum StartError {
     Grpc(#[from] tonic::transport::Error),
 }
 
+/// Refuses a `maxmemory-policy` under which Redis may evict geosync's own
+/// keys: the `allkeys-*` policies evict any key, metadata buckets included,
+/// which loses tombstones (deleted keys come back) and records. The
+/// `volatile-*` policies evict only keys with a TTL, and geosync's keys
+/// have none.
+pub fn check_eviction_policy(policy: &str) -> Result<(), String> {
+    if policy.starts_with("allkeys-") {
+        return Err(format!(
+            "maxmemory-policy is {policy}, which may evict geosync's metadata (its records and \
+             tombstones) like any key, so deleted keys could come back: set a volatile-* policy \
+             (for example `CONFIG SET maxmemory-policy volatile-lru`: only keys with a TTL are \
+             evicted, and geosync's have none) or noeviction"
+        ));
+    }
+    Ok(())
+}
+
 /// How long a shutdown waits for connected peers to acknowledge what was
 /// stamped before it closes the links.
 pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -123,6 +140,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             ))
         })?;
     let databases = databases.1;
+    let policy: (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| redis_err(format!("CONFIG GET maxmemory-policy: {e}")))?;
+    check_eviction_policy(&policy.1).map_err(redis_err)?;
     drop(conn);
 
     let metrics = Arc::new(Metrics::new());

@@ -54,9 +54,7 @@ pub async fn run(
             match store.apply(&job.changes).await {
                 Ok(o) => break Ok(o),
                 Err(e) if e.is_retryable() => {
-                    if e.is_timeout() {
-                        metrics.redis_timeouts.inc();
-                    }
+                    e.count("apply", &metrics);
                     warn!(error = %e, "applying a batch failed; retrying");
                     if !backoff.wait(&shutdown).await {
                         return;

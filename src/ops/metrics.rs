@@ -25,6 +25,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label set naming a pipeline stage (`stamp`, `apply`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// The stage.
+    pub stage: String,
+}
+
 /// A metric family exported even before its first sample: its `# HELP`
 /// and `# TYPE` lines are always there, so that a scraper (or a test) can
 /// tell a metric at zero from a metric that does not exist.
@@ -97,6 +104,9 @@ pub struct Metrics {
     /// Script calls to the local Redis (stamping, applying) that got no
     /// reply within the response timeout and were retried.
     pub redis_timeouts: Counter,
+    /// Writes of geosync's (stamps, applied changes) the local Redis
+    /// refused for memory (`OOM`), per stage; retried.
+    pub redis_oom: Family<StageLabel, Counter>,
     /// Replication offset processed from the local Redis.
     pub repl_offset: Gauge,
     /// Bytes of the command stream read and kept while a resync's work
@@ -280,6 +290,11 @@ impl Metrics {
             m.redis_timeouts.clone(),
         );
         r.register(
+            "redis_oom",
+            "Writes of geosync the local Redis refused at its maxmemory limit (OOM), per stage; retried",
+            Declared(m.redis_oom.clone()),
+        );
+        r.register(
             "repl_offset",
             "Replication offset processed",
             m.repl_offset.clone(),
@@ -455,6 +470,13 @@ impl Metrics {
     pub fn peer(peer: &str) -> PeerLabel {
         PeerLabel {
             peer: peer.to_string(),
+        }
+    }
+
+    /// Shorthand for a stage label.
+    pub fn stage(stage: &str) -> StageLabel {
+        StageLabel {
+            stage: stage.to_string(),
         }
     }
 

@@ -314,9 +314,7 @@ impl Stamper {
             {
                 Ok(o) => break o,
                 Err(e) if e.is_retryable() => {
-                    if e.is_timeout() {
-                        self.metrics.redis_timeouts.inc();
-                    }
+                    e.count("stamp", &self.metrics);
                     warn!(error = %e, "stamping failed; retrying");
                     if !backoff.wait(shutdown).await {
                         return false;

@@ -41,9 +41,25 @@ impl StoreError {
         matches!(self, StoreError::Redis(e) if e.is_timeout())
     }
 
-    /// Connection trouble is worth retrying; a bad reply is a bug.
-    pub fn is_retryable(&self) -> bool {
+    /// The local Redis refused a write for memory (`OOM`: over its
+    /// `maxmemory` with nothing it may evict).
+    pub fn is_oom(&self) -> bool {
         match self {
+            StoreError::Redis(e) | StoreError::Script { error: e, .. } => {
+                let text = e.to_string();
+                // A script's error comes wrapped (a pipeline failure).
+                e.code() == Some("OOM")
+                    || text.contains("\"OOM\":")
+                    || text.contains("OOM command not allowed")
+            }
+            _ => false,
+        }
+    }
+
+    /// Connection trouble is worth retrying, and so is a Redis out of
+    /// memory (it frees some, or its limit is raised); a bad reply is a bug.
+    pub fn is_retryable(&self) -> bool {
+        let retryable = match self {
             StoreError::Redis(e) | StoreError::Script { error: e, .. } => {
                 e.is_io_error()
                     || e.is_connection_dropped()
@@ -58,6 +74,27 @@ impl StoreError {
             }
             StoreError::Locate(_) => true,
             StoreError::BadReply(_) => false,
+        };
+        retryable || self.is_oom()
+    }
+
+    /// Counts a failure of `stage` ("stamp", "apply", ...) that is worth
+    /// counting, and says what it means: a timeout, or a Redis out of
+    /// memory.
+    pub fn count(&self, stage: &str, metrics: &crate::ops::metrics::Metrics) {
+        if self.is_timeout() {
+            metrics.redis_timeouts.inc();
+        }
+        if self.is_oom() {
+            metrics
+                .redis_oom
+                .get_or_create(&crate::ops::metrics::Metrics::stage(stage))
+                .inc();
+            tracing::error!(
+                stage,
+                "the local Redis is at its maxmemory limit and refuses geosync's writes as it refuses clients': \
+                 nothing is lost, the work waits until memory is freed (raise maxmemory, or free keys)"
+            );
         }
     }
 }
