@@ -155,7 +155,17 @@ fn the_readme_acl_is_all_the_agent_needs() {
     std::fs::create_dir_all(&d1).unwrap();
     std::fs::create_dir_all(&d2).unwrap();
     let (r1, url1) = server_with_user(&d1, &acl, &["--repl-backlog-size", "16384"]);
-    let (r2, url2) = server_with_user(&d2, &acl, &[]);
+    // Region 2 may evict (decision 016): its agent watches evictions,
+    // with the events the README says to turn on (this user may not).
+    let evicting = [
+        "--maxmemory",
+        "500mb",
+        "--maxmemory-policy",
+        "volatile-lru",
+        "--notify-keyspace-events",
+        "Ee",
+    ];
+    let (r2, url2) = server_with_user(&d2, &acl, &evicting);
     // Data already there before the agents start: the first full sync.
     write_every_type(&mut r1.conn(), "pre:");
     let mut mesh = Mesh::over_with(

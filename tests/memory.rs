@@ -125,3 +125,107 @@ impl Drop for Exits {
         let _ = self.0.wait();
     }
 }
+
+/// Writes `n` keys of 1 KiB with an hour to live into `c`, pipelined.
+fn fill_volatile(c: &mut redis::Connection, n: usize) {
+    let value = "v".repeat(1024);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut p = redis::pipe();
+        for i in chunk {
+            p.cmd("SET")
+                .arg(format!("cache:{i}"))
+                .arg(&value)
+                .arg("EX")
+                .arg(3600)
+                .ignore();
+        }
+        let _: () = p.query(c).unwrap();
+    }
+}
+
+fn evicted_keys(c: &mut redis::Connection) -> i64 {
+    let info: String = redis::cmd("INFO").arg("stats").query(c).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Region 2 has a memory limit and `volatile-lru`; 40 MiB of keys with a
+/// TTL written into region 1 reach it and it evicts many. Returns the
+/// mesh, the number written, and region 2's evictions, once everything
+/// region 2 did before a marker write has reached region 1.
+fn evicting_mesh(evictions: &str) -> (Mesh, usize, i64) {
+    let limited = Redis::start(&["--maxmemory", "20mb", "--maxmemory-policy", "volatile-lru"]);
+    let mesh = Mesh::over_with(
+        vec![Redis::start(&[]), limited],
+        None,
+        &["--evictions", evictions],
+    );
+    let written = 40_000;
+    fill_volatile(&mut mesh.regions[0].redis.conn(), written);
+    let mut b = mesh.regions[1].redis.conn();
+    let applied = "geosync_changes_applied_total";
+    wait_until("region 2 applied every key", SETTLE, || {
+        mesh.regions[1].agent.metric(applied) >= written as f64
+    });
+    let evicted = evicted_keys(&mut b);
+    assert!(evicted > 1000, "region 2 evicted only {evicted} keys");
+    // A client's delete in region 2 still travels.
+    let held: Vec<String> = redis::cmd("KEYS").arg("cache:*").query(&mut b).unwrap();
+    let deleted = held.first().expect("region 2 holds some keys").clone();
+    let _: () = b.del(&deleted).unwrap();
+    // Everything region 2's agent read before the marker reached region 1
+    // before it.
+    let _: () = b.set("marker", 1).unwrap();
+    let mut a = mesh.regions[0].redis.conn();
+    wait_until("the marker reaches region 1", SETTLE, || {
+        a.exists::<_, bool>("marker").unwrap()
+    });
+    assert!(!a.exists::<_, bool>(&deleted).unwrap(), "{deleted} deleted");
+    (mesh, written, evicted)
+}
+
+/// Keys region 2 evicts stay in region 1 (`--evictions local`, the
+/// default); a client's delete still travels, and an evicted key comes
+/// back with the next change to it.
+#[test]
+fn keys_evicted_in_one_region_stay_in_the_others() {
+    let (mesh, written, evicted) = evicting_mesh("local");
+    let mut a = mesh.regions[0].redis.conn();
+    let kept = user_key_count(&mut a).unwrap() - 1;
+    let local = mesh.regions[1].agent.metric("geosync_evictions_total");
+    println!(
+        "figures: written={written} evicted_in_region_2={evicted} region_1_keeps={kept} \
+         counted_local={local}"
+    );
+    assert_eq!(kept, written - 1, "region 1 lost keys region 2 evicted");
+    assert!(
+        local >= evicted as f64 * 0.99,
+        "{local} of {evicted} counted"
+    );
+    // An evicted key written again in region 1 reaches region 2 again.
+    let mut b = mesh.regions[1].redis.conn();
+    let gone = (0..written)
+        .map(|i| format!("cache:{i}"))
+        .find(|k| !b.exists::<_, bool>(k).unwrap())
+        .unwrap();
+    let _: () = a.set_ex(&gone, "again", 3600).unwrap();
+    wait_until("the evicted key comes back", SETTLE, || {
+        b.get::<_, Option<String>>(&gone).unwrap().as_deref() == Some("again")
+    });
+}
+
+/// With `--evictions global`, what region 2 evicts is deleted in region 1
+/// too: one cache everywhere.
+#[test]
+fn with_global_evictions_an_evicted_key_is_deleted_everywhere() {
+    let (mesh, written, evicted) = evicting_mesh("global");
+    mesh.wait_converged(&[0], SETTLE);
+    let mut a = mesh.regions[0].redis.conn();
+    let kept = user_key_count(&mut a).unwrap() - 1;
+    assert!(
+        kept <= written - 1 - evicted as usize,
+        "region 1 keeps {kept} of {written} keys, although region 2 evicted {evicted}"
+    );
+}

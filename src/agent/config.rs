@@ -136,6 +136,11 @@ pub struct RunArgs {
     /// (they are kept for it either way).
     #[arg(long, env = "GEOSYNC_TOMBSTONE_HORIZON_SECS")]
     pub tombstone_horizon_secs: Option<u64>,
+    /// What a key Redis evicts for memory becomes elsewhere: `local` (the
+    /// default) keeps it in the other regions; `global` deletes it
+    /// everywhere, as a client's delete (one cache everywhere).
+    #[arg(long, env = "GEOSYNC_EVICTIONS")]
+    pub evictions: Option<String>,
     /// MiB of stamped changes held in memory for peers that have not
     /// acknowledged them (with --outbox-batches, whichever is reached first).
     #[arg(long, env = "GEOSYNC_OUTBOX_MB")]
@@ -270,6 +275,8 @@ pub struct Config {
     pub tombstone_collect_interval: Option<Duration>,
     /// How long a silent peer may hold tombstones back before it is said.
     pub tombstone_horizon: Duration,
+    /// Whether Redis's evictions stay in their region.
+    pub evictions: crate::source::Evictions,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -331,6 +338,7 @@ impl RunArgs {
                 .tombstone_collect_interval_secs
                 .or(other.tombstone_collect_interval_secs),
             tombstone_horizon_secs: self.tombstone_horizon_secs.or(other.tombstone_horizon_secs),
+            evictions: self.evictions.or(other.evictions),
             spool_disk_mb: self.spool_disk_mb.or(other.spool_disk_mb),
             log_format: self.log_format.or(other.log_format),
         }
@@ -561,6 +569,16 @@ impl Config {
             memory_bytes: (spool_memory_mb << 20) as usize,
             disk_bytes: spool_disk_mb << 20,
         };
+        let evictions = match u.evictions.as_deref().unwrap_or("local") {
+            "local" => crate::source::Evictions::Local,
+            "global" => crate::source::Evictions::Global,
+            other => {
+                return Err(bad(
+                    "evictions",
+                    format!("{other:?} is not local or global"),
+                ));
+            }
+        };
         let log_format = match u.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -590,6 +608,7 @@ impl Config {
             anti_entropy_max_bytes_per_sec,
             tombstone_collect_interval: (collect > 0).then(|| Duration::from_secs(collect)),
             tombstone_horizon: Duration::from_secs(horizon),
+            evictions,
             log_format,
         })
     }

@@ -147,6 +147,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .await
         .map_err(|e| redis_err(format!("CONFIG GET maxmemory-policy: {e}")))?;
     check_eviction_policy(&policy.1).map_err(redis_err)?;
+    if config.evictions == source::Evictions::Local
+        && source::evictions::can_evict(&mut conn)
+            .await
+            .map_err(|e| redis_err(format!("reading the memory settings: {e}")))?
+    {
+        source::evictions::ensure_notifications(&mut conn)
+            .await
+            .map_err(redis_err)?;
+    }
     drop(conn);
 
     let metrics = Arc::new(Metrics::new());
@@ -225,6 +234,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             databases,
             node_id: config.node_id,
             kept_disk_bytes: config.spool.disk_bytes,
+            evictions: config.evictions,
         },
         Arc::new(supervisor),
         tail_tx,

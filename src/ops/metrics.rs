@@ -25,6 +25,13 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label set naming an outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// What became of it.
+    pub outcome: String,
+}
+
 /// Label set naming a pipeline stage (`stamp`, `apply`, ...).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
@@ -107,6 +114,10 @@ pub struct Metrics {
     /// Writes of geosync's (stamps, applied changes) the local Redis
     /// refused for memory (`OOM`), per stage; retried.
     pub redis_oom: Family<StageLabel, Counter>,
+    /// Keys the local Redis evicted, by what became of them elsewhere
+    /// (decision 016): `local` (kept in the other regions), `ambiguous`
+    /// (deleted and evicted in one epoch: deleted everywhere), `unmatched`.
+    pub evictions: Family<OutcomeLabel, Counter>,
     /// Replication offset processed from the local Redis.
     pub repl_offset: Gauge,
     /// Bytes of the command stream read and kept while a resync's work
@@ -295,6 +306,11 @@ impl Metrics {
             Declared(m.redis_oom.clone()),
         );
         r.register(
+            "evictions",
+            "Keys the local Redis evicted, by what became of them in the other regions",
+            Declared(m.evictions.clone()),
+        );
+        r.register(
             "repl_offset",
             "Replication offset processed",
             m.repl_offset.clone(),
@@ -470,6 +486,13 @@ impl Metrics {
     pub fn peer(peer: &str) -> PeerLabel {
         PeerLabel {
             peer: peer.to_string(),
+        }
+    }
+
+    /// Shorthand for an outcome label.
+    pub fn outcome(outcome: &str) -> OutcomeLabel {
+        OutcomeLabel {
+            outcome: outcome.to_string(),
         }
     }
 

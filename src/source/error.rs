@@ -55,6 +55,10 @@ pub enum TailError {
     /// position.
     #[error("spool: {0}")]
     Spool(String),
+    /// Telling evictions from deletes is not possible or stopped working
+    /// (decision 016).
+    #[error("evictions: {0}")]
+    Evictions(String),
     /// Shutdown was requested.
     #[error("shutdown")]
     Shutdown,

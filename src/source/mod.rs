@@ -26,6 +26,7 @@
 //! command stream, read with [`resp`]).
 
 mod error;
+pub mod evictions;
 mod kept;
 pub mod keyspec;
 mod link;
@@ -67,6 +68,19 @@ pub struct TailerConfig {
     /// Most bytes of the command stream kept on disk while a resync's work
     /// runs (`<data-dir>/resync-stream`); 0 keeps only the memory part.
     pub kept_disk_bytes: u64,
+    /// Whether Redis's evictions stay in their region.
+    pub evictions: Evictions,
+}
+
+/// What a key Redis evicts for memory becomes in the other regions
+/// (`--evictions`; decision 016).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Evictions {
+    /// Kept there: the evicting region loses its copy only.
+    #[default]
+    Local,
+    /// Deleted there too, as a client's delete is.
+    Global,
 }
 
 /// A resync that met another master than the one followed before.

@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::error::TailError;
+use super::evictions::Outlet;
 use super::kept::{Kept, keep_while};
 use super::link::{Link, handshake};
 use super::recorded::report_recorded;
@@ -31,6 +32,9 @@ pub(super) async fn session(
     let client = cfg.locator.master().await?;
     let mut side = crate::store::locator::connect(&client).await?;
     let specs = KeySpecTable::load(&mut side).await?;
+    // Subscribed before the stream starts: what it delivers from this
+    // session's first tick on is watched for evictions.
+    let outlet = Outlet::for_session(cfg.evictions, &client, &mut side, cfg.databases).await?;
     let mut link = Link::connect(&client, cfg.locator.tls()).await?;
     handshake(cfg.announce_port, &client, &mut link).await?;
     // Continue from the recorded position when there is one.
@@ -148,12 +152,15 @@ pub(super) async fn session(
     tx.send(TailEvent::Position(start.clone()))
         .await
         .map_err(TailError::from)?;
+    // After `PSYNC` was answered: the tick is in the stream followed.
+    outlet.ask_tick();
     let state = StreamState {
         db: start.db,
         multi: None,
         specs,
         side,
         done_at,
+        outlet,
     };
     follow(link, kept, start, state, tx, metrics, &mut epoch, shutdown).await
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use super::error::TailError;
+use super::evictions::{Outlet, TICK_CHANNEL};
 use super::kept::{ACK_EVERY, Kept};
 use super::link::{Link, READ_CHUNK};
 use super::resp;
@@ -27,6 +28,10 @@ use crate::store::{self, is_reserved};
 pub(super) struct Multi {
     /// Keys written so far.
     keys: Vec<(u32, Bytes)>,
+    /// Of those, keys a `DEL` or `UNLINK` wrote, and keys other commands
+    /// wrote (an eviction sends a `DEL`; decision 016).
+    deleted: Vec<(u32, Bytes)>,
+    written: Vec<(u32, Bytes)>,
     /// The block is geosync's own apply script (its first write is the marker).
     ours: bool,
     /// No command of the block has been seen yet.
@@ -47,6 +52,9 @@ pub(super) struct StreamState {
     /// applier start) only once they are reported, so that they are
     /// stamped before any older change from a peer is applied over them.
     pub(super) done_at: Option<i64>,
+    /// Where the events go: the spool, through the eviction watch when it
+    /// runs (decision 016).
+    pub(super) outlet: Outlet,
 }
 
 /// Follows the command stream from `start`: the bytes `kept` while the
@@ -92,9 +100,7 @@ pub(super) async fn follow(
             && offset >= at
             && state.multi.is_none()
         {
-            tx.send(TailEvent::SnapshotDone)
-                .await
-                .map_err(TailError::from)?;
+            state.outlet.send(TailEvent::SnapshotDone, tx).await?;
             state.done_at = None;
         }
         // Report the position (between transactions, at most ten times a
@@ -108,9 +114,7 @@ pub(super) async fn follow(
                 offset,
                 db: state.db,
             };
-            tx.send(TailEvent::Position(p))
-                .await
-                .map_err(TailError::from)?;
+            state.outlet.send(TailEvent::Position(p), tx).await?;
             reported = offset;
             reported_at = Instant::now();
         }
@@ -128,6 +132,7 @@ pub(super) async fn follow(
             kept.pop_into(&mut link.buf, READ_CHUNK)?;
             if ack.tick().now_or_never().is_some() {
                 tx.check()?;
+                state.outlet.check()?;
                 send_ack(&mut link, offset.max(kept.acknowledged)).await?;
             }
             if shutdown.is_cancelled() {
@@ -143,6 +148,7 @@ pub(super) async fn follow(
             r = link.fill() => r?,
             _ = ack.tick() => {
                 tx.check()?;
+                state.outlet.check()?;
                 // Never less than what was acknowledged while the work ran
                 // (the master keeps the largest offset anyway).
                 send_ack(&mut link, offset.max(kept.acknowledged)).await?;
@@ -172,7 +178,6 @@ async fn handle(
     let Some(name) = argv.first().map(|n| lower(n)) else {
         return Ok(false);
     };
-    let send = |ev| async move { tx.send(ev).await.map_err(TailError::from) };
     match name.as_str() {
         "ping" => return Ok(false),
         "replconf" => {
@@ -185,6 +190,15 @@ async fn handle(
                 .ok_or_else(|| TailError::Protocol("bad SELECT".into()))?;
             return Ok(false);
         }
+        "publish"
+            if argv
+                .get(1)
+                .is_some_and(|c| c.as_ref() == TICK_CHANNEL.as_bytes()) =>
+        {
+            let payload = argv.get(2).cloned().unwrap_or_default();
+            state.outlet.tick(&payload, tx, metrics).await?;
+            return Ok(false);
+        }
         "multi" => {
             state.multi = Some(Multi::default());
             return Ok(false);
@@ -194,7 +208,15 @@ async fn handle(
                 && !m.ours
                 && !m.keys.is_empty()
             {
-                send(TailEvent::Dirty(m.keys)).await?;
+                let deleted = m
+                    .deleted
+                    .into_iter()
+                    .filter(|k| !m.written.contains(k))
+                    .collect();
+                state
+                    .outlet
+                    .send_with(TailEvent::Dirty(m.keys), deleted, tx)
+                    .await?;
             }
             return Ok(false);
         }
@@ -204,12 +226,13 @@ async fn handle(
                 && !m.ours
                 && !m.keys.is_empty()
             {
-                send(TailEvent::Dirty(std::mem::take(&mut m.keys))).await?;
+                let keys = std::mem::take(&mut m.keys);
+                state.outlet.send(TailEvent::Dirty(keys), tx).await?;
             }
             let ours = state.multi.as_ref().is_some_and(|m| m.ours);
             if !ours {
                 let db = (name == "flushdb").then_some(state.db);
-                send(TailEvent::Flush(db)).await?;
+                state.outlet.send(TailEvent::Flush(db), tx).await?;
             }
             return Ok(false);
         }
@@ -275,6 +298,8 @@ async fn handle(
         }
         _ => {}
     }
+    // A `DEL`/`UNLINK` may be Redis's eviction (decision 016).
+    let deletes = name == "del" || name == "unlink";
     if let Some(m) = &mut state.multi {
         if !m.seen_first {
             m.seen_first = true;
@@ -283,13 +308,23 @@ async fn handle(
                 .any(|(_, k)| k.as_ref() == store::APPLY_MARKER_KEY.as_bytes());
         }
         if !m.ours {
-            m.keys.extend(filter_reserved(keys, &name, metrics));
+            let keys = filter_reserved(keys, &name, metrics);
+            if deletes {
+                m.deleted.extend(keys.iter().cloned());
+            } else {
+                m.written.extend(keys.iter().cloned());
+            }
+            m.keys.extend(keys);
         }
         return Ok(false);
     }
     let keys = filter_reserved(keys, &name, metrics);
     if !keys.is_empty() {
-        send(TailEvent::Dirty(keys)).await?;
+        let deleted = if deletes { keys.clone() } else { Vec::new() };
+        state
+            .outlet
+            .send_with(TailEvent::Dirty(keys), deleted, tx)
+            .await?;
     }
     Ok(false)
 }
