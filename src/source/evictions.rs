@@ -19,7 +19,7 @@
 //! Within one epoch, a key deleted by a client and also evicted (written
 //! again in between) is ambiguous: its deletes all travel
 //! (`geosync_evictions_total{outcome="ambiguous"}`). Ticks are published
-//! only while the tailer holds something, at most every
+//! only while the tailer holds something, at least
 //! 2 ms apart, so epochs are short and nothing waits long.
 //!
 //! Only regions that can evict are watched: a `volatile-*` policy with a
