@@ -71,6 +71,20 @@ impl Frontier {
     /// every peer's last report; None while one of them is unknown (or
     /// without peers, where nothing needs keeping... nor collecting).
     pub fn stable(&self) -> Option<String> {
+        let r = self.reported.lock().expect("frontier lock");
+        self.stable_in(&r)
+    }
+
+    /// The stable frontier and the peers silent for longer than
+    /// `horizon`, read from one state of the reports: a report arriving in
+    /// between cannot let a collection pass while the metric still says
+    /// the peer holds it back.
+    pub fn view(&self, horizon: Duration) -> (Option<String>, Vec<String>) {
+        let r = self.reported.lock().expect("frontier lock");
+        (self.stable_in(&r), self.silent_in(&r, horizon))
+    }
+
+    fn stable_in(&self, r: &HashMap<String, (String, Instant)>) -> Option<String> {
         if self.peers.is_empty() {
             return None;
         }
@@ -78,7 +92,6 @@ impl Frontier {
         if own.is_empty() {
             return None;
         }
-        let r = self.reported.lock().expect("frontier lock");
         let mut least = own;
         for p in &self.peers {
             let (stamp, _) = r.get(p)?;
@@ -90,8 +103,7 @@ impl Frontier {
     }
 
     /// Peers that have not reported for longer than `horizon` (or never).
-    pub fn silent(&self, horizon: Duration) -> Vec<String> {
-        let r = self.reported.lock().expect("frontier lock");
+    fn silent_in(&self, r: &HashMap<String, (String, Instant)>, horizon: Duration) -> Vec<String> {
         self.peers
             .iter()
             .filter(|p| r.get(*p).is_none_or(|(_, at)| at.elapsed() > horizon))
@@ -136,7 +148,7 @@ impl Collector {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            let silent = self.frontier.silent(self.horizon);
+            let (stable, silent) = self.frontier.view(self.horizon);
             for p in &self.frontier.peers {
                 let is = silent.contains(p);
                 self.metrics
@@ -148,7 +160,7 @@ impl Collector {
                 }
             }
             blocked = silent;
-            let Some(frontier) = self.frontier.stable() else {
+            let Some(frontier) = stable else {
                 debug!("no stable frontier yet: tombstones are kept");
                 continue;
             };
