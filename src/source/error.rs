@@ -42,6 +42,16 @@ pub enum TailError {
     /// Side connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The side connection failed, also on a fresh connection, while it
+    /// asked which keys a command wrote; the next session reads that
+    /// command again.
+    #[error("side connection lost asking which keys {command} wrote: {source}")]
+    SideConnection {
+        /// The command (lowercase).
+        command: String,
+        /// The second failure.
+        source: redis::RedisError,
+    },
     /// The master could not be found (Sentinel).
     #[error("{0}")]
     Locate(#[from] crate::store::locator::LocateError),

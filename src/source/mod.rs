@@ -21,9 +21,10 @@
 //! reports the resync done.
 //!
 //! Files, in the order a session uses them: `link.rs` (socket and
-//! handshake), `session.rs` (`PSYNC`), `snapshot.rs` and `recorded.rs` (a
-//! resync's keys), `kept.rs` (the stream read meanwhile), `stream.rs` (the
-//! command stream, read with [`resp`]).
+//! handshake), `session.rs` (`PSYNC`), `side.rs` (the session's other
+//! connection, which connects again on its own once), `snapshot.rs` and
+//! `recorded.rs` (a resync's keys), `kept.rs` (the stream read meanwhile),
+//! `stream.rs` (the command stream, read with [`resp`]).
 
 mod error;
 mod kept;
@@ -33,6 +34,7 @@ pub mod rdb;
 mod recorded;
 pub mod resp;
 mod session;
+mod side;
 mod snapshot;
 mod stream;
 

@@ -9,6 +9,7 @@ use super::error::TailError;
 use super::kept::{Kept, keep_while};
 use super::link::{Link, handshake};
 use super::recorded::report_recorded;
+use super::side::Side;
 use super::snapshot::{receive_snapshot, report_snapshot};
 use super::stream::{StreamState, follow};
 use super::{MasterChange, ResyncHook, TailerConfig};
@@ -29,7 +30,7 @@ pub(super) async fn session(
     let mut epoch = cfg.locator.epoch();
     epoch.mark_unchanged();
     let client = cfg.locator.master().await?;
-    let mut side = crate::store::locator::connect(&client).await?;
+    let mut side = Side::connect(&client).await?;
     let specs = KeySpecTable::load(&mut side).await?;
     let mut link = Link::connect(&client, cfg.locator.tls()).await?;
     handshake(cfg.announce_port, &client, &mut link).await?;
@@ -160,7 +161,7 @@ pub(super) async fn session(
 
 /// The master's replication offset, from `ROLE` (which the documented
 /// least-privilege user may run; `INFO` it may not).
-async fn master_offset(side: &mut redis::aio::MultiplexedConnection) -> Result<i64, TailError> {
+async fn master_offset(side: &mut Side) -> Result<i64, TailError> {
     let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(side).await?;
     // ["master", offset, replicas]; a replica (chained) ends with its offset.
     let at = match role.first() {
