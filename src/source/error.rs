@@ -52,6 +52,10 @@ pub enum TailError {
         /// The second failure.
         source: redis::RedisError,
     },
+    /// The local Redis is not a server this version supports, or did not
+    /// say which it is.
+    #[error("{0}")]
+    Version(#[from] crate::store::version::VersionError),
     /// The master could not be found (Sentinel).
     #[error("{0}")]
     Locate(#[from] crate::store::locator::LocateError),
@@ -68,6 +72,13 @@ pub enum TailError {
     /// Shutdown was requested.
     #[error("shutdown")]
     Shutdown,
+}
+
+impl TailError {
+    /// True when another session cannot do better: the agent stops.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, TailError::Version(v) if v.is_refusal())
+    }
 }
 
 impl From<SpoolError> for TailError {

@@ -3,7 +3,7 @@
 //! acknowledged, `kept.rs`), then the command stream.
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::error::TailError;
 use super::kept::{Kept, keep_while};
@@ -31,6 +31,9 @@ pub(super) async fn session(
     epoch.mark_unchanged();
     let client = cfg.locator.master().await?;
     let mut side = Side::connect(&client).await?;
+    // A failover may have brought a server this version cannot follow.
+    let server = crate::store::version::check(&mut side).await?;
+    debug!(server = %server.server, version = %server.version, "local redis");
     let specs = KeySpecTable::load(&mut side).await?;
     let mut link = Link::connect(&client, cfg.locator.tls()).await?;
     handshake(cfg.announce_port, &client, &mut link).await?;

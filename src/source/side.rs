@@ -1,5 +1,5 @@
-//! The session's side connection to the master: the key specs
-//! (`COMMAND`), `ROLE`, a resync's own records (`SELECT`, `SCAN`, `HSCAN`),
+//! The session's side connection to the master: the server's version
+//! (`HELLO`), the key specs (`COMMAND`), `ROLE`, a resync's own records (`SELECT`, `SCAN`, `HSCAN`),
 //! and the written keys of commands the key specs cannot resolve (`COMMAND
 //! GETKEYSANDFLAGS`, `stream.rs`).
 //!
