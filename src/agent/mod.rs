@@ -25,9 +25,11 @@ use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
 use crate::source;
 use crate::stamp::{spool, stamper};
+use crate::store::version::{self, VersionError};
 use crate::store::{self, Store, locator, tls};
 
-/// Errors that stop the agent at start.
+/// Errors that stop the agent: at start, or later when a stage cannot go
+/// on.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The data directory is unusable or belongs to another node.
@@ -59,6 +61,15 @@ pub enum StartError {
     /// The gRPC server failed.
     #[error("grpc server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// Replication from the local Redis cannot go on (a failover brought a
+    /// server this version does not support).
+    #[error("local redis {url}: {source}")]
+    Source {
+        /// Its URL, without password.
+        url: String,
+        /// Why the tailer stopped.
+        source: source::TailError,
+    },
 }
 
 /// Refuses a `maxmemory-policy` under which Redis may evict geosync's own
@@ -123,20 +134,32 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let mut conn = locator::connect(&client)
         .await
         .map_err(|e| redis_err(format!("cannot connect{over}: {e}{}", tls_hint(&e))))?;
-    // The first reply: where a server that refuses the client after the
-    // TLS handshake shows it.
+    // The first reply (where a server that refuses the client after the
+    // TLS handshake shows it): which server this is, and whether this
+    // version supports it.
+    let first_reply_hint = |e: &dyn std::fmt::Display| match &config.redis_tls {
+        Some(t) => t.first_reply_hint(&e.to_string()),
+        None => "",
+    };
+    let server = version::check(&mut conn).await.map_err(|e| match e {
+        VersionError::Redis { .. } if !e.is_refusal() => {
+            redis_err(format!("cannot connect{over}: {e}{}", first_reply_hint(&e)))
+        }
+        e => {
+            error!(error = %e, "the local redis is not a server geosync supports; stopping");
+            redis_err(e.to_string())
+        }
+    })?;
+    info!(server = %server.server, version = %server.version, "local redis");
     let databases: (String, u32) = redis::cmd("CONFIG")
         .arg("GET")
         .arg("databases")
         .query_async(&mut conn)
         .await
         .map_err(|e| {
-            let hint = match &config.redis_tls {
-                Some(t) => t.first_reply_hint(&e.to_string()),
-                None => "",
-            };
             redis_err(format!(
-                "cannot connect{over}: CONFIG GET databases: {e}{hint}"
+                "cannot connect{over}: CONFIG GET databases: {e}{}",
+                first_reply_hint(&e)
             ))
         })?;
     let databases = databases.1;
@@ -226,7 +249,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             max_message: config.peer_max_message,
         },
     };
-    tracker.spawn(source::run(
+    let tailer = tracker.spawn(source::run(
         source::TailerConfig {
             locator: locator.clone(),
             announce_port: config.listen.port(),
@@ -395,6 +418,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     }
 
     let mut grpc_task = grpc_task;
+    // Resolves only when the tailer stopped on an error it cannot mend.
+    let tailer_failed = async {
+        match tailer.await {
+            Ok(Err(e)) => e,
+            _ => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
         _ = shutdown.cancelled() => {
             // Graceful: no new changes; what was stamped reaches the
@@ -413,6 +443,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             Ok(())
         }
         _ = token.cancelled() => Ok(()),
+        e = tailer_failed => Err(StartError::Source { url: url.clone(), source: e }),
         r = &mut grpc_task => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {

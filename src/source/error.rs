@@ -42,6 +42,20 @@ pub enum TailError {
     /// Side connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The side connection failed, also on a fresh connection, while it
+    /// asked which keys a command wrote; the next session reads that
+    /// command again.
+    #[error("side connection lost asking which keys {command} wrote: {source}")]
+    SideConnection {
+        /// The command (lowercase).
+        command: String,
+        /// The second failure.
+        source: redis::RedisError,
+    },
+    /// The local Redis is not a server this version supports, or did not
+    /// say which it is.
+    #[error("{0}")]
+    Version(#[from] crate::store::version::VersionError),
     /// The master could not be found (Sentinel).
     #[error("{0}")]
     Locate(#[from] crate::store::locator::LocateError),
@@ -62,6 +76,13 @@ pub enum TailError {
     /// Shutdown was requested.
     #[error("shutdown")]
     Shutdown,
+}
+
+impl TailError {
+    /// True when another session cannot do better: the agent stops.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, TailError::Version(v) if v.is_refusal())
+    }
 }
 
 impl From<SpoolError> for TailError {

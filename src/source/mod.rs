@@ -21,9 +21,10 @@
 //! reports the resync done.
 //!
 //! Files, in the order a session uses them: `link.rs` (socket and
-//! handshake), `session.rs` (`PSYNC`), `snapshot.rs` and `recorded.rs` (a
-//! resync's keys), `kept.rs` (the stream read meanwhile), `stream.rs` (the
-//! command stream, read with [`resp`]).
+//! handshake), `session.rs` (`PSYNC`), `side.rs` (the session's other
+//! connection, which connects again on its own once), `snapshot.rs` and
+//! `recorded.rs` (a resync's keys), `kept.rs` (the stream read meanwhile),
+//! `stream.rs` (the command stream, read with [`resp`]).
 
 mod error;
 pub mod evictions;
@@ -34,6 +35,7 @@ pub mod rdb;
 mod recorded;
 pub mod resp;
 mod session;
+mod side;
 mod snapshot;
 mod stream;
 
@@ -116,14 +118,16 @@ pub trait ResyncHook: Send + Sync {
     ) -> BoxFuture<'a, bool>;
 }
 
-/// Runs replication sessions until shutdown.
+/// Runs replication sessions until shutdown, or until one ends with an
+/// error another session cannot mend ([`TailError::is_fatal`]: a server
+/// this version does not support), which it returns.
 pub async fn run(
     cfg: TailerConfig,
     hook: Arc<dyn ResyncHook>,
     tx: SpoolTx,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), TailError> {
     let mut backoff = Backoff::with(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         let started = Instant::now();
@@ -134,7 +138,11 @@ pub async fn run(
         match result {
             Err(TailError::Shutdown) | Err(TailError::StamperGone) => {
                 info!("tailer stopped");
-                return;
+                return Ok(());
+            }
+            Err(e) if e.is_fatal() => {
+                error!(error = %e, "the local redis cannot be replicated from; stopping");
+                return Err(e);
             }
             // A snapshot this version cannot read fails the same way on
             // every retry: say so loudly, not as a passing network hiccup.
@@ -150,7 +158,7 @@ pub async fn run(
             backoff.reset(Duration::from_millis(100));
         }
         if !backoff.wait(&shutdown).await {
-            return;
+            return Ok(());
         }
     }
 }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use super::error::TailError;
+use super::side::Side;
 use crate::base::event::TailEvent;
 use crate::stamp::spool::SpoolTx;
 use crate::store;
@@ -16,7 +17,7 @@ use crate::store;
 /// region applies on its own). Own tombstones may never have reached a peer;
 /// the stamper re-ships those newer than what every peer acknowledged.
 pub(super) async fn report_recorded(
-    side: &mut redis::aio::MultiplexedConnection,
+    side: &mut Side,
     databases: u32,
     node_id: u32,
     values: bool,

@@ -3,13 +3,14 @@
 //! acknowledged, `kept.rs`), then the command stream.
 
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::error::TailError;
 use super::evictions::Outlet;
 use super::kept::{Kept, keep_while};
 use super::link::{Link, handshake};
 use super::recorded::report_recorded;
+use super::side::Side;
 use super::snapshot::{receive_snapshot, report_snapshot};
 use super::stream::{StreamState, follow};
 use super::{MasterChange, ResyncHook, TailerConfig};
@@ -30,7 +31,10 @@ pub(super) async fn session(
     let mut epoch = cfg.locator.epoch();
     epoch.mark_unchanged();
     let client = cfg.locator.master().await?;
-    let mut side = crate::store::locator::connect(&client).await?;
+    let mut side = Side::connect(&client).await?;
+    // A failover may have brought a server this version cannot follow.
+    let server = crate::store::version::check(&mut side).await?;
+    debug!(server = %server.server, version = %server.version, "local redis");
     let specs = KeySpecTable::load(&mut side).await?;
     // Subscribed before the stream starts: what it delivers from this
     // session's first tick on is watched for evictions.
@@ -167,7 +171,7 @@ pub(super) async fn session(
 
 /// The master's replication offset, from `ROLE` (which the documented
 /// least-privilege user may run; `INFO` it may not).
-async fn master_offset(side: &mut redis::aio::MultiplexedConnection) -> Result<i64, TailError> {
+async fn master_offset(side: &mut Side) -> Result<i64, TailError> {
     let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(side).await?;
     // ["master", offset, replicas]; a replica (chained) ends with its offset.
     let at = match role.first() {

@@ -16,11 +16,13 @@ use super::evictions::{Outlet, TICK_CHANNEL};
 use super::kept::{ACK_EVERY, Kept};
 use super::link::{Link, READ_CHUNK};
 use super::resp;
+use super::side::Side;
 use crate::base::event::TailEvent;
 use crate::base::position::Position;
 use crate::ops::metrics::Metrics;
-use crate::source::keyspec::{KeyLookup, KeySpecTable, written_keys_from_server};
+use crate::source::keyspec::{KeyLookup, KeySpecError, KeySpecTable, written_keys_from_server};
 use crate::stamp::spool::SpoolTx;
+use crate::store::locator::is_connection_error;
 use crate::store::{self, is_reserved};
 
 /// An open MULTI block of the stream.
@@ -44,8 +46,8 @@ pub(super) struct StreamState {
     pub(super) multi: Option<Multi>,
     /// The server's key specs.
     pub(super) specs: KeySpecTable,
-    /// A plain connection for `COMMAND GETKEYSANDFLAGS`.
-    pub(super) side: redis::aio::MultiplexedConnection,
+    /// The side connection, for `COMMAND GETKEYSANDFLAGS`.
+    pub(super) side: Side,
     /// After a partial resync, the master's offset when it continued the
     /// stream: the backlog up to it holds the writes made while the agent
     /// was away, and the resync is done (`SnapshotDone`, which lets the
@@ -262,6 +264,16 @@ async fn handle(
                     .into_iter()
                     .map(|k| (state.db, Bytes::from(k)))
                     .collect(),
+                // The side connection failed twice (`side.rs`): end the
+                // session before this command counts as read, so that the
+                // next one reads it again (the position is reported only
+                // past commands handled).
+                Err(KeySpecError::Redis(e)) if is_connection_error(&e) => {
+                    return Err(TailError::SideConnection {
+                        command: name,
+                        source: e,
+                    });
+                }
                 Err(e) => {
                     metrics
                         .unsupported_commands

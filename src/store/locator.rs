@@ -205,3 +205,45 @@ pub async fn connect(
         .get_multiplexed_async_connection_with_config(&config)
         .await
 }
+
+/// True when `e` is the connection failing (closed, reset, timed out, a
+/// reply that cannot be read, a server with no room for another client) or
+/// the server not answering yet (`LOADING`), not an error reply to the
+/// command: the same command on a new connection may succeed.
+pub fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Parse
+                | redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+        )
+        // Sent instead of an answer, and then the server closes.
+        || e.to_string().contains("max number of clients reached")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::RedisError;
+
+    #[test]
+    fn error_replies_are_not_connection_errors() {
+        let reply = RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "Invalid arguments specified for command",
+        ));
+        assert!(!is_connection_error(&reply));
+        let closed = RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_connection_error(&closed));
+        let reset = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(is_connection_error(&reset));
+        let full = RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+            "An error was signalled by the server",
+            "max number of clients reached".to_string(),
+        ));
+        assert!(is_connection_error(&full));
+    }
+}

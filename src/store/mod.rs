@@ -1,5 +1,6 @@
 //! The agent's side of its own Redis, which every stage stands on: finding
-//! the master ([`locator`]) over TLS when asked ([`tls`]), the reserved
+//! the master ([`locator`]) over TLS when asked ([`tls`]), which server it
+//! is and whether geosync supports it ([`version`]), the reserved
 //! key names and metadata layout ([`layout`]), and the Lua scripts that
 //! stamp, apply and read changes atomically, with their Rust callers.
 //!
@@ -27,6 +28,7 @@ pub use read::flush_change;
 mod reply;
 mod stamping;
 pub mod tls;
+pub mod version;
 
 pub use applying::{ApplyOutcome, Quarantined};
 pub use connection::{Store, StoreError};
