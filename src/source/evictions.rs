@@ -76,7 +76,7 @@ struct Shared {
 
 /// Whether the local Redis can evict keys, and so whether to watch it:
 /// a `volatile-*` policy with a `maxmemory`.
-pub async fn can_evict(conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<bool> {
+pub async fn can_evict<C: redis::aio::ConnectionLike>(conn: &mut C) -> redis::RedisResult<bool> {
     let policy: (String, String) = redis::cmd("CONFIG")
         .arg("GET")
         .arg("maxmemory-policy")
@@ -93,8 +93,8 @@ pub async fn can_evict(conn: &mut redis::aio::MultiplexedConnection) -> redis::R
 /// Makes sure Redis sends `evicted` keyevent notifications
 /// (`notify-keyspace-events` with `E` and `e`, or `A`), turning them on
 /// when this user may (`CONFIG SET`); an error names what to set.
-pub async fn ensure_notifications(
-    conn: &mut redis::aio::MultiplexedConnection,
+pub async fn ensure_notifications<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
 ) -> Result<(), String> {
     let (_, flags): (String, String) = redis::cmd("CONFIG")
         .arg("GET")
@@ -179,11 +179,11 @@ impl Outlet {
 
     /// For one replication session: watches the evictions of the Redis
     /// `client` reaches when `mode` keeps them local and the Redis can
-    /// evict; else [`Outlet::direct`]. `side` publishes the ticks.
-    pub(super) async fn for_session(
+    /// evict (asked on `side`); else [`Outlet::direct`].
+    pub(super) async fn for_session<C: redis::aio::ConnectionLike>(
         mode: Evictions,
         client: &redis::Client,
-        side: &mut redis::aio::MultiplexedConnection,
+        side: &mut C,
         databases: u32,
     ) -> Result<Self, TailError> {
         if mode == Evictions::Global || !can_evict(side).await? {
@@ -204,7 +204,8 @@ impl Outlet {
             changed: Notify::new(),
             want: Notify::new(),
         });
-        let task = tokio::spawn(run(pubsub, side.clone(), shared.clone(), session.clone()));
+        let publisher = crate::store::locator::connect(client).await?;
+        let task = tokio::spawn(run(pubsub, publisher, shared.clone(), session.clone()));
         info!("evictions are watched: an evicted key stays in the other regions");
         Ok(Outlet {
             watch: Some(Watch {
