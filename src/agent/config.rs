@@ -141,6 +141,12 @@ pub struct RunArgs {
     /// everywhere, as a client's delete (one cache everywhere).
     #[arg(long, env = "GEOSYNC_EVICTIONS")]
     pub evictions: Option<String>,
+    /// When the agent acknowledges a write to its Redis, which is what
+    /// `WAIT` counts: `one-peer` (the default) once another region applied
+    /// it, `all-peers` once every other region did, `local` once the agent
+    /// read it.
+    #[arg(long, env = "GEOSYNC_ACK_AFTER")]
+    pub ack_after: Option<String>,
     /// MiB of stamped changes held in memory for peers that have not
     /// acknowledged them (with --outbox-batches, whichever is reached first).
     #[arg(long, env = "GEOSYNC_OUTBOX_MB")]
@@ -277,6 +283,8 @@ pub struct Config {
     pub tombstone_horizon: Duration,
     /// Whether Redis's evictions stay in their region.
     pub evictions: crate::source::Evictions,
+    /// When a write is acknowledged to Redis (`WAIT`).
+    pub ack_after: crate::base::durable::AckAfter,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -339,6 +347,7 @@ impl RunArgs {
                 .or(other.tombstone_collect_interval_secs),
             tombstone_horizon_secs: self.tombstone_horizon_secs.or(other.tombstone_horizon_secs),
             evictions: self.evictions.or(other.evictions),
+            ack_after: self.ack_after.or(other.ack_after),
             spool_disk_mb: self.spool_disk_mb.or(other.spool_disk_mb),
             log_format: self.log_format.or(other.log_format),
         }
@@ -579,6 +588,10 @@ impl Config {
                 ));
             }
         };
+        let ack_after = match &u.ack_after {
+            Some(a) => a.parse().map_err(|e| bad("ack-after", e))?,
+            None => crate::base::durable::AckAfter::default(),
+        };
         let log_format = match u.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -609,6 +622,7 @@ impl Config {
             tombstone_collect_interval: (collect > 0).then(|| Duration::from_secs(collect)),
             tombstone_horizon: Duration::from_secs(horizon),
             evictions,
+            ack_after,
             log_format,
         })
     }

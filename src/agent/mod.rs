@@ -191,6 +191,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             acklog::path(&config.data_dir).display()
         ),
     })?;
+    let durable = Arc::new(crate::base::durable::Durable::new(config.ack_after));
     let outbox = Arc::new(
         Outbox::new(
             &config.peers,
@@ -199,7 +200,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             acked,
             metrics.clone(),
         )
-        .with_max_batch_bytes(mesh::wire::max_payload(config.peer_max_message)),
+        .with_max_batch_bytes(mesh::wire::max_payload(config.peer_max_message))
+        .with_durable(durable.clone()),
     );
     let tracker = TaskTracker::new();
     // Every task stops on `token`. At shutdown the intake (reading the
@@ -258,6 +260,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             node_id: config.node_id,
             kept_disk_bytes: config.spool.disk_bytes,
             evictions: config.evictions,
+            durable: durable.clone(),
         },
         Arc::new(supervisor),
         tail_tx,

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod change;
 pub mod check;
+pub mod durable;
 pub mod event;
 pub mod hlc;
 pub mod position;

@@ -102,6 +102,8 @@ pub struct Outbox {
     /// message (`--peer-max-message-mb`, less the envelope).
     max_batch_bytes: usize,
     metrics: Arc<Metrics>,
+    /// Told what the peers acknowledged, for `WAIT` (decision 017).
+    durable: Option<Arc<crate::base::durable::Durable>>,
 }
 
 impl Outbox {
@@ -138,7 +140,54 @@ impl Outbox {
             impatient: AtomicBool::new(false),
             max_batch_bytes: usize::MAX,
             metrics,
+            durable: None,
         }
+    }
+
+    /// Tells `durable` what the peers acknowledged.
+    pub fn with_durable(mut self, durable: Arc<crate::base::durable::Durable>) -> Self {
+        self.durable = Some(durable);
+        self
+    }
+
+    /// The stamper has pushed every change of the local stream up to
+    /// `offset`: that offset is acknowledged to Redis once the peers hold
+    /// what is in the outbox now (decision 017).
+    pub fn position_stamped(&self, offset: i64) {
+        if let Some(d) = &self.durable {
+            d.stamped(offset, self.last_seq());
+        }
+    }
+
+    /// The sequence of the newest batch pushed (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.inner.lock().expect("outbox lock").next_seq - 1
+    }
+
+    /// Tells the durable tracker the sequence the peers hold as its mode
+    /// counts them: the most any peer acknowledged, or the least; a peer
+    /// whose batches overflowed holds nothing until its catch-up is done.
+    fn report_durable(&self, inner: &Inner) {
+        let Some(d) = &self.durable else { return };
+        let held = |p: &String, a: &u64| if inner.overflowed.contains(p) { 0 } else { *a };
+        let seq = if inner.acked.is_empty() {
+            inner.next_seq - 1
+        } else if d.mode() == crate::base::durable::AckAfter::AllPeers {
+            inner
+                .acked
+                .iter()
+                .map(|(p, a)| held(p, a))
+                .min()
+                .unwrap_or(0)
+        } else {
+            inner
+                .acked
+                .iter()
+                .map(|(p, a)| held(p, a))
+                .max()
+                .unwrap_or(0)
+        };
+        d.acked(seq);
     }
 
     /// Batches are split so that none encodes to more than `bytes`; a
@@ -190,6 +239,7 @@ impl Outbox {
         }
         if inner.acked.is_empty() {
             // No peers: nothing to keep.
+            self.report_durable(&inner);
             drop(inner);
             self.latest.send_replace(seq);
             return;
@@ -475,6 +525,7 @@ impl Outbox {
                 }
             }
             self.metrics.outbox_len.set(inner.batches.len() as i64);
+            self.report_durable(&inner);
         }
         self.progress.notify_waiters();
         self.update_lag();

@@ -232,6 +232,7 @@ pub(super) async fn keep_while<T>(
     work: impl Future<Output = Result<T, TailError>>,
     tx: &SpoolTx,
     metrics: &Metrics,
+    durable: &crate::base::durable::Durable,
     shutdown: &CancellationToken,
 ) -> Result<T, TailError> {
     let mut received = kept.acknowledged;
@@ -246,7 +247,7 @@ pub(super) async fn keep_while<T>(
             received += used as i64;
         }
         if getack {
-            ack(link, received).await?;
+            ack(link, durable.offset(received)).await?;
             kept.acknowledged = received;
         }
         tokio::select! {
@@ -254,7 +255,7 @@ pub(super) async fn keep_while<T>(
             r = link.fill(), if kept.has_room() => r?,
             _ = tick.tick() => {
                 tx.check()?;
-                ack(link, received).await?;
+                ack(link, durable.offset(received)).await?;
                 kept.acknowledged = received;
             }
             _ = shutdown.cancelled() => return Err(TailError::Shutdown),

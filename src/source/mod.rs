@@ -72,6 +72,8 @@ pub struct TailerConfig {
     pub kept_disk_bytes: u64,
     /// Whether Redis's evictions stay in their region.
     pub evictions: Evictions,
+    /// The offset acknowledged to Redis (`--ack-after`, decision 017).
+    pub durable: std::sync::Arc<crate::base::durable::Durable>,
 }
 
 /// What a key Redis evicts for memory becomes in the other regions

@@ -91,7 +91,16 @@ pub(super) async fn session(
                 }
                 Ok(recorded)
             };
-            let recorded = keep_while(&mut link, &mut kept, work, tx, metrics, shutdown).await?;
+            let recorded = keep_while(
+                &mut link,
+                &mut kept,
+                work,
+                tx,
+                metrics,
+                &cfg.durable,
+                shutdown,
+            )
+            .await?;
             info!(recorded, backlog_end, "own records reported");
             (replid, p.offset, p.db, kept, Some(backlog_end))
         }
@@ -102,6 +111,8 @@ pub(super) async fn session(
                 .and_then(|o| o.parse().ok())
                 .ok_or_else(|| TailError::Protocol(format!("bad FULLRESYNC {reply:?}")))?;
             metrics.sync_full.inc();
+            // Offsets of another stream: nothing of it is acknowledged yet.
+            cfg.durable.restart();
             info!(%replid, offset, "full resync");
             let path = cfg.data_dir.join("sync.rdb");
             let diskless = receive_snapshot(&mut link, &path).await?;
@@ -140,8 +151,16 @@ pub(super) async fn session(
                     .map_err(TailError::from)?;
                 Ok((keys, recorded))
             };
-            let (keys, recorded) =
-                keep_while(&mut link, &mut kept, work, tx, metrics, shutdown).await?;
+            let (keys, recorded) = keep_while(
+                &mut link,
+                &mut kept,
+                work,
+                tx,
+                metrics,
+                &cfg.durable,
+                shutdown,
+            )
+            .await?;
             info!(keys, recorded, diskless, "snapshot reported");
             (replid, offset, 0, kept, None)
         }
@@ -165,6 +184,7 @@ pub(super) async fn session(
         side,
         done_at,
         outlet,
+        durable: cfg.durable.clone(),
     };
     follow(link, kept, start, state, tx, metrics, &mut epoch, shutdown).await
 }

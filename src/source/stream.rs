@@ -57,6 +57,8 @@ pub(super) struct StreamState {
     /// Where the events go: the spool, through the eviction watch when it
     /// runs (decision 016).
     pub(super) outlet: Outlet,
+    /// The offset acknowledged to Redis (decision 017).
+    pub(super) durable: std::sync::Arc<crate::base::durable::Durable>,
 }
 
 /// Follows the command stream from `start`: the bytes `kept` while the
@@ -77,6 +79,10 @@ pub(super) async fn follow(
     } = start;
     let mut reported = offset;
     let mut reported_at = Instant::now();
+    let mut durable = state.durable.watch();
+    // The offset last acknowledged: never less (the master keeps the
+    // largest it was told anyway), and a GETACK is answered with it.
+    let mut acked = state.durable.offset(kept.acknowledged);
     let mut ack = tokio::time::interval(ACK_EVERY);
     ack.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What the link delivers while kept bytes are still being handled.
@@ -95,7 +101,11 @@ pub(super) async fn follow(
             metrics.repl_offset.set(offset);
             // A GETACK kept during the resync's work was answered then.
             if getack && offset > kept.acknowledged {
-                send_ack(&mut link, offset).await?;
+                acked = acked.max(state.durable.offset(offset));
+                send_ack(&mut link, acked).await?;
+                // A client waits (`WAIT`): the position goes to the
+                // stamper now, not within a tenth of a second.
+                reported_at = Instant::now() - Duration::from_secs(1);
             }
         }
         if let Some(at) = state.done_at
@@ -135,7 +145,8 @@ pub(super) async fn follow(
             if ack.tick().now_or_never().is_some() {
                 tx.check()?;
                 state.outlet.check()?;
-                send_ack(&mut link, offset.max(kept.acknowledged)).await?;
+                acked = acked.max(state.durable.offset(offset));
+                send_ack(&mut link, acked).await?;
             }
             if shutdown.is_cancelled() {
                 return Err(TailError::Shutdown);
@@ -151,9 +162,17 @@ pub(super) async fn follow(
             _ = ack.tick() => {
                 tx.check()?;
                 state.outlet.check()?;
-                // Never less than what was acknowledged while the work ran
-                // (the master keeps the largest offset anyway).
-                send_ack(&mut link, offset.max(kept.acknowledged)).await?;
+                acked = acked.max(state.durable.offset(offset));
+                send_ack(&mut link, acked).await?;
+            }
+            // Peers now hold more (`--ack-after`): say so at once, for
+            // the clients waiting in `WAIT`.
+            Ok(()) = durable.changed() => {
+                let now = state.durable.offset(offset);
+                if now > acked {
+                    acked = now;
+                    send_ack(&mut link, acked).await?;
+                }
             }
             _ = epoch.changed() => return Err(TailError::MasterSwitched),
             _ = shutdown.cancelled() => return Err(TailError::Shutdown),

@@ -114,6 +114,7 @@ impl Stamper {
                 continue;
             }
             if let Some(p) = pending.position.take() {
+                self.outbox.position_stamped(p.offset);
                 self.position.send_replace(Some(p));
             }
             if pending.snapshot_done {
