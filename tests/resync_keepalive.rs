@@ -36,8 +36,10 @@ fn replication_field(r: &Redis, field: &str) -> String {
 /// client writes to region 1: first a burst larger than the agent keeps in
 /// memory, then one key at a time, each followed by `WAIT 1` (which makes
 /// the master send `REPLCONF GETACK`). The master must keep the agent (no
-/// timeout, no new session, no second full resync), `WAIT` must count it,
-/// and once region 2 answers every write reaches it.
+/// timeout, no new session, no second full resync), `WAIT` must count it
+/// (with `--ack-after local` the agent acknowledges what it received; by
+/// default it would wait for region 2, which is the point of decision 017,
+/// not of this test), and once region 2 answers every write reaches it.
 #[test]
 fn a_rebuild_longer_than_repl_timeout_keeps_the_replication_link() {
     let seed = seed_from_env();
@@ -49,6 +51,7 @@ fn a_rebuild_longer_than_repl_timeout_keeps_the_replication_link() {
     let mut mesh = Mesh::builder(2)
         .proxied()
         .redis(Redis::builder().args(&["--repl-timeout", &timeout]))
+        .agent_args(&["--ack-after", "local"])
         .start();
     let mut a = mesh.regions[0].redis.conn();
     for i in 0..20 {
