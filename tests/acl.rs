@@ -316,3 +316,63 @@ fn the_readme_acl_is_enough_through_sentinel() {
         );
     }
 }
+
+/// The README's recipe for applications' users: every key but geosync's
+/// (`__geosync:...`), which ACL key patterns cannot subtract, spelled as
+/// globs that each refuse one more character of the prefix. Such a user
+/// writes any other key, and Redis refuses it geosync's keys, whether it
+/// writes them directly or renames a key onto one.
+#[test]
+fn the_readme_application_acl_keeps_clients_off_geosync_keys() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER app "))
+        .expect("README.md has the application user's ACL SETUSER line");
+    let redis = Redis::start(&[]);
+    let mut admin = redis.conn();
+    let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let mut cmd = redis::cmd("ACL");
+    for w in &words {
+        cmd.arg(*w);
+    }
+    let _: () = cmd.query(&mut admin).unwrap();
+    let password = words
+        .iter()
+        .find_map(|w| w.strip_prefix('>'))
+        .expect("a >password rule");
+    let client =
+        redis::Client::open(format!("redis://app:{password}@127.0.0.1:{}", redis.port)).unwrap();
+    let mut app = client.get_connection().unwrap();
+    for key in [
+        "user:1",
+        "_",
+        "_x",
+        "__",
+        "__g",
+        "__geosync",
+        "__geosyncx",
+        "__geosync_",
+        "x__geosync:",
+    ] {
+        let r: redis::RedisResult<()> = app.set(key, "v");
+        assert!(r.is_ok(), "{key}: {r:?}");
+    }
+    for key in [
+        "__geosync:floor",
+        "__geosync:m:5",
+        "__geosync:collected",
+        "__geosync:",
+    ] {
+        let r: redis::RedisResult<()> = app.set(key, "forged");
+        let e = r.expect_err(key);
+        assert_eq!(e.code(), Some("NOPERM"), "{key}: {e}");
+    }
+    let r: redis::RedisResult<()> = redis::cmd("RENAME")
+        .arg("user:1")
+        .arg("__geosync:m:7")
+        .query(&mut app);
+    assert_eq!(r.unwrap_err().code(), Some("NOPERM"));
+    assert!(!admin.exists::<_, bool>("__geosync:m:7").unwrap());
+}

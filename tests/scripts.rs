@@ -366,3 +366,48 @@ fn only_unchanged_records_below_the_floor_are_forgotten() {
     assert_eq!(out.older, 1);
     assert!(!c.exists::<_, bool>("gone").unwrap());
 }
+
+/// A peer's flush raises the floor first and deletes in slices (decision
+/// 018): a key written here since the flush began stays (its old record
+/// goes; the agent stamps the write), the others go; and while a key's old
+/// record waits for its slice, a change older than the flush is refused.
+#[test]
+fn a_peer_flush_in_slices_keeps_writes_made_since_it_began() {
+    let rt = rt();
+    let (_r, mut store, mut c) = setup();
+    let at = |n: u64| ts(n << 32, 2);
+    let changes: Vec<Change> = (0..200)
+        .map(|i| put(&format!("k{i}"), "old", &at(100)))
+        .collect();
+    rt.block_on(store.apply(&changes)).unwrap();
+    // A client's write the agent has not stamped yet.
+    let _: () = c.set("k5", "written here").unwrap();
+    let flush = Change {
+        db: 0,
+        key: ByteBuf::new(),
+        stamp: hlc::encode(&at(300)),
+        op: Op::FlushDb,
+    };
+    let out = rt.block_on(store.apply(&[flush])).unwrap();
+    assert_eq!(out.applied, 1);
+    assert_eq!(c.get::<_, String>("k5").unwrap(), "written here");
+    let rec: Option<String> = c.hget(meta_bucket(b"k5"), "k5").unwrap();
+    assert_eq!(rec, None, "k5's old record went");
+    for i in (0..200).filter(|i| *i != 5) {
+        assert!(
+            !c.exists::<_, bool>(format!("k{i}")).unwrap(),
+            "k{i} stayed"
+        );
+    }
+
+    // A record older than the floor, as when the slices have not reached
+    // it yet: a change between the two is older than the flush.
+    rt.block_on(store.apply(&[put("x", "v1", &at(400))]))
+        .unwrap();
+    let _: () = c.set("__geosync:floor", hlc::encode(&at(600))).unwrap();
+    let out = rt
+        .block_on(store.apply(&[put("x", "v2", &at(500))]))
+        .unwrap();
+    assert_eq!(out.older, 1, "a change older than the flush is refused");
+    assert_eq!(c.get::<_, String>("x").unwrap(), "v1");
+}

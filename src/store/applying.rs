@@ -5,7 +5,9 @@ use redis::Value as RValue;
 
 use super::connection::{Store, StoreError};
 use super::layout::is_reserved;
-use super::layout::{APPLY_MARKER_KEY, FLOOR_KEY, META_PREFIX, build_key, meta_bucket};
+use super::layout::{
+    APPLY_MARKER_KEY, FLOOR_KEY, META_BUCKETS, META_PREFIX, build_key, meta_bucket,
+};
 use super::lua::{Call, Which};
 use super::reply::parse_flush_reply;
 use crate::base::change::{Change, Op, Value};
@@ -143,11 +145,15 @@ impl Store {
             return Ok(out);
         }
         let replies = self.run(&calls).await?;
-        for (((_, which, _, _), reply), sent) in calls.iter().zip(replies).zip(sent) {
+        // Peers' flushes applied: their floors are up; their keys go now,
+        // in slices (decision 018).
+        let mut flushed: Vec<(u32, String)> = Vec::new();
+        for (((db, which, _, args), reply), sent) in calls.iter().zip(replies).zip(sent) {
             if *which == Which::Flush {
                 let (deleted, _) = parse_flush_reply(reply)?;
                 if deleted >= 0 {
                     out.applied += 1;
+                    flushed.push((*db, String::from_utf8_lossy(&args[0]).into_owned()));
                 } else {
                     out.older += 1;
                 }
@@ -181,6 +187,103 @@ impl Store {
                 }
             }
         }
+        for (db, stamp) in flushed {
+            self.flush_in_slices(db, &stamp).await?;
+        }
         Ok(out)
     }
+
+    /// [`Store::flush_in_slices`] in one script call over every bucket:
+    /// how a peer's flush was applied before (the baseline of
+    /// `benches/flush.rs`).
+    pub async fn flush_in_one_call(&mut self, db: u32, stamp: &str) -> Result<Slices, StoreError> {
+        self.flush_sliced(db, stamp, META_BUCKETS as usize).await
+    }
+
+    /// Deletes the keys of database `db` recorded older than the peer's
+    /// flush `stamp`, whose floor is already up, a few buckets per script
+    /// call (scripts/flushslice.lua): each call is sized to take about
+    /// [`SLICE_TARGET`] of Redis's time. Keys written here since the flush
+    /// began stay. Returns what it did.
+    pub async fn flush_in_slices(&mut self, db: u32, stamp: &str) -> Result<Slices, StoreError> {
+        self.flush_sliced(db, stamp, 0).await
+    }
+
+    /// The slices of a flush; `fixed` buckets per call, or sized by time
+    /// when 0.
+    async fn flush_sliced(
+        &mut self,
+        db: u32,
+        stamp: &str,
+        fixed: usize,
+    ) -> Result<Slices, StoreError> {
+        let began = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let started = std::time::Instant::now();
+        let mut done = Slices::default();
+        let mut size = if fixed > 0 { fixed } else { 1 };
+        let mut next = 0u32;
+        while next < META_BUCKETS {
+            let end = (next + size as u32).min(META_BUCKETS);
+            let mut keys = vec![APPLY_MARKER_KEY.as_bytes().to_vec()];
+            keys.extend((next..end).map(|b| format!("{META_PREFIX}{b}").into_bytes()));
+            let t = std::time::Instant::now();
+            let reply = self
+                .run_one(
+                    db,
+                    Which::FlushSlice,
+                    keys,
+                    vec![stamp.as_bytes().to_vec(), began.to_string().into_bytes()],
+                )
+                .await?;
+            let took = t.elapsed();
+            let (deleted, kept): (u64, u64) = redis::from_redis_value(reply)
+                .map_err(|e| StoreError::BadReply(format!("flush slice: {e}")))?;
+            done.deleted += deleted;
+            done.kept += kept;
+            done.calls += 1;
+            done.longest = done.longest.max(took);
+            next = end;
+            // The next slice sized from this one's time (a round trip
+            // included, so slices err on the small side).
+            let per_bucket = took.as_secs_f64() / size as f64;
+            size = if fixed > 0 {
+                fixed
+            } else if per_bucket > 0.0 {
+                ((SLICE_TARGET.as_secs_f64() / per_bucket) as usize).clamp(1, MAX_SLICE_BUCKETS)
+            } else {
+                MAX_SLICE_BUCKETS
+            };
+        }
+        tracing::info!(
+            db,
+            deleted = done.deleted,
+            kept_as_newer = done.kept,
+            calls = done.calls,
+            longest_call_ms = done.longest.as_secs_f64() * 1e3,
+            secs = started.elapsed().as_secs_f64(),
+            "a peer's flush applied"
+        );
+        Ok(done)
+    }
+}
+
+/// Redis time one flush slice should take.
+pub const SLICE_TARGET: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Most metadata buckets one flush slice reads.
+const MAX_SLICE_BUCKETS: usize = 256;
+
+/// What a peer's flush applied in slices did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Slices {
+    /// Keys deleted.
+    pub deleted: u64,
+    /// Keys written since the flush began, kept (their old records went).
+    pub kept: u64,
+    /// Script calls.
+    pub calls: u64,
+    /// The longest call, round trip included.
+    pub longest: std::time::Duration,
 }

@@ -13,6 +13,7 @@ const CLAIM: &str = include_str!("scripts/claim.lua");
 const DIGEST: &str = include_str!("scripts/digest.lua");
 const COLLECT: &str = include_str!("scripts/collect.lua");
 const FORGET: &str = include_str!("scripts/forget.lua");
+const FLUSH_SLICE: &str = include_str!("scripts/flushslice.lua");
 
 /// Which of the scripts a pipelined call runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,10 +28,11 @@ pub(super) enum Which {
     Digest,
     Collect,
     Forget,
+    FlushSlice,
 }
 
 impl Which {
-    pub(super) const ALL: [Which; 10] = [
+    pub(super) const ALL: [Which; 11] = [
         Which::Stamp,
         Which::Apply,
         Which::Flush,
@@ -41,6 +43,7 @@ impl Which {
         Which::Digest,
         Which::Collect,
         Which::Forget,
+        Which::FlushSlice,
     ];
 
     pub(super) fn source(self) -> &'static str {
@@ -55,6 +58,7 @@ impl Which {
             Which::Digest => DIGEST,
             Which::Collect => COLLECT,
             Which::Forget => FORGET,
+            Which::FlushSlice => FLUSH_SLICE,
         }
     }
 }

@@ -31,7 +31,8 @@ end
 redis.call('INCR', KEYS[2])
 -- A key without a record is older than the database's last flush and
 -- than the frontier its tombstones were collected up to.
-local floor = redis.call('GET', KEYS[1])
+local flushed = redis.call('GET', KEYS[1])
+local floor = flushed
 local collected = redis.call('GET', '__geosync:collected')
 if collected and (not floor or collected > floor) then floor = collected end
 local out = {}
@@ -54,7 +55,12 @@ for i = 3, #KEYS, 3 do
   end
   local rec = parse_record(redis.call('HGET', bucket, key))
   local current = floor
-  if rec ~= nil then current = rec.stamp end
+  if rec ~= nil then
+    current = rec.stamp
+    -- A record older than the last flush is one the flush's slices have
+    -- not reached yet (decision 018): the flush is what the key holds.
+    if flushed and flushed > current then current = flushed end
+  end
   if current and current >= stamp then
     if op == 'S' then redis.call('UNLINK', building) end
     out[#out + 1] = 0

@@ -21,6 +21,9 @@ if not floor or floor < frontier then
   redis.call('SET', COLLECTED, frontier)
 end
 local now = now_ms()
+-- Records older than the last flush are what a peer's flush left for its
+-- slices when the agent stopped halfway (decision 018): finished here.
+local flushed = redis.call('GET', '__geosync:floor')
 local dropped, kept = 0, 0
 for _, bucket in ipairs(KEYS) do
   local flat = redis.call('HGETALL', bucket)
@@ -28,7 +31,10 @@ for _, bucket in ipairs(KEYS) do
     local key, rec = flat[i], parse_record(flat[i + 1])
     local gone = rec.flag == 't'
         or (rec.expiry and rec.expiry <= now and redis.call('EXISTS', key) == 0)
-    if gone and rec.stamp < frontier then
+    if flushed and rec.stamp < flushed then
+      drop_flushed(bucket, key, rec, 2)
+      dropped = dropped + 1
+    elseif gone and rec.stamp < frontier then
       redis.call('HDEL', bucket, key)
       digest_moved(bucket, key, rec.stamp, nil)
       dropped = dropped + 1

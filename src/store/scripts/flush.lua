@@ -2,7 +2,12 @@
 -- stamp is older than ARGV[1], drops their metadata, and raises the
 -- database's flush floor to ARGV[1].
 --
--- From a peer (ARGV[3] = 'peer') keys never stamped are deleted too.
+-- From a peer (ARGV[3] = 'peer') only the floor is raised here: no change
+-- older than the flush applies any more, and the agent then deletes the
+-- keys recorded older than it a few buckets at a time (flushslice.lua,
+-- decision 018), so that a large database does not block Redis. Keys never
+-- stamped (a client's write the agent has not stamped yet) stay: they are
+-- stamped after the flush.
 --
 -- In the region where the FLUSHDB ran (ARGV[3] = 'local') Redis already
 -- emptied the database, metadata included, so every record found here was
@@ -42,23 +47,20 @@ if floor and floor == stamp and not from_peer then
   return { 0, keys }
 end
 if floor and floor >= stamp then return { -1, {} } end
+if from_peer then
+  redis.call('SET', KEYS[1], stamp)
+  return { 0, {} }
+end
 local deleted = 0
 local restamp = {}
 local cursor = '0'
-local buckets, users = {}, {}
+local buckets = {}
 repeat
-  local r = redis.call('SCAN', cursor, 'COUNT', 1000)
+  local r = redis.call('SCAN', cursor, 'MATCH', prefix .. '*', 'COUNT', 1000)
   cursor = r[1]
-  for _, key in ipairs(r[2]) do
-    if string.sub(key, 1, #prefix) == prefix then
-      buckets[#buckets + 1] = key
-    elseif string.sub(key, 1, 10) ~= '__geosync:' then
-      users[#users + 1] = key
-    end
-  end
+  for _, key in ipairs(r[2]) do buckets[#buckets + 1] = key end
 until cursor == '0'
 -- metadata older than the flush goes; keys stamped after it stay
-local keep = {}
 for _, bucket in ipairs(buckets) do
   local flat = redis.call('HGETALL', bucket)
   for i = 1, #flat, 2 do
@@ -66,22 +68,12 @@ for _, bucket in ipairs(buckets) do
     if rec.stamp < stamp then
       redis.call('HDEL', bucket, flat[i])
       digest_moved(bucket, flat[i], rec.stamp, nil)
-      if not from_peer then
-        if string.sub(rec.stamp, -4) == me then
-          restamp[#restamp + 1] = flat[i]
-        else
-          deleted = deleted + redis.call('DEL', flat[i])
-        end
+      if string.sub(rec.stamp, -4) == me then
+        restamp[#restamp + 1] = flat[i]
+      else
+        deleted = deleted + redis.call('DEL', flat[i])
       end
-    else
-      keep[flat[i]] = true
     end
-  end
-end
-for _, key in ipairs(users) do
-  if from_peer and not keep[key] then
-    redis.call('DEL', key)
-    deleted = deleted + 1
   end
 end
 redis.call('SET', KEYS[1], stamp)

@@ -232,6 +232,30 @@ local function digest(state)
   return string.sub(redis.sha1hex(table.concat(parts, '|')), 1, 16)
 end
 
+-- A record older than the database's last flush, which a peer's flush
+-- left for its slices (decision 018): the record goes, and its key too,
+-- unless the key was written since the flush began, `age_s` seconds ago
+-- at most: touched since (OBJECT IDLETIME, which does not touch the key
+-- itself; every key under an LFU policy, where Redis keeps no idle time)
+-- and no longer what the record describes. Such a write is newer than the
+-- flush; the agent stamps it (it is in the stream). The bucket's digest
+-- follows unless `digest_later` (the caller computes it once per bucket).
+-- Returns 'deleted', 'kept' or 'gone' (no key).
+local function drop_flushed(bucket, key, rec, age_s, digest_later)
+  redis.call('HDEL', bucket, key)
+  if not digest_later then digest_moved(bucket, key, rec.stamp, nil) end
+  local ok, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', key)
+  if ok and not idle then return 'gone' end
+  if not ok or idle <= age_s then
+    if redis.call('EXISTS', key) == 0 then return 'gone' end
+    if rec.flag == 't' then return 'kept' end
+    local state = read_state(key, true)
+    if state ~= nil and digest(state) ~= rec.digest then return 'kept' end
+  end
+  redis.call('UNLINK', key)
+  return 'deleted'
+end
+
 local function push_chunks(cmd, key, items, from, to, step)
   local args = {}
   for i = from, to do
