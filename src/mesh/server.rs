@@ -124,6 +124,17 @@ impl Receiver {
 
     /// Checks what every call states (see [`caller_refusal`]); a refusal is
     /// counted and logged.
+    /// Refuses a database this Redis does not have.
+    fn check_db(&self, db: u32) -> Result<(), Status> {
+        if db >= self.databases {
+            return Err(Status::invalid_argument(format!(
+                "database {db} does not exist here (databases {}): set the same `databases` in every region",
+                self.databases
+            )));
+        }
+        Ok(())
+    }
+
     fn check_caller(
         &self,
         conn: Option<&PeerConn>,
@@ -398,12 +409,7 @@ impl Replication for Receiver {
         let conn = request.extensions().get::<PeerConn>().cloned();
         let req = request.into_inner();
         self.check_caller(conn.as_ref(), req.protocol_version, &req.mesh, req.node_id)?;
-        if req.db >= self.databases {
-            return Err(Status::invalid_argument(format!(
-                "database {} does not exist here (databases {}): set the same `databases` in every region",
-                req.db, self.databases
-            )));
-        }
+        self.check_db(req.db)?;
         let groups = super::wire::group_count();
         if let Some(g) = req.groups.iter().find(|g| **g >= groups) {
             return Err(Status::invalid_argument(format!(
@@ -461,12 +467,7 @@ impl Replication for Receiver {
         let conn = request.extensions().get::<PeerConn>().cloned();
         let req = request.into_inner();
         self.check_caller(conn.as_ref(), req.protocol_version, &req.mesh, req.node_id)?;
-        if req.db >= self.databases {
-            return Err(Status::invalid_argument(format!(
-                "database {} does not exist here (databases {}): set the same `databases` in every region",
-                req.db, self.databases
-            )));
-        }
+        self.check_db(req.db)?;
         if req.keys.len() > super::wire::MAX_RECORDS_ASKED {
             return Err(Status::invalid_argument(format!(
                 "{} keys asked; at most {} per call",

@@ -85,16 +85,11 @@ pub fn partial_resync_after_agent_restart_in(mesh: &mut Mesh) {
 /// records).
 pub fn lose(r: &Redis, keys: &[String]) {
     let mut c = r.conn();
-    let mut p = redis::pipe();
-    p.atomic()
-        .cmd("SET")
-        .arg("__geosync:applied")
-        .arg("1")
-        .ignore();
-    for k in keys {
-        p.cmd("DEL").arg(k).ignore();
-    }
-    p.query::<()>(&mut c).unwrap();
+    behind_the_agents(&mut c, |p| {
+        for k in keys {
+            p.cmd("DEL").arg(k).ignore();
+        }
+    });
     let forget = redis::Script::new(&format!(
         "{XOR_HEX}{}",
         r#"
@@ -124,21 +119,16 @@ pub fn lose(r: &Redis, keys: &[String]) {
 /// records and bucket digests change as decision 013 defines them.
 pub fn bring_back(r: &Redis, keys: &[(String, Vec<u8>, String)]) {
     let mut c = r.conn();
-    let mut p = redis::pipe();
-    p.atomic()
-        .cmd("SET")
-        .arg("__geosync:applied")
-        .arg("1")
-        .ignore();
-    for (k, dump, _) in keys {
-        p.cmd("RESTORE")
-            .arg(k)
-            .arg(0)
-            .arg(dump)
-            .arg("REPLACE")
-            .ignore();
-    }
-    p.query::<()>(&mut c).unwrap();
+    behind_the_agents(&mut c, |p| {
+        for (k, dump, _) in keys {
+            p.cmd("RESTORE")
+                .arg(k)
+                .arg(0)
+                .arg(dump)
+                .arg("REPLACE")
+                .ignore();
+        }
+    });
     let record = redis::Script::new(&format!(
         "{XOR_HEX}{}",
         r#"
@@ -159,6 +149,20 @@ pub fn bring_back(r: &Redis, keys: &[(String, Vec<u8>, String)]) {
         let added: i64 = record.key(k).key(bucket).arg(rec).invoke(&mut c).unwrap();
         assert_eq!(added, 1, "{k} recorded again");
     }
+}
+
+/// Runs the commands `add` puts in a transaction that starts with
+/// geosync's apply marker: the tailer takes it for geosync's own and
+/// ships nothing of it.
+fn behind_the_agents(c: &mut redis::Connection, add: impl FnOnce(&mut redis::Pipeline)) {
+    let mut p = redis::pipe();
+    p.atomic()
+        .cmd("SET")
+        .arg("__geosync:applied")
+        .arg("1")
+        .ignore();
+    add(&mut p);
+    p.query::<()>(c).unwrap();
 }
 
 /// Lua: the XOR of two 40-digit hex strings, as geosync's scripts combine
