@@ -203,7 +203,7 @@ impl Store {
     /// Deletes the keys of database `db` recorded older than the peer's
     /// flush `stamp`, whose floor is already up, a few buckets per script
     /// call (scripts/flushslice.lua): each call is sized to take about
-    /// [`SLICE_TARGET`] of Redis's time. Keys written here since the flush
+    /// `SLICE_TARGET` (2 ms) of Redis's time. Keys written here since the flush
     /// began stay. Returns what it did.
     pub async fn flush_in_slices(&mut self, db: u32, stamp: &str) -> Result<Slices, StoreError> {
         self.flush_sliced(db, stamp, 0).await
