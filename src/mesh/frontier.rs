@@ -67,14 +67,6 @@ impl Frontier {
         slot.1 = Instant::now();
     }
 
-    /// The stable frontier: the least of this node's delivered stamp and
-    /// every peer's last report; None while one of them is unknown (or
-    /// without peers, where nothing needs keeping... nor collecting).
-    pub fn stable(&self) -> Option<String> {
-        let r = self.reported.lock().expect("frontier lock");
-        self.stable_in(&r)
-    }
-
     /// The stable frontier and the peers silent for longer than
     /// `horizon`, read from one state of the reports: a report arriving in
     /// between cannot let a collection pass while the metric still says
@@ -84,6 +76,9 @@ impl Frontier {
         (self.stable_in(&r), self.silent_in(&r, horizon))
     }
 
+    /// The stable frontier: the least of this node's delivered stamp and
+    /// every peer's last report; None while one of them is unknown (or
+    /// without peers, where nothing needs keeping... nor collecting).
     fn stable_in(&self, r: &HashMap<String, (String, Instant)>) -> Option<String> {
         if self.peers.is_empty() {
             return None;

@@ -26,7 +26,7 @@
 //! `maxmemory` (the `allkeys-*` policies are refused at start). Nothing
 //! else pays for it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -273,28 +273,24 @@ impl Outlet {
         let Some(w) = &mut self.watch else {
             return Ok(());
         };
-        let Some(n) = std::str::from_utf8(payload).ok().and_then(|p| {
-            p.strip_prefix(&w.session)?
-                .strip_prefix(':')?
-                .parse::<u64>()
-                .ok()
-        }) else {
+        let Some(n) = tick_number(payload, &w.session) else {
             return Ok(());
         };
-        let Some(opened) = w.epoch.replace(n) else {
+        // This session's first tick opens the first watched epoch.
+        if w.epoch.replace(n).is_none() {
             return Ok(());
-        };
+        }
         let evicted = w.evictions_until(n).await?;
         let mut count: HashMap<(u32, Bytes), u32> = HashMap::new();
         for k in evicted {
             *count.entry(k).or_default() += 1;
         }
         let deletes = std::mem::take(&mut w.deletes);
-        let mut local = HashMap::new();
+        let mut local = HashSet::new();
         for (k, e) in count {
             let d = deletes.get(&k).copied().unwrap_or(0);
             let outcome = if e == d {
-                local.insert(k, ());
+                local.insert(k);
                 "local"
             } else if d == 0 {
                 // Evicted, yet no delete of it in the epoch: cannot be
@@ -308,14 +304,13 @@ impl Outlet {
                 .get_or_create(&Metrics::outcome(outcome))
                 .inc_by(u64::from(e));
         }
-        let _ = opened;
         w.held_since = None;
         for (ev, deleted) in std::mem::take(&mut w.held) {
             let ev = match ev {
                 TailEvent::Dirty(keys) if !local.is_empty() => {
                     let keys: Vec<(u32, Bytes)> = keys
                         .into_iter()
-                        .filter(|k| !(local.contains_key(k) && deleted.contains(k)))
+                        .filter(|k| !(local.contains(k) && deleted.contains(k)))
                         .collect();
                     if keys.is_empty() {
                         continue;
@@ -407,10 +402,7 @@ async fn run(
                 let payload = msg.get_payload_bytes();
                 let mut seen = shared.seen.lock().expect("seen lock");
                 if channel == TICK_CHANNEL {
-                    if let Some(n) = std::str::from_utf8(payload)
-                        .ok()
-                        .and_then(|p| p.strip_prefix(&session)?.strip_prefix(':')?.parse().ok())
-                    {
+                    if let Some(n) = tick_number(payload, &session) {
                         seen.tick = n;
                     }
                 } else if seen.tick > 0
@@ -440,6 +432,17 @@ async fn run(
             }
         }
     }
+}
+
+/// The number of a tick of `session` (`<session>:<n>`); None for another
+/// session's.
+fn tick_number(payload: &[u8], session: &str) -> Option<u64> {
+    std::str::from_utf8(payload)
+        .ok()?
+        .strip_prefix(session)?
+        .strip_prefix(':')?
+        .parse()
+        .ok()
 }
 
 /// The database of an `__keyevent@<db>__:evicted` channel.

@@ -33,7 +33,7 @@ pub(super) struct Multi {
     /// Of those, keys a `DEL` or `UNLINK` wrote, and keys other commands
     /// wrote (an eviction sends a `DEL`; decision 016).
     deleted: Vec<(u32, Bytes)>,
-    written: Vec<(u32, Bytes)>,
+    written: std::collections::HashSet<(u32, Bytes)>,
     /// The block is geosync's own apply script (its first write is the marker).
     ours: bool,
     /// No command of the block has been seen yet.
