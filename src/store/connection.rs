@@ -148,6 +148,20 @@ impl Store {
         }
     }
 
+    /// Sends `pipe`, dropping the connection on connection errors so the
+    /// next call reconnects.
+    pub(super) async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn().await?;
+        let reply: Result<T, RedisError> = pipe.query_async(conn).await;
+        reply.map_err(|e| {
+            self.forget_broken(&e);
+            e.into()
+        })
+    }
+
     pub(super) fn script(&self, which: Which) -> &Script {
         &self.scripts[which as usize]
     }

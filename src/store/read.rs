@@ -117,19 +117,10 @@ impl Store {
 
     /// The string at `key` of database `db`.
     async fn get_in(&mut self, db: u32, key: &str) -> Result<Option<String>, StoreError> {
-        let conn = self.conn().await?;
-        let reply: Result<(Option<String>,), _> = redis::pipe()
-            .cmd("SELECT")
-            .arg(db)
-            .ignore()
-            .cmd("GET")
-            .arg(key)
-            .query_async(conn)
-            .await;
-        reply.map(|(f,)| f).map_err(|e| {
-            self.forget_broken(&e);
-            e.into()
-        })
+        let mut pipe = redis::pipe();
+        pipe.cmd("SELECT").arg(db).ignore().cmd("GET").arg(key);
+        let (value,): (Option<String>,) = self.query(&pipe).await?;
+        Ok(value)
     }
 
     /// The stamp recorded for each of `keys` in database `db`, in order
@@ -139,17 +130,12 @@ impl Store {
         db: u32,
         keys: &[Vec<u8>],
     ) -> Result<Vec<String>, StoreError> {
-        let conn = self.conn().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("SELECT").arg(db).ignore();
         for k in keys {
             pipe.cmd("HGET").arg(meta_bucket(k)).arg(k);
         }
-        let reply: Result<Vec<Option<String>>, _> = pipe.query_async(conn).await;
-        let raw = reply.map_err(|e| {
-            self.forget_broken(&e);
-            StoreError::from(e)
-        })?;
+        let raw: Vec<Option<String>> = self.query(&pipe).await?;
         Ok(raw
             .into_iter()
             .map(|r| {
@@ -171,17 +157,12 @@ impl Store {
     ) -> Result<Vec<(Vec<u8>, String)>, StoreError> {
         let mut out = Vec::new();
         for group in buckets.chunks(BUCKETS_PER_READ) {
-            let conn = self.conn().await?;
             let mut pipe = redis::pipe();
             pipe.cmd("SELECT").arg(db).ignore();
             for name in bucket_names(group) {
                 pipe.cmd("HGETALL").arg(name);
             }
-            let reply: Result<Vec<Vec<Field>>, _> = pipe.query_async(conn).await;
-            let buckets = reply.map_err(|e| {
-                self.forget_broken(&e);
-                StoreError::from(e)
-            })?;
+            let buckets: Vec<Vec<Field>> = self.query(&pipe).await?;
             for (key, raw) in buckets.into_iter().flatten() {
                 if let Some(r) = Record::parse(&raw)
                     && r.stamp < below
@@ -224,18 +205,10 @@ impl Store {
 
     /// The number of keys of database `db`, geosync's own included.
     pub async fn dbsize(&mut self, db: u32) -> Result<u64, StoreError> {
-        let conn = self.conn().await?;
-        let reply: Result<(u64,), _> = redis::pipe()
-            .cmd("SELECT")
-            .arg(db)
-            .ignore()
-            .cmd("DBSIZE")
-            .query_async(conn)
-            .await;
-        reply.map(|(n,)| n).map_err(|e| {
-            self.forget_broken(&e);
-            e.into()
-        })
+        let mut pipe = redis::pipe();
+        pipe.cmd("SELECT").arg(db).ignore().cmd("DBSIZE");
+        let (n,): (u64,) = self.query(&pipe).await?;
+        Ok(n)
     }
 
     /// The digest of each numbered metadata bucket of database `db`, as
