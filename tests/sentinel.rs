@@ -23,7 +23,7 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn setup(master_args: &[&str], replicas: usize) -> Setup {
+fn setup(master_args: &[&str], replicas: usize, agent_args: &[&str]) -> Setup {
     let master = Redis::start(master_args);
     let mut args: Vec<String> = master_args.iter().map(|a| a.to_string()).collect();
     args.extend([
@@ -53,7 +53,9 @@ fn setup(master_args: &[&str], replicas: usize) -> Setup {
     });
     let dir = tempfile::tempdir().unwrap();
     let (l1, l2, a1, a2) = (free_port(), free_port(), free_port(), free_port());
+    let agent_args: Vec<String> = agent_args.iter().map(|a| a.to_string()).collect();
     let mut extra = vec!["--master-name".to_string(), "mymaster".to_string()];
+    extra.extend(agent_args.clone());
     for s in &sentinels {
         extra.push("--sentinel".into());
         extra.push(format!("127.0.0.1:{}", s.port));
@@ -62,7 +64,7 @@ fn setup(master_args: &[&str], replicas: usize) -> Setup {
     let mut region1 =
         Agent::start_with(1, "redis://127.0.0.1:1", l1, a1, &[l2], dir.path(), &extra);
     let other = Redis::start(&[]);
-    let mut agent2 = Agent::start(2, &other.url(), l2, a2, &[l1], dir.path());
+    let mut agent2 = Agent::start_with(2, &other.url(), l2, a2, &[l1], dir.path(), &agent_args);
     wait_until("agents ready", SETTLE, || {
         region1.is_ready() && agent2.is_ready()
     });
@@ -104,6 +106,44 @@ impl Setup {
                 repl_offset(r, "slave_repl_offset:") >= target
             });
         }
+    }
+
+    /// Cuts the replica off from the master on `master_port` for real
+    /// (see below); a connection to it.
+    fn cut_off_replica(&self, master_port: u16) -> redis::Connection {
+        let replica = self.servers.iter().find(|r| r.port != master_port).unwrap();
+        let mut rc = replica.conn();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("masterauth")
+            .arg("not-the-password")
+            .query(&mut rc)
+            .unwrap();
+        let _: () = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("master")
+            .query(&mut rc)
+            .unwrap();
+        wait_until("the replica's link to the master is down", SETTLE, || {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut rc)
+                .unwrap();
+            info.contains("master_link_status:down")
+        });
+        rc
+    }
+
+    /// Kills the master on `port` and waits until Sentinel promoted another.
+    fn kill_master(&mut self, port: u16) {
+        let pos = self.servers.iter().position(|r| r.port == port).unwrap();
+        drop(self.servers.remove(pos));
+        wait_until("the replica is promoted", SETTLE, || {
+            self.sentinels
+                .iter()
+                .all(|x| x.master().is_some_and(|p| p != port))
+        });
     }
 
     fn master(&self) -> &Redis {
@@ -172,7 +212,7 @@ impl Setup {
 
 #[test]
 fn a_failover_continues_the_stream_with_psync() {
-    let s = setup(&[], 2);
+    let s = setup(&[], 2, &[]);
     let _: () = s.master().conn().set("before", "1").unwrap();
     s.wait_in_region2("before", "1");
     // A planned failover: the old master stops taking writes (Sentinel's
@@ -217,7 +257,7 @@ fn a_failover_continues_the_stream_with_psync() {
 
 #[test]
 fn a_failover_after_the_backlog_moved_on_resyncs_fully() {
-    let mut s = setup(&["--repl-backlog-size", "16kb"], 2);
+    let mut s = setup(&["--repl-backlog-size", "16kb"], 2, &[]);
     let _: () = s.master().conn().set("before", "1").unwrap();
     s.wait_in_region2("before", "1");
     s.region1.kill();
@@ -263,7 +303,7 @@ fn a_failover_after_the_backlog_moved_on_resyncs_fully() {
 /// replica's socket buffer and be read when it resumes.)
 #[test]
 fn writes_the_promoted_replica_lacks_come_back_from_a_peer() {
-    let mut s = setup(&[], 1);
+    let mut s = setup(&[], 1, &[]);
     let old = s.master().port;
     let mut m = s.master().conn();
     let _: () = m.set("kept", "1").unwrap();
@@ -273,28 +313,7 @@ fn writes_the_promoted_replica_lacks_come_back_from_a_peer() {
     s.wait_in_region2("overwritten", "old");
     s.replicas_caught_up(old);
 
-    // Cut the replica off from the master.
-    let replica = s.servers.iter().find(|r| r.port != old).unwrap();
-    let mut rc = replica.conn();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("masterauth")
-        .arg("not-the-password")
-        .query(&mut rc)
-        .unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("master")
-        .query(&mut rc)
-        .unwrap();
-    wait_until("the replica's link to the master is down", SETTLE, || {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut rc)
-            .unwrap();
-        info.contains("master_link_status:down")
-    });
+    let mut rc = s.cut_off_replica(old);
 
     // Writes only the old master (and through its agent, region 2) gets.
     let lost: Vec<String> = (0..20).map(|i| format!("lost:{i}")).collect();
@@ -322,13 +341,7 @@ fn writes_the_promoted_replica_lacks_come_back_from_a_peer() {
 
     // The old master dies; Sentinel promotes the replica.
     drop(m);
-    let pos = s.servers.iter().position(|r| r.port == old).unwrap();
-    drop(s.servers.remove(pos));
-    wait_until("the replica is promoted", SETTLE, || {
-        s.sentinels
-            .iter()
-            .all(|x| x.master().is_some_and(|p| p != old))
-    });
+    s.kill_master(old);
     let new = s.master();
     let mut nm = new.conn();
     wait_until("the lost writes reach the new master", SETTLE, || {
@@ -368,4 +381,81 @@ fn writes_the_promoted_replica_lacks_come_back_from_a_peer() {
         1.0,
         "the new master was reconciled with a peer once"
     );
+}
+
+/// The promoted replica holds a write region 1's agent had not stamped when
+/// the replica lost its link (its record still describes the value before),
+/// and region 2 overwrote that write since. The promoted replica's older
+/// value must not win: it was first seen in a snapshot, so it is stamped
+/// just above what region 1 had reached, below region 2's write (decision
+/// 019). Region 2's agent is away during the failover, so no rebuild from
+/// it comes first; anti-entropy repairs region 1 afterwards.
+#[test]
+fn a_promoted_replica_with_unstamped_writes_does_not_bring_back_old_values() {
+    // Rounds every second: region 1 records what it reached (decision 019).
+    let mut s = setup(&[], 1, &["--anti-entropy-interval-secs", "1"]);
+    let old = s.master().port;
+    let mut m = s.master().conn();
+    let _: () = m.set("k", "v1").unwrap();
+    let _: () = m.set("gone", "v1").unwrap();
+    s.wait_in_region2("k", "v1");
+    s.wait_in_region2("gone", "v1");
+    wait_until("region 1 records the stamp it reached", SETTLE, || {
+        m.get::<_, Option<String>>("__geosync:reached")
+            .unwrap()
+            .is_some()
+    });
+
+    // Writes region 1's agent stamps only after the replica lost its link.
+    s.region1.kill();
+    let _: () = m.set("k", "v2").unwrap();
+    let _: () = m.set("gone", "v2").unwrap();
+    s.replicas_caught_up(old);
+    let mut rc = s.cut_off_replica(old);
+    s.region1.restart();
+    wait_until("region 1's agent ready", SETTLE, || s.region1.is_ready());
+    s.wait_in_region2("k", "v2");
+    s.wait_in_region2("gone", "v2");
+
+    // Region 2 writes after them; the old master gets it.
+    let mut c2 = s.region2.redis.conn();
+    let _: () = c2.set("k", "v3").unwrap();
+    let _: () = c2.del("gone").unwrap();
+    wait_until("region 2's writes reach the old master", SETTLE, || {
+        m.get::<_, Option<String>>("k").unwrap().as_deref() == Some("v3")
+            && !m.exists::<_, bool>("gone").unwrap()
+    });
+    assert_eq!(
+        rc.get::<_, Option<String>>("k").unwrap().as_deref(),
+        Some("v2"),
+        "the replica holds the unstamped write"
+    );
+
+    // The old master dies while region 2's agent is away.
+    s.region2.agent.kill();
+    drop(m);
+    s.kill_master(old);
+    // Whether the promoted replica continues the stream or not, the two
+    // keys that differ from their records are stamped low.
+    wait_until(
+        "region 1's agent stamps the new master's older values",
+        SETTLE,
+        || s.region1.metric("geosync_changes_stamped_low_total") >= 2.0,
+    );
+    s.region2.agent.restart();
+    wait_until("region 2's agent ready", SETTLE, || {
+        s.region2.agent.is_ready()
+    });
+    let mut nm = s.master().conn();
+    wait_until("region 2's writes win on the new master", SETTLE, || {
+        nm.get::<_, Option<String>>("k").unwrap().as_deref() == Some("v3")
+            && !nm.exists::<_, bool>("gone").unwrap()
+    });
+    s.converged();
+    assert_eq!(
+        c2.get::<_, Option<String>>("k").unwrap().as_deref(),
+        Some("v3"),
+        "the promoted replica's older value reached region 2"
+    );
+    assert!(!c2.exists::<_, bool>("gone").unwrap());
 }

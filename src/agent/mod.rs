@@ -281,6 +281,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         reship: None,
         reshipped_large: Default::default(),
         snapshots_done: false,
+        snapshot_keys: Default::default(),
         position: position_tx,
         module_keys: Default::default(),
         too_large_logged: Default::default(),
@@ -323,7 +324,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     // What this node delivered, and what its peers say they did: the
     // frontier tombstones are collected below (peers tell it in
     // anti-entropy rounds, so collection needs anti-entropy).
-    let frontier = Arc::new(mesh::frontier::Frontier::new(outbox.clone(), &config.peers));
+    let frontier = Arc::new(mesh::frontier::Frontier::new(
+        outbox.clone(),
+        &config.peers,
+        position_rx.clone(),
+    ));
     if let (Some(interval), Some(_)) = (
         config.tombstone_collect_interval,
         config.anti_entropy_interval,

@@ -15,9 +15,17 @@ pub enum TailEvent {
     Dirty(Vec<(u32, Bytes)>),
     /// FLUSHDB of one database, or FLUSHALL (`None`).
     Flush(Option<u32>),
-    /// A full resync starts: the keys that follow, up to `SnapshotDone`,
-    /// are the snapshot's and the metadata's.
-    SnapshotStart,
+    /// A resync starts: the keys that follow, up to `SnapshotDone`, are the
+    /// snapshot's and the metadata's (a full resync), or this node's own
+    /// records and the backlog of writes made while the agent was away (a
+    /// partial one).
+    SnapshotStart {
+        /// The Redis may hold less than the agent saw: a full resync (it
+        /// may have restarted from an older RDB), or a stream continued by
+        /// a promoted replica. The keys reported until `SnapshotDone`
+        /// changed at unknown times since their record (decision 019).
+        rewound: bool,
+    },
     /// Every key of a full resync's snapshot has been reported.
     SnapshotDone,
     /// Every write up to this point of the stream has been reported; once

@@ -240,6 +240,37 @@ impl Redis {
         self.wait_up();
     }
 
+    /// Saves the dataset now (`SAVE`) and keeps a copy of the file under
+    /// `name` in the server's directory, for [`Redis::restart_from`].
+    pub fn save_copy(&self, name: &str) -> PathBuf {
+        let _: () = redis::cmd("SAVE")
+            .query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("SAVE on port {}: {e}", self.port));
+        let copy = self.dir.path().join(name);
+        std::fs::copy(self.dir.path().join("dump.rdb"), &copy)
+            .unwrap_or_else(|e| panic!("copy the dump of port {}: {e}", self.port));
+        copy
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port from
+    /// the dataset in `dump` (a file [`Redis::save_copy`] kept): a Redis
+    /// restarted from an older snapshot than its last state, with a new
+    /// replication id.
+    pub fn restart_from(&mut self, dump: &Path) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::copy(dump, self.dir.path().join("dump.rdb"))
+            .unwrap_or_else(|e| panic!("put back {}: {e}", dump.display()));
+        self.child = Self::spawn(
+            &self.bin,
+            self.port,
+            self.dir.path(),
+            self.tls.as_ref(),
+            &self.args,
+        );
+        self.wait_up();
+    }
+
     /// The URL agents and clients use (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() {

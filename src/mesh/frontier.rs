@@ -19,11 +19,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::outbox::Outbox;
 use crate::base::hlc;
+use crate::base::position::Position;
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
 use crate::store::{META_BUCKETS, Store};
@@ -32,16 +34,25 @@ use crate::store::{META_BUCKETS, Store};
 pub struct Frontier {
     outbox: Arc<Outbox>,
     peers: Vec<String>,
+    /// The stream position the stamper has stamped up to: its replication
+    /// id names the Redis this agent is in step with.
+    followed: watch::Receiver<Option<Position>>,
     /// Per peer address, its last reported delivered stamp and when.
     reported: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl Frontier {
-    /// The frontier of this agent, whose outbox serves `peers`.
-    pub fn new(outbox: Arc<Outbox>, peers: &[String]) -> Frontier {
+    /// The frontier of this agent, whose outbox serves `peers`; `followed`
+    /// is the stamper's stream position.
+    pub fn new(
+        outbox: Arc<Outbox>,
+        peers: &[String],
+        followed: watch::Receiver<Option<Position>>,
+    ) -> Frontier {
         Frontier {
             outbox,
             peers: peers.to_vec(),
+            followed,
             reported: Mutex::new(HashMap::new()),
         }
     }
@@ -49,6 +60,34 @@ impl Frontier {
     /// This node's delivered stamp ("" when it has none yet).
     pub fn own(&self) -> String {
         self.outbox.delivered().unwrap_or_default()
+    }
+
+    /// What to tell a peer this node delivered ("" for nothing yet): its
+    /// delivered stamp, once the local Redis records it as reached (decision
+    /// 019). A peer may collect tombstones up to it, so a change first seen
+    /// in a later snapshot of this Redis is stamped above it and is not
+    /// turned away. Nothing is told while the local Redis is not the one
+    /// whose stream was stamped (it restarted, or another server took over,
+    /// and the resync has not caught up), nor when it cannot be written.
+    pub async fn report(&self, store: &mut Store) -> String {
+        let delivered = self.own();
+        let replid = self.followed.borrow().as_ref().map(|p| p.replid.clone());
+        let (false, Some(replid)) = (delivered.is_empty(), replid) else {
+            return String::new();
+        };
+        match store.record_reached(&replid, &delivered).await {
+            Ok(true) => delivered,
+            Ok(false) => {
+                debug!(
+                    "the local Redis is not the one whose stream was stamped; reporting nothing delivered"
+                );
+                String::new()
+            }
+            Err(e) => {
+                warn!(error = %e, "recording the stamp this region reached failed; reporting nothing delivered");
+                String::new()
+            }
+        }
     }
 
     /// Records what `peer` reported as its delivered stamp ("" means it

@@ -449,7 +449,7 @@ impl Replication for Receiver {
             (String::new(), String::new())
         };
         let delivered = match (&self.frontier, req.groups.is_empty()) {
-            (Some(f), true) => f.own(),
+            (Some(f), true) => f.report(&mut store).await,
             _ => String::new(),
         };
         Ok(Response::new(DigestReply {

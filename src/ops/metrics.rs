@@ -68,6 +68,10 @@ pub struct Metrics {
     /// Changes shipped again with their recorded stamp after a restart
     /// (stamped before, maybe never acknowledged).
     pub changes_reshipped: Counter,
+    /// Changes made at unknown times (a full resync's snapshot, a promoted
+    /// replica's backlog), stamped just above what the key or region had
+    /// (decision 019).
+    pub changes_stamped_low: Counter,
     /// Keys whose stamp was retried because their metadata held a newer stamp.
     pub stamp_retries: Counter,
     /// Changes sent to each peer (re-sends after a reconnect count again).
@@ -219,6 +223,11 @@ impl Metrics {
             "changes_reshipped",
             "Changes shipped again with their recorded stamp after a restart",
             m.changes_reshipped.clone(),
+        );
+        r.register(
+            "changes_stamped_low",
+            "Changes made at unknown times (seen in a full resync's snapshot, or in the backlog of a promoted replica), stamped just above what the key or region had, so that every later write wins",
+            m.changes_stamped_low.clone(),
         );
         r.register(
             "stamp_retries",

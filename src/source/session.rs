@@ -72,9 +72,11 @@ pub(super) async fn session(
             let work = async {
                 // The outbox did not survive a restart: re-ship what this
                 // node stamped and no peer acknowledged.
-                tx.send(TailEvent::SnapshotStart)
-                    .await
-                    .map_err(TailError::from)?;
+                tx.send(TailEvent::SnapshotStart {
+                    rewound: replid != p.replid,
+                })
+                .await
+                .map_err(TailError::from)?;
                 let recorded =
                     report_recorded(&mut side, cfg.databases, cfg.node_id, false, tx).await?;
                 // A promoted replica continued the stream, but may lack the
@@ -123,7 +125,7 @@ pub(super) async fn session(
             }
             let mut kept = Kept::new(kept_path, cfg.kept_disk_bytes, offset);
             let work = async {
-                tx.send(TailEvent::SnapshotStart)
+                tx.send(TailEvent::SnapshotStart { rewound: true })
                     .await
                     .map_err(TailError::from)?;
                 let keys = report_snapshot(path, tx).await?;

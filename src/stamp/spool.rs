@@ -417,6 +417,7 @@ const TAG_FLUSH_ALL: u8 = 2;
 const TAG_SNAPSHOT_START: u8 = 3;
 const TAG_SNAPSHOT_DONE: u8 = 4;
 const TAG_POSITION: u8 = 5;
+const TAG_SNAPSHOT_START_REWOUND: u8 = 6;
 
 /// The on-disk form of an event (little-endian, lengths as u32).
 fn encode(ev: &TailEvent) -> Vec<u8> {
@@ -436,7 +437,8 @@ fn encode(ev: &TailEvent) -> Vec<u8> {
             out.extend_from_slice(&db.to_le_bytes());
         }
         TailEvent::Flush(None) => out.push(TAG_FLUSH_ALL),
-        TailEvent::SnapshotStart => out.push(TAG_SNAPSHOT_START),
+        TailEvent::SnapshotStart { rewound: false } => out.push(TAG_SNAPSHOT_START),
+        TailEvent::SnapshotStart { rewound: true } => out.push(TAG_SNAPSHOT_START_REWOUND),
         TailEvent::SnapshotDone => out.push(TAG_SNAPSHOT_DONE),
         TailEvent::Position(p) => {
             out.push(TAG_POSITION);
@@ -476,7 +478,8 @@ fn decode(mut b: &[u8]) -> Result<TailEvent, String> {
         }
         TAG_FLUSH_DB => TailEvent::Flush(Some(u32_of(&mut b)?)),
         TAG_FLUSH_ALL => TailEvent::Flush(None),
-        TAG_SNAPSHOT_START => TailEvent::SnapshotStart,
+        TAG_SNAPSHOT_START => TailEvent::SnapshotStart { rewound: false },
+        TAG_SNAPSHOT_START_REWOUND => TailEvent::SnapshotStart { rewound: true },
         TAG_SNAPSHOT_DONE => TailEvent::SnapshotDone,
         TAG_POSITION => {
             let offset = i64::from_le_bytes(take(&mut b, 8)?.try_into().expect("8 bytes"));
@@ -513,7 +516,7 @@ mod tests {
             dirty(&["a", "b"]),
             TailEvent::Flush(Some(3)),
             TailEvent::Flush(None),
-            TailEvent::SnapshotStart,
+            TailEvent::SnapshotStart { rewound: true },
             dirty(&["", "x\r\n\0"]),
             TailEvent::SnapshotDone,
             TailEvent::Position(Position {
@@ -677,7 +680,8 @@ mod tests {
         prop_oneof![
             proptest::collection::vec((0u32..16, key), 0..8).prop_map(TailEvent::Dirty),
             proptest::option::of(0u32..16).prop_map(TailEvent::Flush),
-            Just(TailEvent::SnapshotStart),
+            Just(TailEvent::SnapshotStart { rewound: false }),
+            Just(TailEvent::SnapshotStart { rewound: true }),
             Just(TailEvent::SnapshotDone),
             ("[0-9a-f]{0,40}", any::<i64>(), any::<u32>()).prop_map(|(replid, offset, db)| {
                 TailEvent::Position(Position { replid, offset, db })

@@ -24,9 +24,10 @@ use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
 use crate::stamp::large::{Stamped, Stamping, ToOutbox};
 use crate::stamp::module_keys::{ModuleKeys, Owner};
+use crate::stamp::seen::SnapshotKeys;
 use crate::stamp::spool::SpoolRx;
-use crate::store::Store;
 use crate::store::pieces::{LargeError, travels_in_pieces};
+use crate::store::{Seen, Store};
 
 /// Most keys over `--max-key-elements` logged by name; the metric counts all.
 pub const LOGGED_TOO_LARGE: usize = 1000;
@@ -68,6 +69,8 @@ pub struct Stamper {
     /// A snapshot was stamped whole since the start: from then on, when
     /// idle, the stamper tells the outbox up to where it stamped.
     pub snapshots_done: bool,
+    /// The keys the current resync's snapshot showed (decision 019).
+    pub snapshot_keys: SnapshotKeys,
 }
 
 /// What the stamper has taken from the tailer and not finished yet.
@@ -142,6 +145,7 @@ impl Stamper {
     ) -> bool {
         match ev {
             TailEvent::Dirty(keys) => {
+                self.snapshot_keys.reported(&keys, &pending.keys);
                 pending.keys.extend(keys);
                 true
             }
@@ -149,13 +153,23 @@ impl Stamper {
                 pending.position = Some(p);
                 true
             }
-            TailEvent::SnapshotStart => {
+            TailEvent::SnapshotStart { rewound } => {
                 self.reship =
                     crate::mesh::acklog::reship_floor(&self.outbox.acked_stamps(), &self.peers);
                 self.reshipped_large.clear();
+                let reached = if rewound {
+                    match self.read_reached(shutdown).await {
+                        Some(r) => r,
+                        None => return false,
+                    }
+                } else {
+                    None
+                };
+                self.snapshot_keys.start(rewound, reached);
                 self.reship_flushes(shutdown).await
             }
             TailEvent::SnapshotDone => {
+                self.snapshot_keys.done();
                 pending.snapshot_done = true;
                 true
             }
@@ -164,6 +178,24 @@ impl Stamper {
             // the FLUSHDB, which must be stamped after the flush to survive
             // it; the others are not affected by the order.
             TailEvent::Flush(db) => self.flush(db, &mut pending.keys, shutdown).await,
+        }
+    }
+
+    /// The stamp the local Redis holds as reached by this region (decision
+    /// 019), read when a full resync begins, before anything of it is
+    /// stamped. None (the outer) on shutdown.
+    async fn read_reached(&mut self, shutdown: &CancellationToken) -> Option<Option<String>> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.store.reached().await {
+                Ok(r) => return Some(r),
+                Err(e) => {
+                    warn!(error = %e, "reading the stamp this region reached failed; retrying");
+                    if !backoff.wait(shutdown).await {
+                        return None;
+                    }
+                }
+            }
         }
     }
 
@@ -297,11 +329,13 @@ impl Stamper {
         // `run` adds whole events only while fewer than `batch_keys` are
         // pending, so taking everything never splits a transaction.
         let batch: Vec<(u32, Bytes)> = pending.drain(..).collect();
-        let mut per_db: Vec<(u32, Vec<Bytes>)> = Vec::new();
-        for (db, key) in batch {
+        let mut per_db: Vec<(u32, Vec<(Bytes, Seen)>)> = Vec::new();
+        for k in &batch {
+            let seen = self.snapshot_keys.mode(k);
+            let (db, key) = k.clone();
             match per_db.iter_mut().find(|(d, _)| *d == db) {
-                Some((_, keys)) => keys.push(key),
-                None => per_db.push((db, vec![key])),
+                Some((_, keys)) => keys.push((key, seen)),
+                None => per_db.push((db, vec![(key, seen)])),
             }
         }
         let ts = self.clock.new_timestamp();
@@ -310,7 +344,13 @@ impl Stamper {
         let outcomes = loop {
             match self
                 .store
-                .stamp(&per_db, &enc, self.reship.as_deref(), self.node_id)
+                .stamp_seen(
+                    &per_db,
+                    &enc,
+                    self.reship.as_deref(),
+                    self.snapshot_keys.reached(),
+                    self.node_id,
+                )
                 .await
             {
                 Ok(o) => break o,
@@ -324,7 +364,7 @@ impl Stamper {
                 Err(e) => {
                     error!(error = %e, keys = per_db.iter().map(|(_, k)| k.len()).sum::<usize>(), "stamping failed; keeping the keys for a retry");
                     for (db, keys) in per_db {
-                        pending.extend(keys.into_iter().map(|k| (db, k)));
+                        pending.extend(keys.into_iter().map(|(k, _)| (db, k)));
                     }
                     return backoff.wait(shutdown).await;
                 }
@@ -332,7 +372,9 @@ impl Stamper {
         };
         let mut changes = Vec::new();
         let mut large: Vec<(u32, Bytes)> = Vec::new();
+        let mut low: Vec<(u32, Bytes)> = Vec::new();
         for ((db, _), outcome) in per_db.iter().zip(outcomes) {
+            low.extend(outcome.low.into_iter().map(|k| (*db, k)));
             for (key, newer) in outcome.retry {
                 self.metrics.stamp_retries.inc();
                 match hlc::decode(newer.as_bytes()) {
@@ -374,8 +416,17 @@ impl Stamper {
             }
             changes.extend(outcome.changes);
         }
+        if !low.is_empty() {
+            self.metrics.changes_stamped_low.inc_by(low.len() as u64);
+            debug!(
+                keys = low.len(),
+                "changes first seen in a snapshot stamped just above what the region had"
+            );
+        }
+        let fresh_or_low = changes.iter().filter(|c| c.stamp == enc).count() + low.len();
+        self.snapshot_keys.stamped(&batch, low, pending);
         if !changes.is_empty() {
-            let reshipped = changes.iter().filter(|c| c.stamp != enc).count() as u64;
+            let reshipped = (changes.len() - fresh_or_low) as u64;
             self.metrics.changes_reshipped.inc_by(reshipped);
             self.metrics
                 .changes_stamped

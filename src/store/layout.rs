@@ -20,6 +20,12 @@ pub const FLOOR_KEY: &str = "__geosync:floor";
 /// tombstones were dropped (decision 015); a change older than it finds a
 /// key without a record deleted.
 pub const COLLECTED_KEY: &str = "__geosync:collected";
+/// Key (database 0) holding the stamp this region has reached: the
+/// largest it told peers it delivered, written into the Redis whose stream
+/// the agent follows before it is told. A Redis that comes back older
+/// brings back an older one, and the changes first seen in its snapshot are
+/// stamped just above it (decision 019).
+pub const REACHED_KEY: &str = "__geosync:reached";
 /// Offset of the flag byte ('v' value, 't' tombstone) in a metadata record
 /// (after the 20-byte stamp; see scripts/lib.lua).
 pub const RECORD_FLAG_AT: usize = crate::base::hlc::ENCODED_LEN;
@@ -68,6 +74,7 @@ pub fn is_own_key(key: &[u8]) -> bool {
         || key == APPLY_MARKER_KEY.as_bytes()
         || key == DIGESTS_KEY.as_bytes()
         || key == COLLECTED_KEY.as_bytes()
+        || key == REACHED_KEY.as_bytes()
 }
 
 /// The last four hex digits of every stamp this node makes.

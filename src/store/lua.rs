@@ -14,6 +14,7 @@ const DIGEST: &str = include_str!("scripts/digest.lua");
 const COLLECT: &str = include_str!("scripts/collect.lua");
 const FORGET: &str = include_str!("scripts/forget.lua");
 const FLUSH_SLICE: &str = include_str!("scripts/flushslice.lua");
+const REACH: &str = include_str!("scripts/reach.lua");
 
 /// Which of the scripts a pipelined call runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,10 +30,11 @@ pub(super) enum Which {
     Collect,
     Forget,
     FlushSlice,
+    Reach,
 }
 
 impl Which {
-    pub(super) const ALL: [Which; 11] = [
+    pub(super) const ALL: [Which; 12] = [
         Which::Stamp,
         Which::Apply,
         Which::Flush,
@@ -44,6 +46,7 @@ impl Which {
         Which::Collect,
         Which::Forget,
         Which::FlushSlice,
+        Which::Reach,
     ];
 
     pub(super) fn source(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Which {
             Which::Collect => COLLECT,
             Which::Forget => FORGET,
             Which::FlushSlice => FLUSH_SLICE,
+            Which::Reach => REACH,
         }
     }
 }

@@ -34,11 +34,11 @@ pub use applying::{ApplyOutcome, Quarantined};
 pub use connection::{Store, StoreError};
 pub use freeze::{Freeze, Frozen, Piece};
 pub use layout::{
-    APPLY_MARKER_KEY, BUILD_PREFIX, COPY_PREFIX, FLOOR_KEY, META_BUCKETS, META_PREFIX,
+    APPLY_MARKER_KEY, BUILD_PREFIX, COPY_PREFIX, FLOOR_KEY, META_BUCKETS, META_PREFIX, REACHED_KEY,
     RECORD_FLAG_AT, RESERVED_PREFIX, build_key, is_own_key, is_reserved, meta_bucket, node_suffix,
 };
 pub use lua::{
     DEFAULT_MAX_KEY_ELEMENTS, DEFAULT_MAX_VALUE_BYTES, max_key_elements, set_max_key_elements,
     set_max_value_bytes,
 };
-pub use stamping::StampOutcome;
+pub use stamping::{Seen, StampOutcome};

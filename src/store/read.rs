@@ -6,8 +6,8 @@ use bytes::Bytes;
 
 use super::connection::{Store, StoreError};
 use super::layout::{
-    APPLY_MARKER_KEY, COLLECTED_KEY, FLOOR_KEY, META_BUCKETS, META_PREFIX, Record, meta_bucket,
-    node_suffix,
+    APPLY_MARKER_KEY, COLLECTED_KEY, FLOOR_KEY, META_BUCKETS, META_PREFIX, REACHED_KEY, Record,
+    meta_bucket, node_suffix,
 };
 use super::lua::Which;
 use super::pieces::{LargeError, ship_recorded, travels_in_pieces};
@@ -113,6 +113,27 @@ impl Store {
     /// tombstones were dropped up to), None when never collected.
     pub async fn collected_floor(&mut self, db: u32) -> Result<Option<String>, StoreError> {
         self.get_in(db, COLLECTED_KEY).await
+    }
+
+    /// The stamp this region had reached ([`REACHED_KEY`]), None when
+    /// geosync never recorded one in this Redis.
+    pub async fn reached(&mut self) -> Result<Option<String>, StoreError> {
+        self.get_in(0, REACHED_KEY).await
+    }
+
+    /// Records `stamp` as reached, if the Redis is still the one whose
+    /// stream with replication id `replid` the agent follows; false when it
+    /// is another (scripts/reach.lua).
+    pub async fn record_reached(&mut self, replid: &str, stamp: &str) -> Result<bool, StoreError> {
+        let reply = self
+            .run_one(
+                0,
+                Which::Reach,
+                vec![REACHED_KEY.into()],
+                vec![replid.into(), stamp.into()],
+            )
+            .await?;
+        Ok(matches!(reply, redis::Value::Int(1)))
     }
 
     /// The string at `key` of database `db`.

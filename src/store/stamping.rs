@@ -24,6 +24,37 @@ pub struct StampOutcome {
     pub unsupported: Vec<(Bytes, String)>,
     /// Keys left for the next batch: the script had read enough elements.
     pub deferred: Vec<Bytes>,
+    /// Keys first seen in a snapshot whose change got a stamp below the
+    /// batch's, just above what the key or the region had (decision 019).
+    pub low: Vec<Bytes>,
+}
+
+/// How the stamper came to know of a dirty key, which decides the stamp
+/// its change gets (scripts/stamp.lua, ARGV[4]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Seen {
+    /// From the live replication stream: the batch's stamp.
+    #[default]
+    Live,
+    /// From a full resync's snapshot: the change happened at some unknown
+    /// time after its record, so it is stamped just above the newest stamp
+    /// the key or the region is known to have had, and every write made
+    /// later wins over it (decision 019).
+    Snapshot,
+    /// From the live stream, for a key that got such a low stamp during
+    /// this resync: a client wrote it since, so it gets the batch's stamp
+    /// even if its state still matches the record.
+    Rewritten,
+}
+
+impl Seen {
+    fn letter(self) -> u8 {
+        match self {
+            Seen::Live => b'l',
+            Seen::Snapshot => b's',
+            Seen::Rewritten => b'f',
+        }
+    }
 }
 
 impl Store {
@@ -40,21 +71,43 @@ impl Store {
         reship: Option<&str>,
         node_id: u32,
     ) -> Result<Vec<StampOutcome>, StoreError> {
-        let args = vec![
-            stamp.as_bytes().to_vec(),
-            reship.unwrap_or("").as_bytes().to_vec(),
-            node_suffix(node_id).into_bytes(),
-        ];
+        let per_db: Vec<(u32, Vec<(Bytes, Seen)>)> = per_db
+            .iter()
+            .map(|(db, keys)| (*db, keys.iter().map(|k| (k.clone(), Seen::Live)).collect()))
+            .collect();
+        self.stamp_seen(&per_db, stamp, reship, None, node_id).await
+    }
+
+    /// [`Store::stamp`] for keys each seen in its own way: keys first seen
+    /// in a snapshot get a stamp just above the newest of their record,
+    /// the database's floors and `reached` (the stamp the region had
+    /// reached when the resync began, [`Store::reached`]).
+    pub async fn stamp_seen(
+        &mut self,
+        per_db: &[(u32, Vec<(Bytes, Seen)>)],
+        stamp: &str,
+        reship: Option<&str>,
+        reached: Option<&str>,
+        node_id: u32,
+    ) -> Result<Vec<StampOutcome>, StoreError> {
         let calls: Vec<_> = per_db
             .iter()
             .map(|(db, keys)| {
                 let mut k: Vec<Vec<u8>> = Vec::with_capacity(keys.len() * 2 + 1);
                 k.push(FLOOR_KEY.as_bytes().to_vec());
-                for key in keys {
+                for (key, _) in keys {
                     k.push(key.to_vec());
                     k.push(meta_bucket(key).into_bytes());
                 }
-                (*db, Which::Stamp, k, args.clone())
+                let modes: Vec<u8> = keys.iter().map(|(_, seen)| seen.letter()).collect();
+                let args = vec![
+                    stamp.as_bytes().to_vec(),
+                    reship.unwrap_or("").as_bytes().to_vec(),
+                    node_suffix(node_id).into_bytes(),
+                    modes,
+                    reached.unwrap_or("").as_bytes().to_vec(),
+                ];
+                (*db, Which::Stamp, k, args)
             })
             .collect();
         let replies = self.run(&calls).await?;
@@ -105,9 +158,19 @@ pub(super) fn parse_stamp_reply(db: u32, reply: RValue) -> Result<StampOutcome, 
     let RValue::Array(parts) = reply else {
         return Err(bad("not an array"));
     };
-    let [changes, retry, unsupported, RValue::Array(deferred)] = parts.as_slice() else {
-        return Err(bad("want four parts"));
+    let (changes, retry, unsupported, deferred, low) = match parts.as_slice() {
+        [c, r, u, RValue::Array(d)] => (c, r, u, d, None),
+        [c, r, u, RValue::Array(d), RValue::Array(l)] => (c, r, u, d, Some(l)),
+        _ => return Err(bad("want four or five parts")),
     };
+    let low = low
+        .map(|l| {
+            l.iter()
+                .map(|k| bulk(k).map(Bytes::from))
+                .collect::<Option<Vec<_>>>()
+        })
+        .unwrap_or(Some(Vec::new()))
+        .ok_or_else(|| bad("low key"))?;
     let deferred = deferred
         .iter()
         .map(|k| bulk(k).map(Bytes::from))
@@ -120,6 +183,7 @@ pub(super) fn parse_stamp_reply(db: u32, reply: RValue) -> Result<StampOutcome, 
         retry: bulk_pairs(retry, "retry")?,
         unsupported: bulk_pairs(unsupported, "unsupported")?,
         deferred,
+        low,
         ..Default::default()
     };
     for c in changes {

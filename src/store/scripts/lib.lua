@@ -44,6 +44,19 @@ local function parse_record(rec)
   }
 end
 
+-- The smallest stamp of node `me` (4 hex digits) whose time is one tick
+-- after stamp `s`'s: "just above" `s`, below every stamp made later.
+local function stamp_above(s, me)
+  local out, carry = {}, 1
+  for i = 16, 1, -1 do
+    local d = tonumber(string.sub(s, i, i), 16) + carry
+    carry = 0
+    if d == 16 then d, carry = 0, 1 end
+    out[i] = string.format('%x', d)
+  end
+  return table.concat(out) .. me
+end
+
 local function make_record(stamp, flag, digest, expiry)
   local e = ''
   if expiry and expiry > 0 then e = tostring(expiry) end

@@ -9,8 +9,21 @@
 --          than ARGV[2] may never have reached every peer; when unchanged
 --          they are shipped again with their recorded stamp
 -- ARGV[3]  this node's id as the last 4 hex digits of its stamps
+-- ARGV[4]  how each key was seen, one letter per key ('' : all 'l'):
+--          'l' the live stream: a change gets ARGV[1];
+--          's' a full resync's snapshot (decision 019): the change happened
+--          at some unknown time after its record, so it is stamped just
+--          above the newest of its record, the database's floors and what
+--          the region had reached (ARGV[5]), never above a write made
+--          later; with none of these (a Redis geosync never wrote to) it
+--          gets ARGV[1];
+--          'f' the live stream, for a key given such a stamp during this
+--          resync: a client wrote it since, so it is stamped ARGV[1] even
+--          when its state still matches the record
+-- ARGV[5]  the stamp this region had reached (its `__geosync:reached`
+--          key when the resync began), or ''
 --
--- Returns { changes, retry, unsupported, deferred }:
+-- Returns { changes, retry, unsupported, deferred, low }:
 --   changes: { key, stamp, 'p', type, expiry, flat } or { key, stamp, 'd' }
 --   retry: key, newer stamp, ... for keys whose metadata holds a stamp newer
 --          than ARGV[1] (the agent observes that stamp and tries again)
@@ -18,8 +31,10 @@
 --          name of a module type, or 'too_large:<type>:<elements>'
 --   deferred: keys left for the next batch once MAX_ELEMENTS elements were
 --          read, so that one script never blocks Redis for long
+--   low: keys whose change got a stamp below ARGV[1] (mode 's')
 local stamp, reship, me = ARGV[1], ARGV[2], ARGV[3]
-local changes, retry, unsupported, deferred = {}, {}, {}, {}
+local modes, reached = ARGV[4] or '', ARGV[5] or ''
+local changes, retry, unsupported, deferred, low = {}, {}, {}, {}, {}
 
 -- Recorded by this very call's stamp (an earlier try of it ran but its
 -- reply was lost, and the agent tries again with the same stamp), or by
@@ -35,17 +50,40 @@ if floor and floor >= stamp then
     retry[#retry + 1] = KEYS[i]
     retry[#retry + 1] = floor
   end
-  return { changes, retry, unsupported, deferred }
+  return { changes, retry, unsupported, deferred, low }
+end
+
+local collected = redis.call('GET', '__geosync:collected')
+
+-- The stamp of a change first seen in a snapshot (mode 's', decision 019):
+-- just above the newest stamp the key or the region is known to have had.
+local function seen_stamp(rec)
+  local base = ''
+  for _, s in ipairs({ rec and rec.stamp or '', floor or '', collected or '', reached }) do
+    if #s == STAMP_LEN and s > base then base = s end
+  end
+  if base == '' then return stamp end
+  return stamp_above(base, me)
 end
 
 local now = now_ms()
 -- Stamps one key (see the header for what goes where).
-local function stamp_key(key, bucket)
+local function stamp_key(key, bucket, mode)
   local raw = redis.call('HGET', bucket, key)
   local rec = parse_record(raw)
   local state = read_state(key)
+  -- The stamp a change of this key gets; above ARGV[1] only when the
+  -- clock is behind what the region had reached (then it is retried).
+  local at = stamp
+  if mode == 's' then at = seen_stamp(rec) end
+  -- a client wrote the key since a snapshot gave it a low stamp
+  local rewritten = mode == 'f' and rec ~= nil and rec.stamp < stamp
   if state == nil then
-    if rec ~= nil and rec.flag == 't' and own_unacked(rec) then
+    if rec ~= nil and rec.flag == 't' and rewritten then
+      redis.call('HSET', bucket, key, make_record(stamp, 't', NO_DIGEST, nil))
+      digest_moved(bucket, key, rec.stamp, stamp)
+      changes[#changes + 1] = { key, stamp, 'd' }
+    elseif rec ~= nil and rec.flag == 't' and own_unacked(rec) then
       changes[#changes + 1] = { key, rec.stamp, 'd' }
     elseif rec == nil or rec.flag == 't' then
       -- nothing there and nothing recorded: nothing to ship
@@ -53,31 +91,33 @@ local function stamp_key(key, bucket)
       -- Expired: every region expires it at the same absolute time on its
       -- own. Keep its stamp as a tombstone so an older change cannot revive it.
       redis.call('HSET', bucket, key, make_record(rec.stamp, 't', NO_DIGEST, nil))
-    elseif rec.stamp > stamp then
+    elseif rec.stamp > stamp or at > stamp then
       retry[#retry + 1] = key
-      retry[#retry + 1] = rec.stamp
+      retry[#retry + 1] = rec.stamp > at and rec.stamp or at
     else
-      redis.call('HSET', bucket, key, make_record(stamp, 't', NO_DIGEST, nil))
-      digest_moved(bucket, key, rec.stamp, stamp)
-      changes[#changes + 1] = { key, stamp, 'd' }
+      redis.call('HSET', bucket, key, make_record(at, 't', NO_DIGEST, nil))
+      digest_moved(bucket, key, rec.stamp, at)
+      changes[#changes + 1] = { key, at, 'd' }
+      if at ~= stamp then low[#low + 1] = key end
     end
   elseif state.unsupported then
     unsupported[#unsupported + 1] = key
     unsupported[#unsupported + 1] = state.reason
   else
     local d = digest(state)
-    if rec ~= nil and rec.flag == 'v' and rec.digest == d then
+    if rec ~= nil and rec.flag == 'v' and rec.digest == d and not rewritten then
       -- unchanged since it was last stamped or applied
       if own_unacked(rec) then
         changes[#changes + 1] = { key, rec.stamp, 'p', state.t, state.exp, state.flat }
       end
-    elseif rec ~= nil and rec.stamp > stamp then
+    elseif (rec ~= nil and rec.stamp > stamp) or at > stamp then
       retry[#retry + 1] = key
-      retry[#retry + 1] = rec.stamp
+      retry[#retry + 1] = (rec ~= nil and rec.stamp > at) and rec.stamp or at
     else
-      redis.call('HSET', bucket, key, make_record(stamp, 'v', d, state.exp))
-      digest_moved(bucket, key, rec and rec.stamp, stamp)
-      changes[#changes + 1] = { key, stamp, 'p', state.t, state.exp, state.flat }
+      redis.call('HSET', bucket, key, make_record(at, 'v', d, state.exp))
+      digest_moved(bucket, key, rec and rec.stamp, at)
+      changes[#changes + 1] = { key, at, 'p', state.t, state.exp, state.flat }
+      if at ~= stamp then low[#low + 1] = key end
     end
   end
 end
@@ -87,7 +127,8 @@ for i = 2, #KEYS, 2 do
   if elements_read >= MAX_ELEMENTS then
     deferred[#deferred + 1] = key
   else
-    stamp_key(key, bucket)
+    local m = i / 2
+    stamp_key(key, bucket, string.sub(modes, m, m))
   end
 end
-return { changes, retry, unsupported, deferred }
+return { changes, retry, unsupported, deferred, low }
