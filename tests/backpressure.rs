@@ -84,6 +84,15 @@ fn a_writer_faster_than_the_stamper_does_not_get_the_agent_dropped() {
     });
     let copied = began.elapsed();
     mesh.wait_converged(&[0], SETTLE);
+    // The count the wait above relied on is of user keys only: once
+    // converged, region 2 holds exactly the keys written (its metadata
+    // buckets are not counted, or the wait ends early and the figure
+    // above is too small).
+    assert_eq!(
+        user_key_count(&mut bc).unwrap(),
+        keys,
+        "region 2's user keys, metadata buckets left out"
+    );
     let spilled = agent.metric("geosync_spool_spilled_events_total");
     println!(
         "backpressure: keys={keys} value_bytes={VALUE_BYTES} write_secs={:.2} stream_read_after={:.2}s copied_after_writes_began={:.2}s spilled_events={spilled} sync_full={} sync_partial_ok={}",
