@@ -5,6 +5,7 @@
 
 pub mod config;
 mod data_dir;
+pub mod guard;
 pub mod supervisor;
 
 use std::sync::Arc;
@@ -399,6 +400,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             )
             .await
     });
+    tracker.spawn(guard::run(
+        Store::new(locator.clone()),
+        clock.clone(),
+        config.max_clock_skew,
+        databases,
+        metrics.clone(),
+        token.clone(),
+    ));
     tracker.spawn(data_dir::persist_progress(
         outbox.clone(),
         position_rx,

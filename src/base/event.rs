@@ -20,10 +20,11 @@ pub enum TailEvent {
     /// records and the backlog of writes made while the agent was away (a
     /// partial one).
     SnapshotStart {
-        /// The Redis may hold less than the agent saw: a full resync (it
-        /// may have restarted from an older RDB), or a stream continued by
-        /// a promoted replica. The keys reported until `SnapshotDone`
-        /// changed at unknown times since their record (decision 019).
+        /// The Redis may hold less than the agent saw: a replication id
+        /// other than the one the agent followed (a Redis restarted, maybe
+        /// from an older RDB, or a promoted replica), or none recorded. The
+        /// keys reported until `SnapshotDone` changed at unknown times
+        /// since their record (decision 019).
         rewound: bool,
     },
     /// Every key of a full resync's snapshot has been reported.

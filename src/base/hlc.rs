@@ -62,6 +62,17 @@ pub fn new_clock(node_id: u32, max_delta: Duration) -> Result<Arc<HLC>, StampErr
     ))
 }
 
+/// The largest stamp any clock of the mesh can have made by now: `now`
+/// plus `slack` (at least the largest clock skew a peer may have), with
+/// the largest node id. A stored stamp above it was not made by a clock.
+pub fn latest_possible(now: &Timestamp, slack: Duration) -> String {
+    let t = now
+        .get_time()
+        .as_u64()
+        .saturating_add(NTP64::from(slack).as_u64());
+    format!("{t:016x}ffff")
+}
+
 /// Encodes a stamp so that byte order equals `Timestamp` order.
 ///
 /// ```

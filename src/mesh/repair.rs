@@ -358,7 +358,17 @@ impl AntiEntropy {
             {
                 f.reported(peer, reply.delivered.clone());
             }
-            let collected = reply.collected;
+            // A collected floor no clock could have made (a client wrote
+            // it into the peer's Redis) must not drop anything here.
+            let collected = if reply.collected.is_empty()
+                || hlc::decode(reply.collected.as_bytes())
+                    .is_ok_and(|t| self.clock.update_with_timestamp(&t).is_ok())
+            {
+                reply.collected
+            } else {
+                warn!(%peer, db, floor = %reply.collected, "anti-entropy: the peer's collected floor is beyond the clock skew limit; ignored");
+                String::new()
+            };
             let mine = store.flush_floor(db).await?.unwrap_or_default();
             if reply.floor > mine {
                 self.flush(peer, db, reply.floor).await?;

@@ -131,6 +131,9 @@ pub struct Metrics {
     pub resync_stream_spilled_bytes: Counter,
     /// Client writes to keys under the reserved `__geosync:` prefix (not replicated).
     pub reserved_key_writes: Counter,
+    /// geosync's own keys found damaged by a client and repaired, by what
+    /// (`bucket`, `flush_floor`, `collected_floor`, `reached`).
+    pub reserved_keys_repaired: Family<ReasonLabel, Counter>,
     /// Keys of types geosync cannot carry, by reason: `module:<type name>`
     /// for module data (see [`crate::stamp::module_keys`]).
     pub unsupported_keys: Family<ReasonLabel, Counter>,
@@ -338,6 +341,11 @@ impl Metrics {
             "reserved_key_writes",
             "Client writes to reserved __geosync: keys (not replicated)",
             m.reserved_key_writes.clone(),
+        );
+        r.register(
+            "reserved_keys_repaired",
+            "geosync's own keys a client damaged, repaired: a metadata bucket of the wrong type (removed; anti-entropy brings its records back), a floor or reached stamp no clock could have made (removed)",
+            Declared(m.reserved_keys_repaired.clone()),
         );
         r.register(
             "unsupported_keys",

@@ -125,7 +125,10 @@ pub(super) async fn session(
             }
             let mut kept = Kept::new(kept_path, cfg.kept_disk_bytes, offset);
             let work = async {
-                tx.send(TailEvent::SnapshotStart { rewound: true })
+                // The same replication id as before: the same Redis, whose
+                // backlog moved on; its history is the one stamped.
+                let rewound = previous.as_ref().is_none_or(|p| p.replid != replid);
+                tx.send(TailEvent::SnapshotStart { rewound })
                     .await
                     .map_err(TailError::from)?;
                 let keys = report_snapshot(path, tx).await?;

@@ -361,6 +361,15 @@ impl Stamper {
                         return false;
                     }
                 }
+                Err(e) if e.is_wrong_type() => {
+                    // A client overwrote a metadata bucket of the batch.
+                    if !self.repair_buckets(&per_db).await {
+                        warn!(error = %e, "stamping met a key of the wrong type; retrying");
+                    }
+                    if !backoff.wait(shutdown).await {
+                        return false;
+                    }
+                }
                 Err(e) => {
                     error!(error = %e, keys = per_db.iter().map(|(_, k)| k.len()).sum::<usize>(), "stamping failed; keeping the keys for a retry");
                     for (db, keys) in per_db {
@@ -441,6 +450,24 @@ impl Stamper {
             }
         }
         true
+    }
+
+    /// Removes the metadata buckets of `per_db`'s keys that a client
+    /// turned into another type (scripts fail on them with WRONGTYPE);
+    /// true when there was one.
+    async fn repair_buckets(&mut self, per_db: &[(u32, Vec<(Bytes, Seen)>)]) -> bool {
+        let mut any = false;
+        for (db, keys) in per_db {
+            let buckets = crate::store::guard::buckets_of(keys.iter().map(|(k, _)| k.as_ref()));
+            match self.store.repair_buckets(*db, &buckets).await {
+                Ok(repairs) => {
+                    any |= !repairs.is_empty();
+                    crate::store::guard::report(&repairs, &self.metrics);
+                }
+                Err(e) => warn!(db, error = %e, "checking metadata buckets failed"),
+            }
+        }
+        any
     }
 
     /// Stamps and ships a collection over `--max-key-elements` in pieces

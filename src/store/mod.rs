@@ -13,12 +13,14 @@
 //! are grouped by who calls them: `stamping.rs` (the stamper),
 //! `applying.rs` (the applier), `read.rs` (catch-ups and rebuilds),
 //! `freeze.rs` and [`pieces`] (large collections, read in pieces),
-//! [`digest`] (their digest). `lua.rs` holds the Lua sources.
+//! [`digest`] (their digest). `lua.rs` holds the Lua sources; [`guard`]
+//! repairs geosync's keys a client damaged.
 
 mod applying;
 mod connection;
 pub mod digest;
 mod freeze;
+pub mod guard;
 pub mod layout;
 pub mod locator;
 mod lua;

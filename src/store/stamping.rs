@@ -30,7 +30,7 @@ pub struct StampOutcome {
 }
 
 /// How the stamper came to know of a dirty key, which decides the stamp
-/// its change gets (scripts/stamp.lua, ARGV[4]).
+/// its change gets (the fourth argument of `scripts/stamp.lua`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Seen {
     /// From the live replication stream: the batch's stamp.

@@ -1,0 +1,209 @@
+//! geosync's own keys that a client damaged (where no ACL keeps clients
+//! out of them, README "The agent's Redis user"): found and repaired, so
+//! that replication never stalls on them.
+//!
+//! - A metadata bucket of another type than a hash (a client `SET` or
+//!   `RENAME` onto it) makes every script that reads it fail with
+//!   `WRONGTYPE`. Its records are gone with it: the bucket is removed with
+//!   its stored digest, and anti-entropy, seeing the bucket differ, pulls
+//!   the peers' records for its keys back.
+//! - A flush floor, collected floor or reached stamp that is not a stamp,
+//!   or is later than any clock of the mesh can be now, would make every
+//!   local write, or every peer change, look older than it: it is removed.
+//!   (One forged in the past cannot be told from a real one.)
+
+use super::connection::{Store, StoreError};
+use super::layout::{COLLECTED_KEY, DIGESTS_KEY, FLOOR_KEY, REACHED_KEY};
+
+/// A stored stamp the guard removed, or a bucket it found of another type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// Database.
+    pub db: u32,
+    /// The key.
+    pub key: String,
+    /// What it was (`bucket`, `flush_floor`, `collected_floor`, `reached`).
+    pub what: &'static str,
+    /// What it held (its type for a bucket; its value, cut short, else).
+    pub found: String,
+}
+
+impl StoreError {
+    /// A script met a key of another type than it expects: one of
+    /// geosync's own keys was overwritten by a client.
+    pub fn is_wrong_type(&self) -> bool {
+        match self {
+            StoreError::Redis(e) | StoreError::Script { error: e, .. } => {
+                e.code() == Some("WRONGTYPE") || e.to_string().contains("WRONGTYPE")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The metadata buckets of `keys`, each once.
+pub fn buckets_of<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    let mut b: Vec<String> = keys.map(super::layout::meta_bucket).collect();
+    b.sort();
+    b.dedup();
+    b
+}
+
+/// Counts and logs repairs.
+pub fn report(repairs: &[Repair], metrics: &crate::ops::metrics::Metrics) {
+    for r in repairs {
+        metrics
+            .reserved_keys_repaired
+            .get_or_create(&crate::ops::metrics::Metrics::reason(r.what))
+            .inc();
+        tracing::error!(
+            db = r.db,
+            key = %r.key,
+            found = %r.found,
+            "a client overwrote one of geosync's own keys; removed it (keep clients out of __geosync: keys with the README's ACL recipe)"
+        );
+    }
+}
+
+/// Every well-formed stamp a clock of the mesh can have made by now: the
+/// agent's time plus twice the largest clock skew, and a second.
+pub fn latest_plausible(clock: &uhlc::HLC, max_skew: std::time::Duration) -> String {
+    crate::base::hlc::latest_possible(
+        &clock.new_timestamp(),
+        max_skew * 2 + std::time::Duration::from_secs(1),
+    )
+}
+
+/// True for a well-formed stamp no later than `latest`.
+fn plausible(stamp: &str, latest: &str) -> bool {
+    stamp.len() == crate::base::hlc::ENCODED_LEN
+        && stamp
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && stamp <= latest
+}
+
+impl Store {
+    /// Removes the buckets among `buckets` of database `db` that are not
+    /// hashes, with their stored digests; returns them.
+    pub async fn repair_buckets(
+        &mut self,
+        db: u32,
+        buckets: &[String],
+    ) -> Result<Vec<Repair>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SELECT").arg(db).ignore();
+        for b in buckets {
+            pipe.cmd("TYPE").arg(b);
+        }
+        let types: Vec<String> = self.query(&pipe).await?;
+        let wrong: Vec<Repair> = buckets
+            .iter()
+            .zip(types)
+            .filter(|(_, t)| t != "hash" && t != "none")
+            .map(|(b, t)| Repair {
+                db,
+                key: b.clone(),
+                what: "bucket",
+                found: t,
+            })
+            .collect();
+        if wrong.is_empty() {
+            return Ok(wrong);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SELECT").arg(db).ignore();
+        for r in &wrong {
+            pipe.cmd("UNLINK").arg(&r.key).ignore();
+            pipe.cmd("HDEL").arg(DIGESTS_KEY).arg(&r.key).ignore();
+        }
+        let () = self.query(&pipe).await?;
+        Ok(wrong)
+    }
+
+    /// Removes database `db`'s floors (and in database 0 the reached
+    /// stamp) that are not stamps or are later than `latest`; returns them.
+    pub async fn repair_floors(
+        &mut self,
+        db: u32,
+        latest: &str,
+    ) -> Result<Vec<Repair>, StoreError> {
+        let mut keys = vec![
+            (FLOOR_KEY, "flush_floor"),
+            (COLLECTED_KEY, "collected_floor"),
+        ];
+        if db == 0 {
+            keys.push((REACHED_KEY, "reached"));
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SELECT").arg(db).ignore();
+        for (k, _) in &keys {
+            // A key of another type reads as an error: ask its type first.
+            pipe.cmd("TYPE").arg(*k);
+        }
+        let types: Vec<String> = self.query(&pipe).await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SELECT").arg(db).ignore();
+        let strings: Vec<_> = keys
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| *t == "string")
+            .map(|(k, _)| *k)
+            .collect();
+        for (k, _) in &strings {
+            pipe.cmd("GET").arg(*k);
+        }
+        let values: Vec<Option<Vec<u8>>> = if strings.is_empty() {
+            Vec::new()
+        } else {
+            self.query(&pipe).await?
+        };
+        let mut found: Vec<Repair> = Vec::new();
+        let mut values = values.into_iter();
+        for ((key, what), t) in keys.iter().zip(&types) {
+            let held = match t.as_str() {
+                "none" => continue,
+                "string" => {
+                    let v = values.next().flatten().unwrap_or_default();
+                    let v = String::from_utf8_lossy(&v).into_owned();
+                    if plausible(&v, latest) {
+                        continue;
+                    }
+                    v.chars().take(40).collect()
+                }
+                other => format!("a {other}"),
+            };
+            found.push(Repair {
+                db,
+                key: key.to_string(),
+                what,
+                found: held,
+            });
+        }
+        if found.is_empty() {
+            return Ok(found);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SELECT").arg(db).ignore();
+        for r in &found {
+            pipe.cmd("UNLINK").arg(&r.key).ignore();
+        }
+        let () = self.query(&pipe).await?;
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plausible;
+
+    #[test]
+    fn only_well_formed_stamps_up_to_the_latest_are_plausible() {
+        let latest = "00000000000001000000";
+        assert!(plausible("00000000000000ff0100", latest));
+        assert!(!plausible("00000000000001000100", latest));
+        assert!(!plausible("0000000000000001010", latest));
+        assert!(!plausible("00000000000000FF0100", latest));
+        assert!(!plausible("not a stamp at all!!", latest));
+    }
+}
