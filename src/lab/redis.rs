@@ -228,16 +228,7 @@ impl Redis {
     /// Kills the server and starts it again on the same port. It has no
     /// persistence, so it comes back empty, with a new replication id.
     pub fn restart_empty(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(
-            &self.bin,
-            self.port,
-            self.dir.path(),
-            self.tls.as_ref(),
-            &self.args,
-        );
-        self.wait_up();
+        self.restart_with(None);
     }
 
     /// Saves the dataset now (`SAVE`) and keeps a copy of the file under
@@ -257,10 +248,22 @@ impl Redis {
     /// restarted from an older snapshot than its last state, with a new
     /// replication id.
     pub fn restart_from(&mut self, dump: &Path) {
+        self.restart_with(Some(dump));
+    }
+
+    /// Kills the server and starts it again from `dump`, or empty.
+    fn restart_with(&mut self, dump: Option<&Path>) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::fs::copy(dump, self.dir.path().join("dump.rdb"))
-            .unwrap_or_else(|e| panic!("put back {}: {e}", dump.display()));
+        let file = self.dir.path().join("dump.rdb");
+        match dump {
+            Some(d) => {
+                std::fs::copy(d, &file).unwrap_or_else(|e| panic!("put back {}: {e}", d.display()));
+            }
+            None => {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
         self.child = Self::spawn(
             &self.bin,
             self.port,

@@ -108,16 +108,7 @@ impl Store {
                 found: t,
             })
             .collect();
-        if wrong.is_empty() {
-            return Ok(wrong);
-        }
-        let mut pipe = redis::pipe();
-        pipe.cmd("SELECT").arg(db).ignore();
-        for r in &wrong {
-            pipe.cmd("UNLINK").arg(&r.key).ignore();
-            pipe.cmd("HDEL").arg(DIGESTS_KEY).arg(&r.key).ignore();
-        }
-        let () = self.query(&pipe).await?;
+        self.remove(db, &wrong).await?;
         Ok(wrong)
     }
 
@@ -180,16 +171,25 @@ impl Store {
                 found: held,
             });
         }
-        if found.is_empty() {
-            return Ok(found);
+        self.remove(db, &found).await?;
+        Ok(found)
+    }
+
+    /// Removes the keys of `repairs` from database `db` (and a bucket's
+    /// stored digest with it).
+    async fn remove(&mut self, db: u32, repairs: &[Repair]) -> Result<(), StoreError> {
+        if repairs.is_empty() {
+            return Ok(());
         }
         let mut pipe = redis::pipe();
         pipe.cmd("SELECT").arg(db).ignore();
-        for r in &found {
+        for r in repairs {
             pipe.cmd("UNLINK").arg(&r.key).ignore();
+            if r.what == "bucket" {
+                pipe.cmd("HDEL").arg(DIGESTS_KEY).arg(&r.key).ignore();
+            }
         }
-        let () = self.query(&pipe).await?;
-        Ok(found)
+        self.query(&pipe).await
     }
 }
 
