@@ -105,3 +105,50 @@ fn a_forged_collected_floor_is_removed() {
     );
     mesh.wait_converged(&[0], SETTLE);
 }
+
+/// A Redis whose geosync keys another layout wrote is refused at start,
+/// naming the layout; nothing is written into it.
+#[test]
+fn a_layout_this_version_does_not_know_is_refused_at_start() {
+    let redis = Redis::start(&[]);
+    let mut c = redis.conn();
+    let _: () = c.set("__geosync:layout", "2").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(1, &redis.url(), free_port(), free_port(), &[], dir.path());
+    let code = agent.wait_exit(SETTLE);
+    let log = agent.log_text();
+    assert_eq!(code, Some(1), "the agent exits with an error: {log}");
+    assert!(
+        log.contains("laid out as layout \"2\""),
+        "the log names the layout: {log}"
+    );
+    assert_eq!(
+        c.get::<_, Option<String>>("__geosync:layout")
+            .unwrap()
+            .as_deref(),
+        Some("2"),
+        "the marker is left as it was"
+    );
+    let keys: Vec<String> = c.keys("__geosync:*").unwrap();
+    assert_eq!(keys, ["__geosync:layout"], "nothing else was written");
+}
+
+/// A new Redis gets the layout marker; one a client changes or removes
+/// while the agent runs is set again, and a change is counted.
+#[test]
+fn the_layout_marker_is_written_and_kept() {
+    let mesh = Mesh::start(2);
+    let mut c1 = mesh.regions[0].redis.conn();
+    let layout =
+        |c: &mut redis::Connection| -> Option<String> { c.get("__geosync:layout").unwrap() };
+    assert_eq!(layout(&mut c1).as_deref(), Some("1"));
+    let _: () = c1.set("__geosync:layout", "9").unwrap();
+    wait_until("the layout marker is set again", SETTLE, || {
+        layout(&mut c1).as_deref() == Some("1")
+    });
+    assert_eq!(repaired(&mesh, 0, "layout"), 1.0, "the change is counted");
+    let _: () = c1.del("__geosync:layout").unwrap();
+    wait_until("a removed layout marker is set again", SETTLE, || {
+        layout(&mut c1).as_deref() == Some("1")
+    });
+}

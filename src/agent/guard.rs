@@ -1,6 +1,7 @@
 //! The guard: every [`INTERVAL`], removes floors and reached stamps a
-//! client forged in any database ([`crate::store::guard`]), so that a
-//! forged one holds writes back for at most that long.
+//! client forged in any database, and sets the layout marker again if a
+//! client changed it ([`crate::store::guard`]), so that a forged one holds
+//! writes back for at most that long.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     loop {
+        match store.repair_layout().await {
+            Ok(repairs) => report(&repairs, &metrics),
+            Err(e) => {
+                warn!(error = %e, "checking geosync's layout marker failed; trying again later")
+            }
+        }
         for db in 0..databases {
             let latest = latest_plausible(&clock, max_skew);
             match store.repair_floors(db, &latest).await {

@@ -171,6 +171,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .await
         .map_err(|e| redis_err(format!("CONFIG GET maxmemory-policy: {e}")))?;
     check_eviction_policy(&policy.1).map_err(redis_err)?;
+    match store::layout::claim_layout(&mut conn).await {
+        Ok(None) => {}
+        Ok(Some(found)) if found == store::layout::LAYOUT => {}
+        Ok(Some(found)) => {
+            let message = store::layout::unknown_layout(&found);
+            error!(%message, "the local redis holds geosync keys of another layout; stopping");
+            return Err(redis_err(message));
+        }
+        Err(e) => {
+            let message = format!("reading {}: {e}", store::layout::LAYOUT_KEY);
+            return Err(redis_err(message));
+        }
+    }
     if config.evictions == source::Evictions::Local
         && source::evictions::can_evict(&mut conn)
             .await

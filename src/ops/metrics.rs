@@ -132,7 +132,7 @@ pub struct Metrics {
     /// Client writes to keys under the reserved `__geosync:` prefix (not replicated).
     pub reserved_key_writes: Counter,
     /// geosync's own keys found damaged by a client and repaired, by what
-    /// (`bucket`, `flush_floor`, `collected_floor`, `reached`).
+    /// (`bucket`, `flush_floor`, `collected_floor`, `reached`, `layout`).
     pub reserved_keys_repaired: Family<ReasonLabel, Counter>,
     /// Keys of types geosync cannot carry, by reason: `module:<type name>`
     /// for module data (see [`crate::stamp::module_keys`]).
@@ -344,7 +344,7 @@ impl Metrics {
         );
         r.register(
             "reserved_keys_repaired",
-            "geosync's own keys a client damaged, repaired: a metadata bucket of the wrong type (removed; anti-entropy brings its records back), a floor or reached stamp no clock could have made (removed)",
+            "geosync's own keys a client damaged, repaired: a metadata bucket of the wrong type (removed; anti-entropy brings its records back), a floor or reached stamp no clock could have made (removed), a changed layout marker (set again)",
             Declared(m.reserved_keys_repaired.clone()),
         );
         r.register(

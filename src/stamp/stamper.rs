@@ -382,17 +382,22 @@ impl Stamper {
         let mut changes = Vec::new();
         let mut large: Vec<(u32, Bytes)> = Vec::new();
         let mut low: Vec<(u32, Bytes)> = Vec::new();
+        let mut stuck: Option<(Bytes, String, String)> = None;
         for ((db, _), outcome) in per_db.iter().zip(outcomes) {
             low.extend(outcome.low.into_iter().map(|k| (*db, k)));
             for (key, newer) in outcome.retry {
                 self.metrics.stamp_retries.inc();
-                match hlc::decode(newer.as_bytes()) {
-                    Ok(t) => {
-                        if let Err(e) = self.clock.update_with_timestamp(&t) {
-                            error!(error = %e, key = %String::from_utf8_lossy(&key), "a recorded stamp is beyond the clock skew limit; the key waits for the clock");
-                        }
-                    }
-                    Err(e) => error!(error = %e, "metadata holds a malformed stamp"),
+                let observed = match hlc::decode(newer.as_bytes()) {
+                    Ok(t) => self
+                        .clock
+                        .update_with_timestamp(&t)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = observed {
+                    // Logged once per batch below; the guard removes a
+                    // floor no clock could have made.
+                    stuck.get_or_insert((key.clone(), newer.clone(), e));
                 }
                 debug!(db, key = %String::from_utf8_lossy(&key), "metadata is newer; stamping again");
                 pending.insert((*db, key));
@@ -448,6 +453,10 @@ impl Stamper {
             if !self.stamp_large(db, key, pending, shutdown).await {
                 return false;
             }
+        }
+        if let Some((key, stamp, e)) = stuck {
+            error!(error = %e, key = %String::from_utf8_lossy(&key), %stamp, "a recorded stamp or floor is beyond the clock skew limit (or malformed); its keys wait for the clock");
+            return backoff.wait(shutdown).await;
         }
         true
     }

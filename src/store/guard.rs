@@ -11,9 +11,12 @@
 //!   or is later than any clock of the mesh can be now, would make every
 //!   local write, or every peer change, look older than it: it is removed.
 //!   (One forged in the past cannot be told from a real one.)
+//! - The layout marker a client removed or changed is set again.
 
 use super::connection::{Store, StoreError};
-use super::layout::{COLLECTED_KEY, DIGESTS_KEY, FLOOR_KEY, REACHED_KEY};
+use super::layout::{
+    COLLECTED_KEY, DIGESTS_KEY, FLOOR_KEY, LAYOUT, LAYOUT_KEY, REACHED_KEY, claim_layout,
+};
 
 /// A stored stamp the guard removed, or a bucket it found of another type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +25,8 @@ pub struct Repair {
     pub db: u32,
     /// The key.
     pub key: String,
-    /// What it was (`bucket`, `flush_floor`, `collected_floor`, `reached`).
+    /// What it was (`bucket`, `flush_floor`, `collected_floor`, `reached`,
+    /// `layout`).
     pub what: &'static str,
     /// What it held (its type for a bucket; its value, cut short, else).
     pub found: String,
@@ -173,6 +177,31 @@ impl Store {
         }
         self.remove(db, &found).await?;
         Ok(found)
+    }
+
+    /// Sets the layout marker again when a client removed or changed it
+    /// (FLUSHALL removes it too, which is no damage: nothing is reported
+    /// then). The agent checked the layout when it started.
+    pub async fn repair_layout(&mut self) -> Result<Vec<Repair>, StoreError> {
+        let conn = self.conn().await?;
+        let found = match claim_layout(conn).await {
+            Ok(None) => return Ok(Vec::new()),
+            Ok(Some(v)) if v == LAYOUT => return Ok(Vec::new()),
+            Ok(Some(v)) => v.chars().take(40).collect(),
+            Err(e) if e.code() == Some("WRONGTYPE") => "another type".to_string(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("SELECT").arg(0).ignore();
+        pipe.cmd("UNLINK").arg(LAYOUT_KEY).ignore();
+        pipe.cmd("SET").arg(LAYOUT_KEY).arg(LAYOUT).ignore();
+        let () = self.query(&pipe).await?;
+        Ok(vec![Repair {
+            db: 0,
+            key: LAYOUT_KEY.to_string(),
+            what: "layout",
+            found,
+        }])
     }
 
     /// Removes the keys of `repairs` from database `db` (and a bucket's

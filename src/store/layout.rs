@@ -26,6 +26,16 @@ pub const COLLECTED_KEY: &str = "__geosync:collected";
 /// brings back an older one, and the changes first seen in its snapshot are
 /// stamped just above it (decision 019).
 pub const REACHED_KEY: &str = "__geosync:reached";
+/// Key (database 0) naming the layout of geosync's keys in this Redis
+/// ([`LAYOUT`]), so that a geosync that lays them out otherwise refuses to
+/// work on them instead of misreading them.
+pub const LAYOUT_KEY: &str = "__geosync:layout";
+/// The layout this version reads and writes: per-key records in bucket
+/// hashes of each user database (decision 002), floors and digests beside
+/// them (decisions 013, 015, 018), the reached stamp in database 0
+/// (decision 019).
+pub const LAYOUT: &str = "1";
+
 /// Offset of the flag byte ('v' value, 't' tombstone) in a metadata record
 /// (after the 20-byte stamp; see scripts/lib.lua).
 pub const RECORD_FLAG_AT: usize = crate::base::hlc::ENCODED_LEN;
@@ -75,6 +85,35 @@ pub fn is_own_key(key: &[u8]) -> bool {
         || key == DIGESTS_KEY.as_bytes()
         || key == COLLECTED_KEY.as_bytes()
         || key == REACHED_KEY.as_bytes()
+        || key == LAYOUT_KEY.as_bytes()
+}
+
+/// Records [`LAYOUT`] in a Redis that names none (a new one, or one an
+/// older geosync wrote, which laid its keys out the same way), and
+/// returns the layout it names otherwise (`Err` with the server's error
+/// when the key is not a string).
+pub async fn claim_layout<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+) -> Result<Option<String>, redis::RedisError> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("SELECT")
+        .arg(0)
+        .ignore()
+        .cmd("SET")
+        .arg(LAYOUT_KEY)
+        .arg(LAYOUT)
+        .arg("NX")
+        .arg("GET");
+    let (found,): (Option<String>,) = pipe.query_async(conn).await?;
+    Ok(found)
+}
+
+/// Why a Redis whose geosync keys are laid out as `found` says cannot be
+/// worked on by this version.
+pub fn unknown_layout(found: &str) -> String {
+    format!(
+        "its geosync keys are laid out as layout {found:?} ({LAYOUT_KEY} in database 0); this geosync reads and writes layout {LAYOUT:?} only: run the geosync version that wrote them, or remove every __geosync: key first (the region then starts without metadata and is filled from its peers)"
+    )
 }
 
 /// The last four hex digits of every stamp this node makes.
