@@ -73,6 +73,15 @@ pub fn latest_possible(now: &Timestamp, slack: Duration) -> String {
     format!("{t:016x}ffff")
 }
 
+/// The smallest stamp with suffix `me` (a node's last 4 hex digits) whose
+/// time is one tick after encoded stamp `s`'s: just above `s`, below every
+/// stamp made later (`scripts/lib.lua` has the same). None when `s` is not
+/// an encoded stamp.
+pub fn stamp_above(s: &str, me: &str) -> Option<String> {
+    let t = u64::from_str_radix(s.get(..16)?, 16).ok()?;
+    Some(format!("{:016x}{me}", t.checked_add(1)?))
+}
+
 /// Encodes a stamp so that byte order equals `Timestamp` order.
 ///
 /// ```
@@ -109,6 +118,17 @@ pub fn unix_millis(ts: &Timestamp) -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn stamp_above_is_one_tick_later_with_the_given_suffix() {
+        assert_eq!(
+            stamp_above("00000000000000ff0200", "0100").as_deref(),
+            Some("00000000000001000100")
+        );
+        assert_eq!(stamp_above("", "0100"), None);
+        assert_eq!(stamp_above("ffffffffffffffff0100", "0100"), None);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

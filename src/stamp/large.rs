@@ -44,6 +44,9 @@ pub enum Stamped {
         stamp: String,
         /// Shipped again with its recorded stamp.
         again: bool,
+        /// Stamped just above what the key or region had (see
+        /// [`Stamping::low_base`]).
+        low: bool,
         /// Its elements.
         elements: u64,
     },
@@ -66,6 +69,11 @@ pub struct Stamping<'a> {
     /// not finish shipping; kept by the caller across attempts, so the
     /// pieces of a claimed key always reach the peers.
     pub claimed: Option<String>,
+    /// For a key first seen in a snapshot of a Redis that may be older
+    /// (decision 019): the newest of its database's floors and the stamp
+    /// the region had reached ("" for none). Its change is stamped just
+    /// above that or its record, whichever is newer.
+    pub low_base: Option<String>,
 }
 
 impl Stamping<'_> {
@@ -141,9 +149,16 @@ impl Stamping<'_> {
             return Ok(Some(Stamped::Shipped {
                 stamp: rec.stamp.to_string(),
                 again: true,
+                low: false,
                 elements,
             }));
         }
+        let low = self.low_base.as_deref().and_then(|base| {
+            let rec = record.as_ref().map_or("", |r| r.stamp);
+            let base = base.max(rec);
+            hlc::stamp_above(base, self.me).filter(|low| low.as_str() < s)
+        });
+        let s = low.as_deref().unwrap_or(s);
         let claim = store
             .claim(
                 copy.db,
@@ -164,6 +179,7 @@ impl Stamping<'_> {
         Ok(Some(Stamped::Shipped {
             stamp: s.to_string(),
             again: false,
+            low: low.is_some(),
             elements,
         }))
     }

@@ -77,6 +77,11 @@ impl SnapshotKeys {
         }
     }
 
+    /// A key stamped low outside a batch (a large collection, in pieces).
+    pub fn add_low(&mut self, k: Key) {
+        self.low.insert(k);
+    }
+
     /// How a pending key was seen.
     pub fn mode(&self, k: &Key) -> Seen {
         if self.seen.contains(k) {

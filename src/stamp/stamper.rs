@@ -380,7 +380,7 @@ impl Stamper {
             }
         };
         let mut changes = Vec::new();
-        let mut large: Vec<(u32, Bytes)> = Vec::new();
+        let mut large: Vec<(u32, Bytes, Seen)> = Vec::new();
         let mut low: Vec<(u32, Bytes)> = Vec::new();
         let mut stuck: Option<(Bytes, String, String)> = None;
         for ((db, _), outcome) in per_db.iter().zip(outcomes) {
@@ -404,7 +404,8 @@ impl Stamper {
             }
             for (key, kind) in outcome.unsupported {
                 if travels_in_pieces(&kind) {
-                    large.push((*db, key));
+                    let seen = self.snapshot_keys.mode(&(*db, key.clone()));
+                    large.push((*db, key, seen));
                     continue;
                 }
                 if let Some(rest) = kind.strip_prefix("too_large:") {
@@ -449,8 +450,8 @@ impl Stamper {
                 return false;
             }
         }
-        for (db, key) in large {
-            if !self.stamp_large(db, key, pending, shutdown).await {
+        for (db, key, seen) in large {
+            if !self.stamp_large(db, key, seen, pending, shutdown).await {
                 return false;
             }
         }
@@ -459,6 +460,32 @@ impl Stamper {
             return backoff.wait(shutdown).await;
         }
         true
+    }
+
+    /// The newest of database `db`'s floors and the stamp the region had
+    /// reached ("" for none): what a large key first seen in a snapshot is
+    /// stamped above (decision 019). None on shutdown.
+    async fn low_base(&mut self, db: u32, shutdown: &CancellationToken) -> Option<String> {
+        let mut backoff = Backoff::new();
+        loop {
+            let floors = async {
+                let flushed = self.store.flush_floor(db).await?;
+                let collected = self.store.collected_floor(db).await?;
+                Ok::<_, crate::store::StoreError>([flushed, collected])
+            };
+            match floors.await {
+                Ok(floors) => {
+                    let reached = self.snapshot_keys.reached().unwrap_or("").to_string();
+                    return Some(floors.into_iter().flatten().fold(reached, String::max));
+                }
+                Err(e) => {
+                    warn!(db, error = %e, "reading the database's floors failed; retrying");
+                    if !backoff.wait(shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 
     /// Removes the metadata buckets of `per_db`'s keys that a client
@@ -485,11 +512,20 @@ impl Stamper {
         &mut self,
         db: u32,
         key: Bytes,
+        seen: Seen,
         pending: &mut IndexSet<(u32, Bytes)>,
         shutdown: &CancellationToken,
     ) -> bool {
         let me = crate::store::node_suffix(self.node_id);
+        let low_base = match seen {
+            Seen::Snapshot => match self.low_base(db, shutdown).await {
+                Some(b) => Some(b),
+                None => return false,
+            },
+            _ => None,
+        };
         let mut stamping = Stamping {
+            low_base,
             clock: &self.clock,
             reship: self
                 .reship
@@ -526,8 +562,13 @@ impl Stamper {
             Ok(Stamped::Shipped {
                 stamp,
                 again,
+                low,
                 elements,
             }) => {
+                if low {
+                    self.metrics.changes_stamped_low.inc();
+                    self.snapshot_keys.add_low((db, key.clone()));
+                }
                 if again {
                     self.metrics.changes_reshipped.inc();
                     self.reshipped_large.insert((db, key));
