@@ -17,8 +17,9 @@ use redis::{Commands, Connection, Value};
 use super::env::now_ms;
 use crate::store::layout::{META_PREFIX, RESERVED_PREFIX, Record};
 
-/// A key's comparable value.
-#[derive(Debug, Clone, PartialEq)]
+/// A key's comparable value. Its `Debug` form shows bytes as text (lossy
+/// UTF-8), so that a report of differing values reads like the values.
+#[derive(Clone, PartialEq)]
 pub enum KeyValue {
     /// A string.
     String(Vec<u8>),
@@ -36,6 +37,43 @@ pub enum KeyValue {
     Stream(StreamValue),
     /// Another type (a module's), or a key that changed while it was read.
     Other(String),
+}
+
+/// Bytes shown as text in reports.
+struct Text<'a>(&'a [u8]);
+
+impl std::fmt::Debug for Text<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.0))
+    }
+}
+
+fn texts(v: &[Vec<u8>]) -> Vec<Text<'_>> {
+    v.iter().map(|x| Text(x)).collect()
+}
+
+impl std::fmt::Debug for KeyValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyValue::String(v) => f.debug_tuple("String").field(&Text(v)).finish(),
+            KeyValue::List(v) => f.debug_tuple("List").field(&texts(v)).finish(),
+            KeyValue::Set(v) => f.debug_tuple("Set").field(&texts(v)).finish(),
+            KeyValue::ZSet(v) => {
+                let v: Vec<_> = v.iter().map(|(m, s)| (Text(m), s)).collect();
+                f.debug_tuple("ZSet").field(&v).finish()
+            }
+            KeyValue::Hash(v) => {
+                let v: Vec<_> = v.iter().map(|(k, x)| (Text(k), Text(x))).collect();
+                f.debug_tuple("Hash").field(&v).finish()
+            }
+            KeyValue::HashTtl(v) => {
+                let v: Vec<_> = v.iter().map(|(k, x, t)| (Text(k), Text(x), t)).collect();
+                f.debug_tuple("HashTtl").field(&v).finish()
+            }
+            KeyValue::Stream(v) => f.debug_tuple("Stream").field(v).finish(),
+            KeyValue::Other(v) => f.debug_tuple("Other").field(v).finish(),
+        }
+    }
 }
 
 /// The replicated state of a stream.
@@ -467,6 +505,12 @@ mod tests {
         let c = compare(&a, &b);
         assert_eq!(c.differences.len(), 1, "{c:?}");
         assert!(c.expiring.is_empty());
+        // The report shows the values as text, not as bytes.
+        assert!(
+            c.differences[0].contains(r#"String("v")"#),
+            "{}",
+            c.differences[0]
+        );
     }
 
     #[test]
