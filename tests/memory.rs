@@ -229,3 +229,78 @@ fn with_global_evictions_an_evicted_key_is_deleted_everywhere() {
         "region 1 keeps {kept} of {written} keys, although region 2 evicted {evicted}"
     );
 }
+
+/// Region 2's agent is away while its Redis evicts keys with a TTL that
+/// came from region 1 (writes made into region 2 itself fill it). When
+/// the agent comes back, it cannot tell those evictions from client
+/// deletes (nobody watched), and it takes them as evictions: region 1
+/// keeps the keys (they expire there at the same time). The backlog moves
+/// on, so the agent resyncs fully; evictions made during the resync,
+/// before the session's eviction watch is armed, are taken the same way.
+#[test]
+fn keys_evicted_while_the_agent_was_away_stay_in_the_others() {
+    {
+        let backlog = "1mb";
+        let limited = Redis::start(&[
+            "--maxmemory",
+            "20mb",
+            "--maxmemory-policy",
+            "volatile-lru",
+            "--repl-backlog-size",
+            backlog,
+        ]);
+        let mut mesh = Mesh::over_with(vec![Redis::start(&[]), limited], None, &[]);
+        let written = 8_000;
+        fill_volatile(&mut mesh.regions[0].redis.conn(), written);
+        let mut b = mesh.regions[1].redis.conn();
+        wait_until("region 2 holds every key", SETTLE, || {
+            user_key_count(&mut b).unwrap() >= written
+        });
+        mesh.kill_agent(1);
+        // Writes into region 2 itself, with a TTL, push the older ones out.
+        let value = "w".repeat(1024);
+        for chunk in (0..30_000).collect::<Vec<_>>().chunks(1000) {
+            let mut p = redis::pipe();
+            for i in chunk {
+                p.cmd("SET")
+                    .arg(format!("local:{i}"))
+                    .arg(&value)
+                    .arg("EX")
+                    .arg(3600)
+                    .ignore();
+            }
+            let _: () = p.query(&mut b).unwrap();
+        }
+        let evicted = evicted_keys(&mut b);
+        let gone = (0..written)
+            .filter(|i| !b.exists::<_, bool>(format!("cache:{i}")).unwrap())
+            .count();
+        assert!(
+            gone > 1000,
+            "region 2 evicted only {gone} of region 1's keys"
+        );
+        mesh.restart_agent(1);
+        // Everything region 2's agent caught up with reached region 1
+        // before a marker written after its restart.
+        let _: () = b.set("marker", 1).unwrap();
+        let mut a = mesh.regions[0].redis.conn();
+        wait_until("the marker reaches region 1", SETTLE, || {
+            a.exists::<_, bool>("marker").unwrap()
+        });
+        let kept = (0..written)
+            .filter(|i| a.exists::<_, bool>(format!("cache:{i}")).unwrap())
+            .count();
+        let unseen = mesh.regions[1]
+            .agent
+            .metric("geosync_evictions_total{outcome=\"unseen\"}");
+        println!(
+            "figures: backlog={backlog} evicted_in_region_2={evicted} of_region_1s={gone} \
+             region_1_keeps={kept} counted_unseen={unseen}"
+        );
+        assert_eq!(
+            kept, written,
+            "region 1 lost keys region 2 evicted while its agent was away"
+        );
+        assert!(unseen >= gone as f64, "{unseen} of {gone} counted");
+    }
+}

@@ -184,11 +184,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             return Err(redis_err(message));
         }
     }
-    if config.evictions == source::Evictions::Local
+    let evictable = config.evictions == source::Evictions::Local
         && source::evictions::can_evict(&mut conn)
             .await
-            .map_err(|e| redis_err(format!("reading the memory settings: {e}")))?
-    {
+            .map_err(|e| redis_err(format!("reading the memory settings: {e}")))?;
+    if evictable {
         source::evictions::ensure_notifications(&mut conn)
             .await
             .map_err(redis_err)?;
@@ -296,6 +296,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         reshipped_large: Default::default(),
         snapshots_done: false,
         snapshot_keys: Default::default(),
+        evictable,
         position: position_tx,
         module_keys: Default::default(),
         too_large_logged: Default::default(),

@@ -27,6 +27,11 @@ pub enum TailEvent {
         /// since their record (decision 019).
         rewound: bool,
     },
+    /// Keys a `DEL`/`UNLINK` wrote (reported just before, as `Dirty`) while
+    /// evictions were not watched yet (before the session's first tick,
+    /// decision 016): an eviction may have sent them, so a key with a TTL
+    /// found gone is taken as evicted.
+    Unwatched(Vec<(u32, Bytes)>),
     /// Every key of a full resync's snapshot has been reported.
     SnapshotDone,
     /// Every write up to this point of the stream has been reported; once

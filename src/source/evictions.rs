@@ -253,9 +253,16 @@ impl Outlet {
             }
             Some(w) => {
                 // Not watched until this session's first tick comes
-                // through the stream: ask for it.
+                // through the stream: ask for it, and tell the stamper
+                // these deletes may be evictions.
                 w.shared.want.notify_one();
-                tx.send(ev).await.map_err(TailError::from)
+                tx.send(ev).await.map_err(TailError::from)?;
+                if deleted.is_empty() {
+                    return Ok(());
+                }
+                tx.send(TailEvent::Unwatched(deleted))
+                    .await
+                    .map_err(TailError::from)
             }
             None => tx.send(ev).await.map_err(TailError::from),
         }

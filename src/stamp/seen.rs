@@ -36,6 +36,11 @@ pub struct SnapshotKeys {
     low: HashSet<Key>,
     /// Pending keys of `low` that the stream reported written since.
     rewritten: HashSet<Key>,
+    /// Between any resync's start and the end of its snapshot or backlog.
+    catching_up: bool,
+    /// Pending keys reported while catching up (not first seen in a
+    /// snapshot of a Redis that may be older).
+    caught: HashSet<Key>,
 }
 
 impl SnapshotKeys {
@@ -43,16 +48,19 @@ impl SnapshotKeys {
     /// agent saw); `reached` is what the Redis held as reached then.
     pub fn start(&mut self, rewound: bool, reached: Option<String>) {
         self.reporting = rewound;
+        self.catching_up = true;
         self.reached = reached;
         self.seen.clear();
         self.low.clear();
         self.rewritten.clear();
+        self.caught.clear();
     }
 
     /// The snapshot or backlog has been reported: keys from now on are the
     /// live stream's.
     pub fn done(&mut self) {
         self.reporting = false;
+        self.catching_up = false;
     }
 
     /// The stamp the region had reached when the resync began.
@@ -68,11 +76,26 @@ impl SnapshotKeys {
                 if !pending.contains(k) {
                     self.seen.insert(k.clone());
                 }
+            } else if self.catching_up {
+                if !pending.contains(k) {
+                    self.caught.insert(k.clone());
+                }
             } else {
                 self.seen.remove(k);
+                self.caught.remove(k);
                 if self.low.contains(k) {
                     self.rewritten.insert(k.clone());
                 }
+            }
+        }
+    }
+
+    /// Pending keys a delete wrote while evictions were not watched: a key
+    /// with a TTL found gone may have been evicted.
+    pub fn unwatched(&mut self, keys: Vec<Key>) {
+        for k in keys {
+            if !self.seen.contains(&k) {
+                self.caught.insert(k);
             }
         }
     }
@@ -88,6 +111,8 @@ impl SnapshotKeys {
             Seen::Snapshot
         } else if self.rewritten.contains(k) {
             Seen::Rewritten
+        } else if self.caught.contains(k) {
+            Seen::CaughtUp
         } else {
             Seen::Live
         }
@@ -100,6 +125,7 @@ impl SnapshotKeys {
             if !pending.contains(k) {
                 self.seen.remove(k);
                 self.rewritten.remove(k);
+                self.caught.remove(k);
             }
         }
         self.low.extend(low);

@@ -406,7 +406,9 @@ impl Drop for SpoolRx {
 /// What an event costs in memory, roughly.
 fn memory_size(ev: &TailEvent) -> usize {
     match ev {
-        TailEvent::Dirty(keys) => 32 + keys.iter().map(|(_, k)| k.len() + 48).sum::<usize>(),
+        TailEvent::Dirty(keys) | TailEvent::Unwatched(keys) => {
+            32 + keys.iter().map(|(_, k)| k.len() + 48).sum::<usize>()
+        }
         _ => 64,
     }
 }
@@ -418,13 +420,18 @@ const TAG_SNAPSHOT_START: u8 = 3;
 const TAG_SNAPSHOT_DONE: u8 = 4;
 const TAG_POSITION: u8 = 5;
 const TAG_SNAPSHOT_START_REWOUND: u8 = 6;
+const TAG_UNWATCHED: u8 = 7;
 
 /// The on-disk form of an event (little-endian, lengths as u32).
 fn encode(ev: &TailEvent) -> Vec<u8> {
     let mut out = Vec::new();
     match ev {
-        TailEvent::Dirty(keys) => {
-            out.push(TAG_DIRTY);
+        TailEvent::Dirty(keys) | TailEvent::Unwatched(keys) => {
+            out.push(if matches!(ev, TailEvent::Dirty(_)) {
+                TAG_DIRTY
+            } else {
+                TAG_UNWATCHED
+            });
             out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
             for (db, key) in keys {
                 out.extend_from_slice(&db.to_le_bytes());
@@ -466,7 +473,7 @@ fn decode(mut b: &[u8]) -> Result<TailEvent, String> {
     }
     let tag = take(&mut b, 1)?[0];
     let ev = match tag {
-        TAG_DIRTY => {
+        TAG_DIRTY | TAG_UNWATCHED => {
             let n = u32_of(&mut b)? as usize;
             let mut keys = Vec::with_capacity(n.min(b.len() / 8));
             for _ in 0..n {
@@ -474,7 +481,11 @@ fn decode(mut b: &[u8]) -> Result<TailEvent, String> {
                 let len = u32_of(&mut b)? as usize;
                 keys.push((db, Bytes::copy_from_slice(take(&mut b, len)?)));
             }
-            TailEvent::Dirty(keys)
+            if tag == TAG_DIRTY {
+                TailEvent::Dirty(keys)
+            } else {
+                TailEvent::Unwatched(keys)
+            }
         }
         TAG_FLUSH_DB => TailEvent::Flush(Some(u32_of(&mut b)?)),
         TAG_FLUSH_ALL => TailEvent::Flush(None),
@@ -678,7 +689,8 @@ mod tests {
     fn event() -> impl Strategy<Value = TailEvent> {
         let key = proptest::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from);
         prop_oneof![
-            proptest::collection::vec((0u32..16, key), 0..8).prop_map(TailEvent::Dirty),
+            proptest::collection::vec((0u32..16, key.clone()), 0..8).prop_map(TailEvent::Dirty),
+            proptest::collection::vec((0u32..16, key), 0..8).prop_map(TailEvent::Unwatched),
             proptest::option::of(0u32..16).prop_map(TailEvent::Flush),
             Just(TailEvent::SnapshotStart { rewound: false }),
             Just(TailEvent::SnapshotStart { rewound: true }),

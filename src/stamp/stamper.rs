@@ -27,7 +27,7 @@ use crate::stamp::module_keys::{ModuleKeys, Owner};
 use crate::stamp::seen::SnapshotKeys;
 use crate::stamp::spool::SpoolRx;
 use crate::store::pieces::{LargeError, travels_in_pieces};
-use crate::store::{Seen, Store};
+use crate::store::{Seen, SeenContext, Store};
 
 /// Most keys over `--max-key-elements` logged by name; the metric counts all.
 pub const LOGGED_TOO_LARGE: usize = 1000;
@@ -71,6 +71,10 @@ pub struct Stamper {
     pub snapshots_done: bool,
     /// The keys the current resync's snapshot showed (decision 019).
     pub snapshot_keys: SnapshotKeys,
+    /// The local Redis may evict keys with a TTL and evictions stay local
+    /// (decision 016): a key with a TTL found gone while catching up is
+    /// taken as evicted unseen.
+    pub evictable: bool,
 }
 
 /// What the stamper has taken from the tailer and not finished yet.
@@ -147,6 +151,10 @@ impl Stamper {
             TailEvent::Dirty(keys) => {
                 self.snapshot_keys.reported(&keys, &pending.keys);
                 pending.keys.extend(keys);
+                true
+            }
+            TailEvent::Unwatched(keys) => {
+                self.snapshot_keys.unwatched(keys);
                 true
             }
             TailEvent::Position(p) => {
@@ -348,7 +356,10 @@ impl Stamper {
                     &per_db,
                     &enc,
                     self.reship.as_deref(),
-                    self.snapshot_keys.reached(),
+                    SeenContext {
+                        reached: self.snapshot_keys.reached(),
+                        evictable: self.evictable,
+                    },
                     self.node_id,
                 )
                 .await
@@ -385,6 +396,17 @@ impl Stamper {
         let mut stuck: Option<(Bytes, String, String)> = None;
         for ((db, _), outcome) in per_db.iter().zip(outcomes) {
             low.extend(outcome.low.into_iter().map(|k| (*db, k)));
+            if !outcome.evicted.is_empty() {
+                self.metrics
+                    .evictions
+                    .get_or_create(&Metrics::outcome("unseen"))
+                    .inc_by(outcome.evicted.len() as u64);
+                debug!(
+                    db,
+                    keys = outcome.evicted.len(),
+                    "keys with a TTL gone while the agent was away taken as evicted; kept in the other regions"
+                );
+            }
             for (key, newer) in outcome.retry {
                 self.metrics.stamp_retries.inc();
                 let observed = match hlc::decode(newer.as_bytes()) {

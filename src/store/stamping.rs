@@ -27,6 +27,22 @@ pub struct StampOutcome {
     /// Keys first seen in a snapshot whose change got a stamp below the
     /// batch's, just above what the key or the region had (decision 019).
     pub low: Vec<Bytes>,
+    /// Keys with a TTL found gone while the agent caught up, taken as
+    /// evicted while no one watched ([`SeenContext::evictable`]).
+    pub evicted: Vec<Bytes>,
+}
+
+/// What the stamp script needs to know besides each key's [`Seen`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeenContext<'a> {
+    /// The stamp the region had reached when the resync began
+    /// ([`Store::reached`]).
+    pub reached: Option<&'a str>,
+    /// The Redis may evict keys with a TTL and evictions stay local
+    /// (decision 016): a key with an expiry found gone while the agent
+    /// caught up is not deleted in the other regions, which expire it at
+    /// the same time.
+    pub evictable: bool,
 }
 
 /// How the stamper came to know of a dirty key, which decides the stamp
@@ -45,6 +61,11 @@ pub enum Seen {
     /// this resync: a client wrote it since, so it gets the batch's stamp
     /// even if its state still matches the record.
     Rewritten,
+    /// Reported while the agent caught up with what happened while it was
+    /// away, from the Redis whose stream it followed (a resync's backlog or
+    /// recorded keys): the batch's stamp, but a key with a TTL found gone
+    /// may have been evicted unseen.
+    CaughtUp,
 }
 
 impl Seen {
@@ -53,6 +74,7 @@ impl Seen {
             Seen::Live => b'l',
             Seen::Snapshot => b's',
             Seen::Rewritten => b'f',
+            Seen::CaughtUp => b'c',
         }
     }
 }
@@ -75,19 +97,20 @@ impl Store {
             .iter()
             .map(|(db, keys)| (*db, keys.iter().map(|k| (k.clone(), Seen::Live)).collect()))
             .collect();
-        self.stamp_seen(&per_db, stamp, reship, None, node_id).await
+        self.stamp_seen(&per_db, stamp, reship, SeenContext::default(), node_id)
+            .await
     }
 
     /// [`Store::stamp`] for keys each seen in its own way: keys first seen
     /// in a snapshot get a stamp just above the newest of their record,
-    /// the database's floors and `reached` (the stamp the region had
-    /// reached when the resync began, [`Store::reached`]).
+    /// the database's floors and what the region had reached (see
+    /// [`SeenContext`]).
     pub async fn stamp_seen(
         &mut self,
         per_db: &[(u32, Vec<(Bytes, Seen)>)],
         stamp: &str,
         reship: Option<&str>,
-        reached: Option<&str>,
+        context: SeenContext<'_>,
         node_id: u32,
     ) -> Result<Vec<StampOutcome>, StoreError> {
         let calls: Vec<_> = per_db
@@ -105,7 +128,12 @@ impl Store {
                     reship.unwrap_or("").as_bytes().to_vec(),
                     node_suffix(node_id).into_bytes(),
                     modes,
-                    reached.unwrap_or("").as_bytes().to_vec(),
+                    context.reached.unwrap_or("").as_bytes().to_vec(),
+                    if context.evictable {
+                        b"1".to_vec()
+                    } else {
+                        Vec::new()
+                    },
                 ];
                 (*db, Which::Stamp, k, args)
             })
@@ -158,19 +186,29 @@ pub(super) fn parse_stamp_reply(db: u32, reply: RValue) -> Result<StampOutcome, 
     let RValue::Array(parts) = reply else {
         return Err(bad("not an array"));
     };
-    let (changes, retry, unsupported, deferred, low) = match parts.as_slice() {
-        [c, r, u, RValue::Array(d)] => (c, r, u, d, None),
-        [c, r, u, RValue::Array(d), RValue::Array(l)] => (c, r, u, d, Some(l)),
-        _ => return Err(bad("want four or five parts")),
+    let (changes, retry, unsupported, deferred, low, evicted) = match parts.as_slice() {
+        [c, r, u, RValue::Array(d)] => (c, r, u, d, None, None),
+        [
+            c,
+            r,
+            u,
+            RValue::Array(d),
+            RValue::Array(l),
+            RValue::Array(e),
+        ] => (c, r, u, d, Some(l), Some(e)),
+        _ => return Err(bad("want four or six parts")),
     };
-    let low = low
-        .map(|l| {
+    let keys = |list: Option<&Vec<RValue>>, what: &str| {
+        list.map(|l| {
             l.iter()
                 .map(|k| bulk(k).map(Bytes::from))
                 .collect::<Option<Vec<_>>>()
         })
         .unwrap_or(Some(Vec::new()))
-        .ok_or_else(|| bad("low key"))?;
+        .ok_or_else(|| bad(what))
+    };
+    let low = keys(low, "low key")?;
+    let evicted = keys(evicted, "evicted key")?;
     let deferred = deferred
         .iter()
         .map(|k| bulk(k).map(Bytes::from))
@@ -184,6 +222,7 @@ pub(super) fn parse_stamp_reply(db: u32, reply: RValue) -> Result<StampOutcome, 
         unsupported: bulk_pairs(unsupported, "unsupported")?,
         deferred,
         low,
+        evicted,
         ..Default::default()
     };
     for c in changes {

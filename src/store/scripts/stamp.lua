@@ -20,8 +20,14 @@
 --          'f' the live stream, for a key given such a stamp during this
 --          resync: a client wrote it since, so it is stamped ARGV[1] even
 --          when its state still matches the record
+--          'c' reported while the agent caught up with what happened
+--          while it was away (a resync's backlog or recorded keys): as 'l'
 -- ARGV[5]  the stamp this region had reached (its `__geosync:reached`
 --          key when the resync began), or ''
+-- ARGV[6]  '1' when this Redis may evict keys with a TTL and evictions stay
+--          local: a key with an expiry found gone in modes 's' and 'c' may
+--          have been evicted while no one watched, and is not deleted in
+--          other regions (they expire it at the same time); '' otherwise
 --
 -- Returns { changes, retry, unsupported, deferred, low }:
 --   changes: { key, stamp, 'p', type, expiry, flat } or { key, stamp, 'd' }
@@ -32,9 +38,10 @@
 --   deferred: keys left for the next batch once MAX_ELEMENTS elements were
 --          read, so that one script never blocks Redis for long
 --   low: keys whose change got a stamp below ARGV[1] (mode 's')
+--   evicted: keys taken as evicted while no one watched (ARGV[6])
 local stamp, reship, me = ARGV[1], ARGV[2], ARGV[3]
-local modes, reached = ARGV[4] or '', ARGV[5] or ''
-local changes, retry, unsupported, deferred, low = {}, {}, {}, {}, {}
+local modes, reached, evictable = ARGV[4] or '', ARGV[5] or '', ARGV[6] == '1'
+local changes, retry, unsupported, deferred, low, evicted = {}, {}, {}, {}, {}, {}
 
 -- Recorded by this very call's stamp (an earlier try of it ran but its
 -- reply was lost, and the agent tries again with the same stamp), or by
@@ -50,7 +57,7 @@ if floor and floor >= stamp then
     retry[#retry + 1] = KEYS[i]
     retry[#retry + 1] = floor
   end
-  return { changes, retry, unsupported, deferred, low }
+  return { changes, retry, unsupported, deferred, low, evicted }
 end
 
 local collected = redis.call('GET', '__geosync:collected')
@@ -91,6 +98,10 @@ local function stamp_key(key, bucket, mode)
       -- Expired: every region expires it at the same absolute time on its
       -- own. Keep its stamp as a tombstone so an older change cannot revive it.
       redis.call('HSET', bucket, key, make_record(rec.stamp, 't', NO_DIGEST, nil))
+    elseif evictable and rec.expiry and (mode == 's' or mode == 'c') then
+      -- Maybe evicted while no one watched: kept elsewhere until it expires
+      -- there; the record stays, as after an eviction seen live.
+      evicted[#evicted + 1] = key
     elseif rec.stamp > stamp or at > stamp then
       retry[#retry + 1] = key
       retry[#retry + 1] = rec.stamp > at and rec.stamp or at
@@ -131,4 +142,4 @@ for i = 2, #KEYS, 2 do
     stamp_key(key, bucket, string.sub(modes, m, m))
   end
 end
-return { changes, retry, unsupported, deferred, low }
+return { changes, retry, unsupported, deferred, low, evicted }
