@@ -126,14 +126,15 @@ impl Drop for Exits {
     }
 }
 
-/// Writes `n` keys of 1 KiB with an hour to live into `c`, pipelined.
-fn fill_volatile(c: &mut redis::Connection, n: usize) {
+/// Writes `n` keys of 1 KiB with an hour to live into `c`, pipelined:
+/// `<prefix>:0` and on.
+fn fill_volatile(c: &mut redis::Connection, prefix: &str, n: usize) {
     let value = "v".repeat(1024);
     for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
         let mut p = redis::pipe();
         for i in chunk {
             p.cmd("SET")
-                .arg(format!("cache:{i}"))
+                .arg(format!("{prefix}:{i}"))
                 .arg(&value)
                 .arg("EX")
                 .arg(3600)
@@ -163,7 +164,7 @@ fn evicting_mesh(evictions: &str) -> (Mesh, usize, i64) {
         &["--evictions", evictions],
     );
     let written = 40_000;
-    fill_volatile(&mut mesh.regions[0].redis.conn(), written);
+    fill_volatile(&mut mesh.regions[0].redis.conn(), "cache", written);
     let mut b = mesh.regions[1].redis.conn();
     let applied = "geosync_changes_applied_total";
     wait_until("region 2 applied every key", SETTLE, || {
@@ -251,26 +252,14 @@ fn keys_evicted_while_the_agent_was_away_stay_in_the_others() {
         ]);
         let mut mesh = Mesh::over_with(vec![Redis::start(&[]), limited], None, &[]);
         let written = 8_000;
-        fill_volatile(&mut mesh.regions[0].redis.conn(), written);
+        fill_volatile(&mut mesh.regions[0].redis.conn(), "cache", written);
         let mut b = mesh.regions[1].redis.conn();
         wait_until("region 2 holds every key", SETTLE, || {
             user_key_count(&mut b).unwrap() >= written
         });
         mesh.kill_agent(1);
         // Writes into region 2 itself, with a TTL, push the older ones out.
-        let value = "w".repeat(1024);
-        for chunk in (0..30_000).collect::<Vec<_>>().chunks(1000) {
-            let mut p = redis::pipe();
-            for i in chunk {
-                p.cmd("SET")
-                    .arg(format!("local:{i}"))
-                    .arg(&value)
-                    .arg("EX")
-                    .arg(3600)
-                    .ignore();
-            }
-            let _: () = p.query(&mut b).unwrap();
-        }
+        fill_volatile(&mut b, "local", 30_000);
         let evicted = evicted_keys(&mut b);
         let gone = (0..written)
             .filter(|i| !b.exists::<_, bool>(format!("cache:{i}")).unwrap())

@@ -13,6 +13,44 @@ use support::*;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
+/// Waits until region 1 (`c`) records the stamp it reached: region 2 has
+/// compared digests with it since its last writes.
+fn wait_reached(c: &mut redis::Connection) {
+    wait_until("region 1 records the stamp it reached", SETTLE, || {
+        c.get::<_, Option<String>>("__geosync:reached")
+            .unwrap()
+            .is_some()
+    });
+}
+
+/// Restarts region 1's Redis from `dump` while the regions cannot reach
+/// each other (no rebuild from the peer comes first, so region 1 stamps
+/// what it finds on its own), checks the restarted Redis with `older`,
+/// waits until the agent resynced fully and stamped `low` changes low,
+/// then heals and waits for convergence. A connection to region 1.
+fn restart_apart_from(
+    mesh: &mut Mesh,
+    dump: &std::path::Path,
+    low: f64,
+    older: impl FnOnce(&mut redis::Connection),
+) -> redis::Connection {
+    mesh.partition(0, 1);
+    let syncs = mesh.regions[0].agent.metric("geosync_sync_full_total");
+    mesh.regions[0].redis.restart_from(dump);
+    let mut c1 = mesh.regions[0].redis.conn();
+    older(&mut c1);
+    let agent = &mesh.regions[0].agent;
+    wait_until("region 1's agent resyncs fully", SETTLE, || {
+        agent.metric("geosync_sync_full_total") > syncs
+    });
+    wait_until("region 1 stamps the snapshot's changes low", SETTLE, || {
+        agent.metric("geosync_changes_stamped_low_total") >= low
+    });
+    mesh.heal(0, 1);
+    mesh.wait_converged(&[0], SETTLE);
+    c1
+}
+
 /// Region 1's Redis saves a snapshot holding writes its agent had not
 /// stamped yet (the agent was down); they are then stamped and shipped,
 /// region 2 overwrites or deletes every one of them, and region 1's Redis
@@ -31,13 +69,7 @@ fn a_redis_restarted_from_an_older_snapshot_does_not_bring_back_old_values() {
     let _: () = c1.set("deleted", "v1").unwrap();
     let _: () = c1.hset("hash", "f", "v1").unwrap();
     mesh.wait_converged(&[0], SETTLE);
-    // Region 2 has compared digests with region 1 since, and region 1
-    // recorded what it told it had delivered.
-    wait_until("region 1 records the stamp it reached", SETTLE, || {
-        c1.get::<_, Option<String>>("__geosync:reached")
-            .unwrap()
-            .is_some()
-    });
+    wait_reached(&mut c1);
 
     // Writes region 1's agent has not stamped when the snapshot is saved:
     // their records still describe v1, or nothing.
@@ -63,37 +95,22 @@ fn a_redis_restarted_from_an_older_snapshot_does_not_bring_back_old_values() {
     let _: () = c2.del("unrecorded").unwrap();
     mesh.wait_converged(&[0], SETTLE);
 
-    // Region 1's Redis comes back from the older snapshot while the
-    // regions cannot reach each other (no rebuild from the peer comes
-    // first): region 1 stamps what it finds on its own.
-    mesh.partition(0, 1);
-    let syncs = mesh.regions[0].agent.metric("geosync_sync_full_total");
-    let dump_holds =
-        |c: &mut redis::Connection| -> Option<String> { c.get("overwritten").unwrap() };
-    mesh.regions[0].redis.restart_from(&dump);
-    let mut c1 = mesh.regions[0].redis.conn();
-    assert_eq!(
-        dump_holds(&mut c1).as_deref(),
-        Some("v2"),
-        "the snapshot is the older one"
-    );
-    let reached: Option<String> = c1.get("__geosync:reached").unwrap();
-    assert!(
-        reached.is_some(),
-        "the snapshot holds the stamp region 1 had reached"
-    );
-    wait_until("region 1's agent resyncs fully", SETTLE, || {
-        mesh.regions[0].agent.metric("geosync_sync_full_total") > syncs
+    // Region 1's Redis comes back from the older snapshot; the four keys
+    // that differ from their records are stamped low.
+    let mut c1 = restart_apart_from(&mut mesh, &dump, 4.0, |c| {
+        assert_eq!(
+            c.get::<_, Option<String>>("overwritten")
+                .unwrap()
+                .as_deref(),
+            Some("v2"),
+            "the snapshot is the older one"
+        );
+        let reached: Option<String> = c.get("__geosync:reached").unwrap();
+        assert!(
+            reached.is_some(),
+            "the snapshot holds the stamp region 1 had reached"
+        );
     });
-    // The four keys that differ from their records are stamped low.
-    wait_until("region 1 stamps the snapshot's changes", SETTLE, || {
-        mesh.regions[0]
-            .agent
-            .metric("geosync_changes_stamped_low_total")
-            >= 4.0
-    });
-    mesh.heal(0, 1);
-    mesh.wait_converged(&[0], SETTLE);
     for (i, r) in mesh.regions.iter().enumerate() {
         let mut c = r.redis.conn();
         let region = i + 1;
@@ -157,11 +174,7 @@ fn an_older_snapshot_does_not_bring_back_a_large_collection() {
     let members = |tag: &str| -> Vec<String> { (0..3000).map(|i| format!("{tag}{i}")).collect() };
     let _: () = c1.sadd("big", members("a")).unwrap();
     mesh.wait_converged(&[0], SETTLE);
-    wait_until("region 1 records the stamp it reached", SETTLE, || {
-        c1.get::<_, Option<String>>("__geosync:reached")
-            .unwrap()
-            .is_some()
-    });
+    wait_reached(&mut c1);
     mesh.kill_agent(0);
     let _: () = c1.sadd("big", members("b")).unwrap();
     let dump = mesh.regions[0].redis.save_copy("older.rdb");
@@ -172,26 +185,13 @@ fn an_older_snapshot_does_not_bring_back_a_large_collection() {
     let _: () = c2.sadd("big", members("c")).unwrap();
     mesh.wait_converged(&[0], SETTLE);
 
-    mesh.partition(0, 1);
-    let syncs = mesh.regions[0].agent.metric("geosync_sync_full_total");
-    mesh.regions[0].redis.restart_from(&dump);
-    let mut c1 = mesh.regions[0].redis.conn();
-    assert_eq!(
-        c1.scard::<_, usize>("big").unwrap(),
-        6000,
-        "the snapshot is the older one"
-    );
-    wait_until("region 1's agent resyncs fully", SETTLE, || {
-        mesh.regions[0].agent.metric("geosync_sync_full_total") > syncs
+    restart_apart_from(&mut mesh, &dump, 1.0, |c| {
+        assert_eq!(
+            c.scard::<_, usize>("big").unwrap(),
+            6000,
+            "the snapshot is the older one"
+        );
     });
-    wait_until("region 1 stamps the snapshot's set", SETTLE, || {
-        mesh.regions[0]
-            .agent
-            .metric("geosync_changes_stamped_low_total")
-            >= 1.0
-    });
-    mesh.heal(0, 1);
-    mesh.wait_converged(&[0], SETTLE);
     for (i, r) in mesh.regions.iter().enumerate() {
         let mut got: Vec<String> = r.redis.conn().smembers("big").unwrap();
         got.sort();
