@@ -241,15 +241,17 @@ async fn carry(
         tokio::select! {
             r = client.read(&mut from_client), if forward.wants_more(f.forward) => match r {
                 Ok(0) | Err(_) => forward.closed = true,
+                // The delay in force now: a change made while this read
+                // waited may not have woken the loop yet.
                 Ok(n) => forward
                     .queue
-                    .push_back((Instant::now() + f.forward.delay, from_client[..n].to_vec())),
+                    .push_back((Instant::now() + faults.borrow().forward.delay, from_client[..n].to_vec())),
             },
             r = server.read(&mut from_server), if backward.wants_more(f.backward) => match r {
                 Ok(0) | Err(_) => backward.closed = true,
                 Ok(n) => backward
                     .queue
-                    .push_back((Instant::now() + f.backward.delay, from_server[..n].to_vec())),
+                    .push_back((Instant::now() + faults.borrow().backward.delay, from_server[..n].to_vec())),
             },
             _ = sleep_until(forward.next_due(f.forward)) => {
                 if let Some((_, bytes)) = forward.queue.pop_front()
