@@ -33,8 +33,8 @@ pub async fn run(
                 warn!(error = %e, "checking geosync's layout marker failed; trying again later")
             }
         }
+        let latest = latest_plausible(&clock, max_skew);
         for db in 0..databases {
-            let latest = latest_plausible(&clock, max_skew);
             match store.repair_floors(db, &latest).await {
                 Ok(repairs) => report(&repairs, &metrics),
                 Err(e) => {

@@ -15,7 +15,7 @@ use crate::base::backoff::Backoff;
 use crate::base::change::Change;
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
-use crate::store::guard::{buckets_of, report as report_repairs};
+use crate::store::guard::repair_buckets_of;
 use crate::store::{ApplyOutcome, Store, StoreError};
 
 /// A batch to apply and where to send the result.
@@ -63,21 +63,8 @@ pub async fn run(
                 }
                 Err(e) if e.is_wrong_type() => {
                     // A client overwrote a metadata bucket of the batch.
-                    let mut any = false;
-                    let mut dbs: Vec<u32> = job.changes.iter().map(|c| c.db).collect();
-                    dbs.sort();
-                    dbs.dedup();
-                    for db in dbs {
-                        let keys = job.changes.iter().filter(|c| c.db == db);
-                        let buckets = buckets_of(keys.map(|c| c.key.as_slice()));
-                        match store.repair_buckets(db, &buckets).await {
-                            Ok(repairs) => {
-                                any |= !repairs.is_empty();
-                                report_repairs(&repairs, &metrics);
-                            }
-                            Err(e) => warn!(db, error = %e, "checking metadata buckets failed"),
-                        }
-                    }
+                    let keys = job.changes.iter().map(|c| (c.db, c.key.as_slice()));
+                    let any = repair_buckets_of(&mut store, keys, &metrics).await;
                     if !any {
                         warn!(error = %e, "applying met a key of the wrong type; retrying");
                     }

@@ -3,9 +3,10 @@
 //!
 //! Such a change happened at some unknown time after its record: while the
 //! agent was away, or before a Redis that came back from an older RDB, or a
-//! replica promoted without everything, saved it. It must never beat a write made after it, so the
-//! stamp script gives it a stamp just above the newest stamp the key or the
-//! region is known to have had ([`Seen::Snapshot`]). Such a low stamp must
+//! replica promoted without everything, saved it. It must never beat a
+//! write made after it, so the stamp script gives it a stamp just above the
+//! newest stamp the key or the region is known to have had
+//! ([`Seen::Snapshot`]). Such a low stamp must
 //! not stick to a write a client makes during the resync: the snapshot's
 //! key is read live, so it may already hold that write, which the stream
 //! reports afterwards; the key is then stamped again with a fresh stamp

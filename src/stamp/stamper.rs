@@ -374,7 +374,17 @@ impl Stamper {
                 }
                 Err(e) if e.is_wrong_type() => {
                     // A client overwrote a metadata bucket of the batch.
-                    if !self.repair_buckets(&per_db).await {
+                    let mut keys: Vec<(u32, &[u8])> = Vec::new();
+                    for (db, batch) in &per_db {
+                        keys.extend(batch.iter().map(|(k, _)| (*db, k.as_ref())));
+                    }
+                    let repaired = crate::store::guard::repair_buckets_of(
+                        &mut self.store,
+                        keys.into_iter(),
+                        &self.metrics,
+                    )
+                    .await;
+                    if !repaired {
                         warn!(error = %e, "stamping met a key of the wrong type; retrying");
                     }
                     if !backoff.wait(shutdown).await {
@@ -508,24 +518,6 @@ impl Stamper {
                 }
             }
         }
-    }
-
-    /// Removes the metadata buckets of `per_db`'s keys that a client
-    /// turned into another type (scripts fail on them with WRONGTYPE);
-    /// true when there was one.
-    async fn repair_buckets(&mut self, per_db: &[(u32, Vec<(Bytes, Seen)>)]) -> bool {
-        let mut any = false;
-        for (db, keys) in per_db {
-            let buckets = crate::store::guard::buckets_of(keys.iter().map(|(k, _)| k.as_ref()));
-            match self.store.repair_buckets(*db, &buckets).await {
-                Ok(repairs) => {
-                    any |= !repairs.is_empty();
-                    crate::store::guard::report(&repairs, &self.metrics);
-                }
-                Err(e) => warn!(db, error = %e, "checking metadata buckets failed"),
-            }
-        }
-        any
     }
 
     /// Stamps and ships a collection over `--max-key-elements` in pieces

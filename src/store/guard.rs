@@ -53,6 +53,34 @@ pub fn buckets_of<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
     b
 }
 
+/// Removes the metadata buckets of `keys` (database, key) that a client
+/// turned into another type, for a script that failed on them with
+/// WRONGTYPE; counts and logs them. True when there was one.
+pub async fn repair_buckets_of<'a>(
+    store: &mut Store,
+    keys: impl Iterator<Item = (u32, &'a [u8])>,
+    metrics: &crate::ops::metrics::Metrics,
+) -> bool {
+    let mut per_db: std::collections::BTreeMap<u32, Vec<&[u8]>> = Default::default();
+    for (db, key) in keys {
+        per_db.entry(db).or_default().push(key);
+    }
+    let mut any = false;
+    for (db, keys) in per_db {
+        match store
+            .repair_buckets(db, &buckets_of(keys.into_iter()))
+            .await
+        {
+            Ok(repairs) => {
+                any |= !repairs.is_empty();
+                report(&repairs, metrics);
+            }
+            Err(e) => tracing::warn!(db, error = %e, "checking metadata buckets failed"),
+        }
+    }
+    any
+}
+
 /// Counts and logs repairs.
 pub fn report(repairs: &[Repair], metrics: &crate::ops::metrics::Metrics) {
     for r in repairs {
