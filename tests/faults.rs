@@ -490,8 +490,8 @@ fn a_redis_restarted_empty_while_another_regions_agent_is_down_converges() {
 /// The flush floor of a database: the stamp of its last FLUSHDB, if any.
 fn floor(r: &Region, db: u32) -> Option<String> {
     redis::cmd("GET")
-        .arg(geosync::store::layout::FLOOR_KEY)
-        .query(&mut r.redis.conn_db(db))
+        .arg(geosync::store::floor_key(db))
+        .query(&mut r.redis.meta_conn())
         .unwrap()
 }
 

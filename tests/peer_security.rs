@@ -630,9 +630,7 @@ async fn messages_stay_under_the_limit_and_larger_ones_are_refused() {
     assert!(!c2.exists::<_, bool>("huge").unwrap());
     // Refused before its record was written: region 1's metadata does not
     // claim a stamp its peers never received.
-    let record: Option<String> = c1
-        .hget(geosync::store::meta_bucket(b"huge"), "huge")
-        .unwrap();
+    let record: Option<String> = mesh.regions[0].redis.record(0, "huge");
     assert_eq!(record, None, "a record for a value that was never shipped");
     // A stranger's message over the limit is refused before it is decoded.
     let port = agent.listen;

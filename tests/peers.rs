@@ -232,9 +232,7 @@ fn a_large_key_with_a_missing_piece_is_not_applied() {
         building.is_empty(),
         "built keys are cleaned up: {building:?}"
     );
-    let rec: String = c
-        .hget(geosync::store::meta_bucket(b"pieces"), "pieces")
-        .unwrap();
+    let rec: String = mesh.regions[0].redis.record(0, "pieces").expect("recorded");
     assert!(rec.ends_with(&format!("v{digest}")), "recorded: {rec}");
 }
 

@@ -20,8 +20,26 @@ fn put(key: &str, value: &str, at: &Timestamp) -> Change {
 }
 
 fn recorded_stamp(c: &mut redis::Connection, key: &str) -> String {
-    let rec: String = c.hget(meta_bucket(key.as_bytes()), key).unwrap();
+    let rec = record(c, key).expect("recorded");
     rec[..20].to_string()
+}
+
+/// The record of `key` of database 0; `c` is a connection to database 0
+/// (the records are in the metadata database).
+fn record(c: &mut redis::Connection, key: &str) -> Option<String> {
+    let (rec,): (Option<String>,) = redis::pipe()
+        .cmd("SELECT")
+        .arg(geosync::store::metadata_db())
+        .ignore()
+        .cmd("HGET")
+        .arg(meta_bucket(0, key.as_bytes()))
+        .arg(key)
+        .cmd("SELECT")
+        .arg(0)
+        .ignore()
+        .query(c)
+        .unwrap();
+    rec
 }
 
 fn setup() -> (Redis, Store, redis::Connection) {
@@ -157,7 +175,11 @@ fn equal_time_tie_break_follows_uhlc_order() {
     let (from1, from256) = (ts(t, 1), ts(t, 256));
     assert!(from1 > from256, "uhlc orders id 1 above id 256");
     for (first, second) in [(&from1, &from256), (&from256, &from1)] {
-        let _: () = c.del(&["k", meta_bucket(b"k").as_str()]).unwrap();
+        let _: () = c.del("k").unwrap();
+        let _: () = _r
+            .meta_conn()
+            .hdel(meta_bucket(0, b"k"), "k")
+            .unwrap();
         let name = |x: &Timestamp| if x == &from1 { "node1" } else { "node256" };
         rt.block_on(store.apply(&[put("k", name(first), first)]))
             .unwrap();
@@ -227,9 +249,7 @@ fn local_flush_removes_what_landed_before_its_stamp() {
     );
     assert_eq!(c.get::<_, String>("after").unwrap(), "client");
     assert!(
-        c.hget::<_, _, Option<String>>(meta_bucket(b"landed"), "landed")
-            .unwrap()
-            .is_none()
+        record(&mut c, "landed").is_none()
     );
     // and the floor keeps it from coming back
     let out = rt
@@ -339,7 +359,7 @@ fn only_unchanged_records_below_the_floor_are_forgotten() {
     assert_eq!(dropped, 2, "gone and tomb");
     for k in ["gone", "tomb"] {
         assert!(!c.exists::<_, bool>(k).unwrap());
-        let rec: Option<String> = c.hget(meta_bucket(k.as_bytes()), k).unwrap();
+        let rec: Option<String> = record(&mut c, k);
         assert_eq!(rec, None, "{k}'s record is dropped");
     }
     assert_eq!(
@@ -353,12 +373,15 @@ fn only_unchanged_records_below_the_floor_are_forgotten() {
     assert_eq!(c.get::<_, String>("moved").unwrap(), "w");
     assert_eq!(c.get::<_, String>("recent").unwrap(), "v");
     for k in ["rewritten", "revived", "moved", "recent"] {
-        let rec: Option<String> = c.hget(meta_bucket(k.as_bytes()), k).unwrap();
+        let rec: Option<String> = record(&mut c, k);
         assert!(rec.is_some(), "{k} is still recorded");
     }
     // The floor went up with the drop: an older change finds the key
     // deleted.
-    let collected: String = c.get(geosync::store::layout::COLLECTED_KEY).unwrap();
+    let collected: String = _r
+        .meta_conn()
+        .get(geosync::store::collected_key(0))
+        .unwrap();
     assert_eq!(collected, floor);
     let out = rt
         .block_on(store.apply(&[put("gone", "back", &at(150))]))
@@ -391,7 +414,7 @@ fn a_peer_flush_in_slices_keeps_writes_made_since_it_began() {
     let out = rt.block_on(store.apply(&[flush])).unwrap();
     assert_eq!(out.applied, 1);
     assert_eq!(c.get::<_, String>("k5").unwrap(), "written here");
-    let rec: Option<String> = c.hget(meta_bucket(b"k5"), "k5").unwrap();
+    let rec: Option<String> = record(&mut c, "k5");
     assert_eq!(rec, None, "k5's old record went");
     for i in (0..200).filter(|i| *i != 5) {
         assert!(

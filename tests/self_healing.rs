@@ -151,7 +151,7 @@ fn stored_digests_follow_every_record_change() {
         .unwrap();
     lab.mesh.wait_converged(&[0], SETTLE);
     for r in &lab.mesh.regions {
-        let wrong = drifted_digests(&mut r.redis.conn());
+        let wrong = drifted_digests(&mut r.redis.meta_conn());
         assert!(
             wrong.is_empty(),
             "region {}: stored digests drifted in {wrong:?}",
@@ -441,11 +441,7 @@ fn a_large_key_that_arrived_incomplete_comes_whole_by_anti_entropy() {
             .unwrap()
             == 5000
     });
-    let rec: String = redis::cmd("HGET")
-        .arg(geosync::store::meta_bucket(b"large"))
-        .arg("large")
-        .query(&mut c)
-        .unwrap();
+    let rec: String = mesh.regions[2].redis.record(0, "large").expect("recorded");
     let (stamp, digest) = (rec[..20].to_string(), rec[21..37].to_string());
     let piece = |at: usize, n: usize| Change {
         db: 0,

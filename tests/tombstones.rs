@@ -16,18 +16,19 @@ use support::*;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// Records (metadata fields) in database 0 of a region, and the bytes the
-/// metadata takes (`MEMORY USAGE` of every bucket and the digests).
+/// Records (metadata fields) of database 0 of a region, and the bytes the
+/// metadata takes (`MEMORY USAGE` of every bucket and the digests); `c` is
+/// a connection to the metadata database.
 fn metadata(c: &mut redis::Connection) -> (usize, u64) {
     let buckets: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", geosync::store::META_PREFIX))
+        .arg(format!("{}*", geosync::store::bucket_prefix(0)))
         .query(c)
         .unwrap();
     let mut records = 0;
     let mut bytes = 0;
     for b in buckets
         .iter()
-        .chain(std::iter::once(&"__geosync:dg".to_string()))
+        .chain(std::iter::once(&geosync::store::digests_key(0)))
     {
         let n: usize = c.hlen(b).unwrap();
         if b.starts_with(geosync::store::META_PREFIX) {
@@ -86,21 +87,18 @@ fn a_sessions_run_keeps_metadata_bounded() {
     let written = per_region * mesh.regions.len();
     // One key's record, to send back later as an older change.
     let probe = "session:0:0";
-    let mut a = mesh.regions[0].redis.conn();
     let mut recorded: Option<String> = None;
     wait_until("the probe key is recorded", SETTLE, || {
-        recorded = a
-            .hget(geosync::store::meta_bucket(probe.as_bytes()), probe)
-            .unwrap();
+        recorded = mesh.regions[0].redis.record(0, probe);
         recorded.is_some()
     });
     let recorded = recorded.unwrap();
     for r in &mesh.regions {
-        let m = metadata(&mut r.redis.conn());
+        let m = metadata(&mut r.redis.meta_conn());
         peak = (peak.0.max(m.0), peak.1.max(m.1));
     }
     for r in &mesh.regions {
-        let mut c = r.redis.conn();
+        let mut c = r.redis.meta_conn();
         wait_until(
             &format!("region {}'s metadata is collected", r.name),
             SETTLE,
@@ -112,7 +110,7 @@ fn a_sessions_run_keeps_metadata_bounded() {
     let after: Vec<(usize, u64)> = mesh
         .regions
         .iter()
-        .map(|r| metadata(&mut r.redis.conn()))
+        .map(|r| metadata(&mut r.redis.meta_conn()))
         .collect();
     let collected = mesh.metric("geosync_tombstones_collected_total");
     println!(
@@ -176,10 +174,11 @@ fn a_silent_region_holds_tombstones_back_and_the_metric_says_so() {
         .agent
         .metric("geosync_tombstones_collected_total");
     assert_eq!(collections, 0.0);
-    assert_eq!(metadata(&mut a).0, 100, "the 100 tombstones are kept");
+    let mut meta_a = mesh.regions[0].redis.meta_conn();
+    assert_eq!(metadata(&mut meta_a).0, 100, "the 100 tombstones are kept");
     mesh.restart_agent(1);
     wait_until("region a collects once b is back", SETTLE, || {
-        metadata(&mut a).0 == 0
+        metadata(&mut meta_a).0 == 0
     });
     // Region a may drop them before its own collector runs (its round
     // finds b, which collected them, lacking them: decision 015); the
@@ -188,27 +187,26 @@ fn a_silent_region_holds_tombstones_back_and_the_metric_says_so() {
         mesh.regions[0].agent.metric(blocked) == 0.0
     });
     mesh.wait_converged(&[0], SETTLE);
-    let mut b = mesh.regions[1].redis.conn();
-    wait_until("region b collects too", SETTLE, || metadata(&mut b).0 == 0);
+    let mut meta_b = mesh.regions[1].redis.meta_conn();
+    wait_until("region b collects too", SETTLE, || {
+        metadata(&mut meta_b).0 == 0
+    });
 }
 
 /// The stamp region `c` records for `key`, None without a record.
-fn recorded_stamp(c: &mut redis::Connection, key: &str) -> Option<String> {
-    let rec: Option<String> = c
-        .hget(geosync::store::meta_bucket(key.as_bytes()), key)
-        .unwrap();
-    rec.map(|r| r[..20].to_string())
+fn recorded_stamp(r: &Redis, key: &str) -> Option<String> {
+    r.record(0, key).map(|r| r[..20].to_string())
 }
 
 /// Waits until every region's collected floor (database 0) is past `stamp`.
 fn wait_collected_past(mesh: &Mesh, stamp: &str) {
     for r in &mesh.regions {
-        let mut c = r.redis.conn();
+        let mut c = r.redis.meta_conn();
         wait_until(
             &format!("region {} collects past {stamp}", r.name),
             SETTLE,
             || {
-                let floor: Option<String> = c.get(geosync::store::layout::COLLECTED_KEY).unwrap();
+                let floor: Option<String> = c.get(geosync::store::collected_key(0)).unwrap();
                 floor.is_some_and(|f| f.as_str() > stamp)
             },
         );
@@ -231,7 +229,7 @@ fn a_key_lost_without_a_trace_below_the_collected_floor_is_dropped_where_it_rema
     mesh.wait_converged(&[0], SETTLE);
     let newest = lost
         .iter()
-        .map(|k| recorded_stamp(&mut a, k).expect("recorded"))
+        .map(|k| recorded_stamp(&mesh.regions[0].redis, k).expect("recorded"))
         .max()
         .unwrap();
     wait_collected_past(&mesh, &newest);
@@ -239,7 +237,11 @@ fn a_key_lost_without_a_trace_below_the_collected_floor_is_dropped_where_it_rema
     mesh.wait_converged(&[0], SETTLE);
     for (i, k) in lost.iter().enumerate() {
         assert!(!a.exists::<_, bool>(k).unwrap(), "{k} is still in region a");
-        assert_eq!(recorded_stamp(&mut a, k), None, "{k} is still recorded");
+        assert_eq!(
+            recorded_stamp(&mesh.regions[0].redis, k),
+            None,
+            "{k} is still recorded"
+        );
         assert_eq!(a.get::<_, i64>(format!("kept:{i}")).unwrap(), i as i64);
     }
     // A round counts what it dropped when it ends.
@@ -271,9 +273,7 @@ fn a_region_back_from_an_older_copy_drops_what_every_region_collected() {
         .iter()
         .map(|k| {
             let dump: Vec<u8> = redis::cmd("DUMP").arg(k).query(&mut b).unwrap();
-            let rec: String = b
-                .hget(geosync::store::meta_bucket(k.as_bytes()), k)
-                .unwrap();
+            let rec = mesh.regions[1].redis.record(0, k).expect("recorded");
             (k.clone(), dump, rec)
         })
         .collect();
@@ -282,11 +282,10 @@ fn a_region_back_from_an_older_copy_drops_what_every_region_collected() {
     }
     mesh.wait_converged(&[0], SETTLE);
     for r in &mesh.regions {
-        let mut c = r.redis.conn();
         wait_until(
             &format!("region {} collects the tombstones", r.name),
             SETTLE,
-            || keys.iter().all(|k| recorded_stamp(&mut c, k).is_none()),
+            || keys.iter().all(|k| recorded_stamp(&r.redis, k).is_none()),
         );
     }
     bring_back(&mesh.regions[1].redis, &copy);

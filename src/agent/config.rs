@@ -120,6 +120,12 @@ pub struct RunArgs {
     /// the same value in every region.
     #[arg(long, env = "GEOSYNC_MAX_KEY_ELEMENTS")]
     pub max_key_elements: Option<u64>,
+    /// The database geosync keeps its metadata in, which must hold nothing
+    /// else; it is not replicated, and user databases then show only user
+    /// keys (default 15, the last of a default server). Use the same
+    /// value in every region.
+    #[arg(long, env = "GEOSYNC_METADATA_DB")]
+    pub metadata_db: Option<u32>,
     /// Seconds between anti-entropy rounds with each peer (0: none).
     #[arg(long, env = "GEOSYNC_ANTI_ENTROPY_INTERVAL_SECS")]
     pub anti_entropy_interval_secs: Option<u64>,
@@ -273,6 +279,8 @@ pub struct Config {
     pub spool: crate::stamp::spool::Limits,
     /// Most elements of a replicated collection.
     pub max_key_elements: u64,
+    /// The database geosync keeps its metadata in.
+    pub metadata_db: u32,
     /// Time between anti-entropy rounds (None: no anti-entropy).
     pub anti_entropy_interval: Option<Duration>,
     /// Most bytes per second anti-entropy pulls (0: no limit).
@@ -336,6 +344,7 @@ impl RunArgs {
             spool_memory_mb: self.spool_memory_mb.or(other.spool_memory_mb),
             outbox_mb: self.outbox_mb.or(other.outbox_mb),
             max_key_elements: self.max_key_elements.or(other.max_key_elements),
+            metadata_db: self.metadata_db.or(other.metadata_db),
             anti_entropy_interval_secs: self
                 .anti_entropy_interval_secs
                 .or(other.anti_entropy_interval_secs),
@@ -545,6 +554,12 @@ impl Config {
             crate::store::DEFAULT_MAX_KEY_ELEMENTS,
             1000..=100_000_000,
         )?;
+        let metadata_db = in_range(
+            "metadata-db",
+            u.metadata_db,
+            crate::store::DEFAULT_METADATA_DB,
+            0..=u32::MAX,
+        )?;
         let anti_entropy = in_range(
             "anti-entropy-interval-secs",
             u.anti_entropy_interval_secs,
@@ -617,6 +632,7 @@ impl Config {
             outbox_bytes: (outbox_mb << 20) as usize,
             spool,
             max_key_elements,
+            metadata_db,
             anti_entropy_interval: (anti_entropy > 0).then(|| Duration::from_secs(anti_entropy)),
             anti_entropy_max_bytes_per_sec,
             tombstone_collect_interval: (collect > 0).then(|| Duration::from_secs(collect)),

@@ -34,8 +34,8 @@ pub async fn run(
             }
         }
         let latest = latest_plausible(&clock, max_skew);
-        for db in 0..databases {
-            match store.repair_floors(db, &latest).await {
+        for (i, db) in crate::store::user_dbs(databases).enumerate() {
+            match store.repair_floors(db, &latest, i == 0).await {
                 Ok(repairs) => report(&repairs, &metrics),
                 Err(e) => {
                     warn!(db, error = %e, "checking geosync's floors failed; trying again later");

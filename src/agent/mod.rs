@@ -102,6 +102,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         message,
     })?;
     store::set_max_key_elements(config.max_key_elements);
+    store::set_metadata_db(config.metadata_db);
     // A value that fits no peer message is refused before it is recorded
     // (less room for the key and the change's other fields).
     store::set_max_value_bytes(
@@ -171,12 +172,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         .await
         .map_err(|e| redis_err(format!("CONFIG GET maxmemory-policy: {e}")))?;
     check_eviction_policy(&policy.1).map_err(redis_err)?;
-    match store::layout::claim_layout(&mut conn).await {
+    match store::layout::claim_layout(&mut conn, databases).await {
         Ok(None) => {}
-        Ok(Some(found)) if found == store::layout::LAYOUT => {}
-        Ok(Some(found)) => {
-            let message = store::layout::unknown_layout(&found);
-            error!(%message, "the local redis holds geosync keys of another layout; stopping");
+        Ok(Some(message)) => {
+            error!(%message, "geosync's metadata cannot be kept in the local redis as found; stopping");
             return Err(redis_err(message));
         }
         Err(e) => {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use redis::{Commands, Connection, Value};
 
 use super::env::now_ms;
-use crate::store::layout::{META_PREFIX, RESERVED_PREFIX, Record};
+use crate::store::layout::{RESERVED_PREFIX, Record, bucket_prefix, metadata_db};
 
 /// A key's comparable value. Its `Debug` form shows bytes as text (lossy
 /// UTF-8), so that a report of differing values reads like the values.
@@ -332,8 +332,51 @@ pub fn try_snapshot(c: &mut Connection) -> redis::RedisResult<Snapshot> {
         ..Default::default()
     };
     for k in all_keys(c)? {
-        if k.starts_with(META_PREFIX.as_bytes()) {
-            let recs: Vec<(Vec<u8>, Vec<u8>)> = c.hgetall(&k).unwrap_or_default();
+        if !k.starts_with(RESERVED_PREFIX)
+            && let Some(s) = read_key(c, &k)
+        {
+            snap.keys.insert(k, s);
+        }
+    }
+    // The records are in the metadata database, in buckets named after
+    // this database (decision 020).
+    let db = selected_db(c)?;
+    redis::cmd("SELECT").arg(metadata_db()).exec(c)?;
+    let read = records_of(c, db, &mut snap);
+    redis::cmd("SELECT").arg(db).exec(c)?;
+    read?;
+    Ok(snap)
+}
+
+/// The database a connection has selected.
+fn selected_db(c: &mut Connection) -> redis::RedisResult<u32> {
+    let info: String = redis::cmd("CLIENT").arg("INFO").query(c)?;
+    info.split_whitespace()
+        .find_map(|f| f.strip_prefix("db=")?.parse().ok())
+        .ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "CLIENT INFO names no database",
+                info.clone(),
+            ))
+        })
+}
+
+/// Adds the records of database `db` to `snap`; `c` has the metadata
+/// database selected.
+fn records_of(c: &mut Connection, db: u32, snap: &mut Snapshot) -> redis::RedisResult<()> {
+    let prefix = bucket_prefix(db);
+    let mut cursor = 0u64;
+    loop {
+        let (next, buckets): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query(c)?;
+        for b in buckets {
+            let recs: Vec<(Vec<u8>, Vec<u8>)> = c.hgetall(&b).unwrap_or_default();
             for (key, raw) in recs {
                 let raw = String::from_utf8_lossy(&raw).into_owned();
                 let Some(rec) = Record::parse(&raw) else {
@@ -344,13 +387,12 @@ pub fn try_snapshot(c: &mut Connection) -> redis::RedisResult<Snapshot> {
                 snap.meta
                     .insert(key, (rec.stamp.to_string(), flag, rec.expire_at));
             }
-        } else if !k.starts_with(RESERVED_PREFIX)
-            && let Some(s) = read_key(c, &k)
-        {
-            snap.keys.insert(k, s);
         }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
-    Ok(snap)
 }
 
 /// Keys expiring this close to the moment of reading may be gone in one

@@ -316,6 +316,21 @@ impl Redis {
         self.conn_db(0)
     }
 
+    /// A new client connection to geosync's metadata database
+    /// (`--metadata-db`, as this process was told).
+    pub fn meta_conn(&self) -> redis::Connection {
+        self.conn_db(crate::store::metadata_db())
+    }
+
+    /// The metadata record of `key` of database `db`, if it has one.
+    pub fn record(&self, db: u32, key: &str) -> Option<String> {
+        redis::cmd("HGET")
+            .arg(crate::store::meta_bucket(db, key.as_bytes()))
+            .arg(key)
+            .query(&mut self.meta_conn())
+            .unwrap_or_else(|e| panic!("read the record of {key} on port {}: {e}", self.port))
+    }
+
     /// A new client connection to database `db`; panics if there is none.
     /// A reply that takes over [`REPLY_TIMEOUT`] is an error, so that a
     /// server that stops answering fails the step that waits for it.

@@ -166,6 +166,7 @@ async fn session(
             session: me.session,
             databases: me.databases,
             max_key_elements: crate::store::max_key_elements(),
+            metadata_db: Some(crate::store::metadata_db()),
         })),
     };
     if tx.send(hello).await.is_err() {
@@ -291,7 +292,7 @@ async fn catch_up(
     let mut store = Store::new(me.locator.clone());
     let (databases, node_id, floor_owned) = (me.databases, me.node_id, floor.to_string());
     let reader = tokio::spawn(async move {
-        for db in 0..databases {
+        for db in crate::store::user_dbs(databases) {
             store
                 .read_recorded(db, 512, Some((&floor_owned, node_id)), &batches)
                 .await?;

@@ -227,8 +227,8 @@ impl Collector {
     ) -> Result<(u64, u64), crate::store::StoreError> {
         let all: Vec<u32> = (0..META_BUCKETS).collect();
         let (mut dropped, mut kept) = (0, 0);
-        for db in 0..self.databases {
-            if store.dbsize(db).await? == 0 {
+        for db in crate::store::user_dbs(self.databases) {
+            if !store.has_records(db).await? {
                 continue;
             }
             let (d, k) = store.collect(db, &all, frontier).await?;

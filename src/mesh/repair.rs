@@ -338,7 +338,7 @@ impl AntiEntropy {
     ) -> Result<(), Failure> {
         let mut client = ReplicationClient::new(dial(peer, &self.auth).await?)
             .max_decoding_message_size(self.max_message);
-        for db in 0..self.databases {
+        for db in crate::store::user_dbs(self.databases) {
             let mut local = local_digests(store, db).await?;
             let reply = client
                 .digests(DigestRequest {
@@ -805,8 +805,8 @@ impl PeerLinks {
 async fn rebuild_all(store: &mut Store, databases: u32) -> Result<u64, crate::store::StoreError> {
     let all: Vec<u32> = (0..META_BUCKETS).collect();
     let mut n = 0;
-    for db in 0..databases {
-        if store.dbsize(db).await? > 0 {
+    for db in crate::store::user_dbs(databases) {
+        if store.has_records(db).await? {
             store.rebuild_digests(db, &all).await?;
             n += all.len() as u64;
         }
@@ -815,13 +815,13 @@ async fn rebuild_all(store: &mut Store, databases: u32) -> Result<u64, crate::st
 }
 
 /// The digest of every bucket of database `db` as the scripts keep it (""
-/// each when the database is empty: one `DBSIZE` instead of reading 16384
-/// digests).
+/// each when the database holds nothing: a `DBSIZE` and an `EXISTS`
+/// instead of reading 16384 digests).
 pub async fn local_digests(
     store: &mut Store,
     db: u32,
 ) -> Result<Vec<String>, crate::store::StoreError> {
-    if store.dbsize(db).await? == 0 {
+    if !store.has_records(db).await? {
         return Ok(vec![String::new(); META_BUCKETS as usize]);
     }
     let all: Vec<u32> = (0..META_BUCKETS).collect();

@@ -132,6 +132,11 @@ impl Receiver {
                 self.databases
             )));
         }
+        if db == crate::store::metadata_db() {
+            return Err(Status::invalid_argument(format!(
+                "database {db} holds geosync's metadata here (--metadata-db): use the same --metadata-db in every region"
+            )));
+        }
         Ok(())
     }
 
@@ -209,12 +214,23 @@ pub fn caller_refusal(
     None
 }
 
+/// The settings that must match in every region: `databases`,
+/// `--max-key-elements` and `--metadata-db` (as an origin states them, 0
+/// and None are "not stated" and match anything).
+pub type Settings = (u32, u64, Option<u32>);
+
 /// The refusal of an origin whose settings that must match in every region
-/// differ from this agent's (`(databases, --max-key-elements)` here and as
-/// the origin stated them; 0 is "not stated" and matches anything).
-pub fn settings_refusal(own: (u32, u64), origin: (u32, u64), node_id: u32) -> Option<Status> {
-    let (databases, max_key_elements) = own;
-    let (their_databases, their_max) = origin;
+/// differ from this agent's.
+pub fn settings_refusal(own: Settings, origin: Settings, node_id: u32) -> Option<Status> {
+    let (databases, max_key_elements, metadata_db) = own;
+    let (their_databases, their_max, their_metadata_db) = origin;
+    if let (Some(theirs), Some(ours)) = (their_metadata_db, metadata_db)
+        && theirs != ours
+    {
+        return Some(Status::failed_precondition(format!(
+            "settings differ: node {node_id} keeps geosync's metadata in database {theirs} (--metadata-db), this region in {ours}; use the same value in every region"
+        )));
+    }
     if their_databases != 0 && their_databases != databases {
         return Some(Status::failed_precondition(format!(
             "settings differ: node {node_id}'s Redis has `databases` {their_databases}, this region's has {databases}; set the same `databases` in every region's Redis"
@@ -270,6 +286,12 @@ fn check_batch(
                 c.db
             )));
         }
+        if c.db == crate::store::metadata_db() {
+            return Err(Refusal::Malformed(format!(
+                "database {} holds geosync's metadata here (--metadata-db): use the same --metadata-db in every region",
+                c.db
+            )));
+        }
         if newest.is_none_or(|n| ts > n) {
             newest = Some(ts);
         }
@@ -322,11 +344,8 @@ impl Replication for Receiver {
                 )),
             ));
         };
-        if req.buckets_only && req.db >= self.databases {
-            return Err(Status::invalid_argument(format!(
-                "database {} does not exist here (databases {})",
-                req.db, self.databases
-            )));
+        if req.buckets_only {
+            self.check_db(req.db)?;
         }
         if req.buckets_only {
             tracing::debug!(
@@ -350,10 +369,10 @@ impl Replication for Receiver {
             // The place is given back when the snapshot has been read.
             let _place = place;
             let mut total = 0;
-            let dbs = if req.buckets_only {
-                req.db..req.db + 1
+            let dbs: Vec<u32> = if req.buckets_only {
+                vec![req.db]
             } else {
-                0..databases
+                crate::store::user_dbs(databases).collect()
             };
             for db in dbs {
                 let read = if req.buckets_only {
@@ -514,8 +533,12 @@ impl Replication for Receiver {
             hello.node_id,
         )?;
         if let Some(status) = settings_refusal(
-            (self.databases, crate::store::max_key_elements()),
-            (hello.databases, hello.max_key_elements),
+            (
+                self.databases,
+                crate::store::max_key_elements(),
+                Some(crate::store::metadata_db()),
+            ),
+            (hello.databases, hello.max_key_elements, hello.metadata_db),
             hello.node_id,
         ) {
             return Err(self.refuse(conn.as_ref(), "settings", status));

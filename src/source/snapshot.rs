@@ -91,8 +91,10 @@ pub(super) async fn report_snapshot(path: PathBuf, tx: &SpoolTx) -> Result<u64, 
         let mut n = 0u64;
         // Key-only mode: values are skipped, not decoded, so memory does not
         // grow with the size of any value.
+        let meta = crate::store::metadata_db();
         while let Some(k) = rdb.next_key()? {
-            if is_reserved(&k.key) {
+            // geosync's own: private copies, and the metadata database
+            if is_reserved(&k.key) || k.db as u32 == meta {
                 continue;
             }
             n += 1;

@@ -251,7 +251,13 @@ async fn handle(
                 state.outlet.send(TailEvent::Dirty(keys), tx).await?;
             }
             let ours = state.multi.as_ref().is_some_and(|m| m.ours);
-            if !ours {
+            if name == "flushdb" && state.db == store::metadata_db() {
+                metrics.reserved_key_writes.inc();
+                error!(
+                    db = state.db,
+                    "a client flushed geosync's metadata database (--metadata-db): every record is gone; this region is repaired from its peers by anti-entropy"
+                );
+            } else if !ours {
                 let db = (name == "flushdb").then_some(state.db);
                 state.outlet.send(TailEvent::Flush(db), tx).await?;
             }
@@ -334,9 +340,9 @@ async fn handle(
     if let Some(m) = &mut state.multi {
         if !m.seen_first {
             m.seen_first = true;
-            m.ours = keys
-                .iter()
-                .any(|(_, k)| k.as_ref() == store::APPLY_MARKER_KEY.as_bytes());
+            m.ours = keys.iter().any(|(db, k)| {
+                *db == store::metadata_db() && k.as_ref() == store::APPLY_MARKER_KEY.as_bytes()
+            });
         }
         if !m.ours {
             let keys = filter_reserved(keys, &name, metrics);
@@ -360,13 +366,28 @@ async fn handle(
     Ok(false)
 }
 
+/// The keys of `keys` that are users' to replicate: not geosync's own,
+/// and none of the metadata database, whose keys are all geosync's. A
+/// client's write to a reserved key or into the metadata database is
+/// counted and logged.
 fn filter_reserved(keys: Vec<(u32, Bytes)>, command: &str, metrics: &Metrics) -> Vec<(u32, Bytes)> {
+    let meta = store::metadata_db();
     keys.into_iter()
         .filter(|(db, k)| {
-            if !is_reserved(k) {
+            if *db != meta && !is_reserved(k) {
                 return true;
             }
-            if !store::is_own_key(k) {
+            if store::is_own_key(*db, k) {
+                debug!(key = %String::from_utf8_lossy(k), "own key");
+            } else if *db == meta {
+                metrics.reserved_key_writes.inc();
+                warn!(
+                    db,
+                    key = %String::from_utf8_lossy(k),
+                    command,
+                    "a client wrote into geosync's metadata database (--metadata-db); it is not replicated, and that database must hold geosync's keys only"
+                );
+            } else {
                 metrics.reserved_key_writes.inc();
                 warn!(
                     db,
@@ -374,8 +395,6 @@ fn filter_reserved(keys: Vec<(u32, Bytes)>, command: &str, metrics: &Metrics) ->
                     command,
                     "a client wrote a key under the reserved __geosync: prefix; it is not replicated"
                 );
-            } else {
-                debug!(key = %String::from_utf8_lossy(k), "own key");
             }
             false
         })

@@ -217,7 +217,7 @@ impl Stamper {
         };
         let own = crate::store::node_suffix(self.node_id);
         let mut changes = Vec::new();
-        for db in 0..self.databases {
+        for db in crate::store::user_dbs(self.databases) {
             let mut backoff = Backoff::new();
             let floor = loop {
                 match self.store.flush_floor(db).await {
@@ -252,7 +252,7 @@ impl Stamper {
     ) -> bool {
         let dbs: Vec<u32> = match db {
             Some(db) => vec![db],
-            None => (0..self.databases).collect(),
+            None => crate::store::user_dbs(self.databases).collect(),
         };
         let ts = self.clock.new_timestamp();
         let enc = hlc::encode(&ts);

@@ -6,12 +6,13 @@ use redis::Value as RValue;
 use super::connection::{Store, StoreError};
 use super::layout::is_reserved;
 use super::layout::{
-    APPLY_MARKER_KEY, FLOOR_KEY, META_BUCKETS, META_PREFIX, build_key, meta_bucket,
+    APPLY_MARKER_KEY, META_BUCKETS, bucket_name, build_key, floor_key, meta_bucket,
 };
 use super::lua::{Call, Which};
 use super::reply::parse_flush_reply;
 use crate::base::change::{Change, Op, Value};
 use crate::base::check::check_change;
+use bytes::Bytes;
 
 /// What applying one batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -85,12 +86,8 @@ impl Store {
                 calls.push((
                     c.db,
                     Which::Flush,
-                    vec![FLOOR_KEY.into(), APPLY_MARKER_KEY.into()],
-                    vec![
-                        c.stamp.clone().into_bytes(),
-                        META_PREFIX.into(),
-                        b"peer".to_vec(),
-                    ],
+                    vec![floor_key(c.db).into_bytes(), APPLY_MARKER_KEY.into()],
+                    vec![c.stamp.clone().into_bytes(), Vec::new(), b"peer".to_vec()],
                 ));
                 sent.push(vec![c]);
                 continue;
@@ -99,7 +96,7 @@ impl Store {
                 calls.push((
                     c.db,
                     Which::Apply,
-                    vec![FLOOR_KEY.into(), APPLY_MARKER_KEY.into()],
+                    vec![floor_key(c.db).into_bytes(), APPLY_MARKER_KEY.into()],
                     vec![],
                 ));
                 sent.push(Vec::new());
@@ -108,7 +105,7 @@ impl Store {
             let (_, _, keys, args) = &mut calls[idx];
             sent[idx].push(c);
             keys.push(c.key.to_vec());
-            keys.push(meta_bucket(&c.key).into_bytes());
+            keys.push(meta_bucket(c.db, &c.key).into_bytes());
             keys.push(build_key(&c.stamp, &c.key));
             args.push(c.stamp.clone().into_bytes());
             let mut value_args = |op: &[u8], value: &Value, n: i64| {
@@ -197,7 +194,8 @@ impl Store {
     /// how a peer's flush was applied before (the baseline of
     /// `benches/flush.rs`).
     pub async fn flush_in_one_call(&mut self, db: u32, stamp: &str) -> Result<Slices, StoreError> {
-        self.flush_sliced(db, stamp, META_BUCKETS as usize).await
+        self.flush_sliced(db, stamp, META_BUCKETS as usize, None)
+            .await
     }
 
     /// Deletes the keys of database `db` recorded older than the peer's
@@ -206,16 +204,18 @@ impl Store {
     /// `SLICE_TARGET` (2 ms) of Redis's time. Keys written here since the flush
     /// began stay. Returns what it did.
     pub async fn flush_in_slices(&mut self, db: u32, stamp: &str) -> Result<Slices, StoreError> {
-        self.flush_sliced(db, stamp, 0).await
+        self.flush_sliced(db, stamp, 0, None).await
     }
 
     /// The slices of a flush; `fixed` buckets per call, or sized by time
-    /// when 0.
-    async fn flush_sliced(
+    /// when 0. `local` is this node's stamp suffix for a local FLUSHDB, None
+    /// for a peer's flush (see scripts/flushslice.lua).
+    pub(super) async fn flush_sliced(
         &mut self,
         db: u32,
         stamp: &str,
         fixed: usize,
+        local: Option<&str>,
     ) -> Result<Slices, StoreError> {
         let began = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -227,21 +227,27 @@ impl Store {
         while next < META_BUCKETS {
             let end = (next + size as u32).min(META_BUCKETS);
             let mut keys = vec![APPLY_MARKER_KEY.as_bytes().to_vec()];
-            keys.extend((next..end).map(|b| format!("{META_PREFIX}{b}").into_bytes()));
+            keys.extend((next..end).map(|b| bucket_name(db, b).into_bytes()));
             let t = std::time::Instant::now();
             let reply = self
                 .run_one(
                     db,
                     Which::FlushSlice,
                     keys,
-                    vec![stamp.as_bytes().to_vec(), began.to_string().into_bytes()],
+                    vec![
+                        stamp.as_bytes().to_vec(),
+                        began.to_string().into_bytes(),
+                        local.unwrap_or("").as_bytes().to_vec(),
+                    ],
                 )
                 .await?;
             let took = t.elapsed();
-            let (deleted, kept): (u64, u64) = redis::from_redis_value(reply)
-                .map_err(|e| StoreError::BadReply(format!("flush slice: {e}")))?;
+            let (deleted, kept, again): (u64, u64, Vec<Vec<u8>>) =
+                redis::from_redis_value(reply)
+                    .map_err(|e| StoreError::BadReply(format!("flush slice: {e}")))?;
             done.deleted += deleted;
             done.kept += kept;
+            done.restamp.extend(again.into_iter().map(Bytes::from));
             done.calls += 1;
             done.longest = done.longest.max(took);
             next = end;
@@ -263,7 +269,8 @@ impl Store {
             calls = done.calls,
             longest_call_ms = done.longest.as_secs_f64() * 1e3,
             secs = started.elapsed().as_secs_f64(),
-            "a peer's flush applied"
+            local = local.is_some(),
+            "a flush's records dropped"
         );
         Ok(done)
     }
@@ -275,8 +282,8 @@ pub const SLICE_TARGET: std::time::Duration = std::time::Duration::from_millis(2
 /// Most metadata buckets one flush slice reads.
 const MAX_SLICE_BUCKETS: usize = 256;
 
-/// What a peer's flush applied in slices did.
-#[derive(Debug, Default, Clone, Copy)]
+/// What a flush applied in slices did.
+#[derive(Debug, Default, Clone)]
 pub struct Slices {
     /// Keys deleted.
     pub deleted: u64,
@@ -286,4 +293,7 @@ pub struct Slices {
     pub calls: u64,
     /// The longest call, round trip included.
     pub longest: std::time::Duration,
+    /// After a local flush: keys clients wrote after it that this node
+    /// stamped before it, to be stamped again.
+    pub restamp: Vec<Bytes>,
 }

@@ -166,7 +166,9 @@ impl Store {
         &self.scripts[which as usize]
     }
 
-    /// Runs a pipeline of `SELECT db` + script calls, loading the scripts
+    /// Runs a pipeline of `SELECT db` + script calls (each script is also
+    /// given its database as its last argument, which `scripts/lib.lua`
+    /// takes off: scripts switch to the metadata database and back), loading the scripts
     /// when the server lost them (a restart), and dropping the connection on
     /// connection errors so the next call reconnects.
     pub(super) async fn run(&mut self, calls: &[Call]) -> Result<Vec<RValue>, StoreError> {
@@ -179,7 +181,8 @@ impl Store {
                     .arg(&script.sha)
                     .arg(keys.len())
                     .arg(keys)
-                    .arg(args);
+                    .arg(args)
+                    .arg(*db);
             }
             let conn = self.conn().await?;
             let res: Result<Vec<RValue>, RedisError> = pipe.query_async(conn).await;

@@ -6,7 +6,7 @@
 use redis::Value as RValue;
 
 use super::connection::{Store, StoreError};
-use super::layout::{FLOOR_KEY, meta_bucket};
+use super::layout::{floor_key, meta_bucket};
 use super::lua::Which;
 use super::reply::bulk;
 use crate::base::change::Collection;
@@ -61,9 +61,9 @@ impl Store {
         stamp: Option<&str>,
     ) -> Result<Freeze, StoreError> {
         let keys = vec![
-            FLOOR_KEY.into(),
+            floor_key(db).into_bytes(),
             key.to_vec(),
-            meta_bucket(key).into_bytes(),
+            meta_bucket(db, key).into_bytes(),
             copy.to_vec(),
         ];
         let reply = self
@@ -156,9 +156,9 @@ impl Store {
         expire_at_ms: Option<i64>,
     ) -> Result<Result<(), String>, StoreError> {
         let keys = vec![
-            FLOOR_KEY.into(),
+            floor_key(db).into_bytes(),
             key.to_vec(),
-            meta_bucket(key).into_bytes(),
+            meta_bucket(db, key).into_bytes(),
         ];
         let args = vec![
             stamp.into(),

@@ -15,7 +15,8 @@
 
 use super::connection::{Store, StoreError};
 use super::layout::{
-    COLLECTED_KEY, DIGESTS_KEY, FLOOR_KEY, LAYOUT, LAYOUT_KEY, REACHED_KEY, claim_layout,
+    LAYOUT, LAYOUT_KEY, REACHED_KEY, collected_key, digests_key, floor_key, mark_layout,
+    metadata_db,
 };
 
 /// A stored stamp the guard removed, or a bucket it found of another type.
@@ -45,9 +46,9 @@ impl StoreError {
     }
 }
 
-/// The metadata buckets of `keys`, each once.
-pub fn buckets_of<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
-    let mut b: Vec<String> = keys.map(super::layout::meta_bucket).collect();
+/// The metadata buckets of `keys` of database `db`, each once.
+pub fn buckets_of<'a>(db: u32, keys: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    let mut b: Vec<String> = keys.map(|k| super::layout::meta_bucket(db, k)).collect();
     b.sort();
     b.dedup();
     b
@@ -68,7 +69,7 @@ pub async fn repair_buckets_of<'a>(
     let mut any = false;
     for (db, keys) in per_db {
         match store
-            .repair_buckets(db, &buckets_of(keys.into_iter()))
+            .repair_buckets(db, &buckets_of(db, keys.into_iter()))
             .await
         {
             Ok(repairs) => {
@@ -124,7 +125,7 @@ impl Store {
         buckets: &[String],
     ) -> Result<Vec<Repair>, StoreError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SELECT").arg(db).ignore();
+        pipe.cmd("SELECT").arg(metadata_db()).ignore();
         for b in buckets {
             pipe.cmd("TYPE").arg(b);
         }
@@ -144,36 +145,37 @@ impl Store {
         Ok(wrong)
     }
 
-    /// Removes database `db`'s floors (and in database 0 the reached
+    /// Removes database `db`'s floors (and, `with_reached`, the reached
     /// stamp) that are not stamps or are later than `latest`; returns them.
     pub async fn repair_floors(
         &mut self,
         db: u32,
         latest: &str,
+        with_reached: bool,
     ) -> Result<Vec<Repair>, StoreError> {
         let mut keys = vec![
-            (FLOOR_KEY, "flush_floor"),
-            (COLLECTED_KEY, "collected_floor"),
+            (floor_key(db), "flush_floor"),
+            (collected_key(db), "collected_floor"),
         ];
-        if db == 0 {
-            keys.push((REACHED_KEY, "reached"));
+        if with_reached {
+            keys.push((REACHED_KEY.to_string(), "reached"));
         }
         let mut pipe = redis::pipe();
-        pipe.cmd("SELECT").arg(db).ignore();
+        pipe.cmd("SELECT").arg(metadata_db()).ignore();
         for (k, _) in &keys {
             // A key of another type reads as an error: ask its type first.
-            pipe.cmd("TYPE").arg(*k);
+            pipe.cmd("TYPE").arg(k);
         }
         let types: Vec<String> = self.query(&pipe).await?;
         let mut pipe = redis::pipe();
-        pipe.cmd("SELECT").arg(db).ignore();
+        pipe.cmd("SELECT").arg(metadata_db()).ignore();
         let strings: Vec<_> = keys
             .iter()
             .zip(&types)
             .filter(|(_, t)| *t == "string")
-            .map(|(k, _)| *k)
+            .map(|((k, _), _)| k)
             .collect();
-        for (k, _) in &strings {
+        for k in &strings {
             pipe.cmd("GET").arg(*k);
         }
         let values: Vec<Option<Vec<u8>>> = if strings.is_empty() {
@@ -184,6 +186,7 @@ impl Store {
         let mut found: Vec<Repair> = Vec::new();
         let mut values = values.into_iter();
         for ((key, what), t) in keys.iter().zip(&types) {
+            let what = *what;
             let held = match t.as_str() {
                 "none" => continue,
                 "string" => {
@@ -212,7 +215,7 @@ impl Store {
     /// then). The agent checked the layout when it started.
     pub async fn repair_layout(&mut self) -> Result<Vec<Repair>, StoreError> {
         let conn = self.conn().await?;
-        let found = match claim_layout(conn).await {
+        let found = match mark_layout(conn).await {
             Ok(None) => return Ok(Vec::new()),
             Ok(Some(v)) if v == LAYOUT => return Ok(Vec::new()),
             Ok(Some(v)) => v.chars().take(40).collect(),
@@ -220,30 +223,30 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         let mut pipe = redis::pipe();
-        pipe.cmd("SELECT").arg(0).ignore();
+        pipe.cmd("SELECT").arg(metadata_db()).ignore();
         pipe.cmd("UNLINK").arg(LAYOUT_KEY).ignore();
         pipe.cmd("SET").arg(LAYOUT_KEY).arg(LAYOUT).ignore();
         let () = self.query(&pipe).await?;
         Ok(vec![Repair {
-            db: 0,
+            db: metadata_db(),
             key: LAYOUT_KEY.to_string(),
             what: "layout",
             found,
         }])
     }
 
-    /// Removes the keys of `repairs` from database `db` (and a bucket's
-    /// stored digest with it).
+    /// Removes the keys of `repairs` of database `db` from the metadata
+    /// database (and a bucket's stored digest with it).
     async fn remove(&mut self, db: u32, repairs: &[Repair]) -> Result<(), StoreError> {
         if repairs.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        pipe.cmd("SELECT").arg(db).ignore();
+        pipe.cmd("SELECT").arg(metadata_db()).ignore();
         for r in repairs {
             pipe.cmd("UNLINK").arg(&r.key).ignore();
             if r.what == "bucket" {
-                pipe.cmd("HDEL").arg(DIGESTS_KEY).arg(&r.key).ignore();
+                pipe.cmd("HDEL").arg(digests_key(db)).arg(&r.key).ignore();
             }
         }
         self.query(&pipe).await

@@ -8,41 +8,100 @@
 
 /// Every key geosync owns starts with this; client keys with it are not replicated.
 pub const RESERVED_PREFIX: &[u8] = b"__geosync:";
-/// Prefix of the metadata bucket hashes.
+/// Prefix of the metadata bucket hashes; a bucket is named
+/// `__geosync:m:<db>:<n>` after the user database it describes
+/// ([`meta_bucket`], [`bucket_name`]).
 pub const META_PREFIX: &str = "__geosync:m:";
 /// Number of metadata buckets per database. Fixed: changing it would orphan
 /// existing metadata. 16384 buckets stay in listpack encoding (at most 128
 /// fields each) up to about two million keys per database.
 pub const META_BUCKETS: u32 = 16384;
-/// Key holding the database's flush floor: the stamp of the last FLUSHDB.
-pub const FLOOR_KEY: &str = "__geosync:floor";
-/// The database's collected floor: the mesh frontier up to which its
-/// tombstones were dropped (decision 015); a change older than it finds a
-/// key without a record deleted.
-pub const COLLECTED_KEY: &str = "__geosync:collected";
-/// Key (database 0) holding the stamp this region has reached: the
-/// largest it told peers it delivered, written into the Redis whose stream
-/// the agent follows before it is told. A Redis that comes back older
-/// brings back an older one, and the changes first seen in its snapshot are
-/// stamped just above it (decision 019).
+/// Prefix of a database's flush floor ([`floor_key`]): the stamp of its last FLUSHDB.
+pub const FLOOR_PREFIX: &str = "__geosync:floor:";
+/// Prefix of a database's collected floor ([`collected_key`]): the mesh
+/// frontier up to which its tombstones were dropped (decision 015); a
+/// change older than it finds a key without a record deleted.
+pub const COLLECTED_PREFIX: &str = "__geosync:collected:";
+/// Prefix of the hash of a database's anti-entropy digests
+/// ([`digests_key`]), one field per bucket (decision 013), kept by the
+/// scripts that write records.
+pub const DIGESTS_PREFIX: &str = "__geosync:dg:";
+/// Key holding the stamp this region has reached: the largest it told
+/// peers it delivered, written into the Redis whose stream the agent
+/// follows before it is told. A Redis that comes back older brings back an
+/// older one, and the changes first seen in its snapshot are stamped just
+/// above it (decision 019).
 pub const REACHED_KEY: &str = "__geosync:reached";
-/// Key (database 0) naming the layout of geosync's keys in this Redis
-/// ([`LAYOUT`]), so that a geosync that lays them out otherwise refuses to
-/// work on them instead of misreading them.
+/// Key naming the layout of geosync's keys in this Redis ([`LAYOUT`]), so
+/// that a geosync that lays them out otherwise refuses to work on them
+/// instead of misreading them.
 pub const LAYOUT_KEY: &str = "__geosync:layout";
-/// The layout this version reads and writes: per-key records in bucket
-/// hashes of each user database (decision 002), floors and digests beside
-/// them (decisions 013, 015, 018), the reached stamp in database 0
-/// (decision 019).
-pub const LAYOUT: &str = "1";
+/// The layout this version reads and writes (decision 020): every
+/// metadata key in the metadata database ([`metadata_db`]), which holds
+/// nothing else; per-key records in bucket hashes named after their user
+/// database (decision 002), floors and digests beside them (decisions 013,
+/// 015, 018), the reached stamp and this marker once. User databases hold
+/// only user keys, and, for the length of one transfer, the private copies
+/// of large collections ([`COPY_PREFIX`], [`BUILD_PREFIX`]).
+pub const LAYOUT: &str = "2";
+/// The layout of earlier versions: the same records in every user
+/// database, the marker in database 0.
+pub const LAYOUT_IN_USER_DBS: &str = "1";
+
+/// Default of `--metadata-db`: the last database of a default server.
+pub const DEFAULT_METADATA_DB: u32 = 15;
+
+static METADATA_DB: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new(DEFAULT_METADATA_DB);
+
+/// Sets the database geosync keeps its metadata in (`--metadata-db`);
+/// applies to stores created afterwards.
+pub fn set_metadata_db(db: u32) {
+    METADATA_DB.store(db, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The database geosync keeps its metadata in.
+pub fn metadata_db() -> u32 {
+    METADATA_DB.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The user databases of a server with `databases` databases: every one
+/// but the metadata database.
+pub fn user_dbs(databases: u32) -> impl Iterator<Item = u32> {
+    let meta = metadata_db();
+    (0..databases).filter(move |db| *db != meta)
+}
+
+/// The flush floor key of user database `db` (in the metadata database).
+pub fn floor_key(db: u32) -> String {
+    format!("{FLOOR_PREFIX}{db}")
+}
+
+/// The collected floor key of user database `db` (in the metadata database).
+pub fn collected_key(db: u32) -> String {
+    format!("{COLLECTED_PREFIX}{db}")
+}
+
+/// The digests hash of user database `db` (in the metadata database).
+pub fn digests_key(db: u32) -> String {
+    format!("{DIGESTS_PREFIX}{db}")
+}
+
+/// The prefix of user database `db`'s buckets.
+pub fn bucket_prefix(db: u32) -> String {
+    format!("{META_PREFIX}{db}:")
+}
+
+/// Bucket `n` of user database `db`.
+pub fn bucket_name(db: u32, n: u32) -> String {
+    format!("{META_PREFIX}{db}:{n}")
+}
 
 /// Offset of the flag byte ('v' value, 't' tombstone) in a metadata record
 /// (after the 20-byte stamp; see scripts/lib.lua).
 pub const RECORD_FLAG_AT: usize = crate::base::hlc::ENCODED_LEN;
-/// Hash of the anti-entropy digest of each metadata bucket (decision 013),
-/// kept by the scripts that write records.
-pub const DIGESTS_KEY: &str = "__geosync:dg";
-/// Key the apply scripts write first, marking their transaction as geosync's.
+/// Key (metadata database) the apply scripts write first, marking their
+/// transaction as geosync's.
 pub const APPLY_MARKER_KEY: &str = "__geosync:applied";
 
 /// Prefix of the private copies of collections being read in pieces.
@@ -64,40 +123,112 @@ pub fn is_reserved(key: &[u8]) -> bool {
     key.starts_with(RESERVED_PREFIX)
 }
 
-/// The metadata bucket of a key (FNV-1a, stable across versions and hosts).
-pub fn meta_bucket(key: &[u8]) -> String {
+/// The bucket number of a key (FNV-1a, stable across versions and hosts).
+pub fn bucket_of(key: &[u8]) -> u32 {
     let mut h: u32 = 0x811c9dc5;
     for b in key {
         h ^= *b as u32;
         h = h.wrapping_mul(0x01000193);
     }
-    format!("{META_PREFIX}{}", h % META_BUCKETS)
+    h % META_BUCKETS
 }
 
-/// Reserved keys that geosync itself writes; a client's write to any other
-/// reserved key is reported, not replicated.
-pub fn is_own_key(key: &[u8]) -> bool {
+/// The metadata bucket of `key` of user database `db`.
+pub fn meta_bucket(db: u32, key: &[u8]) -> String {
+    bucket_name(db, bucket_of(key))
+}
+
+/// Keys geosync itself writes in the metadata database.
+pub fn is_own_meta_key(key: &[u8]) -> bool {
     key.starts_with(META_PREFIX.as_bytes())
-        || key.starts_with(COPY_PREFIX)
-        || key.starts_with(BUILD_PREFIX)
-        || key == FLOOR_KEY.as_bytes()
+        || key.starts_with(FLOOR_PREFIX.as_bytes())
+        || key.starts_with(COLLECTED_PREFIX.as_bytes())
+        || key.starts_with(DIGESTS_PREFIX.as_bytes())
         || key == APPLY_MARKER_KEY.as_bytes()
-        || key == DIGESTS_KEY.as_bytes()
-        || key == COLLECTED_KEY.as_bytes()
         || key == REACHED_KEY.as_bytes()
         || key == LAYOUT_KEY.as_bytes()
 }
 
-/// Records [`LAYOUT`] in a Redis that names none (a new one, or one an
-/// older geosync wrote, which laid its keys out the same way), and
-/// returns the layout it names otherwise (`Err` with the server's error
-/// when the key is not a string).
+/// Reserved keys that geosync itself writes in user database `db`: its
+/// private copies (any database), and its metadata keys in the metadata
+/// database. A client's write to any other reserved key, and to any key of
+/// the metadata database, is reported, not replicated.
+pub fn is_own_key(db: u32, key: &[u8]) -> bool {
+    key.starts_with(COPY_PREFIX)
+        || key.starts_with(BUILD_PREFIX)
+        || (db == metadata_db() && is_own_meta_key(key))
+}
+
+/// Checks, at start, that geosync's keys in this Redis are laid out as
+/// this version lays them out, and records [`LAYOUT`] in a Redis that
+/// holds none. Returns why the agent must not work on this Redis, if it
+/// must not: a marker of another layout (in any database), metadata in
+/// another database than `--metadata-db`, a metadata database the server
+/// does not have, or one that holds keys that are not geosync's.
 pub async fn claim_layout<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    databases: u32,
+) -> Result<Option<String>, redis::RedisError> {
+    let meta = metadata_db();
+    if meta >= databases {
+        return Ok(Some(format!(
+            "--metadata-db is {meta}, but this Redis has {databases} databases (0 to {}): choose one of them, or raise `databases` in its configuration",
+            databases.saturating_sub(1)
+        )));
+    }
+    let mut pipe = redis::pipe();
+    for db in 0..databases {
+        pipe.cmd("SELECT").arg(db).ignore();
+        pipe.cmd("GET").arg(LAYOUT_KEY);
+    }
+    pipe.cmd("SELECT").arg(meta).ignore();
+    pipe.cmd("DBSIZE");
+    let mut found: Vec<Option<String>> = pipe.query_async(conn).await?;
+    let size: u64 = match found.pop() {
+        Some(Some(n)) => n.parse().unwrap_or(0),
+        _ => 0,
+    };
+    for (db, marker) in found.iter().enumerate() {
+        let db = db as u32;
+        match marker.as_deref() {
+            None => {}
+            Some(m) if db == meta && m == LAYOUT => {}
+            Some(m) if db == meta => return Ok(Some(unknown_layout(m, db))),
+            Some(LAYOUT) => {
+                return Ok(Some(format!(
+                    "geosync's metadata is in database {db} ({LAYOUT_KEY} is there), but --metadata-db is {meta}: start with --metadata-db {db}"
+                )));
+            }
+            Some(m) => return Ok(Some(unknown_layout(m, db))),
+        }
+    }
+    if found[meta as usize].is_none() && size > 0 {
+        if let Some(key) = foreign_key(conn).await? {
+            return Ok(Some(format!(
+                "database {meta}, which --metadata-db names for geosync's metadata, holds keys that are not geosync's ({key:?}, {size} keys in all): choose an empty database with --metadata-db, or move those keys"
+            )));
+        }
+    }
+    let mut pipe = redis::pipe();
+    pipe.cmd("SELECT").arg(meta).ignore();
+    pipe.cmd("SET")
+        .arg(LAYOUT_KEY)
+        .arg(LAYOUT)
+        .arg("NX")
+        .ignore();
+    pipe.cmd("SELECT").arg(0).ignore();
+    let () = pipe.query_async(conn).await?;
+    Ok(None)
+}
+
+/// Sets the layout marker in the metadata database when it is missing;
+/// returns what it held before (None when it was missing).
+pub async fn mark_layout<C: redis::aio::ConnectionLike>(
     conn: &mut C,
 ) -> Result<Option<String>, redis::RedisError> {
     let mut pipe = redis::pipe();
     pipe.cmd("SELECT")
-        .arg(0)
+        .arg(metadata_db())
         .ignore()
         .cmd("SET")
         .arg(LAYOUT_KEY)
@@ -108,11 +239,39 @@ pub async fn claim_layout<C: redis::aio::ConnectionLike>(
     Ok(found)
 }
 
-/// Why a Redis whose geosync keys are laid out as `found` says cannot be
-/// worked on by this version.
-pub fn unknown_layout(found: &str) -> String {
+/// A key of the (selected) metadata database that geosync did not write,
+/// if there is one.
+async fn foreign_key<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+) -> Result<Option<String>, redis::RedisError> {
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        if let Some(k) = keys.iter().find(|k| !is_own_meta_key(k)) {
+            return Ok(Some(String::from_utf8_lossy(k).into_owned()));
+        }
+        if next == 0 {
+            return Ok(None);
+        }
+        cursor = next;
+    }
+}
+
+/// Why a Redis whose geosync keys are laid out as `found` says (its marker
+/// in database `db`) cannot be worked on by this version.
+pub fn unknown_layout(found: &str, db: u32) -> String {
+    let how = if found == LAYOUT_IN_USER_DBS {
+        "an earlier geosync kept its metadata in every user database; this one keeps it in the metadata database only (decision 020)"
+    } else {
+        "this geosync does not know that layout"
+    };
     format!(
-        "its geosync keys are laid out as layout {found:?} ({LAYOUT_KEY} in database 0); this geosync reads and writes layout {LAYOUT:?} only: run the geosync version that wrote them, or remove every __geosync: key first (the region then starts without metadata and is filled from its peers)"
+        "its geosync keys are laid out as layout {found:?} ({LAYOUT_KEY} in database {db}); this geosync reads and writes layout {LAYOUT:?} only ({how}): run the geosync version that wrote them, or remove every __geosync: key first (the region then starts without metadata and is filled from its peers)"
     )
 }
 
@@ -157,16 +316,39 @@ mod tests {
     #[test]
     fn buckets_are_stable_and_in_range() {
         // Fixed values: a change here would orphan every deployed metadata record.
+        assert_eq!(bucket_of(b""), 0x811c9dc5u32 % META_BUCKETS);
         assert_eq!(
-            meta_bucket(b""),
-            format!("{META_PREFIX}{}", 0x811c9dc5u32 % META_BUCKETS)
+            meta_bucket(3, b""),
+            format!("{META_PREFIX}3:{}", 0x811c9dc5u32 % META_BUCKETS)
         );
-        assert_eq!(meta_bucket(b"user:1"), meta_bucket(b"user:1"));
+        assert_eq!(meta_bucket(0, b"user:1"), meta_bucket(0, b"user:1"));
         for k in 0..1000u32 {
-            let b = meta_bucket(k.to_string().as_bytes());
-            let n: u32 = b[META_PREFIX.len()..].parse().unwrap();
+            let b = meta_bucket(7, k.to_string().as_bytes());
+            let n: u32 = b[bucket_prefix(7).len()..].parse().unwrap();
             assert!(n < META_BUCKETS);
         }
+    }
+
+    #[test]
+    fn own_keys_are_the_metadata_databases_and_private_copies() {
+        let meta = metadata_db();
+        for k in [
+            meta_bucket(0, b"k"),
+            floor_key(2),
+            collected_key(2),
+            digests_key(2),
+            APPLY_MARKER_KEY.to_string(),
+            REACHED_KEY.to_string(),
+            LAYOUT_KEY.to_string(),
+        ] {
+            assert!(is_own_key(meta, k.as_bytes()), "{k}");
+            assert!(!is_own_key(0, k.as_bytes()), "{k} in a user database");
+        }
+        assert!(is_own_key(0, &build_key("s", b"k")));
+        assert!(is_own_key(0, b"__geosync:x:k"));
+        assert!(!is_own_key(meta, b"__geosync:other"));
+        assert!(user_dbs(16).all(|db| db != meta));
+        assert_eq!(user_dbs(16).count(), 15);
     }
 
     #[test]

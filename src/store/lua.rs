@@ -114,8 +114,12 @@ pub fn set_max_value_bytes(n: u64) {
     MAX_VALUE_BYTES.store(n, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The line of `scripts/lib.lua` that names the metadata database.
+const METADATA_DB_LINE: &str = "local META_DB = 15 -- @metadata-db";
+
 impl Script {
     pub(super) fn new(main: &str) -> Self {
+        let meta = crate::store::layout::metadata_db();
         let max = max_key_elements();
         let bytes = MAX_VALUE_BYTES.load(std::sync::atomic::Ordering::Relaxed);
         let lib = LIB
@@ -126,6 +130,10 @@ impl Script {
             .replace(
                 MAX_BYTES_LINE,
                 &format!("local MAX_BYTES = {bytes} -- @max-value-bytes"),
+            )
+            .replace(
+                METADATA_DB_LINE,
+                &format!("local META_DB = {meta} -- @metadata-db"),
             );
         let body = format!("{lib}\n{main}");
         let sha = redis::Script::new(&body).get_hash().to_string();
@@ -138,12 +146,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_scripts_keep_digests_where_the_agent_knows_its_own_keys() {
-        let line = format!("local DIGESTS = '{}'", crate::store::layout::DIGESTS_KEY);
-        assert!(LIB.contains(&line), "lib.lua names {line}");
-        assert!(crate::store::layout::is_own_key(
-            crate::store::layout::DIGESTS_KEY.as_bytes()
-        ));
+    fn the_scripts_name_metadata_keys_as_the_agent_does() {
+        use crate::store::layout::{COLLECTED_PREFIX, DIGESTS_PREFIX, FLOOR_PREFIX};
+        for (name, prefix) in [
+            ("DIGESTS", DIGESTS_PREFIX),
+            ("FLOOR", FLOOR_PREFIX),
+            ("COLLECTED", COLLECTED_PREFIX),
+        ] {
+            let line = format!("local {name} = '{prefix}' .. USER_DB");
+            assert!(LIB.contains(&line), "lib.lua names {line}");
+        }
+        assert!(LIB.contains(METADATA_DB_LINE));
     }
 
     #[test]

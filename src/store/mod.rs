@@ -36,8 +36,10 @@ pub use applying::{ApplyOutcome, Quarantined};
 pub use connection::{Store, StoreError};
 pub use freeze::{Freeze, Frozen, Piece};
 pub use layout::{
-    APPLY_MARKER_KEY, BUILD_PREFIX, COPY_PREFIX, FLOOR_KEY, META_BUCKETS, META_PREFIX, REACHED_KEY,
-    RECORD_FLAG_AT, RESERVED_PREFIX, build_key, is_own_key, is_reserved, meta_bucket, node_suffix,
+    APPLY_MARKER_KEY, BUILD_PREFIX, COPY_PREFIX, DEFAULT_METADATA_DB, META_BUCKETS, META_PREFIX,
+    REACHED_KEY, RECORD_FLAG_AT, RESERVED_PREFIX, bucket_name, bucket_prefix, build_key,
+    collected_key, digests_key, floor_key, is_own_key, is_reserved, meta_bucket, metadata_db,
+    node_suffix, set_metadata_db, user_dbs,
 };
 pub use lua::{
     DEFAULT_MAX_KEY_ELEMENTS, DEFAULT_MAX_VALUE_BYTES, max_key_elements, set_max_key_elements,

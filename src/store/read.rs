@@ -6,8 +6,8 @@ use bytes::Bytes;
 
 use super::connection::{Store, StoreError};
 use super::layout::{
-    APPLY_MARKER_KEY, COLLECTED_KEY, FLOOR_KEY, META_BUCKETS, META_PREFIX, REACHED_KEY, Record,
-    meta_bucket, node_suffix,
+    APPLY_MARKER_KEY, META_BUCKETS, REACHED_KEY, Record, bucket_name, bucket_prefix, collected_key,
+    digests_key, floor_key, meta_bucket, metadata_db, node_suffix,
 };
 use super::lua::Which;
 use super::pieces::{LargeError, ship_recorded, travels_in_pieces};
@@ -66,12 +66,12 @@ impl Store {
             let conn = self.conn().await?;
             let (next, keys): (u64, Vec<Vec<u8>>) = redis::pipe()
                 .cmd("SELECT")
-                .arg(db)
+                .arg(metadata_db())
                 .ignore()
                 .cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
-                .arg(format!("{META_PREFIX}*"))
+                .arg(format!("{}*", bucket_prefix(db)))
                 .arg("COUNT")
                 .arg(1000)
                 .query_async::<((u64, Vec<Vec<u8>>),)>(conn)
@@ -98,7 +98,7 @@ impl Store {
         let names: Vec<Vec<u8>> = buckets
             .iter()
             .filter(|b| **b < META_BUCKETS)
-            .map(|b| format!("{META_PREFIX}{b}").into_bytes())
+            .map(|b| bucket_name(db, *b).into_bytes())
             .collect();
         self.read_buckets(db, &names, batch, None, out).await
     }
@@ -106,19 +106,19 @@ impl Store {
     /// The stamp of database `db`'s last flush (its floor: every record
     /// older was dropped), None when it was never flushed.
     pub async fn flush_floor(&mut self, db: u32) -> Result<Option<String>, StoreError> {
-        self.get_in(db, FLOOR_KEY).await
+        self.get_meta(&floor_key(db)).await
     }
 
     /// Database `db`'s collected floor (decision 015: the frontier its
     /// tombstones were dropped up to), None when never collected.
     pub async fn collected_floor(&mut self, db: u32) -> Result<Option<String>, StoreError> {
-        self.get_in(db, COLLECTED_KEY).await
+        self.get_meta(&collected_key(db)).await
     }
 
     /// The stamp this region had reached ([`REACHED_KEY`]), None when
     /// geosync never recorded one in this Redis.
     pub async fn reached(&mut self) -> Result<Option<String>, StoreError> {
-        self.get_in(0, REACHED_KEY).await
+        self.get_meta(REACHED_KEY).await
     }
 
     /// Records `stamp` as reached, if the Redis is still the one whose
@@ -136,10 +136,14 @@ impl Store {
         Ok(matches!(reply, redis::Value::Int(1)))
     }
 
-    /// The string at `key` of database `db`.
-    async fn get_in(&mut self, db: u32, key: &str) -> Result<Option<String>, StoreError> {
+    /// The string at `key` of the metadata database.
+    async fn get_meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SELECT").arg(db).ignore().cmd("GET").arg(key);
+        pipe.cmd("SELECT")
+            .arg(metadata_db())
+            .ignore()
+            .cmd("GET")
+            .arg(key);
         let (value,): (Option<String>,) = self.query(&pipe).await?;
         Ok(value)
     }
@@ -152,9 +156,9 @@ impl Store {
         keys: &[Vec<u8>],
     ) -> Result<Vec<String>, StoreError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SELECT").arg(db).ignore();
+        pipe.cmd("SELECT").arg(metadata_db()).ignore();
         for k in keys {
-            pipe.cmd("HGET").arg(meta_bucket(k)).arg(k);
+            pipe.cmd("HGET").arg(meta_bucket(db, k)).arg(k);
         }
         let raw: Vec<Option<String>> = self.query(&pipe).await?;
         Ok(raw
@@ -179,8 +183,8 @@ impl Store {
         let mut out = Vec::new();
         for group in buckets.chunks(BUCKETS_PER_READ) {
             let mut pipe = redis::pipe();
-            pipe.cmd("SELECT").arg(db).ignore();
-            for name in bucket_names(group) {
+            pipe.cmd("SELECT").arg(metadata_db()).ignore();
+            for name in bucket_names(db, group) {
                 pipe.cmd("HGETALL").arg(name);
             }
             let buckets: Vec<Vec<Field>> = self.query(&pipe).await?;
@@ -213,7 +217,7 @@ impl Store {
             let mut argv = vec![floor.as_bytes().to_vec()];
             for (key, stamp) in slice {
                 k.push(key.clone());
-                k.push(meta_bucket(key).into_bytes());
+                k.push(meta_bucket(db, key).into_bytes());
                 argv.push(stamp.clone().into_bytes());
             }
             let reply = self.run_one(db, Which::Forget, k, argv).await?;
@@ -224,7 +228,20 @@ impl Store {
         Ok(dropped)
     }
 
-    /// The number of keys of database `db`, geosync's own included.
+    /// False when user database `db` holds neither keys nor records
+    /// (tombstones stay after their keys): anti-entropy and collection
+    /// skip it.
+    pub async fn has_records(&mut self, db: u32) -> Result<bool, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SELECT").arg(db).ignore().cmd("DBSIZE");
+        pipe.cmd("SELECT").arg(metadata_db()).ignore();
+        pipe.cmd("EXISTS").arg(digests_key(db));
+        let (keys, digests): (u64, u64) = self.query(&pipe).await?;
+        Ok(keys > 0 || digests > 0)
+    }
+
+    /// The number of keys of database `db` (a user database holds user
+    /// keys only, and private copies of large collections in transfer).
     pub async fn dbsize(&mut self, db: u32) -> Result<u64, StoreError> {
         let mut pipe = redis::pipe();
         pipe.cmd("SELECT").arg(db).ignore().cmd("DBSIZE");
@@ -271,7 +288,7 @@ impl Store {
                 .run_one(
                     db,
                     Which::Collect,
-                    bucket_names(slice),
+                    bucket_names(db, slice),
                     vec![frontier.as_bytes().to_vec()],
                 )
                 .await?;
@@ -295,7 +312,7 @@ impl Store {
                 .run_one(
                     db,
                     Which::Digest,
-                    bucket_names(slice),
+                    bucket_names(db, slice),
                     vec![mode.as_bytes().to_vec()],
                 )
                 .await?;
@@ -334,7 +351,7 @@ impl Store {
         for (i, group) in buckets.chunks(BUCKETS_PER_READ).enumerate() {
             let conn = self.conn().await?;
             let mut pipe = redis::pipe();
-            pipe.cmd("SELECT").arg(db).ignore();
+            pipe.cmd("SELECT").arg(metadata_db()).ignore();
             for bucket in group {
                 pipe.cmd("HKEYS").arg(bucket);
             }
@@ -345,7 +362,7 @@ impl Store {
                 let take = keys.len().min(batch);
                 let mut k: Vec<Vec<u8>> = Vec::with_capacity(take * 2);
                 for key in keys.drain(..take) {
-                    let bucket = meta_bucket(&key);
+                    let bucket = meta_bucket(db, &key);
                     k.push(key.to_vec());
                     k.push(bucket.into_bytes());
                 }
@@ -375,11 +392,11 @@ impl Store {
     }
 }
 
-/// The names of the numbered metadata buckets.
-fn bucket_names(buckets: &[u32]) -> Vec<Vec<u8>> {
+/// The names of the numbered metadata buckets of database `db`.
+fn bucket_names(db: u32, buckets: &[u32]) -> Vec<Vec<u8>> {
     buckets
         .iter()
-        .map(|b| format!("{META_PREFIX}{b}").into_bytes())
+        .map(|b| bucket_name(db, *b).into_bytes())
         .collect()
 }
 

@@ -6,7 +6,7 @@ use redis::Value as RValue;
 use serde_bytes::ByteBuf;
 
 use super::connection::{Store, StoreError};
-use super::layout::{APPLY_MARKER_KEY, FLOOR_KEY, META_PREFIX, meta_bucket, node_suffix};
+use super::layout::{APPLY_MARKER_KEY, floor_key, meta_bucket, node_suffix};
 use super::lua::{Call, Which};
 use super::reply::{bulk, bulk_pairs, parse_flush_reply};
 use crate::base::change::{Change, Op, Value};
@@ -117,10 +117,10 @@ impl Store {
             .iter()
             .map(|(db, keys)| {
                 let mut k: Vec<Vec<u8>> = Vec::with_capacity(keys.len() * 2 + 1);
-                k.push(FLOOR_KEY.as_bytes().to_vec());
+                k.push(floor_key(*db).into_bytes());
                 for (key, _) in keys {
                     k.push(key.to_vec());
-                    k.push(meta_bucket(key).into_bytes());
+                    k.push(meta_bucket(*db, key).into_bytes());
                 }
                 let modes: Vec<u8> = keys.iter().map(|(_, seen)| seen.letter()).collect();
                 let args = vec![
@@ -147,10 +147,11 @@ impl Store {
     }
 
     /// Records a local FLUSHDB/FLUSHALL: raises the floor of each database
-    /// to `stamp` and removes what peers' changes wrote between the flush
-    /// and this stamp (see scripts/flush.lua). Returns, per database, the
-    /// keys clients wrote after the FLUSHDB that were stamped before it and
-    /// must be stamped again.
+    /// to `stamp`, then drops the records older than it in slices, with
+    /// what peers' changes wrote between the flush and this stamp (see
+    /// scripts/flush.lua and scripts/flushslice.lua). Returns, per
+    /// database, the keys clients wrote after the FLUSHDB that were
+    /// stamped before it and must be stamped again.
     pub async fn flush_local(
         &mut self,
         dbs: &[u32],
@@ -163,21 +164,21 @@ impl Store {
                 (
                     *db,
                     Which::Flush,
-                    vec![FLOOR_KEY.into(), APPLY_MARKER_KEY.into()],
-                    vec![
-                        stamp.as_bytes().to_vec(),
-                        META_PREFIX.into(),
-                        b"local".to_vec(),
-                        node_suffix(node_id).into_bytes(),
-                    ],
+                    vec![floor_key(*db).into_bytes(), APPLY_MARKER_KEY.into()],
+                    vec![stamp.as_bytes().to_vec(), Vec::new(), b"local".to_vec()],
                 )
             })
             .collect();
         let replies = self.run(&calls).await?;
-        dbs.iter()
-            .zip(replies)
-            .map(|(db, r)| Ok((*db, parse_flush_reply(r)?.1)))
-            .collect()
+        let me = node_suffix(node_id);
+        let mut out = Vec::with_capacity(dbs.len());
+        for (db, reply) in dbs.iter().zip(replies) {
+            let (_, mut again) = parse_flush_reply(reply)?;
+            let slices = self.flush_sliced(*db, stamp, 0, Some(&me)).await?;
+            again.extend(slices.restamp);
+            out.push((*db, again));
+        }
+        Ok(out)
     }
 }
 

@@ -84,8 +84,7 @@ pub fn partial_resync_after_agent_restart_in(mesh: &mut Mesh) {
 /// them (a bucket's digest is the XOR of SHA1(#key:key stamp) over its
 /// records).
 pub fn lose(r: &Redis, keys: &[String]) {
-    let mut c = r.conn();
-    behind_the_agents(&mut c, |p| {
+    behind_the_agents(&mut r.conn(), |p| {
         for k in keys {
             p.cmd("DEL").arg(k).ignore();
         }
@@ -93,21 +92,27 @@ pub fn lose(r: &Redis, keys: &[String]) {
     let forget = redis::Script::new(&format!(
         "{XOR_HEX}{}",
         r#"
-        local key, bucket = KEYS[1], KEYS[2]
+        local key, bucket, dg = KEYS[1], KEYS[2], KEYS[3]
         local stamp = string.sub(redis.call('HGET', bucket, key), 1, 20)
-        local acc = redis.call('HGET', '__geosync:dg', bucket)
+        local acc = redis.call('HGET', dg, bucket)
         acc = xor_hex(acc, redis.sha1hex(#key .. ':' .. key .. stamp))
         if acc == string.rep('0', 40) then
-          redis.call('HDEL', '__geosync:dg', bucket)
+          redis.call('HDEL', dg, bucket)
         else
-          redis.call('HSET', '__geosync:dg', bucket, acc)
+          redis.call('HSET', dg, bucket, acc)
         end
         return redis.call('HDEL', bucket, key)
         "#
     ));
+    let mut c = r.meta_conn();
     for k in keys {
-        let bucket = geosync::store::layout::meta_bucket(k.as_bytes());
-        let removed: i64 = forget.key(k).key(bucket).invoke(&mut c).unwrap();
+        let bucket = geosync::store::meta_bucket(0, k.as_bytes());
+        let removed: i64 = forget
+            .key(k)
+            .key(bucket)
+            .key(geosync::store::digests_key(0))
+            .invoke(&mut c)
+            .unwrap();
         assert_eq!(removed, 1, "{k} had a record");
     }
 }
@@ -118,8 +123,7 @@ pub fn lose(r: &Redis, keys: &[String]) {
 /// [`lose`], the values go in a transaction the tailer skips, and the
 /// records and bucket digests change as decision 013 defines them.
 pub fn bring_back(r: &Redis, keys: &[(String, Vec<u8>, String)]) {
-    let mut c = r.conn();
-    behind_the_agents(&mut c, |p| {
+    behind_the_agents(&mut r.conn(), |p| {
         for (k, dump, _) in keys {
             p.cmd("RESTORE")
                 .arg(k)
@@ -132,34 +136,48 @@ pub fn bring_back(r: &Redis, keys: &[(String, Vec<u8>, String)]) {
     let record = redis::Script::new(&format!(
         "{XOR_HEX}{}",
         r#"
-        local key, bucket, rec = KEYS[1], KEYS[2], ARGV[1]
+        local key, bucket, dg, rec = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
         assert(not redis.call('HGET', bucket, key), 'the key is recorded already')
-        local acc = redis.call('HGET', '__geosync:dg', bucket) or string.rep('0', 40)
+        local acc = redis.call('HGET', dg, bucket) or string.rep('0', 40)
         acc = xor_hex(acc, redis.sha1hex(#key .. ':' .. key .. string.sub(rec, 1, 20)))
         if acc == string.rep('0', 40) then
-          redis.call('HDEL', '__geosync:dg', bucket)
+          redis.call('HDEL', dg, bucket)
         else
-          redis.call('HSET', '__geosync:dg', bucket, acc)
+          redis.call('HSET', dg, bucket, acc)
         end
         return redis.call('HSET', bucket, key, rec)
         "#
     ));
+    let mut c = r.meta_conn();
     for (k, _, rec) in keys {
-        let bucket = geosync::store::layout::meta_bucket(k.as_bytes());
-        let added: i64 = record.key(k).key(bucket).arg(rec).invoke(&mut c).unwrap();
+        let bucket = geosync::store::meta_bucket(0, k.as_bytes());
+        let added: i64 = record
+            .key(k)
+            .key(bucket)
+            .key(geosync::store::digests_key(0))
+            .arg(rec)
+            .invoke(&mut c)
+            .unwrap();
         assert_eq!(added, 1, "{k} recorded again");
     }
 }
 
 /// Runs the commands `add` puts in a transaction that starts with
-/// geosync's apply marker: the tailer takes it for geosync's own and
-/// ships nothing of it.
+/// geosync's apply marker (in the metadata database): the tailer takes it
+/// for geosync's own and ships nothing of it. `c` is a connection to
+/// database 0, where `add`'s commands run.
 fn behind_the_agents(c: &mut redis::Connection, add: impl FnOnce(&mut redis::Pipeline)) {
     let mut p = redis::pipe();
     p.atomic()
+        .cmd("SELECT")
+        .arg(geosync::store::metadata_db())
+        .ignore()
         .cmd("SET")
-        .arg("__geosync:applied")
+        .arg(geosync::store::APPLY_MARKER_KEY)
         .arg("1")
+        .ignore()
+        .cmd("SELECT")
+        .arg(0)
         .ignore();
     add(&mut p);
     p.query::<()>(c).unwrap();
@@ -178,8 +196,9 @@ local function xor_hex(a, b)
 end
 "#;
 
-/// The buckets of the connection's database whose stored anti-entropy
-/// digest is not what its records make (decision 013's definition).
+/// The buckets of database 0 whose stored anti-entropy digest is not what
+/// their records make (decision 013's definition); `c` is a connection to
+/// the metadata database.
 pub fn drifted_digests(c: &mut redis::Connection) -> Vec<String> {
     redis::Script::new(&format!(
         "{XOR_HEX}{}",
@@ -187,13 +206,13 @@ pub fn drifted_digests(c: &mut redis::Connection) -> Vec<String> {
         local zero = string.rep('0', 40)
         local wrong = {}
         for n = 0, 16383 do
-          local bucket = '__geosync:m:' .. n
+          local bucket = '__geosync:m:0:' .. n
           local flat = redis.call('HGETALL', bucket)
           local acc = zero
           for i = 1, #flat, 2 do
             acc = xor_hex(acc, redis.sha1hex(#flat[i] .. ':' .. flat[i] .. string.sub(flat[i + 1], 1, 20)))
           end
-          local stored = redis.call('HGET', '__geosync:dg', bucket) or zero
+          local stored = redis.call('HGET', '__geosync:dg:0', bucket) or zero
           if stored ~= acc then wrong[#wrong + 1] = bucket end
         end
         return wrong

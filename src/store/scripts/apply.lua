@@ -28,12 +28,12 @@ local function refused(err)
   return 'q ' .. tostring(err)
 end
 
-redis.call('INCR', KEYS[2])
+mcall('INCR', KEYS[2])
 -- A key without a record is older than the database's last flush and
 -- than the frontier its tombstones were collected up to.
-local flushed = redis.call('GET', KEYS[1])
+local flushed = mcall('GET', KEYS[1])
 local floor = flushed
-local collected = redis.call('GET', '__geosync:collected')
+local collected = mcall('GET', COLLECTED)
 if collected and (not floor or collected > floor) then floor = collected end
 local out = {}
 local a = 1
@@ -53,7 +53,7 @@ for i = 3, #KEYS, 3 do
   else
     a = a + 2
   end
-  local rec = parse_record(redis.call('HGET', bucket, key))
+  local rec = parse_record(mcall('HGET', bucket, key))
   local current = floor
   if rec ~= nil then
     current = rec.stamp
@@ -62,68 +62,68 @@ for i = 3, #KEYS, 3 do
     if flushed and flushed > current then current = flushed end
   end
   if current and current >= stamp then
-    if op == 'S' then redis.call('UNLINK', building) end
+    if op == 'S' then ucall('UNLINK', building) end
     out[#out + 1] = 0
   elseif op == 'P' then
-    if num == 0 then redis.call('UNLINK', building) end
+    if num == 0 then ucall('UNLINK', building) end
     if size_as(building, t) ~= num then
       out[#out + 1] = 0
     else
       local ok, err = pcall(append_items, building, t, ARGV, from, to)
       if ok then
-        redis.call('PEXPIRE', building, PRIVATE_TTL_MS)
+        ucall('PEXPIRE', building, PRIVATE_TTL_MS)
         out[#out + 1] = 1
       else
-        redis.call('UNLINK', building)
+        ucall('UNLINK', building)
         out[#out + 1] = refused(err)
       end
     end
   elseif op == 'S' then
     if from < 1 or size_as(building, t) ~= from then
-      redis.call('UNLINK', building)
+      ucall('UNLINK', building)
       out[#out + 1] = 2
     else
       -- UNLINK: a large old value is freed in the background
-      redis.call('UNLINK', key)
-      redis.call('RENAME', building, key)
-      redis.call('PERSIST', key)
+      ucall('UNLINK', key)
+      ucall('RENAME', building, key)
+      ucall('PERSIST', key)
       local record = make_record(stamp, 'v', digest_, num)
       if num > 0 then
-        redis.call('PEXPIREAT', key, num)
-        if redis.call('EXISTS', key) == 0 then
+        ucall('PEXPIREAT', key, num)
+        if ucall('EXISTS', key) == 0 then
           record = make_record(stamp, 't', NO_DIGEST, nil)
         end
       end
-      redis.call('HSET', bucket, key, record)
+      mcall('HSET', bucket, key, record)
       digest_moved(bucket, key, rec and rec.stamp, stamp)
       out[#out + 1] = 1
     end
   elseif op == 'p' then
     -- Built aside, then renamed into place: a write the server refuses
     -- leaves the key as it was.
-    redis.call('UNLINK', building)
+    ucall('UNLINK', building)
     local ok, degraded = pcall(write_state, building, t, num, ARGV, from, to)
     if not ok then
-      redis.call('UNLINK', building)
+      ucall('UNLINK', building)
       out[#out + 1] = refused(degraded)
     else
       local state = read_state(building, true)
-      redis.call('UNLINK', key)
+      ucall('UNLINK', key)
       local record
       if state == nil then
         -- its expiry had already passed: recorded like an expired key
         record = make_record(stamp, 't', NO_DIGEST, nil)
       else
-        redis.call('RENAME', building, key)
+        ucall('RENAME', building, key)
         record = make_record(stamp, 'v', digest(state), state.exp)
       end
-      redis.call('HSET', bucket, key, record)
+      mcall('HSET', bucket, key, record)
       digest_moved(bucket, key, rec and rec.stamp, stamp)
       out[#out + 1] = degraded and 3 or 1
     end
   else
-    redis.call('UNLINK', key)
-    redis.call('HSET', bucket, key, make_record(stamp, 't', NO_DIGEST, nil))
+    ucall('UNLINK', key)
+    mcall('HSET', bucket, key, make_record(stamp, 't', NO_DIGEST, nil))
     digest_moved(bucket, key, rec and rec.stamp, stamp)
     out[#out + 1] = 1
   end

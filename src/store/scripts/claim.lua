@@ -14,15 +14,15 @@
 -- on (the stamp is the newer one, '' when the record went away).
 local stamp, seen = ARGV[1], ARGV[2]
 local key, bucket = KEYS[2], KEYS[3]
-local floor = redis.call('GET', KEYS[1])
+local floor = mcall('GET', KEYS[1])
 if floor and floor >= stamp then return { 'retry', floor } end
-local raw = redis.call('HGET', bucket, key) or ''
+local raw = mcall('HGET', bucket, key) or ''
 if raw ~= seen then
   local rec = parse_record(raw ~= '' and raw or nil)
   if rec ~= nil then return { 'retry', rec.stamp } end
   return { 'retry', '' }
 end
-redis.call('HSET', bucket, key, make_record(stamp, 'v', ARGV[3], tonumber(ARGV[4])))
+mcall('HSET', bucket, key, make_record(stamp, 'v', ARGV[3], tonumber(ARGV[4])))
 local before = parse_record(seen ~= '' and seen or nil)
 digest_moved(bucket, key, before and before.stamp, stamp)
 return { 'ok' }

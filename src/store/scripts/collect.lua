@@ -14,28 +14,27 @@
 -- Raises the collected floor to the frontier first.
 --
 -- Returns { records dropped, tombstones kept }.
-local COLLECTED = '__geosync:collected'
 local frontier = ARGV[1]
-local floor = redis.call('GET', COLLECTED)
+local floor = mcall('GET', COLLECTED)
 if not floor or floor < frontier then
-  redis.call('SET', COLLECTED, frontier)
+  mcall('SET', COLLECTED, frontier)
 end
 local now = now_ms()
 -- Records older than the last flush are what a peer's flush left for its
 -- slices when the agent stopped halfway (decision 018): finished here.
-local flushed = redis.call('GET', '__geosync:floor')
+local flushed = mcall('GET', FLOOR)
 local dropped, kept = 0, 0
 for _, bucket in ipairs(KEYS) do
-  local flat = redis.call('HGETALL', bucket)
+  local flat = mcall('HGETALL', bucket)
   for i = 1, #flat, 2 do
     local key, rec = flat[i], parse_record(flat[i + 1])
     local gone = rec.flag == 't'
-        or (rec.expiry and rec.expiry <= now and redis.call('EXISTS', key) == 0)
+        or (rec.expiry and rec.expiry <= now and ucall('EXISTS', key) == 0)
     if flushed and rec.stamp < flushed then
       drop_flushed(bucket, key, rec, 2)
       dropped = dropped + 1
     elseif gone and rec.stamp < frontier then
-      redis.call('HDEL', bucket, key)
+      mcall('HDEL', bucket, key)
       digest_moved(bucket, key, rec.stamp, nil)
       dropped = dropped + 1
     elseif rec.flag == 't' then

@@ -16,7 +16,7 @@ if ARGV[1] == 'rebuild' then
     out[i] = digest_rebuild(KEYS[i])
   end
 else
-  local stored = redis.call('HMGET', DIGESTS, unpack(KEYS))
+  local stored = mcall('HMGET', DIGESTS, unpack(KEYS))
   for i = 1, #KEYS do
     out[i] = stored[i] or ''
   end

@@ -22,14 +22,13 @@
 -- brings a dropped key back.
 --
 -- Returns the number of keys dropped.
-local COLLECTED = '__geosync:collected'
 local floor = ARGV[1]
 local dropped = 0
 local marked = false
 for i = 2, #KEYS, 2 do
   local key, bucket = KEYS[i], KEYS[i + 1]
   local expected = ARGV[i / 2 + 1]
-  local rec = parse_record(redis.call('HGET', bucket, key))
+  local rec = parse_record(mcall('HGET', bucket, key))
   if rec ~= nil and rec.stamp == expected and rec.stamp < floor then
     local state = read_state(key)
     local unchanged
@@ -44,20 +43,20 @@ for i = 2, #KEYS, 2 do
     end
     if unchanged then
       if not marked then
-        redis.call('INCR', KEYS[1])
+        mcall('INCR', KEYS[1])
         marked = true
       end
-      if state ~= nil then redis.call('UNLINK', key) end
-      redis.call('HDEL', bucket, key)
+      if state ~= nil then ucall('UNLINK', key) end
+      mcall('HDEL', bucket, key)
       digest_moved(bucket, key, rec.stamp, nil)
       dropped = dropped + 1
     end
   end
 end
 if dropped > 0 then
-  local mine = redis.call('GET', COLLECTED)
+  local mine = mcall('GET', COLLECTED)
   if not mine or mine < floor then
-    redis.call('SET', COLLECTED, floor)
+    mcall('SET', COLLECTED, floor)
   end
 end
 return dropped

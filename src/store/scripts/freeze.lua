@@ -16,17 +16,17 @@
 --   { 'whole' }  the key is gone, or of a type or size that travels whole
 local stamp = ARGV[1]
 local key, bucket, copy = KEYS[2], KEYS[3], KEYS[4]
-local t = redis.call('TYPE', key)['ok']
+local t = ucall('TYPE', key)['ok']
 if not PIECEWISE[t] then return { 'whole' } end
-local n = redis.call(SIZE_OF[t], key)
+local n = ucall(SIZE_OF[t], key)
 if n <= MAX_ELEMENTS then return { 'whole' } end
-local raw = redis.call('HGET', bucket, key)
+local raw = mcall('HGET', bucket, key)
 if stamp ~= '' then
-  local floor = redis.call('GET', KEYS[1])
+  local floor = mcall('GET', KEYS[1])
   if floor and floor >= stamp then return { 'retry', floor } end
   local rec = parse_record(raw)
   if rec ~= nil and rec.stamp >= stamp then return { 'retry', rec.stamp } end
 end
-redis.call('COPY', key, copy, 'REPLACE')
-redis.call('PEXPIRE', copy, PRIVATE_TTL_MS)
-return { 'frozen', t, redis.call('PEXPIRETIME', key), n, raw or '' }
+ucall('COPY', key, copy, 'REPLACE')
+ucall('PEXPIRE', copy, PRIVATE_TTL_MS)
+return { 'frozen', t, ucall('PEXPIRETIME', key), n, raw or '' }

@@ -1,7 +1,42 @@
 -- geosync: functions shared by the stamp and apply scripts.
 --
+-- Every script runs in the user database it works on (the agent SELECTs
+-- it) and is given that database as its last argument, which is taken off
+-- ARGV here. geosync's metadata lives in the metadata database, META_DB,
+-- which holds nothing else (decision 020): `mcall` runs a command there,
+-- `ucall` and `upcall` in the user database, switching only when the
+-- previous command ran in the other one. Redis restores the caller's
+-- database after the script, and replicates the switches with the
+-- commands.
+local META_DB = 15 -- @metadata-db
+local USER_DB = tonumber(table.remove(ARGV))
+local selected_db = USER_DB
+local function use_db(db)
+  if selected_db ~= db then
+    redis.call('SELECT', db)
+    selected_db = db
+  end
+end
+local function mcall(...)
+  use_db(META_DB)
+  return redis.call(...)
+end
+local function ucall(...)
+  use_db(USER_DB)
+  return redis.call(...)
+end
+local function upcall(...)
+  use_db(USER_DB)
+  return redis.pcall(...)
+end
+-- The user database's keys in the metadata database (store/layout.rs).
+local FLOOR = '__geosync:floor:' .. USER_DB
+local COLLECTED = '__geosync:collected:' .. USER_DB
+-- Anti-entropy digests (decision 013), a field per bucket name.
+local DIGESTS = '__geosync:dg:' .. USER_DB
+
 -- A metadata record is one hash field per user key, in the bucket hash
--- named by the agent (KEYS). Its value is
+-- named by the agent (KEYS), in META_DB. Its value is
 --   stamp (20 hex) .. flag ('v' value, 't' tombstone) .. digest (16 hex) .. expiry ms (decimal, empty if none)
 -- Stamps compare as plain strings (fixed-width lowercase hex).
 
@@ -28,10 +63,10 @@ local PRIVATE_TTL_MS = 3600000
 -- Elements of a key of type t, 0 when it does not exist, -1 when it holds
 -- another type.
 local function size_as(key, t)
-  local actual = redis.call('TYPE', key)['ok']
+  local actual = ucall('TYPE', key)['ok']
   if actual == 'none' then return 0 end
   if actual ~= t then return -1 end
-  return redis.call(SIZE_OF[t], key)
+  return ucall(SIZE_OF[t], key)
 end
 
 local function parse_record(rec)
@@ -68,7 +103,6 @@ end
 -- DIGESTS (one per database, a field per bucket name) by every script that
 -- changes a record's stamp, so that comparing regions reads 16384 stored
 -- digests instead of every record.
-local DIGESTS = '__geosync:dg'
 local ZERO_DIGEST = string.rep('0', 40)
 
 local function xor_hex(a, b)
@@ -89,29 +123,29 @@ end
 -- no record): its bucket's digest follows.
 local function digest_moved(bucket, key, old, new)
   if old == new then return end
-  local acc = redis.call('HGET', DIGESTS, bucket) or ZERO_DIGEST
+  local acc = mcall('HGET', DIGESTS, bucket) or ZERO_DIGEST
   if old then acc = xor_hex(acc, record_hash(key, old)) end
   if new then acc = xor_hex(acc, record_hash(key, new)) end
   if acc == ZERO_DIGEST then
-    redis.call('HDEL', DIGESTS, bucket)
+    mcall('HDEL', DIGESTS, bucket)
   else
-    redis.call('HSET', DIGESTS, bucket, acc)
+    mcall('HSET', DIGESTS, bucket, acc)
   end
 end
 
 -- Computes a bucket's digest from its records and stores it ('' when the
 -- bucket is empty).
 local function digest_rebuild(bucket)
-  local flat = redis.call('HGETALL', bucket)
+  local flat = mcall('HGETALL', bucket)
   local acc = ZERO_DIGEST
   for i = 1, #flat, 2 do
     acc = xor_hex(acc, record_hash(flat[i], string.sub(flat[i + 1], 1, STAMP_LEN)))
   end
   if acc == ZERO_DIGEST then
-    redis.call('HDEL', DIGESTS, bucket)
+    mcall('HDEL', DIGESTS, bucket)
     return ''
   end
-  redis.call('HSET', DIGESTS, bucket, acc)
+  mcall('HSET', DIGESTS, bucket, acc)
   return acc
 end
 
@@ -133,11 +167,11 @@ local function or_empty(v)
 end
 
 local function read_stream(key)
-  local info = redis.call('XINFO', 'STREAM', key)
+  local info = ucall('XINFO', 'STREAM', key)
   local f = {}
   for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
   local out = { f['last-generated-id'], tostring(f['entries-added']), f['max-deleted-entry-id'] }
-  local groups = redis.call('XINFO', 'GROUPS', key)
+  local groups = ucall('XINFO', 'GROUPS', key)
   out[#out + 1] = tostring(#groups)
   for _, g in ipairs(groups) do
     local gf = {}
@@ -146,7 +180,7 @@ local function read_stream(key)
     out[#out + 1] = gf['last-delivered-id']
     out[#out + 1] = or_empty(gf['entries-read'])
   end
-  local entries = redis.call('XRANGE', key, '-', '+')
+  local entries = ucall('XRANGE', key, '-', '+')
   for _, e in ipairs(entries) do
     out[#out + 1] = e[1]
     out[#out + 1] = tostring(#e[2])
@@ -163,7 +197,7 @@ local function field_expiries(key, fields)
     local args = { 'HPEXPIRETIME', key, 'FIELDS', 0 }
     for j = i, math.min(i + CHUNK - 1, #fields) do args[#args + 1] = fields[j] end
     args[4] = #args - 4
-    local r = redis.pcall(unpack(args))
+    local r = upcall(unpack(args))
     if type(r) == 'table' and r.err then return nil end
     for _, e in ipairs(r) do
       out[#out + 1] = e
@@ -180,11 +214,11 @@ end
 -- A collection over MAX_ELEMENTS is reported unsupported with reason
 -- 'too_large:<type>:<elements>' unless `whole` is set.
 local function read_state(key, whole)
-  local t = redis.call('TYPE', key)['ok']
+  local t = ucall('TYPE', key)['ok']
   if t == 'none' then return nil end
-  local exp = redis.call('PEXPIRETIME', key)
+  local exp = ucall('PEXPIRETIME', key)
   if SIZE_OF[t] then
-    local n = redis.call(SIZE_OF[t], key)
+    local n = ucall(SIZE_OF[t], key)
     if n > MAX_ELEMENTS and not whole then
       return { t = t, exp = exp, flat = {}, unsupported = true,
                reason = 'too_large:' .. t .. ':' .. n }
@@ -199,18 +233,18 @@ local function read_state(key, whole)
   end
   local flat
   if t == 'string' then
-    local n = redis.call('STRLEN', key)
+    local n = ucall('STRLEN', key)
     if n > MAX_BYTES and not whole then return too_big(n) end
-    flat = { redis.call('GET', key) }
+    flat = { ucall('GET', key) }
   elseif t == 'list' then
-    flat = redis.call('LRANGE', key, 0, -1)
+    flat = ucall('LRANGE', key, 0, -1)
   elseif t == 'set' then
-    flat = redis.call('SMEMBERS', key)
+    flat = ucall('SMEMBERS', key)
     table.sort(flat)
   elseif t == 'zset' then
-    flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    flat = ucall('ZRANGE', key, 0, -1, 'WITHSCORES')
   elseif t == 'hash' then
-    flat = sorted_pairs(redis.call('HGETALL', key))
+    flat = sorted_pairs(ucall('HGETALL', key))
     local fields = {}
     for i = 1, #flat, 2 do fields[#fields + 1] = flat[i] end
     local exps = field_expiries(key, fields)
@@ -255,17 +289,17 @@ end
 -- follows unless `digest_later` (the caller computes it once per bucket).
 -- Returns 'deleted', 'kept' or 'gone' (no key).
 local function drop_flushed(bucket, key, rec, age_s, digest_later)
-  redis.call('HDEL', bucket, key)
+  mcall('HDEL', bucket, key)
   if not digest_later then digest_moved(bucket, key, rec.stamp, nil) end
-  local ok, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', key)
+  local ok, idle = pcall(ucall, 'OBJECT', 'IDLETIME', key)
   if ok and not idle then return 'gone' end
   if not ok or idle <= age_s then
-    if redis.call('EXISTS', key) == 0 then return 'gone' end
+    if ucall('EXISTS', key) == 0 then return 'gone' end
     if rec.flag == 't' then return 'kept' end
     local state = read_state(key, true)
     if state ~= nil and digest(state) ~= rec.digest then return 'kept' end
   end
-  redis.call('UNLINK', key)
+  ucall('UNLINK', key)
   return 'deleted'
 end
 
@@ -274,11 +308,11 @@ local function push_chunks(cmd, key, items, from, to, step)
   for i = from, to do
     args[#args + 1] = items[i]
     if #args >= CHUNK * step then
-      redis.call(cmd, key, unpack(args))
+      ucall(cmd, key, unpack(args))
       args = {}
     end
   end
-  if #args > 0 then redis.call(cmd, key, unpack(args)) end
+  if #args > 0 then ucall(cmd, key, unpack(args)) end
 end
 
 local function write_stream(key, flat, from, to)
@@ -295,21 +329,21 @@ local function write_stream(key, flat, from, to)
     local id, n = flat[i], tonumber(flat[i + 1])
     local args = { 'XADD', key, id }
     for j = i + 2, i + 1 + n do args[#args + 1] = flat[j] end
-    redis.call(unpack(args))
+    ucall(unpack(args))
     any = true
     i = i + 2 + n
   end
   if not any then
     -- An empty stream: create it through a throw-away group.
-    redis.call('XGROUP', 'CREATE', key, '__geosync:tmp', '0', 'MKSTREAM')
-    redis.call('XGROUP', 'DESTROY', key, '__geosync:tmp')
+    ucall('XGROUP', 'CREATE', key, '__geosync:tmp', '0', 'MKSTREAM')
+    ucall('XGROUP', 'DESTROY', key, '__geosync:tmp')
   end
-  redis.call('XSETID', key, last_id, 'ENTRIESADDED', added, 'MAXDELETEDID', max_del)
+  ucall('XSETID', key, last_id, 'ENTRIESADDED', added, 'MAXDELETEDID', max_del)
   for _, g in ipairs(groups) do
     if g[3] ~= '' then
-      redis.call('XGROUP', 'CREATE', key, g[1], g[2], 'ENTRIESREAD', g[3])
+      ucall('XGROUP', 'CREATE', key, g[1], g[2], 'ENTRIESREAD', g[3])
     else
-      redis.call('XGROUP', 'CREATE', key, g[1], g[2])
+      ucall('XGROUP', 'CREATE', key, g[1], g[2])
     end
   end
 end
@@ -365,7 +399,7 @@ local function write_hash_ttl(key, flat, from, to)
     local e = tonumber(flat[i + 2])
     if e and e > 0 then
       if not degraded then
-        local r = redis.pcall('HPEXPIREAT', key, e, 'FIELDS', 1, flat[i])
+        local r = upcall('HPEXPIREAT', key, e, 'FIELDS', 1, flat[i])
         if type(r) == 'table' and r.err then
           if not is_unknown_command(r) then error(r) end
           degraded = true
@@ -373,7 +407,7 @@ local function write_hash_ttl(key, flat, from, to)
       end
       if degraded then
         now = now or now_ms()
-        if e <= now then redis.call('HDEL', key, flat[i]) end
+        if e <= now then ucall('HDEL', key, flat[i]) end
       end
     end
   end
@@ -388,7 +422,7 @@ end
 local function write_state(key, t, exp, flat, from, to)
   local degraded = false
   if t == 'string' then
-    redis.call('SET', key, flat[from])
+    ucall('SET', key, flat[from])
   elseif append_items(key, t, flat, from, to) then
     -- a list, set, sorted set or hash
   elseif t == 'hash+ttl' then
@@ -399,7 +433,7 @@ local function write_state(key, t, exp, flat, from, to)
     error({ err = 'geosync: cannot write type ' .. t })
   end
   if exp and exp > 0 then
-    redis.call('PEXPIREAT', key, exp)
+    ucall('PEXPIREAT', key, exp)
   end
   return degraded
 end

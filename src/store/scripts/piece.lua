@@ -11,21 +11,21 @@
 -- disappeared (a FLUSHALL, or its TTL), 'hash+ttl' for a hash some of whose
 -- fields expire.
 local copy, t, pos, n = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
-if redis.call('EXISTS', copy) == 0 then return { '', {}, 'gone' } end
+if ucall('EXISTS', copy) == 0 then return { '', {}, 'gone' } end
 local items, nxt
 if t == 'list' or t == 'zset' then
   local i = tonumber(pos)
   if t == 'list' then
-    items = redis.call('LRANGE', copy, i, i + n - 1)
+    items = ucall('LRANGE', copy, i, i + n - 1)
     if #items == n then nxt = tostring(i + n) else nxt = '' end
   else
-    items = redis.call('ZRANGE', copy, i, i + n - 1, 'WITHSCORES')
+    items = ucall('ZRANGE', copy, i, i + n - 1, 'WITHSCORES')
     if #items == 2 * n then nxt = tostring(i + n) else nxt = '' end
   end
 else
   local cmd = 'SSCAN'
   if t == 'hash' then cmd = 'HSCAN' end
-  local r = redis.call(cmd, copy, pos, 'COUNT', n)
+  local r = ucall(cmd, copy, pos, 'COUNT', n)
   items = r[2]
   if r[1] == '0' then nxt = '' else nxt = r[1] end
   if t == 'hash' then

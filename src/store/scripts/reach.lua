@@ -2,7 +2,7 @@
 -- tells peers it delivered), the bound a change first seen in a later
 -- snapshot is stamped above (decision 019).
 --
--- KEYS[1]  the region's reached key (database 0)
+-- KEYS[1]  the region's reached key (in the metadata database)
 -- ARGV[1]  the replication id of the stream the agent has stamped
 -- ARGV[2]  the stamp
 --
@@ -15,8 +15,8 @@ local info = redis.call('INFO', 'replication')
 if not string.find(info, 'master_replid:' .. ARGV[1], 1, true) then
   return 0
 end
-local current = redis.call('GET', KEYS[1])
+local current = mcall('GET', KEYS[1])
 if not current or ARGV[2] > current then
-  redis.call('SET', KEYS[1], ARGV[2])
+  mcall('SET', KEYS[1], ARGV[2])
 end
 return 1

@@ -14,7 +14,7 @@ local after, own = ARGV[1] or '', ARGV[2] or ''
 local changes, unsupported = {}, {}
 for i = 1, #KEYS, 2 do
   local key, bucket = KEYS[i], KEYS[i + 1]
-  local rec = parse_record(redis.call('HGET', bucket, key))
+  local rec = parse_record(mcall('HGET', bucket, key))
   if rec ~= nil and (after == '' or rec.stamp > after)
       and (own == '' or string.sub(rec.stamp, -#own) == own) then
     local state = read_state(key)

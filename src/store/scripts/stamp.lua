@@ -51,7 +51,7 @@ local function own_unacked(rec)
   return reship ~= '' and rec.stamp > reship and string.sub(rec.stamp, -4) == me
 end
 
-local floor = redis.call('GET', KEYS[1])
+local floor = mcall('GET', KEYS[1])
 if floor and floor >= stamp then
   for i = 2, #KEYS, 2 do
     retry[#retry + 1] = KEYS[i]
@@ -60,7 +60,7 @@ if floor and floor >= stamp then
   return { changes, retry, unsupported, deferred, low, evicted }
 end
 
-local collected = redis.call('GET', '__geosync:collected')
+local collected = mcall('GET', COLLECTED)
 
 -- The stamp of a change first seen in a snapshot (mode 's', decision 019):
 -- just above the newest stamp the key or the region is known to have had.
@@ -76,8 +76,12 @@ end
 local now = now_ms()
 -- Stamps one key (see the header for what goes where).
 local function stamp_key(key, bucket, mode)
-  local raw = redis.call('HGET', bucket, key)
-  local rec = parse_record(raw)
+  local stored = parse_record(mcall('HGET', bucket, key))
+  local old = stored and stored.stamp
+  -- A record older than the database's last flush is one the flush's
+  -- slices have not dropped yet (decision 018): the key has none.
+  local rec = stored
+  if rec ~= nil and floor and rec.stamp < floor then rec = nil end
   local state = read_state(key)
   -- The stamp a change of this key gets; above ARGV[1] only when the
   -- clock is behind what the region had reached (then it is retried).
@@ -87,8 +91,8 @@ local function stamp_key(key, bucket, mode)
   local rewritten = mode == 'f' and rec ~= nil and rec.stamp < stamp
   if state == nil then
     if rec ~= nil and rec.flag == 't' and rewritten then
-      redis.call('HSET', bucket, key, make_record(stamp, 't', NO_DIGEST, nil))
-      digest_moved(bucket, key, rec.stamp, stamp)
+      mcall('HSET', bucket, key, make_record(stamp, 't', NO_DIGEST, nil))
+      digest_moved(bucket, key, old, stamp)
       changes[#changes + 1] = { key, stamp, 'd' }
     elseif rec ~= nil and rec.flag == 't' and own_unacked(rec) then
       changes[#changes + 1] = { key, rec.stamp, 'd' }
@@ -97,7 +101,7 @@ local function stamp_key(key, bucket, mode)
     elseif rec.expiry and rec.expiry <= now then
       -- Expired: every region expires it at the same absolute time on its
       -- own. Keep its stamp as a tombstone so an older change cannot revive it.
-      redis.call('HSET', bucket, key, make_record(rec.stamp, 't', NO_DIGEST, nil))
+      mcall('HSET', bucket, key, make_record(rec.stamp, 't', NO_DIGEST, nil))
     elseif evictable and rec.expiry and (mode == 's' or mode == 'c') then
       -- Maybe evicted while no one watched: kept elsewhere until it expires
       -- there; the record stays, as after an eviction seen live.
@@ -106,8 +110,8 @@ local function stamp_key(key, bucket, mode)
       retry[#retry + 1] = key
       retry[#retry + 1] = rec.stamp > at and rec.stamp or at
     else
-      redis.call('HSET', bucket, key, make_record(at, 't', NO_DIGEST, nil))
-      digest_moved(bucket, key, rec.stamp, at)
+      mcall('HSET', bucket, key, make_record(at, 't', NO_DIGEST, nil))
+      digest_moved(bucket, key, old, at)
       changes[#changes + 1] = { key, at, 'd' }
       if at ~= stamp then low[#low + 1] = key end
     end
@@ -125,8 +129,8 @@ local function stamp_key(key, bucket, mode)
       retry[#retry + 1] = key
       retry[#retry + 1] = (rec ~= nil and rec.stamp > at) and rec.stamp or at
     else
-      redis.call('HSET', bucket, key, make_record(at, 'v', d, state.exp))
-      digest_moved(bucket, key, rec and rec.stamp, at)
+      mcall('HSET', bucket, key, make_record(at, 'v', d, state.exp))
+      digest_moved(bucket, key, old, at)
       changes[#changes + 1] = { key, at, 'p', state.t, state.exp, state.flat }
       if at ~= stamp then low[#low + 1] = key end
     end
