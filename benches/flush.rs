@@ -91,9 +91,9 @@ fn main() {
     let t = Instant::now();
     // The baseline: one script over every bucket.
     let _: () = redis::cmd("SET")
-        .arg("__geosync:floor")
+        .arg(geosync::store::floor_key(0))
         .arg(&flush)
-        .query(&mut c)
+        .query(&mut redis.meta_conn())
         .unwrap();
     let one = rt.block_on(store.flush_in_one_call(0, &flush)).unwrap();
     let one_took = t.elapsed();
@@ -108,9 +108,9 @@ fn main() {
     load(&rt, &mut store, &mut c, n);
     let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut c).unwrap();
     let _: () = redis::cmd("SET")
-        .arg("__geosync:floor")
+        .arg(geosync::store::floor_key(0))
         .arg(&flush)
-        .query(&mut c)
+        .query(&mut redis.meta_conn())
         .unwrap();
     let t = Instant::now();
     let sliced = rt.block_on(store.flush_in_slices(0, &flush)).unwrap();

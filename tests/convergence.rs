@@ -220,7 +220,11 @@ impl Diagnostics<'_> {
                 else {
                     continue;
                 };
-                let floor: Option<String> = c.get("__geosync:floor").unwrap_or(None);
+                let floor: Option<String> = r
+                    .redis
+                    .meta_conn()
+                    .get(geosync::store::floor_key(db))
+                    .unwrap_or(None);
                 let snap = snapshot(&mut c);
                 let old: Vec<_> = match &floor {
                     Some(f) => snap.meta.iter().filter(|(_, (s, _, _))| s < f).collect(),

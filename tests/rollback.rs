@@ -13,14 +13,27 @@ use support::*;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// Waits until region 1 (`c`) records the stamp it reached: region 2 has
-/// compared digests with it since its last writes.
+/// Waits until region 1 (`c`, database 0) records the stamp it reached:
+/// region 2 has compared digests with it since its last writes.
 fn wait_reached(c: &mut redis::Connection) {
     wait_until("region 1 records the stamp it reached", SETTLE, || {
-        c.get::<_, Option<String>>("__geosync:reached")
-            .unwrap()
-            .is_some()
+        reached(c).is_some()
     });
+}
+
+/// The stamp region 1 (`c`, database 0) records as reached.
+fn reached(c: &mut redis::Connection) -> Option<String> {
+    redis::pipe()
+        .cmd("SELECT")
+        .arg(geosync::store::metadata_db())
+        .ignore()
+        .get("__geosync:reached")
+        .cmd("SELECT")
+        .arg(0)
+        .ignore()
+        .query::<(Option<String>,)>(c)
+        .unwrap()
+        .0
 }
 
 /// Restarts region 1's Redis from `dump` while the regions cannot reach
@@ -105,7 +118,7 @@ fn a_redis_restarted_from_an_older_snapshot_does_not_bring_back_old_values() {
             Some("v2"),
             "the snapshot is the older one"
         );
-        let reached: Option<String> = c.get("__geosync:reached").unwrap();
+        let reached = reached(c);
         assert!(
             reached.is_some(),
             "the snapshot holds the stamp region 1 had reached"

@@ -427,7 +427,10 @@ fn a_peer_flush_in_slices_keeps_writes_made_since_it_began() {
     // it yet: a change between the two is older than the flush.
     rt.block_on(store.apply(&[put("x", "v1", &at(400))]))
         .unwrap();
-    let _: () = c.set("__geosync:floor", hlc::encode(&at(600))).unwrap();
+    let _: () = _r
+        .meta_conn()
+        .set(geosync::store::floor_key(0), hlc::encode(&at(600)))
+        .unwrap();
     let out = rt
         .block_on(store.apply(&[put("x", "v2", &at(500))]))
         .unwrap();

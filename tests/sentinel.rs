@@ -400,8 +400,13 @@ fn a_promoted_replica_with_unstamped_writes_does_not_bring_back_old_values() {
     let _: () = m.set("gone", "v1").unwrap();
     s.wait_in_region2("k", "v1");
     s.wait_in_region2("gone", "v1");
+    let mut meta = s.master().conn();
+    let _: () = redis::cmd("SELECT")
+        .arg(geosync::store::metadata_db())
+        .query(&mut meta)
+        .unwrap();
     wait_until("region 1 records the stamp it reached", SETTLE, || {
-        m.get::<_, Option<String>>("__geosync:reached")
+        meta.get::<_, Option<String>>("__geosync:reached")
             .unwrap()
             .is_some()
     });

@@ -17,13 +17,21 @@ local function use_db(db)
     selected_db = db
   end
 end
+-- A command's error names the command: the script line that raised it
+-- is this function's, which says nothing (a missing ACL permission, say).
+local function call_in(db, cmd, ...)
+  use_db(db)
+  local r = redis.pcall(cmd, ...)
+  if type(r) == 'table' and r.err then
+    error({ err = r.err .. " (command '" .. string.upper(cmd) .. "')" })
+  end
+  return r
+end
 local function mcall(...)
-  use_db(META_DB)
-  return redis.call(...)
+  return call_in(META_DB, ...)
 end
 local function ucall(...)
-  use_db(USER_DB)
-  return redis.call(...)
+  return call_in(USER_DB, ...)
 end
 local function upcall(...)
   use_db(USER_DB)
