@@ -360,9 +360,9 @@ fn the_readme_application_acl_keeps_clients_off_geosync_keys() {
         assert!(r.is_ok(), "{key}: {r:?}");
     }
     for key in [
-        "__geosync:floor",
-        "__geosync:m:5",
-        "__geosync:collected",
+        "__geosync:floor:0",
+        "__geosync:m:0:5",
+        "__geosync:collected:0",
         "__geosync:",
     ] {
         let r: redis::RedisResult<()> = app.set(key, "forged");
@@ -371,8 +371,8 @@ fn the_readme_application_acl_keeps_clients_off_geosync_keys() {
     }
     let r: redis::RedisResult<()> = redis::cmd("RENAME")
         .arg("user:1")
-        .arg("__geosync:m:7")
+        .arg("__geosync:m:0:7")
         .query(&mut app);
     assert_eq!(r.unwrap_err().code(), Some("NOPERM"));
-    assert!(!admin.exists::<_, bool>("__geosync:m:7").unwrap());
+    assert!(!admin.exists::<_, bool>("__geosync:m:0:7").unwrap());
 }

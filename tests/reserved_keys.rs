@@ -148,7 +148,11 @@ fn a_layout_this_version_does_not_know_is_refused_at_start() {
     let meta = geosync::store::metadata_db();
     for (db, marker, says) in [
         (meta, "9", "this geosync does not know that layout"),
-        (0, "1", "an earlier geosync kept its metadata in every user database"),
+        (
+            0,
+            "1",
+            "an earlier geosync kept its metadata in every user database",
+        ),
     ] {
         let mut c = redis.conn_db(db);
         let _: () = c.set("__geosync:layout", marker).unwrap();
@@ -156,7 +160,9 @@ fn a_layout_this_version_does_not_know_is_refused_at_start() {
         let (code, log) = start_refused(&redis, &[]);
         assert_eq!(code, Some(1), "the agent exits with an error: {log}");
         assert!(
-            log.contains(&format!("laid out as layout \"{marker}\" (__geosync:layout in database {db})")),
+            log.contains(&format!(
+                "laid out as layout \"{marker}\" (__geosync:layout in database {db})"
+            )),
             "the log names the layout and where: {log}"
         );
         assert!(log.contains(says), "the log says {says:?}: {log}");
@@ -191,7 +197,9 @@ fn a_metadata_database_that_cannot_hold_the_metadata_is_refused_at_start() {
 
     // Started once with --metadata-db 14, then without it.
     let mut m = redis.conn_db(14);
-    let _: () = m.set("__geosync:layout", geosync::store::layout::LAYOUT).unwrap();
+    let _: () = m
+        .set("__geosync:layout", geosync::store::layout::LAYOUT)
+        .unwrap();
     let _: () = c.del("user:1").unwrap();
     let (code, log) = start_refused(&redis, &[]);
     assert_eq!(code, Some(1), "{log}");

@@ -176,10 +176,7 @@ fn equal_time_tie_break_follows_uhlc_order() {
     assert!(from1 > from256, "uhlc orders id 1 above id 256");
     for (first, second) in [(&from1, &from256), (&from256, &from1)] {
         let _: () = c.del("k").unwrap();
-        let _: () = _r
-            .meta_conn()
-            .hdel(meta_bucket(0, b"k"), "k")
-            .unwrap();
+        let _: () = _r.meta_conn().hdel(meta_bucket(0, b"k"), "k").unwrap();
         let name = |x: &Timestamp| if x == &from1 { "node1" } else { "node256" };
         rt.block_on(store.apply(&[put("k", name(first), first)]))
             .unwrap();
@@ -248,9 +245,7 @@ fn local_flush_removes_what_landed_before_its_stamp() {
         "older than the flush"
     );
     assert_eq!(c.get::<_, String>("after").unwrap(), "client");
-    assert!(
-        record(&mut c, "landed").is_none()
-    );
+    assert!(record(&mut c, "landed").is_none());
     // and the floor keeps it from coming back
     let out = rt
         .block_on(store.apply(&[put("landed", "remote", &landed)]))

@@ -9,7 +9,7 @@
 //! been applied in every region, and every stamp still to come is above
 //! it. A tombstone below it has done its work everywhere and no older
 //! change can still arrive, so it is dropped, and the database's collected
-//! floor (`__geosync:collected`) turns away any change older than the
+//! floor (`__geosync:collected:<db>`) turns away any change older than the
 //! frontier for a key without a record. A peer's report only grows, so an
 //! old one is safe, only late: a region away keeps the frontier where it
 //! was, tombstones are kept, and once it has been silent past the horizon

@@ -766,6 +766,15 @@ mod tests {
         for key in [&b"__geosync:m:1"[..], b""] {
             assert!(check_batch(&encode_batch(&[put(good.clone(), key)]), 2, 16, &c).is_ok());
         }
+        // the database geosync keeps its metadata in
+        let mut meta_db = put(good.clone(), b"k");
+        meta_db.db = crate::store::metadata_db();
+        assert_eq!(
+            check_batch(&encode_batch(&[meta_db]), 2, 16, &c)
+                .unwrap_err()
+                .reason(),
+            "malformed"
+        );
         // a database the local Redis does not have
         let mut far_db = put(good, b"k");
         far_db.db = 99;

@@ -5,9 +5,10 @@
 //! stamp, apply and read changes atomically, with their Rust callers.
 //!
 //! Everything geosync writes into a user's Redis lives under
-//! [`RESERVED_PREFIX`]. Per-key metadata sits in bucket hashes
-//! (`__geosync:m:<n>`), one field per user key, so that small buckets keep
-//! Redis's compact listpack encoding.
+//! [`RESERVED_PREFIX`], and its metadata in a database of its own
+//! ([`metadata_db`], decision 020). Per-key metadata sits in bucket hashes
+//! (`__geosync:m:<db>:<n>`), one field per user key, so that small buckets
+//! keep Redis's compact listpack encoding.
 //!
 //! Each stage owns its own [`Store`] (`connection.rs`); the scripts it runs
 //! are grouped by who calls them: `stamping.rs` (the stamper),
