@@ -202,12 +202,13 @@ pub async fn claim_layout<C: redis::aio::ConnectionLike>(
             Some(m) => return Ok(Some(unknown_layout(m, db))),
         }
     }
-    if found[meta as usize].is_none() && size > 0 {
-        if let Some(key) = foreign_key(conn).await? {
-            return Ok(Some(format!(
-                "database {meta}, which --metadata-db names for geosync's metadata, holds keys that are not geosync's ({key:?}, {size} keys in all): choose an empty database with --metadata-db, or move those keys"
-            )));
-        }
+    if found[meta as usize].is_none()
+        && size > 0
+        && let Some(key) = foreign_key(conn).await?
+    {
+        return Ok(Some(format!(
+            "database {meta}, which --metadata-db names for geosync's metadata, holds keys that are not geosync's ({key:?}, {size} keys in all): choose an empty database with --metadata-db, or move those keys"
+        )));
     }
     let mut pipe = redis::pipe();
     pipe.cmd("SELECT").arg(meta).ignore();
