@@ -231,77 +231,107 @@ fn with_global_evictions_an_evicted_key_is_deleted_everywhere() {
     );
 }
 
-/// Region 2's agent is away while its Redis evicts keys with a TTL that
-/// came from region 1 (writes made into region 2 itself fill it). When
-/// the agent comes back, it cannot tell those evictions from client
-/// deletes (nobody watched), and it takes them as evictions: region 1
-/// keeps the keys (they expire there at the same time). The backlog moves
-/// on, so the agent resyncs fully; evictions made during the resync,
-/// before the session's eviction watch is armed, are taken the same way.
+/// Region 2's agent is away while its Redis (with `maxmemory` and a
+/// replication backlog of `backlog`) evicts keys with a TTL that came from
+/// region 1, pushed out by `local` keys written into region 2 itself. When
+/// the agent comes back it cannot tell those evictions from client deletes
+/// (nobody watched), and it takes them as evictions: region 1 keeps the
+/// keys (they expire there at the same time). Returns how the agent came
+/// back: the `geosync_sync_partial_ok_total` and `geosync_sync_full_total`
+/// the restarted agent counted.
+fn evicted_while_away(maxmemory: &str, backlog: &str, local: usize) -> (f64, f64) {
+    let limited = Redis::start(&[
+        "--maxmemory",
+        maxmemory,
+        "--maxmemory-policy",
+        "volatile-lru",
+        "--repl-backlog-size",
+        backlog,
+    ]);
+    let mut mesh = Mesh::over_with(vec![Redis::start(&[]), limited], None, &[]);
+    let written = 8_000;
+    fill_volatile(&mut mesh.regions[0].redis.conn(), "cache", written);
+    let mut b = mesh.regions[1].redis.conn();
+    wait_until("region 2 holds every key", SETTLE, || {
+        user_key_count(&mut b).unwrap() >= written
+    });
+    mesh.wait_stamped(1, SETTLE);
+    mesh.kill_agent(1);
+    // Writes into region 2 itself, with a TTL, push the older ones out.
+    fill_volatile(&mut b, "local", local);
+    let evicted = evicted_keys(&mut b);
+    let gone = (0..written)
+        .filter(|i| !b.exists::<_, bool>(format!("cache:{i}")).unwrap())
+        .count();
+    assert!(
+        gone > 1000,
+        "region 2 evicted only {gone} of region 1's keys"
+    );
+    mesh.restart_agent(1);
+    // Everything region 2's agent caught up with reached region 1
+    // before a marker written after its restart.
+    let _: () = b.set("marker", 1).unwrap();
+    let mut a = mesh.regions[0].redis.conn();
+    wait_until("the marker reaches region 1", SETTLE, || {
+        a.exists::<_, bool>("marker").unwrap()
+    });
+    let kept = (0..written)
+        .filter(|i| a.exists::<_, bool>(format!("cache:{i}")).unwrap())
+        .count();
+    let unseen = mesh.regions[1]
+        .agent
+        .metric("geosync_evictions_total{outcome=\"unseen\"}");
+    // The restarted agent's counts.
+    let came_back = (
+        mesh.regions[1]
+            .agent
+            .metric("geosync_sync_partial_ok_total"),
+        mesh.regions[1].agent.metric("geosync_sync_full_total"),
+    );
+    println!(
+        "figures: backlog={backlog} evicted_in_region_2={evicted} of_region_1s={gone} \
+         region_1_keeps={kept} counted_unseen={unseen} partial_resyncs={} full_resyncs={}",
+        came_back.0, came_back.1
+    );
+    // The live watch's own misses (an epoch held past its limit under
+    // load, decision 016) are counted there, not here.
+    let live_misses: f64 = ["ambiguous", "unmatched"]
+        .iter()
+        .map(|o| {
+            mesh.regions[1]
+                .agent
+                .metric(&format!("geosync_evictions_total{{outcome=\"{o}\"}}"))
+        })
+        .sum();
+    assert!(
+        kept as f64 + live_misses >= written as f64,
+        "region 1 lost {} keys region 2 evicted while its agent was away \
+         ({live_misses} counted as missed by the live watch)",
+        written - kept
+    );
+    assert!(unseen >= gone as f64, "{unseen} of {gone} counted");
+    came_back
+}
+
+/// The backlog moves on while the agent is away, so it resyncs fully;
+/// evictions made during the resync, before the session's eviction watch
+/// is armed, are taken the same way.
 #[test]
 fn keys_evicted_while_the_agent_was_away_stay_in_the_others() {
-    {
-        let backlog = "1mb";
-        let limited = Redis::start(&[
-            "--maxmemory",
-            "20mb",
-            "--maxmemory-policy",
-            "volatile-lru",
-            "--repl-backlog-size",
-            backlog,
-        ]);
-        let mut mesh = Mesh::over_with(vec![Redis::start(&[]), limited], None, &[]);
-        let written = 8_000;
-        fill_volatile(&mut mesh.regions[0].redis.conn(), "cache", written);
-        let mut b = mesh.regions[1].redis.conn();
-        wait_until("region 2 holds every key", SETTLE, || {
-            user_key_count(&mut b).unwrap() >= written
-        });
-        mesh.kill_agent(1);
-        // Writes into region 2 itself, with a TTL, push the older ones out.
-        fill_volatile(&mut b, "local", 30_000);
-        let evicted = evicted_keys(&mut b);
-        let gone = (0..written)
-            .filter(|i| !b.exists::<_, bool>(format!("cache:{i}")).unwrap())
-            .count();
-        assert!(
-            gone > 1000,
-            "region 2 evicted only {gone} of region 1's keys"
-        );
-        mesh.restart_agent(1);
-        // Everything region 2's agent caught up with reached region 1
-        // before a marker written after its restart.
-        let _: () = b.set("marker", 1).unwrap();
-        let mut a = mesh.regions[0].redis.conn();
-        wait_until("the marker reaches region 1", SETTLE, || {
-            a.exists::<_, bool>("marker").unwrap()
-        });
-        let kept = (0..written)
-            .filter(|i| a.exists::<_, bool>(format!("cache:{i}")).unwrap())
-            .count();
-        let unseen = mesh.regions[1]
-            .agent
-            .metric("geosync_evictions_total{outcome=\"unseen\"}");
-        println!(
-            "figures: backlog={backlog} evicted_in_region_2={evicted} of_region_1s={gone} \
-             region_1_keeps={kept} counted_unseen={unseen}"
-        );
-        // The live watch's own misses (an epoch held past its limit under
-        // load, decision 016) are counted there, not here.
-        let live_misses: f64 = ["ambiguous", "unmatched"]
-            .iter()
-            .map(|o| {
-                mesh.regions[1]
-                    .agent
-                    .metric(&format!("geosync_evictions_total{{outcome=\"{o}\"}}"))
-            })
-            .sum();
-        assert!(
-            kept as f64 + live_misses >= written as f64,
-            "region 1 lost {} keys region 2 evicted while its agent was away \
-             ({live_misses} counted as missed by the live watch)",
-            written - kept
-        );
-        assert!(unseen >= gone as f64, "{unseen} of {gone} counted");
-    }
+    let (partial, full) = evicted_while_away("20mb", "1mb", 30_000);
+    assert_eq!((partial, full), (0.0, 1.0), "the agent resynced fully");
+}
+
+/// The backlog holds everything written while the agent was away, the
+/// evictions' `DEL`s among it: the agent continues the stream (a partial
+/// resync) and takes those deletes of keys with a TTL as evictions too.
+/// (The backlog counts against `maxmemory`, hence the larger limit.)
+#[test]
+fn keys_evicted_while_the_agent_was_away_stay_in_the_others_after_a_partial_resync() {
+    let (partial, full) = evicted_while_away("64mb", "32mb", 24_000);
+    assert_eq!(
+        (partial, full),
+        (1.0, 0.0),
+        "the agent continued the stream"
+    );
 }
