@@ -332,6 +332,55 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(150));
     }
 
+    /// A delay set while the connection waits for bytes holds the next
+    /// ones, each way: the read already waiting when it is set must not
+    /// queue them with the old delay. Setting it and writing at once, many
+    /// times, lets the bytes and the change reach the waiting loop
+    /// together.
+    #[test]
+    fn a_delay_set_while_a_read_waits_holds_the_next_bytes() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = Proxy::start(l.local_addr().unwrap()).unwrap();
+        let mut client = connect(&p);
+        let (mut server, _) = l.accept().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let delay = Duration::from_millis(20);
+        type Pick = fn(&mut Faults) -> &mut Direction;
+        let ways: [(&str, Pick); 2] = [
+            ("forward", |f| &mut f.forward),
+            ("backward", |f| &mut f.backward),
+        ];
+        for (way, pick) in ways {
+            let mut early = 0;
+            for _ in 0..100 {
+                let (from, to) = if way == "forward" {
+                    (&mut client, &mut server)
+                } else {
+                    (&mut server, &mut client)
+                };
+                p.set(|f| pick(f).delay = delay);
+                let start = std::time::Instant::now();
+                from.write_all(b"x").unwrap();
+                let mut got = [0u8; 1];
+                to.read_exact(&mut got).unwrap();
+                if start.elapsed() < delay {
+                    early += 1;
+                }
+                // Bytes carried just before the next change: the loop is
+                // still finishing with them when it comes.
+                p.set(|f| pick(f).delay = Duration::ZERO);
+                from.write_all(b"y").unwrap();
+                to.read_exact(&mut got).unwrap();
+            }
+            assert_eq!(
+                early, 0,
+                "{way}: bytes went through before the delay set ahead of them"
+            );
+        }
+    }
+
     #[test]
     fn a_stalled_direction_holds_bytes_until_it_heals_and_loses_none() {
         let p = Proxy::start(echo_server()).unwrap();
