@@ -379,23 +379,15 @@ fn filter_reserved(keys: Vec<(u32, Bytes)>, command: &str, metrics: &Metrics) ->
             }
             if store::is_own_key(*db, k) {
                 debug!(key = %String::from_utf8_lossy(k), "own key");
-            } else if *db == meta {
-                metrics.reserved_key_writes.inc();
-                warn!(
-                    db,
-                    key = %String::from_utf8_lossy(k),
-                    command,
-                    "a client wrote into geosync's metadata database (--metadata-db); it is not replicated, and that database must hold geosync's keys only"
-                );
-            } else {
-                metrics.reserved_key_writes.inc();
-                warn!(
-                    db,
-                    key = %String::from_utf8_lossy(k),
-                    command,
-                    "a client wrote a key under the reserved __geosync: prefix; it is not replicated"
-                );
+                return false;
             }
+            metrics.reserved_key_writes.inc();
+            let what = if *db == meta {
+                "a client wrote into geosync's metadata database (--metadata-db); it is not replicated, and that database must hold geosync's keys only"
+            } else {
+                "a client wrote a key under the reserved __geosync: prefix; it is not replicated"
+            };
+            warn!(db, key = %String::from_utf8_lossy(k), command, "{what}");
             false
         })
         .collect()
