@@ -68,6 +68,27 @@ fn a_sessions_run_keeps_metadata_bounded() {
     let mesh = Mesh::builder(2).agent_args(&args).start();
     let started = Instant::now();
     let mut peak = (0, 0);
+    // One key's record, to send back later as an older change: written
+    // and read first (a session of a few hundred milliseconds, read after
+    // the sessions are written, may have expired and been collected by
+    // then on a loaded machine: it was, in two CI runs).
+    let probe = "session:probe";
+    let _: () = mesh.regions[0]
+        .redis
+        .conn()
+        .set_options(
+            probe,
+            "x",
+            redis::SetOptions::default()
+                .with_expiration(redis::SetExpiry::PX((4 * shortest).max(5000) as u64)),
+        )
+        .unwrap();
+    let mut recorded: Option<String> = None;
+    wait_until("the probe key is recorded", SETTLE, || {
+        recorded = mesh.regions[0].redis.record(0, probe);
+        recorded.is_some()
+    });
+    let recorded = recorded.unwrap();
     for (i, r) in mesh.regions.iter().enumerate() {
         let mut c = r.redis.conn();
         for chunk in (0..per_region).collect::<Vec<_>>().chunks(1000) {
@@ -85,14 +106,6 @@ fn a_sessions_run_keeps_metadata_bounded() {
         }
     }
     let written = per_region * mesh.regions.len();
-    // One key's record, to send back later as an older change.
-    let probe = "session:0:0";
-    let mut recorded: Option<String> = None;
-    wait_until("the probe key is recorded", SETTLE, || {
-        recorded = mesh.regions[0].redis.record(0, probe);
-        recorded.is_some()
-    });
-    let recorded = recorded.unwrap();
     for r in &mesh.regions {
         let m = metadata(&mut r.redis.meta_conn());
         peak = (peak.0.max(m.0), peak.1.max(m.1));
