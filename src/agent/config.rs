@@ -111,6 +111,11 @@ pub struct RunArgs {
     /// Most keys stamped in one batch (a transaction is never split).
     #[arg(long, env = "GEOSYNC_BATCH_KEYS")]
     pub batch_keys: Option<usize>,
+    /// Most distinct dirty keys the stamper gathers from what is waiting
+    /// before it stamps them, in batches of --batch-keys; a key written
+    /// again meanwhile is stamped once, with its latest state.
+    #[arg(long, env = "GEOSYNC_COALESCE_KEYS")]
+    pub coalesce_keys: Option<usize>,
     /// Most batches kept in memory for peers that have not acknowledged them.
     #[arg(long, env = "GEOSYNC_OUTBOX_BATCHES")]
     pub outbox_batches: Option<usize>,
@@ -271,6 +276,8 @@ pub struct Config {
     pub max_clock_skew: Duration,
     /// Most keys per stamp batch.
     pub batch_keys: usize,
+    /// Most distinct dirty keys gathered before stamping.
+    pub coalesce_keys: usize,
     /// Most in-memory batches awaiting acks.
     pub outbox_batches: usize,
     /// Most bytes of encoded changes awaiting acks.
@@ -340,6 +347,7 @@ impl RunArgs {
             mesh: self.mesh.or(other.mesh),
             max_clock_skew_ms: self.max_clock_skew_ms.or(other.max_clock_skew_ms),
             batch_keys: self.batch_keys.or(other.batch_keys),
+            coalesce_keys: self.coalesce_keys.or(other.coalesce_keys),
             outbox_batches: self.outbox_batches.or(other.outbox_batches),
             spool_memory_mb: self.spool_memory_mb.or(other.spool_memory_mb),
             outbox_mb: self.outbox_mb.or(other.outbox_mb),
@@ -535,6 +543,18 @@ impl Config {
         }
         let skew = in_range("max-clock-skew-ms", u.max_clock_skew_ms, 500, 1..=3_600_000)?;
         let batch_keys = in_range("batch-keys", u.batch_keys, 512, 1..=100_000)?;
+        let coalesce_keys = in_range(
+            "coalesce-keys",
+            u.coalesce_keys,
+            DEFAULT_COALESCE_KEYS.max(batch_keys),
+            1..=10_000_000,
+        )?;
+        if coalesce_keys < batch_keys {
+            return Err(bad(
+                "coalesce-keys",
+                format!("{coalesce_keys} is below --batch-keys ({batch_keys})"),
+            ));
+        }
         let outbox_batches = u.outbox_batches.unwrap_or(10_000);
         if outbox_batches == 0 {
             return Err(bad("outbox-batches", "must be at least 1"));
@@ -628,6 +648,7 @@ impl Config {
             mesh,
             max_clock_skew: Duration::from_millis(skew),
             batch_keys,
+            coalesce_keys,
             outbox_batches,
             outbox_bytes: (outbox_mb << 20) as usize,
             spool,
@@ -647,6 +668,9 @@ impl Config {
 /// The smallest nonzero `--anti-entropy-max-bytes-per-sec`: less would
 /// take minutes for one chunk of keys.
 pub const MIN_ANTI_ENTROPY_BYTES_PER_SEC: u64 = 1024;
+
+/// Default of `--coalesce-keys`: about 6 MiB of pending keys at most.
+pub const DEFAULT_COALESCE_KEYS: usize = 65_536;
 
 /// `url` without its password, for messages and logs.
 pub fn redacted(url: &str) -> String {

@@ -288,6 +288,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         metrics: metrics.clone(),
         ready: ready.clone(),
         batch_keys: config.batch_keys,
+        coalesce_keys: config.coalesce_keys,
         databases,
         node_id: config.node_id,
         peers: config.peers.clone(),

@@ -8,7 +8,7 @@
 //! gap: any region repairs any other.
 //!
 //! A round with one peer, per database: both sides read the digest of
-//! each of the 16384 metadata buckets (the XOR of a hash of each key the
+//! each of the 16384 metadata buckets (the sum of a hash of each key the
 //! bucket records and its stamp, kept up to date by the scripts that write
 //! records; scripts/digest.lua) and fold them into 128 group digests;
 //! the groups that differ are compared bucket by bucket; the keys of the

@@ -14,7 +14,7 @@ pub mod pb {
 }
 
 /// Version of the wire protocol; a peer with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Default of `--peer-max-message-mb`: the largest gRPC message an agent
 /// accepts from a peer, and so the most it sends in one.

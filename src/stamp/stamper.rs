@@ -1,8 +1,11 @@
 //! The stamper: turns dirty keys into stamped changes.
 //!
-//! It coalesces the tailer's events into batches (a transaction's keys are
-//! never split), takes one stamp from the agent's clock per batch, and runs
-//! the stamp script in the local Redis, which reads each key's state and
+//! It gathers the tailer's events, up to `--coalesce-keys` distinct keys
+//! of what is already waiting, so that a key written many times before the
+//! stamper reaches it is stamped once, with its latest state (decision
+//! 021). It stamps them in batches of `--batch-keys` (a transaction's keys
+//! are never split), one stamp from the agent's clock per batch, by the
+//! stamp script in the local Redis, which reads each key's state and
 //! records the stamp atomically. What the script read is what is shipped.
 
 use std::sync::Arc;
@@ -46,6 +49,8 @@ pub struct Stamper {
     pub ready: Arc<Readiness>,
     /// Most keys per batch.
     pub batch_keys: usize,
+    /// Most distinct keys gathered before stamping (at least `batch_keys`).
+    pub coalesce_keys: usize,
     /// Number of databases of the local Redis (for FLUSHALL).
     pub databases: u32,
     /// This region's node id.
@@ -82,16 +87,66 @@ pub struct Stamper {
 struct Pending {
     /// Dirty keys, in arrival order, each once.
     keys: IndexSet<(u32, Bytes)>,
+    /// Positions in `keys` (first, last) between which no batch may end:
+    /// the keys of one transaction or script, which a key already pending
+    /// can spread out.
+    groups: Vec<(usize, usize)>,
     /// A snapshot has been reported completely.
     snapshot_done: bool,
     /// The newest stream position reported; recorded once `keys` is empty.
     position: Option<Position>,
 }
 
+impl Pending {
+    /// Adds one event's keys; a transaction's or script's keys are kept in
+    /// one batch.
+    fn add(&mut self, keys: Vec<(u32, Bytes)>) {
+        let several = keys.len() > 1;
+        let mut first = usize::MAX;
+        let mut last = 0;
+        for k in keys {
+            let (at, _) = self.keys.insert_full(k);
+            first = first.min(at);
+            last = last.max(at);
+        }
+        if several && first < last {
+            self.groups.push((first, last));
+        }
+    }
+
+    /// Takes the first `batch_keys` pending keys, or more where a group
+    /// would otherwise be split.
+    fn next_batch(&mut self, batch_keys: usize) -> Vec<(u32, Bytes)> {
+        let mut end = batch_keys.min(self.keys.len());
+        loop {
+            let spread = self
+                .groups
+                .iter()
+                .filter(|(first, last)| *first < end && *last >= end)
+                .map(|(_, last)| last + 1)
+                .max();
+            match spread {
+                Some(past) => end = past,
+                None => break,
+            }
+        }
+        self.groups.retain_mut(|(first, last)| {
+            if *last < end {
+                return false;
+            }
+            *first -= end;
+            *last -= end;
+            true
+        });
+        self.keys.drain(..end).collect()
+    }
+}
+
 impl Stamper {
     /// Runs until the tailer's channel closes or shutdown.
     pub async fn run(mut self, mut rx: SpoolRx, shutdown: CancellationToken) {
         let mut pending = Pending::default();
+        let mut gather = true;
         loop {
             if pending.keys.is_empty() {
                 let ev = tokio::select! {
@@ -102,19 +157,24 @@ impl Stamper {
                 if !self.take(ev, &mut pending, &shutdown).await {
                     return;
                 }
+                gather = true;
             }
-            // Coalesce whatever else is already waiting, up to a batch.
-            while pending.keys.len() < self.batch_keys {
-                match rx.try_recv() {
-                    Some(ev) => {
-                        if !self.take(ev, &mut pending, &shutdown).await {
-                            return;
+            // Gather whatever else is already waiting, then stamp all of
+            // it before taking more, so that the position is recorded.
+            if gather {
+                while pending.keys.len() < self.coalesce_keys {
+                    match rx.try_recv() {
+                        Some(ev) => {
+                            if !self.take(ev, &mut pending, &shutdown).await {
+                                return;
+                            }
                         }
+                        None => break,
                     }
-                    None => break,
                 }
+                gather = false;
             }
-            if !pending.keys.is_empty() && !self.stamp_pending(&mut pending.keys, &shutdown).await {
+            if !pending.keys.is_empty() && !self.stamp_pending(&mut pending, &shutdown).await {
                 return;
             }
             if !pending.keys.is_empty() {
@@ -150,7 +210,7 @@ impl Stamper {
         match ev {
             TailEvent::Dirty(keys) => {
                 self.snapshot_keys.reported(&keys, &pending.keys);
-                pending.keys.extend(keys);
+                pending.add(keys);
                 true
             }
             TailEvent::Unwatched(keys) => {
@@ -327,16 +387,10 @@ impl Stamper {
         error!(db, key = %name, r#type = %kind, bytes = %bytes, "value is larger than a peer accepts in one message and is not replicated; the other regions keep the version they have (raise --peer-max-message-mb in every region)");
     }
 
-    /// Stamps the pending keys as one batch. Keys that must be retried
-    /// stay pending. Returns false on shutdown.
-    async fn stamp_pending(
-        &mut self,
-        pending: &mut IndexSet<(u32, Bytes)>,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        // `run` adds whole events only while fewer than `batch_keys` are
-        // pending, so taking everything never splits a transaction.
-        let batch: Vec<(u32, Bytes)> = pending.drain(..).collect();
+    /// Stamps the first batch of the pending keys. Keys that must be
+    /// retried stay pending. Returns false on shutdown.
+    async fn stamp_pending(&mut self, all: &mut Pending, shutdown: &CancellationToken) -> bool {
+        let batch = all.next_batch(self.batch_keys);
         let mut per_db: Vec<(u32, Vec<(Bytes, Seen)>)> = Vec::new();
         for k in &batch {
             let seen = self.snapshot_keys.mode(k);
@@ -393,9 +447,11 @@ impl Stamper {
                 }
                 Err(e) => {
                     error!(error = %e, keys = per_db.iter().map(|(_, k)| k.len()).sum::<usize>(), "stamping failed; keeping the keys for a retry");
-                    for (db, keys) in per_db {
-                        pending.extend(keys.into_iter().map(|(k, _)| (db, k)));
-                    }
+                    let keys: Vec<_> = per_db
+                        .into_iter()
+                        .flat_map(|(db, keys)| keys.into_iter().map(move |(k, _)| (db, k)))
+                        .collect();
+                    all.add(keys);
                     return backoff.wait(shutdown).await;
                 }
             }
@@ -432,7 +488,7 @@ impl Stamper {
                     stuck.get_or_insert((key.clone(), newer.clone(), e));
                 }
                 debug!(db, key = %String::from_utf8_lossy(&key), "metadata is newer; stamping again");
-                pending.insert((*db, key));
+                all.keys.insert((*db, key));
             }
             for (key, kind) in outcome.unsupported {
                 if travels_in_pieces(&kind) {
@@ -459,7 +515,7 @@ impl Stamper {
                 self.module_keys.skipped(&self.metrics, *db, &key, &kind);
             }
             for key in outcome.deferred {
-                pending.insert((*db, key));
+                all.keys.insert((*db, key));
             }
             changes.extend(outcome.changes);
         }
@@ -471,7 +527,7 @@ impl Stamper {
             );
         }
         let fresh_or_low = changes.iter().filter(|c| c.stamp == enc).count() + low.len();
-        self.snapshot_keys.stamped(&batch, low, pending);
+        self.snapshot_keys.stamped(&batch, low, &all.keys);
         if !changes.is_empty() {
             let reshipped = (changes.len() - fresh_or_low) as u64;
             self.metrics.changes_reshipped.inc_by(reshipped);
@@ -483,7 +539,10 @@ impl Stamper {
             }
         }
         for (db, key, seen) in large {
-            if !self.stamp_large(db, key, seen, pending, shutdown).await {
+            if !self
+                .stamp_large(db, key, seen, &mut all.keys, shutdown)
+                .await
+            {
                 return false;
             }
         }
@@ -599,5 +658,71 @@ impl Stamper {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(n: u8) -> (u32, Bytes) {
+        (0, Bytes::from(vec![b'k', n]))
+    }
+
+    #[test]
+    fn a_key_written_again_while_pending_is_stamped_once() {
+        let mut p = Pending::default();
+        for n in [1, 2, 1, 3, 2, 1] {
+            p.add(vec![key(n)]);
+        }
+        assert_eq!(p.next_batch(10), vec![key(1), key(2), key(3)]);
+        assert!(p.keys.is_empty());
+    }
+
+    #[test]
+    fn a_transaction_spread_by_a_pending_key_stays_in_one_batch() {
+        let mut p = Pending::default();
+        p.add(vec![key(1)]);
+        p.add(vec![key(2)]);
+        p.add(vec![key(3)]);
+        // MULTI: SET k1, SET k4; k1 is pending already, first.
+        p.add(vec![key(4), key(1)]);
+        p.add(vec![key(5)]);
+        assert_eq!(p.next_batch(2), vec![key(1), key(2), key(3), key(4)]);
+        assert_eq!(p.next_batch(2), vec![key(5)]);
+    }
+
+    proptest! {
+        // Batches take every pending key once, in order, no larger than
+        // needed, and never split an event's keys.
+        #[test]
+        fn batches_never_split_an_event(
+            events in proptest::collection::vec(proptest::collection::vec(0u8..40, 1..5), 1..60),
+            batch_keys in 1usize..8,
+        ) {
+            let mut p = Pending::default();
+            for e in &events {
+                p.add(e.iter().map(|n| key(*n)).collect());
+            }
+            let order: Vec<_> = p.keys.iter().cloned().collect();
+            let mut batches = Vec::new();
+            while !p.keys.is_empty() {
+                batches.push(p.next_batch(batch_keys));
+            }
+            prop_assert!(p.groups.is_empty());
+            let flat: Vec<_> = batches.iter().flatten().cloned().collect();
+            prop_assert_eq!(&flat, &order);
+            for e in &events {
+                let homes: std::collections::HashSet<usize> = e
+                    .iter()
+                    .map(|n| batches.iter().position(|b| b.contains(&key(*n))).unwrap())
+                    .collect();
+                prop_assert_eq!(homes.len(), 1, "event {:?} split over {:?}", e, batches);
+            }
+            for b in &batches[..batches.len() - 1] {
+                prop_assert!(b.len() >= batch_keys);
+            }
+        }
     }
 }

@@ -81,8 +81,8 @@ pub fn partial_resync_after_agent_restart_in(mesh: &mut Mesh) {
 /// digests) would: the values go in a transaction that starts with
 /// geosync's apply marker (the tailer skips it); the records and digests
 /// are geosync's own keys (never stamped), changed as decision 013 defines
-/// them (a bucket's digest is the XOR of SHA1(#key:key stamp) over its
-/// records).
+/// them (a bucket's digest is the sum of the first 44 bits of
+/// SHA1(#key:key stamp) over its records, decision 021).
 pub fn lose(r: &Redis, keys: &[String]) {
     behind_the_agents(&mut r.conn(), |p| {
         for k in keys {
@@ -90,16 +90,13 @@ pub fn lose(r: &Redis, keys: &[String]) {
         }
     });
     let forget = redis::Script::new(&format!(
-        "{XOR_HEX}{}",
+        "{RECORD_HASH}{}",
         r#"
         local key, bucket, dg = KEYS[1], KEYS[2], KEYS[3]
         local stamp = string.sub(redis.call('HGET', bucket, key), 1, 20)
-        local acc = redis.call('HGET', dg, bucket)
-        acc = xor_hex(acc, redis.sha1hex(#key .. ':' .. key .. stamp))
-        if acc == string.rep('0', 40) then
+        local d = -record_hash(key, stamp)
+        if redis.call('HINCRBY', dg, bucket, string.format('%d', d)) == 0 then
           redis.call('HDEL', dg, bucket)
-        else
-          redis.call('HSET', dg, bucket, acc)
         end
         return redis.call('HDEL', bucket, key)
         "#
@@ -134,16 +131,13 @@ pub fn bring_back(r: &Redis, keys: &[(String, Vec<u8>, String)]) {
         }
     });
     let record = redis::Script::new(&format!(
-        "{XOR_HEX}{}",
+        "{RECORD_HASH}{}",
         r#"
         local key, bucket, dg, rec = KEYS[1], KEYS[2], KEYS[3], ARGV[1]
         assert(not redis.call('HGET', bucket, key), 'the key is recorded already')
-        local acc = redis.call('HGET', dg, bucket) or string.rep('0', 40)
-        acc = xor_hex(acc, redis.sha1hex(#key .. ':' .. key .. string.sub(rec, 1, 20)))
-        if acc == string.rep('0', 40) then
+        local d = record_hash(key, string.sub(rec, 1, 20))
+        if redis.call('HINCRBY', dg, bucket, string.format('%d', d)) == 0 then
           redis.call('HDEL', dg, bucket)
-        else
-          redis.call('HSET', dg, bucket, acc)
         end
         return redis.call('HSET', bucket, key, rec)
         "#
@@ -183,16 +177,12 @@ fn behind_the_agents(c: &mut redis::Connection, add: impl FnOnce(&mut redis::Pip
     p.query::<()>(c).unwrap();
 }
 
-/// Lua: the XOR of two 40-digit hex strings, as geosync's scripts combine
-/// record hashes into a bucket's anti-entropy digest (decision 013).
-const XOR_HEX: &str = r#"
-local function xor_hex(a, b)
-  local out = {}
-  for i = 1, 40, 8 do
-    out[#out + 1] = bit.tohex(bit.bxor(tonumber(string.sub(a, i, i + 7), 16),
-                                       tonumber(string.sub(b, i, i + 7), 16)), 8)
-  end
-  return table.concat(out)
+/// Lua: a record's hash, which geosync's scripts add up into a bucket's
+/// anti-entropy digest (decisions 013 and 021): the first 44 bits of
+/// SHA1(#key .. ':' .. key .. stamp).
+const RECORD_HASH: &str = r#"
+local function record_hash(key, stamp)
+  return tonumber(string.sub(redis.sha1hex(#key .. ':' .. key .. stamp), 1, 11), 16)
 end
 "#;
 
@@ -201,19 +191,19 @@ end
 /// the metadata database.
 pub fn drifted_digests(c: &mut redis::Connection) -> Vec<String> {
     redis::Script::new(&format!(
-        "{XOR_HEX}{}",
+        "{RECORD_HASH}{}",
         r#"
-        local zero = string.rep('0', 40)
         local wrong = {}
         for n = 0, 16383 do
           local bucket = '__geosync:m:0:' .. n
           local flat = redis.call('HGETALL', bucket)
-          local acc = zero
+          local acc = 0
           for i = 1, #flat, 2 do
-            acc = xor_hex(acc, redis.sha1hex(#flat[i] .. ':' .. flat[i] .. string.sub(flat[i + 1], 1, 20)))
+            acc = acc + record_hash(flat[i], string.sub(flat[i + 1], 1, 20))
           end
-          local stored = redis.call('HGET', '__geosync:dg:0', bucket) or zero
-          if stored ~= acc then wrong[#wrong + 1] = bucket end
+          assert(acc < 2 ^ 53, 'a bucket too large for this check')
+          local stored = redis.call('HGET', '__geosync:dg:0', bucket) or '0'
+          if stored ~= string.format('%d', acc) then wrong[#wrong + 1] = bucket end
         end
         return wrong
         "#

@@ -37,6 +37,7 @@ local collected = mcall('GET', COLLECTED)
 if collected and (not floor or collected > floor) then floor = collected end
 local out = {}
 local a = 1
+local now
 for i = 3, #KEYS, 3 do
   local key, bucket, building = KEYS[i], KEYS[i + 1], KEYS[i + 2]
   local stamp, op = ARGV[a], ARGV[a + 1]
@@ -94,6 +95,35 @@ for i = 3, #KEYS, 3 do
           record = make_record(stamp, 't', NO_DIGEST, nil)
         end
       end
+      mcall('HSET', bucket, key, record)
+      digest_moved(bucket, key, rec and rec.stamp, stamp)
+      out[#out + 1] = 1
+    end
+  elseif op == 'p' and t == 'string' and to == from then
+    -- A string is written whole by one command, which leaves the key as
+    -- it was when the server refuses it: no private copy (decision 021).
+    now = now or now_ms()
+    local record
+    if num > 0 and num <= now then
+      -- its expiry had already passed: recorded like an expired key
+      ucall('UNLINK', key)
+      record = make_record(stamp, 't', NO_DIGEST, nil)
+    else
+      local state = { t = 'string', exp = num > 0 and num or -1, flat = { ARGV[from] } }
+      local r
+      if num > 0 then
+        r = upcall('SET', key, ARGV[from], 'PXAT', num)
+      else
+        r = upcall('SET', key, ARGV[from])
+      end
+      if type(r) == 'table' and r.err then
+        record = false
+        out[#out + 1] = refused(r)
+      else
+        record = make_record(stamp, 'v', digest(state), state.exp)
+      end
+    end
+    if record then
       mcall('HSET', bucket, key, record)
       digest_moved(bucket, key, rec and rec.stamp, stamp)
       out[#out + 1] = 1

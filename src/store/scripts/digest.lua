@@ -6,8 +6,9 @@
 --          compute them from the records first (at start, and for buckets
 --          a repair found equal although their digests differed)
 --
--- Returns one hex digest per bucket ('' when the bucket is empty): the XOR
--- of SHA1(#key .. ':' .. key .. stamp) over its records. Two regions whose
+-- Returns one digest per bucket ('' when the bucket is empty): the sum
+-- of the first 44 bits of SHA1(#key .. ':' .. key .. stamp) over its
+-- records, in decimal (decision 021). Two regions whose
 -- bucket digests match hold the same stamp for every key of that bucket,
 -- and so (stamps being unique per write) the same state.
 local out = {}

@@ -106,55 +106,56 @@ local function make_record(stamp, flag, digest, expiry)
   return stamp .. flag .. digest .. e
 end
 
--- Anti-entropy digests (decision 013): per metadata bucket, the XOR of
--- SHA1(#key .. ':' .. key .. stamp) over its records, kept in the hash
--- DIGESTS (one per database, a field per bucket name) by every script that
--- changes a record's stamp, so that comparing regions reads 16384 stored
--- digests instead of every record.
-local ZERO_DIGEST = string.rep('0', 40)
-
-local function xor_hex(a, b)
-  local out = {}
-  for i = 1, 40, 8 do
-    local x = tonumber(string.sub(a, i, i + 7), 16)
-    local y = tonumber(string.sub(b, i, i + 7), 16)
-    out[#out + 1] = bit.tohex(bit.bxor(x, y), 8)
-  end
-  return table.concat(out)
-end
+-- Anti-entropy digests (decision 013, format of decision 021): per
+-- metadata bucket, the sum of H(key, stamp) over its records, where H is
+-- the first 44 bits of SHA1(#key .. ':' .. key .. stamp). They are kept as
+-- integers in the hash DIGESTS (one per database, a field per bucket name,
+-- absent when the sum is 0) by every script that changes a record's stamp,
+-- with one HINCRBY, so that comparing regions reads 16384 stored digests
+-- instead of every record. A bucket would need 2^19 records to overflow
+-- (8.6 billion keys in one database; Redis holds at most 2^32).
+local HASH_HEX = 11
+-- Lua numbers are doubles, exact below 2^53: sums are handed to Redis
+-- before they reach it.
+local EXACT_BELOW = 2 ^ 52
 
 local function record_hash(key, stamp)
-  return redis.sha1hex(#key .. ':' .. key .. stamp)
+  return tonumber(string.sub(redis.sha1hex(#key .. ':' .. key .. stamp), 1, HASH_HEX), 16)
 end
 
--- The recorded stamp of `key` in `bucket` goes from `old` to `new` (nil:
--- no record): its bucket's digest follows.
+-- Computes a bucket's digest from its records and stores it; returns it
+-- ('' when the bucket is empty).
+local function digest_rebuild(bucket)
+  mcall('HDEL', DIGESTS, bucket)
+  local flat = mcall('HGETALL', bucket)
+  local acc = 0
+  for i = 1, #flat, 2 do
+    acc = acc + record_hash(flat[i], string.sub(flat[i + 1], 1, STAMP_LEN))
+    if acc >= EXACT_BELOW then
+      mcall('HINCRBY', DIGESTS, bucket, string.format('%d', acc))
+      acc = 0
+    end
+  end
+  if acc > 0 then mcall('HINCRBY', DIGESTS, bucket, string.format('%d', acc)) end
+  return mcall('HGET', DIGESTS, bucket) or ''
+end
+
+-- The recorded stamp of `key` in `bucket` went from `old` to `new` (nil:
+-- no record), the record itself already written: its bucket's digest
+-- follows. A stored digest that is not a number (written by hand, or by
+-- an earlier format) is computed again from the records.
 local function digest_moved(bucket, key, old, new)
   if old == new then return end
-  local acc = mcall('HGET', DIGESTS, bucket) or ZERO_DIGEST
-  if old then acc = xor_hex(acc, record_hash(key, old)) end
-  if new then acc = xor_hex(acc, record_hash(key, new)) end
-  if acc == ZERO_DIGEST then
+  local d = 0
+  if old then d = d - record_hash(key, old) end
+  if new then d = d + record_hash(key, new) end
+  use_db(META_DB)
+  local acc = redis.pcall('HINCRBY', DIGESTS, bucket, string.format('%d', d))
+  if type(acc) == 'table' then
+    digest_rebuild(bucket)
+  elseif acc == 0 then
     mcall('HDEL', DIGESTS, bucket)
-  else
-    mcall('HSET', DIGESTS, bucket, acc)
   end
-end
-
--- Computes a bucket's digest from its records and stores it ('' when the
--- bucket is empty).
-local function digest_rebuild(bucket)
-  local flat = mcall('HGETALL', bucket)
-  local acc = ZERO_DIGEST
-  for i = 1, #flat, 2 do
-    acc = xor_hex(acc, record_hash(flat[i], string.sub(flat[i + 1], 1, STAMP_LEN)))
-  end
-  if acc == ZERO_DIGEST then
-    mcall('HDEL', DIGESTS, bucket)
-    return ''
-  end
-  mcall('HSET', DIGESTS, bucket, acc)
-  return acc
 end
 
 local function sorted_pairs(flat)
@@ -216,12 +217,38 @@ local function field_expiries(key, fields)
   return nil
 end
 
+-- Most keys are strings, read here with one call: the value (at most
+-- MAX_BYTES + 1 bytes of it unless `whole`), then the expiry. Returns the
+-- state and true when the key is a string or (`whole`) is known to be
+-- gone; nil and false when TYPE must tell (an empty string reads like no
+-- key, and another type or an error like any other type).
+local function read_string(key, whole)
+  local v
+  if whole then
+    v = upcall('GET', key)
+    if v == false then return nil, true end
+  else
+    v = upcall('GETRANGE', key, 0, MAX_BYTES)
+    if v == '' then return nil, false end
+  end
+  if type(v) ~= 'string' then return nil, false end
+  local exp = ucall('PEXPIRETIME', key)
+  if #v > MAX_BYTES and not whole then
+    return { t = 'string', exp = exp, flat = {}, unsupported = true,
+             reason = 'too_large_bytes:string:' .. ucall('STRLEN', key) }, true
+  end
+  elements_read = elements_read + 1
+  return { t = 'string', exp = exp, flat = { v } }, true
+end
+
 -- The key's state: type name, absolute expiry in ms (-1 for none) and the
 -- flat value (see change.rs), or nil when the key does not exist. A hash
 -- with field expiries is 'hash+ttl', its flat value field, value, expiry.
 -- A collection over MAX_ELEMENTS is reported unsupported with reason
 -- 'too_large:<type>:<elements>' unless `whole` is set.
 local function read_state(key, whole)
+  local s, known = read_string(key, whole)
+  if known then return s end
   local t = ucall('TYPE', key)['ok']
   if t == 'none' then return nil end
   local exp = ucall('PEXPIRETIME', key)
@@ -280,6 +307,10 @@ end
 
 -- A short digest of a state; equal states give equal digests.
 local function digest(state)
+  if state.t == 'string' and #state.flat == 1 then
+    local v = state.flat[1]
+    return string.sub(redis.sha1hex('string|' .. tostring(state.exp) .. '|1|' .. #v .. ':' .. v), 1, 16)
+  end
   local parts = { state.t, tostring(state.exp), tostring(#state.flat) }
   for _, x in ipairs(state.flat) do
     parts[#parts + 1] = #x .. ':' .. x

@@ -74,15 +74,15 @@ local function seen_stamp(rec)
 end
 
 local now = now_ms()
--- Stamps one key (see the header for what goes where).
-local function stamp_key(key, bucket, mode)
-  local stored = parse_record(mcall('HGET', bucket, key))
+-- Stamps one key (see the header for what goes where), given its record
+-- (false: none) and its state (nil: no key), both read by this script.
+local function stamp_key(key, bucket, mode, raw, state)
+  local stored = parse_record(raw or nil)
   local old = stored and stored.stamp
   -- A record older than the database's last flush is one the flush's
   -- slices have not dropped yet (decision 018): the key has none.
   local rec = stored
   if rec ~= nil and floor and rec.stamp < floor then rec = nil end
-  local state = read_state(key)
   -- The stamp a change of this key gets; above ARGV[1] only when the
   -- clock is behind what the region had reached (then it is retried).
   local at = stamp
@@ -137,13 +137,27 @@ local function stamp_key(key, bucket, mode)
   end
 end
 
-for i = 2, #KEYS, 2 do
-  local key, bucket = KEYS[i], KEYS[i + 1]
+-- The script works in three passes, so that it switches databases three
+-- times in all rather than three times per key (decision 021): every
+-- record, then every state until MAX_ELEMENTS elements were read, then the
+-- stamps. Keys are distinct, so no pass changes what another read.
+local n = (#KEYS - 1) / 2
+local raws, states = {}, {}
+for m = 1, n do
+  raws[m] = mcall('HGET', KEYS[2 * m + 1], KEYS[2 * m])
+end
+local upto = n
+for m = 1, n do
   if elements_read >= MAX_ELEMENTS then
-    deferred[#deferred + 1] = key
-  else
-    local m = i / 2
-    stamp_key(key, bucket, string.sub(modes, m, m))
+    upto = m - 1
+    break
   end
+  states[m] = read_state(KEYS[2 * m])
+end
+for m = 1, upto do
+  stamp_key(KEYS[2 * m], KEYS[2 * m + 1], string.sub(modes, m, m), raws[m], states[m])
+end
+for m = upto + 1, n do
+  deferred[#deferred + 1] = KEYS[2 * m]
 end
 return { changes, retry, unsupported, deferred, low, evicted }
