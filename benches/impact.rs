@@ -55,6 +55,8 @@
 //!   keep up 20k/s while geosync runs beside it).
 //! - `GEOSYNC_BENCH_DEADLINE`: seconds to wait for a sentinel or for the
 //!   last latency key before giving up (default 300).
+//! - `GEOSYNC_BENCH_HASH_FIELDS`: fields of the hash of the last part
+//!   (default 100000; 0 skips it).
 //! - `GEOSYNC_TEST_REDIS_SERVER`, `GEOSYNC_AGENT_BIN`: the server and agent
 //!   binaries, as for the tests (cargo builds a release agent beside the
 //!   bench).
@@ -84,6 +86,8 @@ const TYPE_KEYS: usize = 10_000;
 const DEPTH: usize = 16;
 
 struct Settings {
+    /// Fields of the hash of the large-collection part (0: skipped).
+    big_hash_fields: usize,
     pct: usize,
     seconds: usize,
     seed: u64,
@@ -872,6 +876,7 @@ fn main() {
         deadline: Duration::from_secs(support::env_usize("GEOSYNC_BENCH_DEADLINE", 300) as u64),
         clk_tck,
         clk_tck_read,
+        big_hash_fields: support::env_usize("GEOSYNC_BENCH_HASH_FIELDS", 100_000),
     };
     let server = support::redis_server_bin();
     let version = Command::new(&server)
@@ -926,6 +931,96 @@ fn main() {
     if !lat.is_empty() {
         print_latency(&lat, s.lat_conns);
     }
+    if s.big_hash_fields > 0 {
+        big_hash(&s);
+    }
     println!();
     println!("total {:.0} s", total.elapsed().as_secs_f64());
+}
+
+/// The cost of a small write to a large collection: a key travels as its
+/// whole state, so one `HSET` on a hash of many fields makes the stamp
+/// script read, digest and ship all of them, and the peer rebuild it.
+/// Prints, per `HSET`, the time until it is on the peer and the CPU the
+/// origin and peer Redis spent, next to the same `HSET`s on a plain Redis.
+fn big_hash(s: &Settings) {
+    const WRITES: usize = 5;
+    let fill = |r: &Redis| {
+        let mut c = r.conn();
+        for chunk in (0..s.big_hash_fields).collect::<Vec<_>>().chunks(1000) {
+            let mut p = redis::pipe();
+            for i in chunk {
+                p.cmd("HSET")
+                    .arg("big")
+                    .arg(format!("field:{i}"))
+                    .arg(format!("value:{i}"))
+                    .ignore();
+            }
+            p.query::<()>(&mut c).expect("fill the hash");
+        }
+    };
+    let field_on = |r: &Redis, n: usize| {
+        let mut c = r.conn();
+        move || {
+            redis::cmd("HGET")
+                .arg("big")
+                .arg("field:1")
+                .query::<Option<String>>(&mut c)
+                .ok()
+                .flatten()
+                == Some(format!("changed {n}"))
+        }
+    };
+    let plain = Redis::start(&[]);
+    fill(&plain);
+    // Enough writes for the plain figure to span many CPU ticks.
+    const PLAIN_WRITES: usize = 20_000;
+    let before = cpu_ticks(plain.pid());
+    let mut c = plain.conn();
+    for n in 0..PLAIN_WRITES {
+        let _: () = redis::cmd("HSET")
+            .arg("big")
+            .arg("field:1")
+            .arg(format!("changed {n}"))
+            .query(&mut c)
+            .expect("HSET");
+    }
+    let plain_us = (cpu_ticks(plain.pid()) - before) as f64 * 1e6 / s.clk_tck / PLAIN_WRITES as f64;
+    drop(plain);
+
+    let mesh = Mesh::start(2);
+    let (origin, peer) = (&mesh.regions[0].redis, &mesh.regions[1].redis);
+    fill(origin);
+    let mut pc = peer.conn();
+    wait_until("the whole hash on the peer", s.deadline, || {
+        redis::cmd("HLEN").arg("big").query::<usize>(&mut pc).ok() == Some(s.big_hash_fields)
+    });
+    let mut c = origin.conn();
+    let mut took = Vec::new();
+    let ticks = |r: &Redis| cpu_ticks(r.pid());
+    let (o0, p0) = (ticks(origin), ticks(peer));
+    for n in 0..WRITES {
+        let start = Instant::now();
+        let _: () = redis::cmd("HSET")
+            .arg("big")
+            .arg("field:1")
+            .arg(format!("changed {n}"))
+            .query(&mut c)
+            .expect("HSET");
+        wait_until("the HSET on the peer", s.deadline, field_on(peer, n));
+        took.push(start.elapsed());
+    }
+    let per = |t0: u64, r: &Redis| (ticks(r) - t0) as f64 * 1e3 / s.clk_tck / WRITES as f64;
+    let (o_ms, p_ms) = (per(o0, origin), per(p0, peer));
+    took.sort();
+    println!();
+    println!(
+        "one HSET on a hash of {} fields, {WRITES} times, one at a time: plain Redis {:.1} µs CPU each; with geosync origin Redis {:.1} ms CPU, peer Redis {:.1} ms CPU, on the peer after {} ms (median; max {} ms)",
+        s.big_hash_fields,
+        plain_us,
+        o_ms,
+        p_ms,
+        ms(took[WRITES / 2]),
+        ms(took[WRITES - 1]),
+    );
 }
