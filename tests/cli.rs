@@ -59,6 +59,20 @@ fn a_bad_setting_names_itself_and_exits_2() {
             ],
             "listen",
         ),
+        (
+            vec![
+                "run",
+                "--node-id",
+                "1",
+                "--batch-keys",
+                "1024",
+                "--coalesce-keys",
+                "1000",
+                "--data-dir",
+                d,
+            ],
+            "coalesce-keys",
+        ),
     ] {
         let o = geosync(&args, &[]);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
