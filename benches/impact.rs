@@ -945,6 +945,14 @@ fn main() {
 /// origin and peer Redis spent, next to the same `HSET`s on a plain Redis.
 fn big_hash(s: &Settings) {
     const WRITES: usize = 5;
+    let hset = |c: &mut redis::Connection, n: usize| {
+        let _: () = redis::cmd("HSET")
+            .arg("big")
+            .arg("field:1")
+            .arg(format!("changed {n}"))
+            .query(c)
+            .expect("HSET");
+    };
     let fill = |r: &Redis| {
         let mut c = r.conn();
         for chunk in (0..s.big_hash_fields).collect::<Vec<_>>().chunks(1000) {
@@ -978,12 +986,7 @@ fn big_hash(s: &Settings) {
     let before = cpu_ticks(plain.pid());
     let mut c = plain.conn();
     for n in 0..PLAIN_WRITES {
-        let _: () = redis::cmd("HSET")
-            .arg("big")
-            .arg("field:1")
-            .arg(format!("changed {n}"))
-            .query(&mut c)
-            .expect("HSET");
+        hset(&mut c, n);
     }
     let plain_us = (cpu_ticks(plain.pid()) - before) as f64 * 1e6 / s.clk_tck / PLAIN_WRITES as f64;
     drop(plain);
@@ -1001,12 +1004,7 @@ fn big_hash(s: &Settings) {
     let (o0, p0) = (ticks(origin), ticks(peer));
     for n in 0..WRITES {
         let start = Instant::now();
-        let _: () = redis::cmd("HSET")
-            .arg("big")
-            .arg("field:1")
-            .arg(format!("changed {n}"))
-            .query(&mut c)
-            .expect("HSET");
+        hset(&mut c, n);
         wait_until("the HSET on the peer", s.deadline, field_on(peer, n));
         took.push(start.elapsed());
     }
