@@ -146,8 +146,11 @@ impl Stamper {
     /// Runs until the tailer's channel closes or shutdown.
     pub async fn run(mut self, mut rx: SpoolRx, shutdown: CancellationToken) {
         let mut pending = Pending::default();
-        let mut gather = true;
         loop {
+            // A round starts once everything taken before is stamped: it
+            // waits for an event, gathers whatever else is already waiting,
+            // then stamps all of it before taking more, so that the
+            // position is recorded.
             if pending.keys.is_empty() {
                 let ev = tokio::select! {
                     ev = rx.recv() => ev,
@@ -157,11 +160,6 @@ impl Stamper {
                 if !self.take(ev, &mut pending, &shutdown).await {
                     return;
                 }
-                gather = true;
-            }
-            // Gather whatever else is already waiting, then stamp all of
-            // it before taking more, so that the position is recorded.
-            if gather {
                 while pending.keys.len() < self.coalesce_keys {
                     match rx.try_recv() {
                         Some(ev) => {
@@ -172,7 +170,6 @@ impl Stamper {
                         None => break,
                     }
                 }
-                gather = false;
             }
             if !pending.keys.is_empty() && !self.stamp_pending(&mut pending, &shutdown).await {
                 return;
@@ -447,11 +444,7 @@ impl Stamper {
                 }
                 Err(e) => {
                     error!(error = %e, keys = per_db.iter().map(|(_, k)| k.len()).sum::<usize>(), "stamping failed; keeping the keys for a retry");
-                    let keys: Vec<_> = per_db
-                        .into_iter()
-                        .flat_map(|(db, keys)| keys.into_iter().map(move |(k, _)| (db, k)))
-                        .collect();
-                    all.add(keys);
+                    all.add(batch);
                     return backoff.wait(shutdown).await;
                 }
             }
