@@ -215,3 +215,58 @@ fn a_key_written_again_while_waiting_is_stamped_once() {
         "{read} keys read for {KEYS} keys written {ROUNDS} times each: not coalesced"
     );
 }
+
+/// A string a client sets again once it was stamped is stamped from the
+/// state the replication stream told (decision 022): the stamp script
+/// confirms the record and does not read the key. The first round is read
+/// (the agent had seen no record of these keys); the second is not, and
+/// still arrives whole, expiries included.
+#[test]
+fn a_string_set_again_is_stamped_without_reading_it() {
+    const KEYS: usize = 500;
+    let mesh = Mesh::start(2);
+    let origin = &mesh.regions[0].redis;
+    let mut c = origin.conn();
+    let write = |c: &mut redis::Connection, round: usize| {
+        let mut p = redis::pipe();
+        for k in 0..KEYS {
+            let cmd = p
+                .cmd("SET")
+                .arg(format!("k{k}"))
+                .arg(format!("round {round}"));
+            if k % 2 == 1 {
+                cmd.arg("PX").arg(600_000 + round);
+            }
+            cmd.ignore();
+        }
+        p.query::<()>(c).unwrap();
+        origin.master_repl_offset()
+    };
+    let written = write(&mut c, 0);
+    wait_until("the first round stamped", SETTLE, || {
+        mesh.regions[0].agent.recorded_offset() >= written
+    });
+    let first = calls(origin, "getrange");
+    let written = write(&mut c, 1);
+    wait_until("the second round stamped", SETTLE, || {
+        mesh.regions[0].agent.recorded_offset() >= written
+    });
+    let second = calls(origin, "getrange") - first;
+    let took = mesh.wait_converged(&[0], SETTLE);
+    let mut far = mesh.regions[1].redis.conn();
+    for k in [0, 1, KEYS - 1] {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(format!("k{k}"))
+            .query(&mut far)
+            .unwrap();
+        assert_eq!(v.as_deref(), Some("round 1"), "k{k}");
+    }
+    println!(
+        "{KEYS} strings set twice: the stamp script read {first} keys the first time and {second} the second; converged {took:?} later"
+    );
+    assert!(first >= KEYS as u64, "the first round was read: {first}");
+    assert!(
+        second <= KEYS as u64 / 10,
+        "{second} of {KEYS} strings set again were read by the stamp script"
+    );
+}

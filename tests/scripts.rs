@@ -432,3 +432,164 @@ fn a_peer_flush_in_slices_keeps_writes_made_since_it_began() {
     assert_eq!(out.older, 1, "a change older than the flush is refused");
     assert_eq!(c.get::<_, String>("x").unwrap(), "v1");
 }
+
+/// Stamps `key` of database 0 live, with the state the stream told of it
+/// (decision 022): `value` over the record `record`.
+fn stamp_known(
+    rt: &tokio::runtime::Runtime,
+    store: &mut Store,
+    key: &str,
+    value: &str,
+    expire_at_ms: Option<i64>,
+    record: &str,
+    at: &Timestamp,
+) -> geosync::store::StampOutcome {
+    let k = bytes::Bytes::from(key.as_bytes().to_vec());
+    let mut known = geosync::store::KnownStates::new();
+    known.insert(
+        (0, k.clone()),
+        geosync::base::event::Known {
+            db: 0,
+            key: k.clone(),
+            value: bytes::Bytes::from(value.as_bytes().to_vec()),
+            expire_at_ms,
+            record: bytes::Bytes::from(record.as_bytes().to_vec()),
+        },
+    );
+    let keys = vec![(0u32, vec![(k, geosync::store::Seen::Live)])];
+    rt.block_on(store.stamp_seen(&keys, &hlc::encode(at), None, Default::default(), &known, 1))
+        .unwrap()
+        .pop()
+        .unwrap()
+}
+
+/// Everything in the metadata database, sorted.
+fn metadata(c: &mut redis::Connection) -> Vec<(String, Vec<(String, String)>)> {
+    let _: () = redis::cmd("SELECT")
+        .arg(geosync::store::metadata_db())
+        .query(c)
+        .unwrap();
+    let mut keys: Vec<String> = c.keys("*").unwrap();
+    keys.sort();
+    let mut out = Vec::new();
+    for k in keys {
+        let t: String = redis::cmd("TYPE").arg(&k).query(c).unwrap();
+        let mut fields: Vec<(String, String)> = if t == "hash" {
+            c.hgetall(&k).unwrap()
+        } else {
+            vec![(t, c.get(&k).unwrap())]
+        };
+        fields.sort();
+        out.push((k, fields));
+    }
+    let _: () = redis::cmd("SELECT").arg(0).query(c).unwrap();
+    out
+}
+
+/// A state the stream told is recorded as if the script had read it: the
+/// same record, the same anti-entropy digest, the same change, in two
+/// Redis that went through the same writes, one stamped by reading and one
+/// from the known state. The key itself is not read: the change carries
+/// the known value even when the key holds a later one.
+#[test]
+fn a_known_state_is_recorded_as_a_read_one_without_reading_the_key() {
+    let rt = rt();
+    let (_a, mut read, mut ca) = setup();
+    let (_b, mut told, mut cb) = setup();
+    let t1 = ts(1 << 40, 1);
+    let t2 = ts((1 << 40) + 7, 1);
+    let expiry = 4_000_000_000_000i64;
+    for c in [&mut ca, &mut cb] {
+        let _: () = c.set("k", "first").unwrap();
+    }
+    stamp_one(&rt, &mut read, "k", &t1);
+    stamp_one(&rt, &mut told, "k", &t1);
+    let before = record(&mut cb, "k").unwrap();
+    for c in [&mut ca, &mut cb] {
+        let _: () = redis::cmd("SET")
+            .arg("k")
+            .arg("second")
+            .arg("PXAT")
+            .arg(expiry)
+            .query(c)
+            .unwrap();
+    }
+    let by_read = stamp_one(&rt, &mut read, "k", &t2);
+    // A later write the stream has not shown yet: what was told is shipped.
+    let _: () = cb.set("k", "third").unwrap();
+    let by_told = stamp_known(&rt, &mut told, "k", "second", Some(expiry), &before, &t2);
+    assert_eq!(by_told.changes, by_read.changes);
+    assert_eq!(
+        by_told.changes[0].op,
+        Op::Put {
+            value: Value::String(ByteBuf::from(b"second".to_vec())),
+            expire_at_ms: Some(expiry)
+        }
+    );
+    assert_eq!(metadata(&mut cb), metadata(&mut ca));
+}
+
+/// The trap of DESIGN.md with a known state: a peer's change applied after
+/// the client's SET (so after the state was told) changed the record, and
+/// the script reads the key instead. It finds the peer's value, which its
+/// record describes, and ships nothing; taking the told state would ship
+/// the overwritten value under a newer stamp.
+#[test]
+fn a_known_state_over_a_record_changed_since_is_read_instead() {
+    let rt = rt();
+    let (_r, mut store, mut c) = setup();
+    let _: () = c.set("k", "first").unwrap();
+    stamp_one(&rt, &mut store, "k", &ts(1 << 40, 1));
+    let told_over = record(&mut c, "k").unwrap();
+    let _: () = c.set("k", "local").unwrap();
+    let remote = ts((1 << 40) + 3, 2);
+    let out = rt
+        .block_on(store.apply(&[put("k", "remote", &remote)]))
+        .unwrap();
+    assert_eq!(out.applied, 1);
+    let outcome = stamp_known(
+        &rt,
+        &mut store,
+        "k",
+        "local",
+        None,
+        &told_over,
+        &ts((1 << 40) + 9, 1),
+    );
+    assert!(
+        outcome.changes.is_empty(),
+        "the overwritten local value must not be shipped: {:?}",
+        outcome.changes
+    );
+    assert_eq!(c.get::<_, String>("k").unwrap(), "remote");
+    assert_eq!(recorded_stamp(&mut c, "k"), hlc::encode(&remote));
+}
+
+/// A known state whose expiry has passed by the time it is stamped is not
+/// taken: the key is read (gone) and nothing is shipped.
+#[test]
+fn a_known_state_that_expired_is_read_instead() {
+    let rt = rt();
+    let (_r, mut store, mut c) = setup();
+    let _: () = c.set("k", "first").unwrap();
+    stamp_one(&rt, &mut store, "k", &ts(1 << 40, 1));
+    let told_over = record(&mut c, "k").unwrap();
+    let _: () = c.del("k").unwrap();
+    let outcome = stamp_known(
+        &rt,
+        &mut store,
+        "k",
+        "gone",
+        Some(1000),
+        &told_over,
+        &ts((1 << 40) + 9, 1),
+    );
+    assert!(
+        outcome
+            .changes
+            .iter()
+            .all(|ch| !matches!(ch.op, Op::Put { .. })),
+        "an expired told state must not be shipped: {:?}",
+        outcome.changes
+    );
+}

@@ -33,6 +33,7 @@ pub mod keyspec;
 mod link;
 pub mod rdb;
 mod recorded;
+mod records;
 pub mod resp;
 mod session;
 mod side;
