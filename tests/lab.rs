@@ -271,3 +271,31 @@ fn the_readme_scenario_passes() {
         "{out}"
     );
 }
+
+/// A snapshot is dated when its reading ended: reading a large database
+/// takes a while (seconds on a loaded machine), and a key that expires
+/// meanwhile is gone in one region's snapshot and not yet in another's.
+/// Dated at the start, such a key's record (a value record whose expiry
+/// passed, against the other region's tombstone) counted as a difference
+/// that lasted as long as keys kept expiring, and convergence waits timed
+/// out under load (`self_healing`, with session keys).
+#[test]
+fn a_snapshot_is_dated_when_its_reading_ended() {
+    let r = Redis::start(&[]);
+    let mut c = r.conn();
+    let mut p = redis::pipe();
+    for i in 0..20_000 {
+        p.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+    }
+    p.query::<()>(&mut c).unwrap();
+    let start = now_ms();
+    let s = snapshot(&mut c);
+    let end = now_ms();
+    println!("read 20000 keys in {} ms", end - start);
+    assert!(
+        s.taken_at >= start + (end - start) / 2,
+        "dated {} ms into a {} ms reading",
+        s.taken_at - start,
+        end - start
+    );
+}

@@ -118,7 +118,7 @@ pub struct Snapshot {
     pub keys: BTreeMap<Vec<u8>, KeyState>,
     /// key → (stamp, flag `v`/`t`, expiry) from the metadata buckets.
     pub meta: BTreeMap<Vec<u8>, (String, char, Option<i64>)>,
-    /// When the reading began (Unix ms).
+    /// When the reading ended (Unix ms).
     pub taken_at: i64,
 }
 
@@ -327,10 +327,7 @@ pub fn snapshot(c: &mut Connection) -> Snapshot {
 
 /// [`snapshot`], with the error instead of a panic.
 pub fn try_snapshot(c: &mut Connection) -> redis::RedisResult<Snapshot> {
-    let mut snap = Snapshot {
-        taken_at: now_ms(),
-        ..Default::default()
-    };
+    let mut snap = Snapshot::default();
     for k in all_keys(c)? {
         if !k.starts_with(RESERVED_PREFIX)
             && let Some(s) = read_key(c, &k)
@@ -345,6 +342,9 @@ pub fn try_snapshot(c: &mut Connection) -> redis::RedisResult<Snapshot> {
     let read = records_of(c, db, &mut snap);
     redis::cmd("SELECT").arg(db).exec(c)?;
     read?;
+    // Dated when the reading ended: a key that expired while it was read
+    // is within the margin of this moment.
+    snap.taken_at = now_ms();
     Ok(snap)
 }
 
