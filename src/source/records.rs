@@ -86,32 +86,24 @@ impl Records {
     }
 
     /// The state a client's write left `key` in, when the stream says it:
-    /// a `SET key value`, with `PXAT ms` (Redis, Valkey and Redis 8
-    /// replicate `SET ... EX|PX|EXAT`, `SETEX` and `PSETEX` so) and `NX` or
-    /// `XX` (replicated only when it wrote), of a string of at most
-    /// [`KNOWN_MAX_BYTES`], with the key's record remembered.
+    /// a `SET key value` or `SET key value PXAT ms` (Redis replicates the
+    /// expiring forms of `SET` so), a string of at most [`KNOWN_MAX_BYTES`],
+    /// and the key's record remembered.
     pub(super) fn known(&self, db: u32, name: &str, argv: &[Bytes]) -> Option<Known> {
         if name != "set" {
             return None;
         }
-        if argv.len() < 3 {
-            return None;
-        }
-        // A `SET` was replicated only if it wrote: NX and XX say nothing
-        // of the state it left.
-        let mut expire_at_ms = None;
-        let mut opts = argv[3..].iter();
-        while let Some(opt) = opts.next() {
-            if opt.eq_ignore_ascii_case(b"pxat") {
-                let ms: i64 = std::str::from_utf8(opts.next()?).ok()?.parse().ok()?;
+        let expire_at_ms = match argv {
+            [_, _, _] => None,
+            [_, _, _, opt, at] if opt.eq_ignore_ascii_case(b"pxat") => {
+                let ms: i64 = std::str::from_utf8(at).ok()?.parse().ok()?;
                 if ms <= 0 {
                     return None;
                 }
-                expire_at_ms = Some(ms);
-            } else if !opt.eq_ignore_ascii_case(b"nx") && !opt.eq_ignore_ascii_case(b"xx") {
-                return None;
+                Some(ms)
             }
-        }
+            _ => return None,
+        };
         let (key, value) = (&argv[1], &argv[2]);
         if value.len() > KNOWN_MAX_BYTES || store::is_reserved(key) {
             return None;
@@ -188,19 +180,12 @@ mod tests {
     }
 
     #[test]
-    fn only_sets_whose_state_the_stream_tells_are_known() {
+    fn only_plain_and_pxat_sets_are_known() {
         let mut r = Records::default();
         r.observe("hset", &argv(&["HSET", &bucket(0, "k"), "k", "rec"]));
         for cmd in [
-            &["SET", "k", "v", "NX"][..],
-            &["SET", "k", "v", "PXAT", "5", "XX"],
-        ] {
-            assert!(r.known(0, "set", &argv(cmd)).is_some(), "{cmd:?}");
-        }
-        for cmd in [
             &["SET", "k", "v", "KEEPTTL"][..],
-            &["SET", "k", "v", "PXAT"],
-            &["SET", "k", "v", "NX", "KEEPTTL"],
+            &["SET", "k", "v", "NX"],
             &["SET", "k", "v", "PXAT", "x"],
             &["SET", "k", "v", "PXAT", "0"],
             &["SET", "k", "v", "GET"],
