@@ -312,12 +312,20 @@ impl Outlet {
                 .inc_by(u64::from(e));
         }
         w.held_since = None;
-        for (mut ev, deleted) in std::mem::take(&mut w.held) {
-            if !local.is_empty()
-                && !ev.retain_written(|k| !(local.contains(k) && deleted.contains(k)))
-            {
-                continue;
-            }
+        for (ev, deleted) in std::mem::take(&mut w.held) {
+            let ev = match ev {
+                TailEvent::Dirty(keys) if !local.is_empty() => {
+                    let keys: Vec<(u32, Bytes)> = keys
+                        .into_iter()
+                        .filter(|k| !(local.contains(k) && deleted.contains(k)))
+                        .collect();
+                    if keys.is_empty() {
+                        continue;
+                    }
+                    TailEvent::Dirty(keys)
+                }
+                ev => ev,
+            };
             tx.send(ev).await.map_err(TailError::from)?;
         }
         Ok(())

@@ -33,7 +33,6 @@ pub mod keyspec;
 mod link;
 pub mod rdb;
 mod recorded;
-mod records;
 pub mod resp;
 mod session;
 mod side;

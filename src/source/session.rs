@@ -190,7 +190,6 @@ pub(super) async fn session(
         done_at,
         outlet,
         durable: cfg.durable.clone(),
-        records: Default::default(),
     };
     follow(link, kept, start, state, tx, metrics, &mut epoch, shutdown).await
 }

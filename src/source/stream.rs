@@ -15,7 +15,6 @@ use super::error::TailError;
 use super::evictions::{Outlet, TICK_CHANNEL};
 use super::kept::{ACK_EVERY, Kept};
 use super::link::{Link, READ_CHUNK};
-use super::records::{KnownInBlock, Records};
 use super::resp;
 use super::side::Side;
 use crate::base::event::TailEvent;
@@ -35,8 +34,6 @@ pub(super) struct Multi {
     /// wrote (an eviction sends a `DEL`; decision 016).
     deleted: Vec<(u32, Bytes)>,
     written: std::collections::HashSet<(u32, Bytes)>,
-    /// The states the block left keys in, where the stream tells them.
-    known: KnownInBlock,
     /// The block is geosync's own apply script (its first write is the marker).
     ours: bool,
     /// No command of the block has been seen yet.
@@ -62,8 +59,6 @@ pub(super) struct StreamState {
     pub(super) outlet: Outlet,
     /// The offset acknowledged to Redis (decision 017).
     pub(super) durable: std::sync::Arc<crate::base::durable::Durable>,
-    /// The records the stream last showed (decision 022).
-    pub(super) records: Records,
 }
 
 /// Follows the command stream from `start`: the bytes `kept` while the
@@ -239,29 +234,21 @@ async fn handle(
                     .into_iter()
                     .filter(|k| !m.written.contains(k))
                     .collect();
-                let known = m.known.into_vec();
-                let ev = if known.is_empty() {
-                    TailEvent::Dirty(m.keys)
-                } else {
-                    TailEvent::Known(m.keys, known)
-                };
-                state.outlet.send_with(ev, deleted, tx).await?;
+                state
+                    .outlet
+                    .send_with(TailEvent::Dirty(m.keys), deleted, tx)
+                    .await?;
             }
             return Ok(false);
         }
         "flushdb" | "flushall" => {
-            // Keys written earlier in the same transaction go first (their
-            // states are gone with the flush).
+            // Keys written earlier in the same transaction go first.
             if let Some(m) = &mut state.multi
                 && !m.ours
                 && !m.keys.is_empty()
             {
                 let keys = std::mem::take(&mut m.keys);
-                m.known = KnownInBlock::default();
                 state.outlet.send(TailEvent::Dirty(keys), tx).await?;
-            }
-            if name == "flushall" || state.db == store::metadata_db() {
-                state.records.forget_all();
             }
             let ours = state.multi.as_ref().is_some_and(|m| m.ours);
             if name == "flushdb" && state.db == store::metadata_db() {
@@ -277,7 +264,6 @@ async fn handle(
             return Ok(false);
         }
         "swapdb" => {
-            state.records.forget_all();
             metrics
                 .unsupported_commands
                 .get_or_create(&Metrics::reason("swapdb"))
@@ -351,12 +337,6 @@ async fn handle(
     }
     // A `DEL`/`UNLINK` may be Redis's eviction (decision 016).
     let deletes = name == "del" || name == "unlink";
-    let known = if state.db == store::metadata_db() {
-        state.records.observe(&name, argv);
-        None
-    } else {
-        state.records.known(state.db, &name, argv)
-    };
     if let Some(m) = &mut state.multi {
         if !m.seen_first {
             m.seen_first = true;
@@ -371,7 +351,6 @@ async fn handle(
             } else {
                 m.written.extend(keys.iter().cloned());
             }
-            m.known.wrote(&keys, known);
             m.keys.extend(keys);
         }
         return Ok(false);
@@ -379,11 +358,10 @@ async fn handle(
     let keys = filter_reserved(keys, &name, metrics);
     if !keys.is_empty() {
         let deleted = if deletes { keys.clone() } else { Vec::new() };
-        let ev = match known {
-            Some(k) => TailEvent::Known(keys, vec![k]),
-            None => TailEvent::Dirty(keys),
-        };
-        state.outlet.send_with(ev, deleted, tx).await?;
+        state
+            .outlet
+            .send_with(TailEvent::Dirty(keys), deleted, tx)
+            .await?;
     }
     Ok(false)
 }

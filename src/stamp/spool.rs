@@ -29,7 +29,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tracing::{error, info};
 
-use crate::base::event::{Known, TailEvent};
+use crate::base::event::TailEvent;
 use crate::base::position::Position;
 use crate::ops::metrics::Metrics;
 
@@ -409,10 +409,6 @@ fn memory_size(ev: &TailEvent) -> usize {
         TailEvent::Dirty(keys) | TailEvent::Unwatched(keys) => {
             32 + keys.iter().map(|(_, k)| k.len() + 48).sum::<usize>()
         }
-        TailEvent::Known(keys, known) => {
-            32 + keys.iter().map(|(_, k)| k.len() + 48).sum::<usize>()
-                + known.iter().map(Known::size).sum::<usize>()
-        }
         _ => 64,
     }
 }
@@ -425,20 +421,6 @@ const TAG_SNAPSHOT_DONE: u8 = 4;
 const TAG_POSITION: u8 = 5;
 const TAG_SNAPSHOT_START_REWOUND: u8 = 6;
 const TAG_UNWATCHED: u8 = 7;
-const TAG_KNOWN: u8 = 8;
-
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-    out.extend_from_slice(b);
-}
-
-fn put_keys(out: &mut Vec<u8>, keys: &[(u32, Bytes)]) {
-    out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
-    for (db, key) in keys {
-        out.extend_from_slice(&db.to_le_bytes());
-        put_bytes(out, key);
-    }
-}
 
 /// The on-disk form of an event (little-endian, lengths as u32).
 fn encode(ev: &TailEvent) -> Vec<u8> {
@@ -450,18 +432,11 @@ fn encode(ev: &TailEvent) -> Vec<u8> {
             } else {
                 TAG_UNWATCHED
             });
-            put_keys(&mut out, keys);
-        }
-        TailEvent::Known(keys, known) => {
-            out.push(TAG_KNOWN);
-            put_keys(&mut out, keys);
-            out.extend_from_slice(&(known.len() as u32).to_le_bytes());
-            for k in known {
-                out.extend_from_slice(&k.db.to_le_bytes());
-                put_bytes(&mut out, &k.key);
-                put_bytes(&mut out, &k.value);
-                out.extend_from_slice(&k.expire_at_ms.unwrap_or(0).to_le_bytes());
-                put_bytes(&mut out, &k.record);
+            out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+            for (db, key) in keys {
+                out.extend_from_slice(&db.to_le_bytes());
+                out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                out.extend_from_slice(key);
             }
         }
         TailEvent::Flush(Some(db)) => {
@@ -496,42 +471,21 @@ fn decode(mut b: &[u8]) -> Result<TailEvent, String> {
     fn u32_of(b: &mut &[u8]) -> Result<u32, String> {
         Ok(u32::from_le_bytes(take(b, 4)?.try_into().expect("4 bytes")))
     }
-    fn bytes_of(b: &mut &[u8]) -> Result<Bytes, String> {
-        let len = u32_of(b)? as usize;
-        Ok(Bytes::copy_from_slice(take(b, len)?))
-    }
-    fn keys_of(b: &mut &[u8]) -> Result<Vec<(u32, Bytes)>, String> {
-        let n = u32_of(b)? as usize;
-        let mut keys = Vec::with_capacity(n.min(b.len() / 8));
-        for _ in 0..n {
-            let db = u32_of(b)?;
-            keys.push((db, bytes_of(b)?));
-        }
-        Ok(keys)
-    }
     let tag = take(&mut b, 1)?[0];
     let ev = match tag {
-        TAG_DIRTY => TailEvent::Dirty(keys_of(&mut b)?),
-        TAG_UNWATCHED => TailEvent::Unwatched(keys_of(&mut b)?),
-        TAG_KNOWN => {
-            let keys = keys_of(&mut b)?;
+        TAG_DIRTY | TAG_UNWATCHED => {
             let n = u32_of(&mut b)? as usize;
-            let mut known = Vec::with_capacity(n.min(b.len() / 24));
+            let mut keys = Vec::with_capacity(n.min(b.len() / 8));
             for _ in 0..n {
                 let db = u32_of(&mut b)?;
-                let key = bytes_of(&mut b)?;
-                let value = bytes_of(&mut b)?;
-                let at = i64::from_le_bytes(take(&mut b, 8)?.try_into().expect("8 bytes"));
-                let record = bytes_of(&mut b)?;
-                known.push(Known {
-                    db,
-                    key,
-                    value,
-                    expire_at_ms: (at != 0).then_some(at),
-                    record,
-                });
+                let len = u32_of(&mut b)? as usize;
+                keys.push((db, Bytes::copy_from_slice(take(&mut b, len)?)));
             }
-            TailEvent::Known(keys, known)
+            if tag == TAG_DIRTY {
+                TailEvent::Dirty(keys)
+            } else {
+                TailEvent::Unwatched(keys)
+            }
         }
         TAG_FLUSH_DB => TailEvent::Flush(Some(u32_of(&mut b)?)),
         TAG_FLUSH_ALL => TailEvent::Flush(None),
@@ -736,27 +690,7 @@ mod tests {
         let key = proptest::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from);
         prop_oneof![
             proptest::collection::vec((0u32..16, key.clone()), 0..8).prop_map(TailEvent::Dirty),
-            proptest::collection::vec((0u32..16, key.clone()), 0..8).prop_map(TailEvent::Unwatched),
-            (
-                proptest::collection::vec((0u32..16, key.clone()), 0..4),
-                proptest::collection::vec(
-                    (0u32..16, key.clone(), key.clone(), any::<i64>(), key),
-                    0..4
-                ),
-            )
-                .prop_map(|(keys, known)| TailEvent::Known(
-                    keys,
-                    known
-                        .into_iter()
-                        .map(|(db, key, value, at, record)| Known {
-                            db,
-                            key,
-                            value,
-                            expire_at_ms: (at != 0).then_some(at),
-                            record,
-                        })
-                        .collect()
-                )),
+            proptest::collection::vec((0u32..16, key), 0..8).prop_map(TailEvent::Unwatched),
             proptest::option::of(0u32..16).prop_map(TailEvent::Flush),
             Just(TailEvent::SnapshotStart { rewound: false }),
             Just(TailEvent::SnapshotStart { rewound: true }),

@@ -19,7 +19,7 @@ use uhlc::HLC;
 
 use crate::base::backoff::Backoff;
 use crate::base::change::{Change, Op};
-use crate::base::event::{Known, TailEvent};
+use crate::base::event::TailEvent;
 use crate::base::hlc;
 use crate::base::position::Position;
 use crate::mesh::outbox::Outbox;
@@ -30,7 +30,7 @@ use crate::stamp::module_keys::{ModuleKeys, Owner};
 use crate::stamp::seen::SnapshotKeys;
 use crate::stamp::spool::SpoolRx;
 use crate::store::pieces::{LargeError, travels_in_pieces};
-use crate::store::{KnownStates, Seen, SeenContext, Store};
+use crate::store::{Seen, SeenContext, Store};
 
 /// Most keys over `--max-key-elements` logged by name; the metric counts all.
 pub const LOGGED_TOO_LARGE: usize = 1000;
@@ -95,14 +95,7 @@ struct Pending {
     snapshot_done: bool,
     /// The newest stream position reported; recorded once `keys` is empty.
     position: Option<Position>,
-    /// The states the stream told of some of `keys` (decision 022).
-    known: KnownStates,
-    /// Their size in memory, at most [`KNOWN_BUDGET`].
-    known_bytes: usize,
 }
-
-/// Most bytes of known states held while keys wait; past it, keys are read.
-pub const KNOWN_BUDGET: usize = 16 << 20;
 
 impl Pending {
     /// Adds one event's keys; a transaction's or script's keys are kept in
@@ -118,29 +111,6 @@ impl Pending {
         }
         if several && first < last {
             self.groups.push((first, last));
-        }
-    }
-
-    /// Adds an event's keys, of which `known` tells the states the stream
-    /// left some in; the others' earlier known states go (their last write
-    /// decides).
-    fn add_written(&mut self, keys: Vec<(u32, Bytes)>, known: Vec<Known>) {
-        for k in &keys {
-            self.forget_known(k);
-        }
-        self.add(keys);
-        for k in known {
-            let size = k.size();
-            if self.known_bytes + size <= KNOWN_BUDGET {
-                self.known_bytes += size;
-                self.known.insert((k.db, k.key.clone()), k);
-            }
-        }
-    }
-
-    fn forget_known(&mut self, key: &(u32, Bytes)) {
-        if let Some(k) = self.known.remove(key) {
-            self.known_bytes -= k.size();
         }
     }
 
@@ -237,12 +207,7 @@ impl Stamper {
         match ev {
             TailEvent::Dirty(keys) => {
                 self.snapshot_keys.reported(&keys, &pending.keys);
-                pending.add_written(keys, Vec::new());
-                true
-            }
-            TailEvent::Known(keys, known) => {
-                self.snapshot_keys.reported(&keys, &pending.keys);
-                pending.add_written(keys, known);
+                pending.add(keys);
                 true
             }
             TailEvent::Unwatched(keys) => {
@@ -277,12 +242,7 @@ impl Stamper {
             // the flushed database now hold only what clients wrote after
             // the FLUSHDB, which must be stamped after the flush to survive
             // it; the others are not affected by the order.
-            // What the stream told of the keys' states is gone with them.
-            TailEvent::Flush(db) => {
-                pending.known.clear();
-                pending.known_bytes = 0;
-                self.flush(db, &mut pending.keys, shutdown).await
-            }
+            TailEvent::Flush(db) => self.flush(db, &mut pending.keys, shutdown).await,
         }
     }
 
@@ -451,7 +411,6 @@ impl Stamper {
                         reached: self.snapshot_keys.reached(),
                         evictable: self.evictable,
                     },
-                    &all.known,
                     self.node_id,
                 )
                 .await
@@ -559,12 +518,6 @@ impl Stamper {
                 keys = low.len(),
                 "changes first seen in a snapshot stamped just above what the region had"
             );
-        }
-        // Known states go with their keys, unless a key is pending again.
-        for k in &batch {
-            if !all.keys.contains(k) {
-                all.forget_known(k);
-            }
         }
         let fresh_or_low = changes.iter().filter(|c| c.stamp == enc).count() + low.len();
         self.snapshot_keys.stamped(&batch, low, &all.keys);

@@ -46,4 +46,4 @@ pub use lua::{
     DEFAULT_MAX_KEY_ELEMENTS, DEFAULT_MAX_VALUE_BYTES, max_key_elements, set_max_key_elements,
     set_max_value_bytes,
 };
-pub use stamping::{KnownStates, Seen, SeenContext, StampOutcome, record_hash, string_digest};
+pub use stamping::{Seen, SeenContext, StampOutcome};

@@ -367,7 +367,7 @@ impl Store {
                     k.push(bucket.into_bytes());
                 }
                 let reply = self.run_one(db, Which::Read, k, filter.clone()).await?;
-                let outcome = parse_stamp_reply(db, reply, &Default::default())?;
+                let outcome = parse_stamp_reply(db, reply)?;
                 sent += outcome.changes.len() as u64;
                 if !outcome.changes.is_empty() && out.send(outcome.changes).await.is_err() {
                     return Ok(sent);

@@ -1,8 +1,6 @@
 //! The stamper's scripts: stamp dirty keys (scripts/stamp.lua) and record
 //! a local flush (scripts/flush.lua), and what they answer.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use redis::Value as RValue;
 use serde_bytes::ByteBuf;
@@ -12,50 +10,6 @@ use super::layout::{APPLY_MARKER_KEY, floor_key, meta_bucket, node_suffix};
 use super::lua::{Call, Which};
 use super::reply::{bulk, bulk_pairs, parse_flush_reply};
 use crate::base::change::{Change, Op, Value};
-use crate::base::event::Known;
-
-/// States the agent knows from the stream, per (database, key).
-pub type KnownStates = HashMap<(u32, Bytes), Known>;
-
-fn sha1(parts: &[&[u8]]) -> [u8; 20] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
-    for p in parts {
-        ctx.update(p);
-    }
-    ctx.finish().as_ref().try_into().expect("20 bytes")
-}
-
-/// The digest the stamp script gives a string `value` with absolute
-/// expiry `expiry` (-1: none): lib.lua's `digest`.
-pub fn string_digest(value: &[u8], expiry: i64) -> String {
-    let head = format!("string|{expiry}|1|{}:", value.len());
-    hex::encode(&sha1(&[head.as_bytes(), value])[..8])
-}
-
-/// H(key, stamp) of the anti-entropy digests (decision 021): the first 44
-/// bits of SHA-1(`#key:key stamp`), lib.lua's `record_hash`.
-pub fn record_hash(key: &[u8], stamp: &[u8]) -> i64 {
-    let head = format!("{}:", key.len());
-    let h = sha1(&[head.as_bytes(), key, stamp]);
-    let mut top = [0u8; 8];
-    top[..6].copy_from_slice(&h[..6]);
-    (u64::from_be_bytes(top) >> 20) as i64
-}
-
-/// The stamp script's arguments for a key whose state is known (see
-/// scripts/stamp.lua, ARGV[7..]); none when its record is no record.
-fn known_args(m: usize, k: &Known, stamp: &str) -> Option<[Vec<u8>; 5]> {
-    let old = k.record.get(..crate::base::hlc::ENCODED_LEN)?;
-    let expiry = k.expire_at_ms.unwrap_or(-1);
-    let delta = record_hash(&k.key, stamp.as_bytes()) - record_hash(&k.key, old);
-    Some([
-        m.to_string().into_bytes(),
-        k.record.to_vec(),
-        string_digest(&k.value, expiry).into_bytes(),
-        expiry.to_string().into_bytes(),
-        delta.to_string().into_bytes(),
-    ])
-}
 
 /// What the stamp script found for one database.
 #[derive(Debug, Default)]
@@ -143,30 +97,20 @@ impl Store {
             .iter()
             .map(|(db, keys)| (*db, keys.iter().map(|k| (k.clone(), Seen::Live)).collect()))
             .collect();
-        self.stamp_seen(
-            &per_db,
-            stamp,
-            reship,
-            SeenContext::default(),
-            &KnownStates::new(),
-            node_id,
-        )
-        .await
+        self.stamp_seen(&per_db, stamp, reship, SeenContext::default(), node_id)
+            .await
     }
 
     /// [`Store::stamp`] for keys each seen in its own way: keys first seen
     /// in a snapshot get a stamp just above the newest of their record,
     /// the database's floors and what the region had reached (see
-    /// [`SeenContext`]). A key seen live whose state is in `known` is
-    /// not read when its record is still the one that state was seen over
-    /// (decision 022).
+    /// [`SeenContext`]).
     pub async fn stamp_seen(
         &mut self,
         per_db: &[(u32, Vec<(Bytes, Seen)>)],
         stamp: &str,
         reship: Option<&str>,
         context: SeenContext<'_>,
-        known: &KnownStates,
         node_id: u32,
     ) -> Result<Vec<StampOutcome>, StoreError> {
         let calls: Vec<_> = per_db
@@ -179,7 +123,7 @@ impl Store {
                     k.push(meta_bucket(*db, key).into_bytes());
                 }
                 let modes: Vec<u8> = keys.iter().map(|(_, seen)| seen.letter()).collect();
-                let mut args = vec![
+                let args = vec![
                     stamp.as_bytes().to_vec(),
                     reship.unwrap_or("").as_bytes().to_vec(),
                     node_suffix(node_id).into_bytes(),
@@ -191,14 +135,6 @@ impl Store {
                         Vec::new()
                     },
                 ];
-                for (m, (key, seen)) in keys.iter().enumerate() {
-                    if *seen == Seen::Live
-                        && let Some(k) = known.get(&(*db, key.clone()))
-                        && let Some(a) = known_args(m + 1, k, stamp)
-                    {
-                        args.extend(a);
-                    }
-                }
                 (*db, Which::Stamp, k, args)
             })
             .collect();
@@ -206,7 +142,7 @@ impl Store {
         per_db
             .iter()
             .zip(replies)
-            .map(|((db, _), reply)| parse_stamp_reply(*db, reply, known))
+            .map(|((db, _), reply)| parse_stamp_reply(*db, reply))
             .collect()
     }
 
@@ -246,13 +182,7 @@ impl Store {
     }
 }
 
-/// Reads the stamp script's reply for database `db`; a change of a known
-/// state (`'k'`) takes that state from `known`.
-pub(super) fn parse_stamp_reply(
-    db: u32,
-    reply: RValue,
-    known: &KnownStates,
-) -> Result<StampOutcome, StoreError> {
+pub(super) fn parse_stamp_reply(db: u32, reply: RValue) -> Result<StampOutcome, StoreError> {
     let bad = |what: &str| StoreError::BadReply(format!("stamp: {what}"));
     let RValue::Array(parts) = reply else {
         return Err(bad("not an array"));
@@ -305,15 +235,6 @@ pub(super) fn parse_stamp_reply(
         let op = f.get(2).and_then(bulk).ok_or_else(|| bad("op"))?;
         let op = match op.as_slice() {
             b"d" => Op::Delete,
-            b"k" => {
-                let k = known
-                    .get(&(db, Bytes::copy_from_slice(&key)))
-                    .ok_or_else(|| bad("a known state the agent did not send"))?;
-                Op::Put {
-                    value: Value::String(ByteBuf::from(k.value.to_vec())),
-                    expire_at_ms: k.expire_at_ms,
-                }
-            }
             b"p" => {
                 let t = f.get(3).and_then(bulk).ok_or_else(|| bad("type"))?;
                 let t = String::from_utf8_lossy(&t).into_owned();

@@ -140,29 +140,22 @@ local function digest_rebuild(bucket)
   return mcall('HGET', DIGESTS, bucket) or ''
 end
 
--- Adds `d` (a number, or its decimal string) to a bucket's digest. A
--- stored digest that is not a number (written by hand, or by an earlier
--- format) is computed again from the records.
-local function digest_add(bucket, d)
-  if type(d) == 'number' then d = string.format('%d', d) end
-  use_db(META_DB)
-  local acc = redis.pcall('HINCRBY', DIGESTS, bucket, d)
-  if type(acc) == 'table' then
-    digest_rebuild(bucket)
-  elseif acc == 0 then
-    mcall('HDEL', DIGESTS, bucket)
-  end
-end
-
 -- The recorded stamp of `key` in `bucket` went from `old` to `new` (nil:
 -- no record), the record itself already written: its bucket's digest
--- follows.
+-- follows. A stored digest that is not a number (written by hand, or by
+-- an earlier format) is computed again from the records.
 local function digest_moved(bucket, key, old, new)
   if old == new then return end
   local d = 0
   if old then d = d - record_hash(key, old) end
   if new then d = d + record_hash(key, new) end
-  digest_add(bucket, d)
+  use_db(META_DB)
+  local acc = redis.pcall('HINCRBY', DIGESTS, bucket, string.format('%d', d))
+  if type(acc) == 'table' then
+    digest_rebuild(bucket)
+  elseif acc == 0 then
+    mcall('HDEL', DIGESTS, bucket)
+  end
 end
 
 local function sorted_pairs(flat)

@@ -28,17 +28,9 @@
 --          local: a key with an expiry found gone in modes 's' and 'c' may
 --          have been evicted while no one watched, and is not deleted in
 --          other regions (they expire it at the same time); '' otherwise
--- ARGV[7..] five per key whose state the agent knows from the replication
---          stream (decision 022; mode 'l' only): its position m (KEYS[2m]),
---          the record it was seen over, the state's digest, its expiry
---          (-1: none) and H(key, ARGV[1]) - H(key, that record's stamp).
---          The state is taken without reading the key when the record is
---          still exactly that one and the expiry has not passed; its
---          change is then { key, stamp, 'k' }: the state the agent knows.
 --
 -- Returns { changes, retry, unsupported, deferred, low }:
---   changes: { key, stamp, 'p', type, expiry, flat }, { key, stamp, 'k' }
---            or { key, stamp, 'd' }
+--   changes: { key, stamp, 'p', type, expiry, flat } or { key, stamp, 'd' }
 --   retry: key, newer stamp, ... for keys whose metadata holds a stamp newer
 --          than ARGV[1] (the agent observes that stamp and tries again)
 --   unsupported: key, reason, ... for keys geosync cannot carry: the type
@@ -50,11 +42,6 @@
 local stamp, reship, me = ARGV[1], ARGV[2], ARGV[3]
 local modes, reached, evictable = ARGV[4] or '', ARGV[5] or '', ARGV[6] == '1'
 local changes, retry, unsupported, deferred, low, evicted = {}, {}, {}, {}, {}, {}
-local known = {}
-for i = 7, #ARGV - 4, 5 do
-  known[tonumber(ARGV[i])] = { rec = ARGV[i + 1], d = ARGV[i + 2], exp = tonumber(ARGV[i + 3]),
-                               delta = ARGV[i + 4] }
-end
 
 -- Recorded by this very call's stamp (an earlier try of it ran but its
 -- reply was lost, and the agent tries again with the same stamp), or by
@@ -87,13 +74,6 @@ local function seen_stamp(rec)
 end
 
 local now = now_ms()
-
--- What is shipped for a key in state `state` with stamp `s`.
-local function change_of(key, s, state)
-  if state.known then return { key, s, 'k' } end
-  return { key, s, 'p', state.t, state.exp, state.flat }
-end
-
 -- Stamps one key (see the header for what goes where), given its record
 -- (false: none) and its state (nil: no key), both read by this script.
 local function stamp_key(key, bucket, mode, raw, state)
@@ -139,23 +119,19 @@ local function stamp_key(key, bucket, mode, raw, state)
     unsupported[#unsupported + 1] = key
     unsupported[#unsupported + 1] = state.reason
   else
-    local d = state.known and state.known.d or digest(state)
+    local d = digest(state)
     if rec ~= nil and rec.flag == 'v' and rec.digest == d and not rewritten then
       -- unchanged since it was last stamped or applied
       if own_unacked(rec) then
-        changes[#changes + 1] = change_of(key, rec.stamp, state)
+        changes[#changes + 1] = { key, rec.stamp, 'p', state.t, state.exp, state.flat }
       end
     elseif (rec ~= nil and rec.stamp > stamp) or at > stamp then
       retry[#retry + 1] = key
       retry[#retry + 1] = (rec ~= nil and rec.stamp > at) and rec.stamp or at
     else
       mcall('HSET', bucket, key, make_record(at, 'v', d, state.exp))
-      if state.known then
-        digest_add(bucket, state.known.delta)
-      else
-        digest_moved(bucket, key, old, at)
-      end
-      changes[#changes + 1] = change_of(key, at, state)
+      digest_moved(bucket, key, old, at)
+      changes[#changes + 1] = { key, at, 'p', state.t, state.exp, state.flat }
       if at ~= stamp then low[#low + 1] = key end
     end
   end
@@ -176,13 +152,7 @@ for m = 1, n do
     upto = m - 1
     break
   end
-  local k = known[m]
-  if k and raws[m] == k.rec and (k.exp < 0 or k.exp > now) then
-    states[m] = { t = 'string', exp = k.exp, known = k }
-    elements_read = elements_read + 1
-  else
-    states[m] = read_state(KEYS[2 * m])
-  end
+  states[m] = read_state(KEYS[2 * m])
 end
 for m = 1, upto do
   stamp_key(KEYS[2 * m], KEYS[2 * m + 1], string.sub(modes, m, m), raws[m], states[m])
