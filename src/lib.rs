@@ -4,6 +4,7 @@
 //! stages a change flows through, in order, and the layers they stand on:
 //!
 //! ```text
+//!            tools/   operator commands: verify, check-config
 //!            lab/     beside the agent, over it: local regions for `geosync lab` and the tests
 //!            agent/   run: settings in, stages wired, resync decisions (supervisor)
 //!  ───────────────────────────────────────────────────────────────────────────────────────
@@ -56,5 +57,6 @@ pub mod ops;
 pub mod source;
 pub mod stamp;
 pub mod store;
+pub mod tools;
 
 pub use agent::{StartError, run};

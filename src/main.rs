@@ -1,9 +1,11 @@
-//! The `geosync` binary: `run` (the agent) and `lab` (local regions to
-//! prove convergence with).
+//! The `geosync` binary: `run` (the agent), `lab` (local regions to
+//! prove convergence with) and the operator commands (`verify`, `check-config`).
 
 use clap::{Parser, Subcommand};
 use geosync::agent::config::{LogFormat, RunArgs};
 use geosync::lab::LabArgs;
+use geosync::tools::check_config::CheckConfigArgs;
+use geosync::tools::verify::VerifyArgs;
 use tokio_util::sync::CancellationToken;
 
 /// The `geosync` command line.
@@ -25,12 +27,20 @@ enum Command {
     /// Start local regions (a Redis and an agent each) and run a
     /// conflict/fault scenario in them; exits 1 when the regions differ.
     Lab(LabArgs),
+    /// Compare the regions' data directly, Redis against Redis; exits 1
+    /// with the differing keys listed.
+    Verify(VerifyArgs),
+    /// Check a configuration (file, flags, environment) as `run` would,
+    /// without starting.
+    CheckConfig(Box<CheckConfigArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args),
         Command::Lab(args) => std::process::exit(geosync::lab::runner::main(args)),
+        Command::Verify(args) => std::process::exit(geosync::tools::verify::main(args)),
+        Command::CheckConfig(args) => std::process::exit(geosync::tools::check_config::main(*args)),
     }
 }
 

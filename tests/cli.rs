@@ -214,3 +214,57 @@ fn tls_settings_from_the_environment_are_checked_at_start() {
     assert!(stderr(&o).contains("over TLS"), "{}", stderr(&o));
     assert!(stderr(&o).contains("ca.pem"), "{}", stderr(&o));
 }
+
+#[test]
+fn check_config_prints_the_checked_settings_and_exits_0() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/geosync.example.toml");
+    let o = geosync(&["check-config", example], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    assert!(out.contains(": OK"), "{out}");
+    assert!(
+        out.contains("http://127.0.0.1:7002, http://127.0.0.1:7003"),
+        "{out}"
+    );
+    // Flags and GEOSYNC_* variables win over the file, as for `run`; a
+    // password is not shown.
+    let o = geosync(
+        &["check-config", example, "--node-id", "7"],
+        &[("GEOSYNC_REDIS", "redis://user:hunter2@10.1.2.3:6379")],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.contains("node-id                     7"), "{out}");
+    assert!(
+        out.contains("10.1.2.3:6379") && !out.contains("hunter2"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_config_names_the_wrong_setting_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("node-idd = 1\n", "unknown field `node-idd`"),
+        (
+            "node-id = 1\npeer-tls-ca = \"/nowhere/ca.pem\"\n",
+            "peer-tls-cert",
+        ),
+        (
+            "node-id = 1\npeer = [\"http://10.0.0.2:7001\"]\n",
+            "peer links have no security",
+        ),
+        ("node-id = 0\n", "node-id"),
+    ];
+    for (i, (body, named)) in cases.iter().enumerate() {
+        let f = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&f, body).unwrap();
+        let o = geosync(&["check-config", f.to_str().unwrap()], &[]);
+        assert_eq!(o.status.code(), Some(2), "{body}");
+        assert!(stderr(&o).contains(named), "{body}: {}", stderr(&o));
+        assert!(o.stdout.is_empty());
+    }
+    let o = geosync(&["check-config", "/nowhere/geosync.toml"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot read /nowhere/geosync.toml"));
+}

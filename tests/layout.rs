@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// name items of its own folder and of the folders after it, never of
 /// the folders before it.
 const LAYERS: &[&str] = &[
-    "lab", "agent", "source", "stamp", "mesh", "apply", "store", "ops", "base",
+    "tools", "lab", "agent", "source", "stamp", "mesh", "apply", "store", "ops", "base",
 ];
 
 /// Every `.rs` file under `dir`.
