@@ -75,10 +75,10 @@ http_status() {
 }
 for i in 0 1 2; do
   for _ in $(seq 1 300); do
-    [[ "$(http_status "$(admin_port $i)" /readyz 2>/dev/null)" == "200" ]] && break
+    [[ "$(http_status "$(admin_port $i)" /readyz/mesh 2>/dev/null)" == "200" ]] && break
     sleep 0.1
   done
-  [[ "$(http_status "$(admin_port $i)" /readyz 2>/dev/null)" == "200" ]] || {
+  [[ "$(http_status "$(admin_port $i)" /readyz/mesh 2>/dev/null)" == "200" ]] || {
     echo "agent $((i + 1)) did not become ready; its log:" >&2
     cat "$work/agent-$i.log" >&2
     exit 1

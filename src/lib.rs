@@ -4,7 +4,7 @@
 //! stages a change flows through, in order, and the layers they stand on:
 //!
 //! ```text
-//!            tools/   operator commands: verify, check-config
+//!            tools/   operator commands: status, verify, check-config
 //!            lab/     beside the agent, over it: local regions for `geosync lab` and the tests
 //!            agent/   run: settings in, stages wired, resync decisions (supervisor)
 //!  ───────────────────────────────────────────────────────────────────────────────────────

@@ -1,10 +1,11 @@
 //! The `geosync` binary: `run` (the agent), `lab` (local regions to
-//! prove convergence with) and the operator commands (`verify`, `check-config`).
+//! prove convergence with) and the operator commands (`status`, `verify`, `check-config`).
 
 use clap::{Parser, Subcommand};
 use geosync::agent::config::{LogFormat, RunArgs};
 use geosync::lab::LabArgs;
 use geosync::tools::check_config::CheckConfigArgs;
+use geosync::tools::status::StatusArgs;
 use geosync::tools::verify::VerifyArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +34,9 @@ enum Command {
     /// Check a configuration (file, flags, environment) as `run` would,
     /// without starting.
     CheckConfig(Box<CheckConfigArgs>),
+    /// One agent's view of its region and peers, from its admin address;
+    /// exits 1 when unhealthy.
+    Status(StatusArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(*args),
         Command::Lab(args) => std::process::exit(geosync::lab::runner::main(args)),
         Command::Verify(args) => std::process::exit(geosync::tools::verify::main(args)),
+        Command::Status(args) => std::process::exit(geosync::tools::status::main(args)),
         Command::CheckConfig(args) => std::process::exit(geosync::tools::check_config::main(*args)),
     }
 }

@@ -96,7 +96,7 @@ pub struct RunArgs {
     #[arg(long = "peer", env = "GEOSYNC_PEERS", value_delimiter = ',')]
     #[serde(rename = "peer", alias = "peers")]
     pub peers: Vec<String>,
-    /// Address of the admin HTTP server (/healthz, /readyz, /metrics).
+    /// Address of the admin HTTP server (/healthz, /readyz, /readyz/mesh, /metrics).
     #[arg(long, env = "GEOSYNC_ADMIN")]
     pub admin: Option<String>,
     /// Directory for the agent's own files.

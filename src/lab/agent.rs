@@ -146,8 +146,8 @@ impl Agent {
         http_get(self.admin, path)
     }
 
-    /// True once `/readyz` answers 200. Panics with the log if the process
-    /// has exited.
+    /// True once `/readyz/mesh` answers 200 (synced with its Redis, every
+    /// peer reached). Panics with the log if the process has exited.
     pub fn is_ready(&mut self) -> bool {
         if let Some(c) = self.child.as_mut()
             && let Ok(Some(status)) = c.try_wait()
@@ -158,7 +158,7 @@ impl Agent {
                 self.log_text()
             );
         }
-        matches!(self.get("/readyz"), Some((200, _)))
+        matches!(self.get("/readyz/mesh"), Some((200, _)))
     }
 
     /// True while the process runs.

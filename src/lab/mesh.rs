@@ -259,7 +259,7 @@ impl Mesh {
             })
     }
 
-    /// Waits until every running agent's `/readyz` is 200.
+    /// Waits until every running agent's `/readyz/mesh` is 200.
     pub fn wait_ready(&mut self) {
         for r in &mut self.regions {
             if !r.agent.is_running() {

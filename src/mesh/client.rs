@@ -130,7 +130,7 @@ pub async fn run(
 
 /// Who is told when a session reached its peer.
 struct Told<'a> {
-    /// `/readyz`: the peer was reached once.
+    /// `/readyz/mesh`: the peer was reached once.
     ready: &'a Readiness,
     /// Anti-entropy: a reconnect starts a round with the peer.
     links: &'a PeerLinks,

@@ -19,6 +19,7 @@ use tracing::warn;
 
 use super::wire::encode_for_peers;
 use crate::base::change::Change;
+use crate::base::hlc;
 use crate::ops::metrics::Metrics;
 
 /// One stamped batch, encoded once and shared by every peer's sender.
@@ -514,6 +515,12 @@ impl Outbox {
                 if let Some(stamp) = stamp {
                     let slot = inner.acked_stamps.entry(peer.to_string()).or_default();
                     if stamp > *slot {
+                        if let Ok(ts) = hlc::decode(stamp.as_bytes()) {
+                            self.metrics
+                                .peer_acked_stamp
+                                .get_or_create(&Metrics::peer(peer))
+                                .set(hlc::unix_millis(&ts) as f64 / 1000.0);
+                        }
                         *slot = stamp;
                     }
                 }

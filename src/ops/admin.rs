@@ -1,4 +1,4 @@
-//! The admin HTTP server: `/healthz`, `/readyz`, `/metrics`.
+//! The admin HTTP server: `/healthz`, `/readyz`, `/readyz/mesh`, `/metrics`.
 
 use std::sync::Arc;
 
@@ -29,6 +29,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/readyz/mesh", get(readyz_mesh))
         .route("/metrics", get(metrics_text))
         .with_state(AdminState { metrics, ready });
     axum::serve(listener, app)
@@ -37,7 +38,15 @@ pub async fn serve(
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    match s.ready.missing() {
+    answer(s.ready.missing())
+}
+
+async fn readyz_mesh(State(s): State<AdminState>) -> impl IntoResponse {
+    answer(s.ready.mesh_missing())
+}
+
+fn answer(missing: Option<String>) -> impl IntoResponse {
+    match missing {
         None => (StatusCode::OK, "ready\n".to_string()),
         Some(m) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -94,6 +94,9 @@ pub struct Metrics {
     pub peer_lag_batches: Family<PeerLabel, Gauge>,
     /// Age in milliseconds of the oldest batch the peer has not acknowledged.
     pub peer_lag_ms: Family<PeerLabel, Gauge>,
+    /// Unix time, read from its stamp, of the newest change the peer has
+    /// acknowledged (every older one of ours it has too).
+    pub peer_acked_stamp: Family<PeerLabel, Gauge<f64, AtomicU64>>,
     /// Incoming batches refused, by reason (clock skew, malformed, ...).
     pub batches_refused: Family<ReasonLabel, Counter>,
     /// Connections and calls from peers refused before any batch, by reason
@@ -281,6 +284,11 @@ impl Metrics {
             "peer_lag_ms",
             "Age of the oldest unacknowledged batch",
             Declared(m.peer_lag_ms.clone()),
+        );
+        r.register(
+            "peer_acked_stamp_timestamp_seconds",
+            "Unix time, from its stamp, of the newest change the peer acknowledged",
+            Declared(m.peer_acked_stamp.clone()),
         );
         r.register(
             "batches_refused",

@@ -1,11 +1,13 @@
-//! Readiness: what `/readyz` reports.
+//! Readiness: what `/readyz` (this region's side) and `/readyz/mesh`
+//! (every peer reached too) report.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Ready once the first snapshot has been stamped and every peer has been
-/// reached once.
+/// Ready once the first snapshot has been stamped (`/readyz`: a sidecar
+/// is ready when its own side is synced, whatever remote regions do); the
+/// mesh view adds every peer reached once (`/readyz/mesh`).
 pub struct Readiness {
     snapshot: AtomicBool,
     snapshot_watch: tokio::sync::watch::Sender<bool>,
@@ -44,12 +46,17 @@ impl Readiness {
             .insert(peer.to_string());
     }
 
-    /// `None` when ready, else what is still missing.
+    /// `None` when this region's side is ready (the first sync with the
+    /// local Redis stamped), else what is still missing.
     pub fn missing(&self) -> Option<String> {
-        let mut missing = Vec::new();
-        if !self.snapshot.load(Ordering::SeqCst) {
-            missing.push("initial sync with the local redis".to_string());
-        }
+        (!self.snapshot.load(Ordering::SeqCst))
+            .then(|| "initial sync with the local redis".to_string())
+    }
+
+    /// `None` when ready and every peer has been reached once, else what
+    /// is still missing.
+    pub fn mesh_missing(&self) -> Option<String> {
+        let mut missing: Vec<String> = self.missing().into_iter().collect();
         let reached = self.reached.lock().expect("readiness lock");
         for p in &self.peers {
             if !reached.contains(p) {
@@ -65,13 +72,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_needs_snapshot_and_every_peer() {
+    fn ready_needs_the_snapshot_and_the_mesh_view_every_peer() {
         let r = Readiness::new(&["http://a".into(), "http://b".into()]);
         assert!(r.missing().unwrap().contains("initial sync"));
+        assert!(r.mesh_missing().unwrap().contains("initial sync"));
         r.snapshot_done();
-        r.peer_reached("http://a");
-        assert_eq!(r.missing().unwrap(), "peer http://b");
-        r.peer_reached("http://b");
         assert_eq!(r.missing(), None);
+        r.peer_reached("http://a");
+        assert_eq!(r.mesh_missing().unwrap(), "peer http://b");
+        r.peer_reached("http://b");
+        assert_eq!(r.mesh_missing(), None);
     }
 }
