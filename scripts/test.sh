@@ -2,11 +2,29 @@
 # Runs geosync's whole test suite: unit tests, integration tests against
 # real servers and agents (on Debian's Redis 7.0, then again on Valkey 8.1
 # and Redis 8.2, with the key-spec unit tests that check the tables against
-# the live server), and doc tests.
+# the live server), doc tests, and the compose test (deploy/compose-test.sh:
+# the Docker image and the three-region compose file started for real,
+# through a partition and container kills).
+#
+#   GEOSYNC_SKIP_COMPOSE=1  leave the compose test out (no Docker engine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
 servers=$(bash scripts/servers.sh)
+
+# The compose test needs base images (deploy/base-images.sh: debootstrap,
+# minutes of downloading); they are made in the background meanwhile.
+compose=1
+[[ ${GEOSYNC_SKIP_COMPOSE:-0} == 1 ]] && compose=0
+base_log=$(mktemp)
+if ((compose)); then
+  if ! docker info >/dev/null 2>&1; then
+    echo "no Docker engine answers (docker info): the compose test cannot run; GEOSYNC_SKIP_COMPOSE=1 leaves it out" >&2
+    exit 1
+  fi
+  bash deploy/base-images.sh >"$base_log" 2>&1 &
+  base_pid=$!
+fi
 
 run() { # extra nextest/cargo-test arguments...
   if cargo nextest --version >/dev/null 2>&1; then
@@ -21,7 +39,7 @@ run() { # extra nextest/cargo-test arguments...
 # skipped (tests/support/feature.rs), and the run fails below when one was
 # skipped on every server.
 feature_log=$(mktemp -d)
-trap 'rm -rf "$feature_log"' EXIT
+trap 'rm -rf "$feature_log" "$base_log"' EXIT
 export GEOSYNC_TEST_FEATURE_LOG=$feature_log
 
 status=0
@@ -43,4 +61,16 @@ echo "==> doc tests"
 cargo test --workspace --doc || status=1
 
 bash scripts/feature-check.sh "$feature_log" || status=1
+
+if ((compose)); then
+  echo "==> compose test (deploy/compose-test.sh)"
+  if wait "$base_pid"; then
+    # The dev profile: the image builds in a fraction of the release time.
+    GEOSYNC_BUILD_PROFILE=dev bash deploy/compose-test.sh || status=1
+  else
+    cat "$base_log" >&2
+    echo "deploy/base-images.sh failed: the compose test did not run" >&2
+    status=1
+  fi
+fi
 exit $status

@@ -39,6 +39,9 @@ pub struct Frontier {
     followed: watch::Receiver<Option<Position>>,
     /// Per peer address, its last reported delivered stamp and when.
     reported: Mutex<HashMap<String, (String, Instant)>>,
+    /// When this agent started: a peer not heard from yet has been silent
+    /// since then.
+    started: Instant,
 }
 
 impl Frontier {
@@ -54,6 +57,7 @@ impl Frontier {
             peers: peers.to_vec(),
             followed,
             reported: Mutex::new(HashMap::new()),
+            started: Instant::now(),
         }
     }
 
@@ -136,11 +140,15 @@ impl Frontier {
         Some(least)
     }
 
-    /// Peers that have not reported for longer than `horizon` (or never).
+    /// Peers that have not reported for longer than `horizon` (one that
+    /// never reported: since this agent started).
     fn silent_in(&self, r: &HashMap<String, (String, Instant)>, horizon: Duration) -> Vec<String> {
         self.peers
             .iter()
-            .filter(|p| r.get(*p).is_none_or(|(_, at)| at.elapsed() > horizon))
+            .filter(|p| {
+                let since = r.get(*p).map_or(self.started, |(_, at)| *at);
+                since.elapsed() > horizon
+            })
             .cloned()
             .collect()
     }
@@ -236,5 +244,28 @@ impl Collector {
             kept += k;
         }
         Ok((dropped, kept))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frontier(peers: &[String]) -> Frontier {
+        let metrics = Arc::new(Metrics::new());
+        let outbox = Arc::new(Outbox::new(peers, 16, 1 << 20, HashMap::new(), metrics));
+        Frontier::new(outbox, peers, watch::channel(None).1)
+    }
+
+    /// A peer that has not reported yet is not "silent for longer than the
+    /// horizon" until this agent has run that long itself.
+    #[test]
+    fn a_peer_not_heard_from_yet_is_silent_only_once_the_horizon_passed() {
+        let peers = vec!["https://b:7001".to_string()];
+        let f = frontier(&peers);
+        assert!(f.view(Duration::from_secs(3600)).1.is_empty());
+        assert_eq!(f.view(Duration::ZERO).1, peers);
+        f.reported(&peers[0], "0001".into());
+        assert!(f.view(Duration::from_secs(3600)).1.is_empty());
     }
 }
