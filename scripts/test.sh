@@ -2,7 +2,8 @@
 # Runs geosync's whole test suite: unit tests, integration tests against
 # real servers and agents (on Debian's Redis 7.0, then again on Valkey 8.1
 # and Redis 8.2, with the key-spec unit tests that check the tables against
-# the live server), doc tests, the Kubernetes manifests validated offline
+# the live server), doc tests, the alert rules' promtool tests, the
+# Kubernetes manifests validated offline
 # (deploy/k8s/validate.sh), and the compose test (deploy/compose-test.sh:
 # the Docker image and the three-region compose file started for real,
 # through a partition and container kills).
@@ -62,6 +63,9 @@ echo "==> doc tests"
 cargo test --workspace --doc || status=1
 
 bash scripts/feature-check.sh "$feature_log" || status=1
+
+echo "==> alert rules (promtool test rules)"
+promtool test rules deploy/prometheus/alerts.test.yml || status=1
 
 echo "==> Kubernetes manifests (deploy/k8s/validate.sh)"
 bash deploy/k8s/validate.sh || status=1

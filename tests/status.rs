@@ -57,6 +57,11 @@ fn status_names_each_peer_and_exits_1_when_one_is_down() {
         Duration::from_secs(30),
         || status(&[&admin]).status.code() == Some(1),
     );
+    // A write now waits in the outbox for the peer that is down.
+    let _: () = redis::cmd("SET").arg("k2").arg("v").exec(&mut c).unwrap();
+    wait_until("the outbox holds it", Duration::from_secs(30), || {
+        json()["outbox_batches"].as_u64() >= Some(1)
+    });
     let s = json();
     let down: Vec<&str> = s["peers"]
         .as_array()

@@ -302,6 +302,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         too_large_logged: Default::default(),
     };
     tracker.spawn(stamper.run(tail_rx, intake.clone()));
+    // The lag gauges age while nothing is stamped or acknowledged (a peer
+    // that went away keeps lagging more).
+    {
+        let outbox = outbox.clone();
+        let token = token.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => outbox.update_lag(),
+                    _ = token.cancelled() => return,
+                }
+            }
+        });
+    }
 
     // Outbox → peers.
     let me = mesh::client::Identity {

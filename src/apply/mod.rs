@@ -52,7 +52,10 @@ pub async fn run(
         let Some(job) = job else { return };
         let mut backoff = Backoff::new();
         let result = loop {
-            match store.apply(&job.changes).await {
+            let started = std::time::Instant::now();
+            let applied = store.apply(&job.changes).await;
+            metrics.apply_script_seconds.observe(started.elapsed());
+            match applied {
                 Ok(o) => break Ok(o),
                 Err(e) if e.is_retryable() => {
                     e.count("apply", &metrics);

@@ -294,7 +294,7 @@ fn is_declared(body: &str, name: &str) -> bool {
             let suffix = name.strip_prefix(family);
             match kind.trim() {
                 "counter" => suffix == Some("_total"),
-                "histogram" => matches!(suffix, Some("_bucket" | "_sum" | "_count")),
+                "histogram" => matches!(suffix, Some("" | "_bucket" | "_sum" | "_count")),
                 "info" => suffix == Some("_info"),
                 _ => suffix == Some(""),
             }

@@ -244,6 +244,10 @@ async fn session(
                 .changes_shipped
                 .get_or_create(&label)
                 .inc_by(batch.count as u64);
+            metrics
+                .peer_sent_bytes
+                .get_or_create(&label)
+                .inc_by(batch.payload.len() as u64);
             sent = batch.seq;
             *sent_high = (*sent_high).max(sent);
         }
@@ -304,6 +308,10 @@ async fn catch_up(
         let max = max_payload(me.max_message);
         for (payload, range) in encode_for_peers(&changes, max, metrics, "catch-up") {
             let count = range.len() as u32;
+            metrics
+                .peer_sent_bytes
+                .get_or_create(&label)
+                .inc_by(payload.len() as u64);
             let msg = OriginMessage {
                 kind: Some(origin_message::Kind::Batch(Batch {
                     seq: 0,

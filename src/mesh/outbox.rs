@@ -589,10 +589,11 @@ impl Outbox {
                 .batches
                 .iter()
                 .find(|b| b.seq > *acked)
-                .map(|b| b.created.elapsed().as_millis() as i64)
-                .unwrap_or(0);
-            self.metrics.peer_lag_ms.get_or_create(&label).set(age);
+                .map(|b| b.created.elapsed().as_secs_f64())
+                .unwrap_or(0.0);
+            self.metrics.peer_lag_seconds.get_or_create(&label).set(age);
         }
+        self.metrics.outbox_bytes.set(inner.bytes as i64);
     }
 }
 

@@ -638,6 +638,10 @@ impl Replication for Receiver {
                         let _ = tx.send(Ok(ack(seq))).await;
                         continue;
                     }
+                    metrics
+                        .peer_received_bytes
+                        .get_or_create(&label)
+                        .inc_by(batch.changes.len() as u64);
                     let changes = match check_batch(&batch.changes, origin, databases, &clock) {
                         Ok(c) => c,
                         Err(r) => {
@@ -652,6 +656,11 @@ impl Replication for Receiver {
                             break format!("refused batch {seq}");
                         }
                     };
+                    let stamped: Vec<u64> = changes
+                        .iter()
+                        .filter_map(|c| hlc::decode(c.stamp.as_bytes()).ok())
+                        .map(|t| hlc::unix_millis(&t))
+                        .collect();
                     let (done_tx, done_rx) = oneshot::channel();
                     if apply
                         .send(ApplyJob {
@@ -665,6 +674,15 @@ impl Replication for Receiver {
                     }
                     match done_rx.await {
                         Ok(Ok(outcome)) => {
+                            {
+                                let now = hlc::unix_millis(&clock.new_timestamp());
+                                let delay = metrics.apply_delay_seconds.get_or_create(&label);
+                                for at in &stamped {
+                                    delay.observe(std::time::Duration::from_millis(
+                                        now.saturating_sub(*at),
+                                    ));
+                                }
+                            }
                             metrics
                                 .changes_applied
                                 .get_or_create(&label)

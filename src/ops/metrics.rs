@@ -5,9 +5,12 @@
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::TypedMetric;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
@@ -59,6 +62,38 @@ impl<M: EncodeMetric> EncodeMetric for Declared<M> {
     }
 }
 
+/// A histogram of durations in seconds, with buckets from 100 µs doubling
+/// to about 52 s (a script's time, a change's delay).
+#[derive(Clone, Debug)]
+pub struct Seconds(Histogram);
+
+impl Default for Seconds {
+    fn default() -> Self {
+        Seconds(Histogram::new(exponential_buckets(0.0001, 2.0, 20)))
+    }
+}
+
+impl Seconds {
+    /// Records one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        self.0.observe(d.as_secs_f64());
+    }
+}
+
+impl TypedMetric for Seconds {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Seconds {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// Every metric the agent keeps.
 #[derive(Default)]
 pub struct Metrics {
@@ -92,8 +127,23 @@ pub struct Metrics {
     pub peer_connected: Family<PeerLabel, Gauge>,
     /// Batches stamped here but not yet acknowledged by the peer.
     pub peer_lag_batches: Family<PeerLabel, Gauge>,
-    /// Age in milliseconds of the oldest batch the peer has not acknowledged.
-    pub peer_lag_ms: Family<PeerLabel, Gauge>,
+    /// Age in seconds of the oldest batch the peer has not acknowledged
+    /// (refreshed every second, so it grows while the peer is away).
+    pub peer_lag_seconds: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    /// Bytes of batches sent to each peer (stream and catch-ups).
+    pub peer_sent_bytes: Family<PeerLabel, Counter>,
+    /// Bytes of batches received from each origin.
+    pub peer_received_bytes: Family<PeerLabel, Counter>,
+    /// Time Redis spent in each stamp script call.
+    pub stamp_script_seconds: Seconds,
+    /// Time Redis spent in each apply script call.
+    pub apply_script_seconds: Seconds,
+    /// From a change's stamp to its apply here, per origin.
+    pub apply_delay_seconds: Family<PeerLabel, Seconds>,
+    /// The replication link to the local Redis is up (1) or not (0).
+    pub redis_link_up: Gauge,
+    /// Bytes of encoded changes in the outbox.
+    pub outbox_bytes: Gauge,
     /// Unix time, read from its stamp, of the newest change the peer has
     /// acknowledged (every older one of ours it has too).
     pub peer_acked_stamp: Family<PeerLabel, Gauge<f64, AtomicU64>>,
@@ -281,9 +331,52 @@ impl Metrics {
             Declared(m.peer_lag_batches.clone()),
         );
         r.register(
-            "peer_lag_ms",
-            "Age of the oldest unacknowledged batch",
-            Declared(m.peer_lag_ms.clone()),
+            "peer_lag_seconds",
+            "Age of the oldest batch the peer has not acknowledged",
+            Declared(m.peer_lag_seconds.clone()),
+        );
+        r.register(
+            "peer_sent_bytes",
+            "Bytes of batches sent to the peer",
+            Declared(m.peer_sent_bytes.clone()),
+        );
+        r.register(
+            "peer_received_bytes",
+            "Bytes of batches received from the peer",
+            Declared(m.peer_received_bytes.clone()),
+        );
+        r.register(
+            "stamp_script_seconds",
+            "Time Redis spent in each stamp script call (Redis serves nothing else meanwhile)",
+            m.stamp_script_seconds.clone(),
+        );
+        r.register(
+            "apply_script_seconds",
+            "Time Redis spent in each apply script call (Redis serves nothing else meanwhile)",
+            m.apply_script_seconds.clone(),
+        );
+        r.register(
+            "apply_delay_seconds",
+            "From a change's stamp at its origin to its apply here",
+            Declared(m.apply_delay_seconds.clone()),
+        );
+        r.register(
+            "redis_link_up",
+            "The replication link to the local Redis is up",
+            m.redis_link_up.clone(),
+        );
+        r.register(
+            "outbox_bytes",
+            "Bytes of encoded changes in the outbox",
+            m.outbox_bytes.clone(),
+        );
+        r.register(
+            "build",
+            "The agent's version",
+            Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
         );
         r.register(
             "peer_acked_stamp_timestamp_seconds",

@@ -156,6 +156,7 @@ pub async fn run(
             Ok(()) => warn!("replication session ended"),
         }
         metrics.replication_sessions_ended.inc();
+        metrics.redis_link_up.set(0);
         if started.elapsed() > Duration::from_secs(30) {
             backoff.reset(Duration::from_millis(100));
         }

@@ -41,6 +41,7 @@ pub(super) async fn session(
     let outlet = Outlet::for_session(cfg.evictions, &client, &mut side, cfg.databases).await?;
     let mut link = Link::connect(&client, cfg.locator.tls()).await?;
     handshake(cfg.announce_port, &client, &mut link).await?;
+    metrics.redis_link_up.set(1);
     // Continue from the recorded position when there is one.
     let resume = crate::base::position::load(&cfg.data_dir);
     match &resume {

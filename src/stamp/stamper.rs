@@ -401,7 +401,8 @@ impl Stamper {
         let enc = hlc::encode(&ts);
         let mut backoff = Backoff::new();
         let outcomes = loop {
-            match self
+            let started = std::time::Instant::now();
+            let result = self
                 .store
                 .stamp_seen(
                     &per_db,
@@ -413,8 +414,9 @@ impl Stamper {
                     },
                     self.node_id,
                 )
-                .await
-            {
+                .await;
+            self.metrics.stamp_script_seconds.observe(started.elapsed());
+            match result {
                 Ok(o) => break o,
                 Err(e) if e.is_retryable() => {
                     e.count("stamp", &self.metrics);

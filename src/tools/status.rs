@@ -59,6 +59,8 @@ pub struct Status {
     pub waiting_for: Option<String>,
     /// Batches in the outbox (kept until every peer acknowledged them).
     pub outbox_batches: u64,
+    /// Their encoded size in bytes.
+    pub outbox_bytes: u64,
     /// Every configured peer.
     pub peers: Vec<PeerStatus>,
     /// Unix time (s) the status was read.
@@ -154,9 +156,9 @@ pub fn status_from(
             p.lag_batches = v as u64;
         }
     }
-    for (peer, v) in per_peer("geosync_peer_lag_ms") {
+    for (peer, v) in per_peer("geosync_peer_lag_seconds") {
         if let Some(p) = peers.iter_mut().find(|p| p.peer == peer) {
-            p.lag_ms = v as u64;
+            p.lag_ms = (v * 1000.0) as u64;
         }
     }
     for (peer, v) in per_peer("geosync_peer_acked_stamp_timestamp_seconds") {
@@ -169,9 +171,9 @@ pub fn status_from(
             p.last_clean_anti_entropy = (v > 0.0).then_some(v);
         }
     }
-    let outbox_batches = samples(metrics, "geosync_outbox_len")
-        .first()
-        .map_or(0, |(_, v)| *v as u64);
+    let gauge = |name: &str| samples(metrics, name).first().map_or(0, |(_, v)| *v as u64);
+    let outbox_batches = gauge("geosync_outbox_batches");
+    let outbox_bytes = gauge("geosync_outbox_bytes");
     let mut problems = Vec::new();
     if !ready {
         problems.push("not ready: the local side is not synced yet".to_string());
@@ -192,6 +194,7 @@ pub fn status_from(
         ready,
         waiting_for: mesh_missing,
         outbox_batches,
+        outbox_bytes,
         peers,
         read_at: now,
         problems,
@@ -208,14 +211,15 @@ fn ago(now: f64, at: Option<f64>) -> String {
 /// The status as a table for a person.
 pub fn table(s: &Status) -> String {
     let mut out = format!(
-        "agent {}: {}\noutbox: {} batches\n",
+        "agent {}: {}\noutbox: {} batches, {} bytes\n",
         s.agent,
         if s.ready {
             "ready (local side synced)"
         } else {
             "NOT READY"
         },
-        s.outbox_batches
+        s.outbox_batches,
+        s.outbox_bytes
     );
     let rows: Vec<[String; 6]> = std::iter::once([
         "PEER".to_string(),
@@ -317,16 +321,17 @@ mod tests {
 geosync_peer_connected{peer=\"https://b:7001\"} 1
 geosync_peer_connected{peer=\"https://c:7001\"} 0
 geosync_peer_lag_batches{peer=\"https://b:7001\"} 2
-geosync_peer_lag_ms{peer=\"https://b:7001\"} 70000
+geosync_peer_lag_seconds{peer=\"https://b:7001\"} 70
 geosync_peer_acked_stamp_timestamp_seconds{peer=\"https://b:7001\"} 990.5
 geosync_anti_entropy_last_clean_round_timestamp_seconds{peer=\"https://c:7001\"} 900
-geosync_outbox_len 7
+geosync_outbox_batches 7
+geosync_outbox_bytes 7000
 ";
 
     #[test]
     fn peers_and_problems_are_read_from_the_metrics() {
         let s = status_from("http://a", true, None, BODY, 60_000, 1000.0);
-        assert_eq!(s.outbox_batches, 7);
+        assert_eq!((s.outbox_batches, s.outbox_bytes), (7, 7000));
         assert_eq!(
             s.peers[0],
             PeerStatus {
@@ -358,7 +363,7 @@ geosync_outbox_len 7
 
     #[test]
     fn a_ready_agent_with_connected_peers_is_healthy() {
-        let body = "geosync_peer_connected{peer=\"x\"} 1\ngeosync_outbox_len 0\n";
+        let body = "geosync_peer_connected{peer=\"x\"} 1\ngeosync_outbox_batches 0\n";
         let s = status_from("http://a", true, None, body, 60_000, 0.0);
         assert!(s.problems.is_empty());
         assert!(table(&s).ends_with("healthy\n"));
