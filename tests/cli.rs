@@ -255,6 +255,12 @@ fn check_config_names_the_wrong_setting_and_exits_2() {
             "peer links have no security",
         ),
         ("node-id = 0\n", "node-id"),
+        (
+            "node-id = 1\ninclude-db = [1]\nexclude-db = [1]\n",
+            "`exclude-db`: database 1 is both included",
+        ),
+        ("node-id = 1\ninclude-db = [15]\n", "15 is --metadata-db"),
+        ("node-id = 1\nexclude-keys = [\"\"]\n", "`exclude-keys`"),
     ];
     for (i, (body, named)) in cases.iter().enumerate() {
         let f = dir.path().join(format!("c{i}.toml"));

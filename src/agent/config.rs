@@ -172,6 +172,39 @@ pub struct RunArgs {
     /// Log format: text or json.
     #[arg(long, env = "GEOSYNC_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Replicate only keys matching one of these Redis glob patterns
+    /// (repeat; default: every key). The same in every region.
+    #[arg(
+        long = "include-keys",
+        env = "GEOSYNC_INCLUDE_KEYS",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "include-keys")]
+    pub include_keys: Vec<String>,
+    /// Keep keys matching any of these patterns in their region (repeat).
+    #[arg(
+        long = "exclude-keys",
+        env = "GEOSYNC_EXCLUDE_KEYS",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "exclude-keys")]
+    pub exclude_keys: Vec<String>,
+    /// Replicate only these databases (repeat; default: every one).
+    #[arg(
+        long = "include-db",
+        env = "GEOSYNC_INCLUDE_DBS",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "include-db")]
+    pub include_dbs: Vec<u32>,
+    /// Keep these databases in their region (repeat).
+    #[arg(
+        long = "exclude-db",
+        env = "GEOSYNC_EXCLUDE_DBS",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "exclude-db")]
+    pub exclude_dbs: Vec<u32>,
 }
 
 /// A setting that stops the start, naming the setting.
@@ -302,6 +335,8 @@ pub struct Config {
     pub ack_after: crate::base::durable::AckAfter,
     /// Log format.
     pub log_format: LogFormat,
+    /// Which keys travel between regions.
+    pub key_filter: crate::base::filter::KeyFilter,
 }
 
 impl RunArgs {
@@ -367,8 +402,17 @@ impl RunArgs {
             ack_after: self.ack_after.or(other.ack_after),
             spool_disk_mb: self.spool_disk_mb.or(other.spool_disk_mb),
             log_format: self.log_format.or(other.log_format),
+            include_keys: first_given(self.include_keys, other.include_keys),
+            exclude_keys: first_given(self.exclude_keys, other.exclude_keys),
+            include_dbs: first_given(self.include_dbs, other.include_dbs),
+            exclude_dbs: first_given(self.exclude_dbs, other.exclude_dbs),
         }
     }
+}
+
+/// A list setting: the first one given (flags and environment over the file).
+fn first_given<T>(mine: Vec<T>, other: Vec<T>) -> Vec<T> {
+    if mine.is_empty() { other } else { mine }
 }
 
 fn load_file(path: &Path) -> Result<RunArgs, ConfigError> {
@@ -627,6 +671,19 @@ impl Config {
             Some(a) => a.parse().map_err(|e| bad("ack-after", e))?,
             None => crate::base::durable::AckAfter::default(),
         };
+        let key_filter = crate::base::filter::KeyFilter::new(
+            &u.include_keys,
+            &u.exclude_keys,
+            &u.include_dbs,
+            &u.exclude_dbs,
+        )
+        .map_err(|(setting, e)| bad(setting, e))?;
+        if key_filter.admits_db(metadata_db) && !u.include_dbs.is_empty() {
+            return Err(bad(
+                "include-db",
+                format!("{metadata_db} is --metadata-db, which is never replicated"),
+            ));
+        }
         let log_format = match u.log_format.as_deref().unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -661,6 +718,7 @@ impl Config {
             evictions,
             ack_after,
             log_format,
+            key_filter,
         })
     }
 }

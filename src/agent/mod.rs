@@ -292,6 +292,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         databases,
         node_id: config.node_id,
         peers: config.peers.clone(),
+        key_filter: config.key_filter.clone(),
         reship: None,
         reshipped_large: Default::default(),
         snapshots_done: false,
@@ -327,6 +328,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         session: rand::random(),
         auth: config.peer_auth.clone(),
         max_message: config.peer_max_message,
+        key_filter: config.key_filter.fingerprint(),
     };
     // What the links with peers tell anti-entropy (reconnects, deliveries).
     let links = Arc::new(mesh::repair::PeerLinks::new(&config.peers));
@@ -405,7 +407,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     .with_tls(config.peer_auth.tls().map(|t| t.mode))
     .with_max_message(config.peer_max_message)
     .with_links(links)
-    .with_frontier(frontier);
+    .with_frontier(frontier)
+    .with_key_filter(config.key_filter.clone());
     let service = mesh::pb::replication_server::ReplicationServer::new(receiver)
         .max_decoding_message_size(config.peer_max_message)
         .max_encoding_message_size(config.peer_max_message);

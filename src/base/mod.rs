@@ -7,6 +7,7 @@ pub mod change;
 pub mod check;
 pub mod durable;
 pub mod event;
+pub mod filter;
 pub mod hlc;
 pub mod position;
 pub mod setting;

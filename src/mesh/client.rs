@@ -41,6 +41,8 @@ pub struct Identity {
     pub auth: PeerAuth,
     /// The largest message a peer accepts (`--peer-max-message-mb`).
     pub max_message: usize,
+    /// The key filters' fingerprint (the same in every region).
+    pub key_filter: String,
 }
 
 /// Why a session with a peer ended.
@@ -167,6 +169,7 @@ async fn session(
             databases: me.databases,
             max_key_elements: crate::store::max_key_elements(),
             metadata_db: Some(crate::store::metadata_db()),
+            key_filter: Some(me.key_filter.clone()),
         })),
     };
     if tx.send(hello).await.is_err() {

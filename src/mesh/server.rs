@@ -53,6 +53,8 @@ pub struct Receiver {
     links: Arc<super::repair::PeerLinks>,
     /// What this node delivered, told to peers in `Digests` replies.
     frontier: Option<Arc<super::frontier::Frontier>>,
+    /// Which keys travel (the same in every region).
+    key_filter: crate::base::filter::KeyFilter,
 }
 
 /// Most `Snapshot` streams served at once; more are refused (busy) and the
@@ -85,7 +87,15 @@ impl Receiver {
             max_message: super::wire::DEFAULT_MAX_MESSAGE_BYTES,
             links: Arc::default(),
             frontier: None,
+            key_filter: Default::default(),
         }
+    }
+
+    /// Origins must state the same key filters; a change of a key they
+    /// keep local is not applied.
+    pub fn with_key_filter(mut self, filter: crate::base::filter::KeyFilter) -> Self {
+        self.key_filter = filter;
+        self
     }
 
     /// Origins' streams are reported to `links` (anti-entropy's reconnect
@@ -543,6 +553,24 @@ impl Replication for Receiver {
         ) {
             return Err(self.refuse(conn.as_ref(), "settings", status));
         }
+        if let Some(theirs) = &hello.key_filter
+            && *theirs != self.key_filter.fingerprint()
+        {
+            let shown = |f: &str| {
+                if f.is_empty() {
+                    "none".to_string()
+                } else {
+                    f.to_string()
+                }
+            };
+            let status = Status::failed_precondition(format!(
+                "settings differ: node {} replicates with key filters {}, this region with {}; use the same --include-keys, --exclude-keys, --include-db and --exclude-db in every region",
+                hello.node_id,
+                shown(theirs),
+                shown(&self.key_filter.fingerprint())
+            ));
+            return Err(self.refuse(conn.as_ref(), "settings", status));
+        }
         if hello.node_id == self.node_id {
             error!(
                 node_id = hello.node_id,
@@ -599,6 +627,7 @@ impl Replication for Receiver {
         let session = hello.session;
         let refusals = self.refusals.clone();
         let links = self.links.clone();
+        let filter = self.key_filter.clone();
         tokio::spawn(
             async move {
                 let label = Metrics::peer(&origin.to_string());
@@ -642,7 +671,7 @@ impl Replication for Receiver {
                         .peer_received_bytes
                         .get_or_create(&label)
                         .inc_by(batch.changes.len() as u64);
-                    let changes = match check_batch(&batch.changes, origin, databases, &clock) {
+                    let mut changes = match check_batch(&batch.changes, origin, databases, &clock) {
                         Ok(c) => c,
                         Err(r) => {
                             metrics
@@ -656,6 +685,22 @@ impl Replication for Receiver {
                             break format!("refused batch {seq}");
                         }
                     };
+                    // The origin stated the same filters (Hello); a key it
+                    // should have kept local is not applied all the same.
+                    if !filter.passes_all() {
+                        let before = changes.len();
+                        changes.retain(|c| match c.op {
+                            crate::base::change::Op::FlushDb => filter.admits_db(c.db),
+                            _ => filter.admits(c.db, &c.key),
+                        });
+                        if changes.len() < before {
+                            warn!(
+                                seq,
+                                dropped = before - changes.len(),
+                                "changes of keys the key filters keep local were not applied"
+                            );
+                        }
+                    }
                     let stamped: Vec<u64> = changes
                         .iter()
                         .filter_map(|c| hlc::decode(c.stamp.as_bytes()).ok())

@@ -57,6 +57,8 @@ pub struct Stamper {
     pub node_id: u32,
     /// The configured peers.
     pub peers: Vec<String>,
+    /// Which keys travel; the others are never stamped.
+    pub key_filter: crate::base::filter::KeyFilter,
     /// While a full resync is reported: re-ship this node's unchanged keys
     /// stamped after this floor (the outbox may have been lost).
     pub reship: Option<String>,
@@ -205,12 +207,16 @@ impl Stamper {
         shutdown: &CancellationToken,
     ) -> bool {
         match ev {
-            TailEvent::Dirty(keys) => {
+            TailEvent::Dirty(mut keys) => {
+                if !self.key_filter.passes_all() {
+                    keys.retain(|(db, k)| self.key_filter.admits(*db, k));
+                }
                 self.snapshot_keys.reported(&keys, &pending.keys);
                 pending.add(keys);
                 true
             }
-            TailEvent::Unwatched(keys) => {
+            TailEvent::Unwatched(mut keys) => {
+                keys.retain(|(db, k)| self.key_filter.admits(*db, k));
                 self.snapshot_keys.unwatched(keys);
                 true
             }
@@ -310,7 +316,13 @@ impl Stamper {
         let dbs: Vec<u32> = match db {
             Some(db) => vec![db],
             None => crate::store::user_dbs(self.databases).collect(),
-        };
+        }
+        .into_iter()
+        .filter(|db| self.key_filter.admits_db(*db))
+        .collect();
+        if dbs.is_empty() {
+            return true;
+        }
         let ts = self.clock.new_timestamp();
         let enc = hlc::encode(&ts);
         let mut backoff = Backoff::new();
@@ -318,7 +330,11 @@ impl Stamper {
             match self.store.flush_local(&dbs, &enc, self.node_id).await {
                 Ok(restamp) => {
                     for (db, keys) in restamp {
-                        pending.extend(keys.into_iter().map(|k| (db, k)));
+                        pending.extend(
+                            keys.into_iter()
+                                .filter(|k| self.key_filter.admits(db, k))
+                                .map(|k| (db, k)),
+                        );
                     }
                     break;
                 }

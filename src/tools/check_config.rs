@@ -62,6 +62,14 @@ pub fn summary(c: &Config) -> String {
             secs(c.tombstone_collect_interval),
         ),
         ("evictions", format!("{:?}", c.evictions).to_lowercase()),
+        (
+            "key filters",
+            if c.key_filter.passes_all() {
+                "none (every key replicates)".to_string()
+            } else {
+                c.key_filter.fingerprint()
+            },
+        ),
     ];
     if !c.sentinels.is_empty() {
         lines.push(("sentinels", c.sentinels.join(", ")));
