@@ -151,26 +151,24 @@ pub fn status_from(
             .filter_map(|(l, v)| Some((label(l, "peer")?.to_string(), v)))
             .collect()
     };
-    for (peer, v) in per_peer("geosync_peer_lag_batches") {
-        if let Some(p) = peers.iter_mut().find(|p| p.peer == peer) {
-            p.lag_batches = v as u64;
+    let mut fill = |name: &str, set: fn(&mut PeerStatus, f64)| {
+        for (peer, v) in per_peer(name) {
+            if let Some(p) = peers.iter_mut().find(|p| p.peer == peer) {
+                set(p, v);
+            }
         }
-    }
-    for (peer, v) in per_peer("geosync_peer_lag_seconds") {
-        if let Some(p) = peers.iter_mut().find(|p| p.peer == peer) {
-            p.lag_ms = (v * 1000.0) as u64;
-        }
-    }
-    for (peer, v) in per_peer("geosync_peer_acked_stamp_timestamp_seconds") {
-        if let Some(p) = peers.iter_mut().find(|p| p.peer == peer) {
-            p.acked_up_to = Some(v);
-        }
-    }
-    for (peer, v) in per_peer("geosync_anti_entropy_last_clean_round_timestamp_seconds") {
-        if let Some(p) = peers.iter_mut().find(|p| p.peer == peer) {
-            p.last_clean_anti_entropy = (v > 0.0).then_some(v);
-        }
-    }
+    };
+    fill("geosync_peer_lag_batches", |p, v| p.lag_batches = v as u64);
+    fill("geosync_peer_lag_seconds", |p, v| {
+        p.lag_ms = (v * 1000.0) as u64
+    });
+    fill("geosync_peer_acked_stamp_timestamp_seconds", |p, v| {
+        p.acked_up_to = Some(v)
+    });
+    fill(
+        "geosync_anti_entropy_last_clean_round_timestamp_seconds",
+        |p, v| p.last_clean_anti_entropy = (v > 0.0).then_some(v),
+    );
     let gauge = |name: &str| samples(metrics, name).first().map_or(0, |(_, v)| *v as u64);
     let outbox_batches = gauge("geosync_outbox_batches");
     let outbox_bytes = gauge("geosync_outbox_bytes");
