@@ -74,9 +74,9 @@ for s in "${scenarios[@]}"; do
       restart_primary; rejoin
       ;;
   esac
-  healed=$(now)
-  wait_writes 100
+  # The writes stop with the fault: what follows is the catch-up alone.
   stop_writers
+  healed=$(now)
   if verify_until_same "$rto_limit"; then
     rto="$(since "$healed") s"
   else
@@ -88,11 +88,11 @@ for s in "${scenarios[@]}"; do
   lost=$(for region in a b c; do missing_keys_in "$region"; done | sort -u | wc -l)
   ((lost == 0)) || failed=1
   total=$(($(acked a) + $(acked b) + $(acked c)))
-  report+=("$(printf '%-15s %7s (A %s, B %s, C %s) %10s %s' "$s" "$total" "$(acked a)" "$(acked b)" "$(acked c)" "$lost" "$rto")")
+  report+=("$(printf '%-15s %-32s %-11s %s' "$s" "$total (A $(acked a), B $(acked b), C $(acked c))" "$lost" "$rto")")
 done
 
 echo
 echo "drill report ($project)"
-printf '%-15s %s %12s %s\n' scenario "writes acknowledged" "lost (RPO)" "fault over -> all regions agree (RTO)"
+printf '%-15s %-32s %-11s %s\n' scenario "writes acknowledged" "lost (RPO)" "fault over -> all regions agree (RTO)"
 for line in "${report[@]}"; do echo "$line"; done
 exit $failed
