@@ -38,28 +38,28 @@ done
 wait
 
 start_writers live
-wait_writes 200
+wait_writes 100
 
 mesh=$(net mesh)
 log "cutting region A off the mesh (docker network disconnect)"
 docker network disconnect "$mesh" "$(cid geosync-a)"
-wait_writes 200
+wait_writes 100
 
 log "killing region B's Redis container, then starting it again"
 docker kill "$(cid redis-b)" >/dev/null
 docker start "$(cid redis-b)" >/dev/null
 wait_healthy 60 redis-b
-wait_writes_in b 200
+wait_writes_in b 100
 
 log "killing region C's agent container, then starting it again"
 docker kill "$(cid geosync-c)" >/dev/null
-wait_writes_in c 200
+wait_writes_in c 100
 docker start "$(cid geosync-c)" >/dev/null
-wait_writes 200
+wait_writes 100
 
 log "healing: region A rejoins the mesh"
 docker network connect --alias geosync-a "$mesh" "$(cid geosync-a)"
-wait_writes 200
+wait_writes 100
 stop_writers
 healed=$(now)
 log "writes stopped; acknowledged: A $(acked a), B $(acked b), C $(acked c)"

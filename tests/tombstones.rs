@@ -317,3 +317,33 @@ fn a_region_back_from_an_older_copy_drops_what_every_region_collected() {
     assert_eq!(mesh.regions[1].agent.metric(dropped), keys.len() as f64);
     assert_eq!(mesh.regions[0].agent.metric(dropped), 0.0);
 }
+
+/// `geosync_metadata_records` says how many records the metadata holds
+/// after a collection: the deleted keys' tombstones gone, the live keys'
+/// records counted, in every region.
+#[test]
+fn the_metadata_record_count_is_exported_after_a_collection() {
+    let mesh = Mesh::builder(2).agent_args(&collecting(&[])).start();
+    let mut a = mesh.regions[0].redis.conn();
+    for i in 0..100 {
+        let _: () = a.set(format!("k{i}"), i).unwrap();
+    }
+    for i in 0..30 {
+        let _: () = a.del(format!("k{i}")).unwrap();
+    }
+    mesh.wait_converged(&[0], SETTLE);
+    for r in &mesh.regions {
+        let mut meta = r.redis.meta_conn();
+        wait_until(
+            &format!("region {} collects the 30 tombstones", r.name),
+            SETTLE,
+            || metadata(&mut meta).0 == 70,
+        );
+        wait_until(
+            &format!("region {} exports 70 records", r.name),
+            SETTLE,
+            || r.agent.metric("geosync_metadata_records") == 70.0,
+        );
+        assert_eq!(r.agent.metric("geosync_tombstones"), 0.0);
+    }
+}

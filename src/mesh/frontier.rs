@@ -28,7 +28,7 @@ use crate::base::hlc;
 use crate::base::position::Position;
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
-use crate::store::{META_BUCKETS, Store};
+use crate::store::{Collected, META_BUCKETS, Store};
 
 /// What this agent knows of the mesh's delivered stamps.
 pub struct Frontier {
@@ -215,9 +215,14 @@ impl Collector {
                 self.metrics.tombstone_frontier.set(secs);
             }
             match self.collect(&mut store, &frontier).await {
-                Ok((dropped, kept)) => {
+                Ok(Collected {
+                    dropped,
+                    tombstones: kept,
+                    records,
+                }) => {
                     self.metrics.tombstones_collected.inc_by(dropped);
                     self.metrics.tombstones.set(kept as i64);
+                    self.metrics.metadata_records.set(records as i64);
                     if dropped > 0 {
                         info!(dropped, kept, %frontier, "tombstones collected");
                     }
@@ -232,18 +237,19 @@ impl Collector {
         &self,
         store: &mut Store,
         frontier: &str,
-    ) -> Result<(u64, u64), crate::store::StoreError> {
+    ) -> Result<Collected, crate::store::StoreError> {
         let all: Vec<u32> = (0..META_BUCKETS).collect();
-        let (mut dropped, mut kept) = (0, 0);
+        let mut sum = Collected::default();
         for db in crate::store::user_dbs(self.databases) {
             if !store.has_records(db).await? {
                 continue;
             }
-            let (d, k) = store.collect(db, &all, frontier).await?;
-            dropped += d;
-            kept += k;
+            let c = store.collect(db, &all, frontier).await?;
+            sum.dropped += c.dropped;
+            sum.tombstones += c.tombstones;
+            sum.records += c.records;
         }
-        Ok((dropped, kept))
+        Ok(sum)
     }
 }
 

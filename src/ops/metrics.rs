@@ -219,6 +219,8 @@ pub struct Metrics {
     pub tombstones_collected: Counter,
     /// Tombstones kept after the last collection (every database).
     pub tombstones: Gauge,
+    /// Metadata records kept after the last collection (every database).
+    pub metadata_records: Gauge,
     /// Unix time of the stable frontier tombstones are collected below.
     pub tombstone_frontier: Gauge,
     /// 1 while a peer has not reported what it has for longer than the
@@ -507,6 +509,11 @@ impl Metrics {
             "tombstones_collected",
             "Tombstones dropped because every region has them",
             m.tombstones_collected.clone(),
+        );
+        r.register(
+            "metadata_records",
+            "Records in geosync's metadata after the last tombstone collection, values and tombstones, every database",
+            m.metadata_records.clone(),
         );
         r.register(
             "tombstones",

@@ -27,7 +27,7 @@ pub mod locator;
 mod lua;
 pub mod pieces;
 mod read;
-pub use read::flush_change;
+pub use read::{Collected, flush_change};
 mod reply;
 mod stamping;
 pub mod tls;

@@ -275,14 +275,14 @@ impl Store {
     /// Drops the tombstones of database `db` stamped before `frontier`
     /// (and records of expired keys that are gone), in the numbered
     /// buckets, `DIGEST_BUCKETS_PER_CALL` buckets per script call
-    /// (scripts/collect.lua); (records dropped, tombstones kept).
+    /// (scripts/collect.lua).
     pub async fn collect(
         &mut self,
         db: u32,
         buckets: &[u32],
         frontier: &str,
-    ) -> Result<(u64, u64), StoreError> {
-        let (mut dropped, mut kept) = (0, 0);
+    ) -> Result<Collected, StoreError> {
+        let mut out = Collected::default();
         for slice in buckets.chunks(DIGEST_BUCKETS_PER_CALL) {
             let reply = self
                 .run_one(
@@ -292,12 +292,13 @@ impl Store {
                     vec![frontier.as_bytes().to_vec()],
                 )
                 .await?;
-            let (d, k): (u64, u64) = redis::from_redis_value(reply)
+            let (d, k, r): (u64, u64, u64) = redis::from_redis_value(reply)
                 .map_err(|e| StoreError::BadReply(format!("collect script: {e}")))?;
-            dropped += d;
-            kept += k;
+            out.dropped += d;
+            out.tombstones += k;
+            out.records += r;
         }
-        Ok((dropped, kept))
+        Ok(out)
     }
 
     async fn digests(
@@ -408,4 +409,15 @@ pub fn flush_change(db: u32, stamp: String) -> Change {
         stamp,
         op: Op::FlushDb,
     }
+}
+
+/// What a tombstone collection did and left.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    /// Records dropped (tombstones, expired keys' records).
+    pub dropped: u64,
+    /// Tombstones kept.
+    pub tombstones: u64,
+    /// Records kept, values and tombstones.
+    pub records: u64,
 }

@@ -13,7 +13,7 @@
 -- is gone (Redis expired it; every region expires it at the same time).
 -- Raises the collected floor to the frontier first.
 --
--- Returns { records dropped, tombstones kept }.
+-- Returns { records dropped, tombstones kept, records kept }.
 local frontier = ARGV[1]
 local floor = mcall('GET', COLLECTED)
 if not floor or floor < frontier then
@@ -23,7 +23,7 @@ local now = now_ms()
 -- Records older than the last flush are what a peer's flush left for its
 -- slices when the agent stopped halfway (decision 018): finished here.
 local flushed = mcall('GET', FLOOR)
-local dropped, kept = 0, 0
+local dropped, kept, records = 0, 0, 0
 for _, bucket in ipairs(KEYS) do
   local flat = mcall('HGETALL', bucket)
   for i = 1, #flat, 2 do
@@ -37,9 +37,12 @@ for _, bucket in ipairs(KEYS) do
       mcall('HDEL', bucket, key)
       digest_moved(bucket, key, rec.stamp, nil)
       dropped = dropped + 1
-    elseif rec.flag == 't' then
-      kept = kept + 1
+    else
+      records = records + 1
+      if rec.flag == 't' then
+        kept = kept + 1
+      end
     end
   end
 end
-return { dropped, kept }
+return { dropped, kept, records }
