@@ -103,6 +103,12 @@ impl KeyFilter {
 
 /// Redis's glob match (`stringmatchlen`), case-sensitive.
 pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    // Redis compares nothing against an empty name: only the empty pattern
+    // matches it, and `*`, which `KEYS` and `SCAN MATCH` take for "every
+    // key" without matching (so `**` or `*a*` do not).
+    if s.is_empty() {
+        return pattern.is_empty() || pattern == b"*";
+    }
     let (mut p, mut i) = (0, 0);
     // Where to resume after the last `*`: (pattern index after it, string index).
     let mut star: Option<(usize, usize)> = None;
@@ -183,7 +189,7 @@ fn class(pattern: &[u8], p: usize, c: u8) -> Option<(bool, usize)> {
             j += 1;
             matched |= pattern[j] == c;
             j += 1;
-        } else if j + 2 < pattern.len() && pattern[j + 1] == b'-' && pattern[j + 2] != b']' {
+        } else if j + 2 < pattern.len() && pattern[j + 1] == b'-' {
             let (mut lo, mut hi) = (pattern[j], pattern[j + 2]);
             if lo > hi {
                 std::mem::swap(&mut lo, &mut hi);
@@ -207,6 +213,8 @@ mod tests {
     fn globs_match_as_redis_matches_them() {
         let cases: &[(&str, &str, bool)] = &[
             ("*", "", true),
+            ("**", "", false),
+            ("*a*", "", false),
             ("*", "anything", true),
             ("cache:*", "cache:user:1", true),
             ("cache:*", "cach", false),
@@ -224,6 +232,9 @@ mod tests {
             ("h[a-c]llo", "hbllo", true),
             ("h[a-c]llo", "hdllo", false),
             ("h[c-a]llo", "hbllo", true),
+            // Redis reads `-]` as a range ending at `]` (the class then runs on).
+            ("[x-]", "a", true),
+            ("[x-]", "-", false),
             ("h\\*llo", "h*llo", true),
             ("h\\*llo", "hello", false),
             ("session:[0-9]*", "session:42", true),
