@@ -230,6 +230,11 @@ async fn session(
         // Fill the window.
         while sent < acked + WINDOW {
             let Some(batch) = outbox.next_after(sent) else {
+                // Nothing more, or the next batch was dropped: the peer
+                // catches up from the metadata (never across the gap).
+                if outbox.is_overflowed(peer) {
+                    return SessionEnd::Overflowed;
+                }
                 break;
             };
             let msg = OriginMessage {

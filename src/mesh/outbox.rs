@@ -461,12 +461,12 @@ impl Outbox {
     pub fn next_after(&self, seq: u64) -> Option<Arc<OutBatch>> {
         let inner = self.inner.lock().expect("outbox lock");
         let first = inner.batches.front()?.seq;
-        let idx = if seq < first {
-            0
-        } else {
-            (seq - first + 1) as usize
-        };
-        inner.batches.get(idx).cloned()
+        // Batch seq + 1 was dropped (the caller's peer overflowed, and
+        // catches up from the metadata instead): never skip over it.
+        if seq + 1 < first {
+            return None;
+        }
+        inner.batches.get((seq + 1 - first) as usize).cloned()
     }
 
     /// Watches the newest sequence number (senders wait on it for work).
@@ -629,6 +629,32 @@ mod tests {
         )
     }
 
+    /// A sender whose next batch was dropped (the peer overflowed) gets
+    /// nothing more from the outbox: sending the later batches across the
+    /// gap would let the peer acknowledge past changes it never got, and
+    /// the next catch-up would start after them (they were lost until
+    /// anti-entropy; seen in CI as `writes_during_a_catch_up_that_overflows_again_all_arrive`).
+    #[tokio::test]
+    async fn no_batch_is_handed_out_across_a_gap() {
+        let peers = vec!["a".to_string(), "b".to_string()];
+        let ob = outbox(&peers, 3);
+        let t = CancellationToken::new();
+        for _ in 0..3 {
+            assert!(ob.push(change(), &t).await);
+        }
+        ob.ack("a", 3);
+        ob.ack("b", 1);
+        // b's sender has sent 1; batch 2 is dropped for batch 5.
+        assert!(ob.push(change(), &t).await);
+        assert!(ob.push(change(), &t).await);
+        assert!(ob.is_overflowed("b"));
+        assert!(
+            ob.next_after(1).is_none(),
+            "batch 2 is gone: no skipping to 3"
+        );
+        assert_eq!(ob.next_after(2).unwrap().seq, 3, "no gap after 2");
+    }
+
     #[tokio::test]
     async fn batches_stay_until_every_peer_acks() {
         let peers = vec!["a".to_string(), "b".to_string()];
@@ -643,7 +669,8 @@ mod tests {
         ob.ack("a", 3);
         assert_eq!(ob.next_after(0).unwrap().seq, 1, "b has not acked");
         ob.ack("b", 2);
-        assert_eq!(ob.next_after(0).unwrap().seq, 3);
+        assert_eq!(ob.next_after(2).unwrap().seq, 3);
+        assert!(ob.next_after(0).is_none(), "1 and 2 are gone");
         assert_eq!(ob.acked("a"), 3);
         let stamps = ob.acked_stamps();
         assert!(
@@ -765,7 +792,8 @@ mod tests {
         assert!(ob.push(change(), &t).await, "never waits");
         assert!(ob.push(change(), &t).await);
         // batches 1 and 2 are gone; b had not acknowledged 2
-        assert_eq!(ob.next_after(0).unwrap().seq, 3);
+        assert!(ob.next_after(1).is_none(), "b's next batch is gone");
+        assert_eq!(ob.next_after(2).unwrap().seq, 3);
         assert!(ob.is_overflowed("b"));
         assert!(!ob.is_overflowed("a"));
         let c = ob.start_catch_up("b").unwrap();
@@ -831,13 +859,14 @@ mod tests {
         for _ in 0..3 {
             assert!(ob.push(change(), &t).await);
         }
-        assert_eq!(ob.next_after(0).unwrap().seq, 2, "batch 1 went");
+        assert!(ob.next_after(0).is_none(), "batch 1 went");
+        assert_eq!(ob.next_after(1).unwrap().seq, 2);
         assert!(ob.is_overflowed("a"));
         // A batch larger than the whole limit is still kept, alone.
         let tiny = Outbox::new(&peers, 100, 1, HashMap::new(), Arc::new(Metrics::new()));
         assert!(tiny.push(change(), &t).await);
         assert!(tiny.push(change(), &t).await);
-        assert_eq!(tiny.next_after(0).unwrap().seq, 2);
+        assert_eq!(tiny.next_after(1).unwrap().seq, 2, "batch 1 went");
         assert!(tiny.next_after(2).is_none());
     }
 }
