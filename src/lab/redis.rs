@@ -367,14 +367,17 @@ impl Redis {
 
     /// The databases that hold keys (`INFO keyspace`).
     pub fn databases_in_use(&self) -> Vec<u32> {
-        let info: String = redis::cmd("INFO")
-            .arg("keyspace")
-            .query(&mut self.conn())
-            .unwrap_or_default();
-        info.lines()
-            .filter_map(|l| l.strip_prefix("db")?.split(':').next()?.parse().ok())
-            .collect()
+        databases_in_use(&mut self.conn()).unwrap_or_default()
     }
+}
+
+/// The databases that hold keys, from `INFO keyspace`.
+pub fn databases_in_use(c: &mut redis::Connection) -> redis::RedisResult<Vec<u32>> {
+    let info: String = redis::cmd("INFO").arg("keyspace").query(c)?;
+    Ok(info
+        .lines()
+        .filter_map(|l| l.strip_prefix("db")?.split(':').next()?.parse().ok())
+        .collect())
 }
 
 impl Drop for Redis {

@@ -22,6 +22,7 @@ use redis::{Connection, FromRedisValue, Value};
 
 use crate::agent::config::redacted;
 use crate::lab::compare::{KeyState, KeyValue, has_field_expiry, read_key};
+use crate::lab::redis::databases_in_use;
 use crate::store::layout::RESERVED_PREFIX;
 
 /// `geosync verify`'s arguments.
@@ -189,15 +190,6 @@ impl Region {
             source,
         }
     }
-}
-
-/// The databases that hold keys (`INFO keyspace`).
-fn dbs_with_keys(c: &mut Connection) -> redis::RedisResult<Vec<u32>> {
-    let info: String = redis::cmd("INFO").arg("keyspace").query(c)?;
-    Ok(info
-        .lines()
-        .filter_map(|l| l.strip_prefix("db")?.split(':').next()?.parse().ok())
-        .collect())
 }
 
 /// Reads `keys` in one region: `TYPE` and `PEXPIRETIME` of all in one
@@ -370,7 +362,7 @@ impl<'a> Verifier<'a> {
         let dbs = if self.args.dbs.is_empty() {
             let mut all = BTreeSet::new();
             for (i, r) in self.regions.iter_mut().enumerate() {
-                all.extend(dbs_with_keys(&mut r.conn).map_err(|e| r.err(i, e))?);
+                all.extend(databases_in_use(&mut r.conn).map_err(|e| r.err(i, e))?);
             }
             all.into_iter().collect()
         } else {
