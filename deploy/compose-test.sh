@@ -14,6 +14,9 @@
 #   COMPOSE_TEST_KEEP=1    leave the deployment running afterwards
 #   CONVERGE_TIMEOUT       seconds allowed for convergence after healing (180)
 #   GEOSYNC_BUILD_PROFILE  the image's cargo profile (release; dev builds faster)
+#   GEOSYNC_IMAGE_BINARY   a geosync binary built on this Debian release: the
+#                          image is the Dockerfile's runtime stage with it, no
+#                          compile in Docker (the test suite passes its own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 project=${COMPOSE_TEST_PROJECT:-geosync-compose-test}

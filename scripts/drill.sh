@@ -22,6 +22,9 @@
 #   DRILL_WRITES           writes per region during each outage (500)
 #   DRILL_RTO_LIMIT        seconds allowed for the regions to agree (180)
 #   GEOSYNC_BUILD_PROFILE  the image's cargo profile (release; dev builds faster)
+#   GEOSYNC_IMAGE_BINARY   a geosync binary built on this Debian release: the
+#                          image is the Dockerfile's runtime stage with it, no
+#                          compile in Docker (the test suite passes its own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 project=${DRILL_PROJECT:-geosync-drill}
