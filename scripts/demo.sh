@@ -56,7 +56,7 @@ done
 for i in 0 1 2; do
   peers=()
   for j in 0 1 2; do
-    [[ $j == "$i" ]] || peers+=(--peer "https://127.0.0.1:$(grpc_port $j)")
+    [[ $j == "$i" ]] || peers+=(--peer "$((j + 1))=https://127.0.0.1:$(grpc_port $j)")
   done
   "$bin" run --node-id $((i + 1)) --redis "redis://127.0.0.1:$(redis_port $i)" \
     --listen "127.0.0.1:$(grpc_port $i)" "${peers[@]}" \

@@ -51,6 +51,9 @@ fn main() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // SIGHUP reads the configuration again the same way (membership).
+    let again = args.clone();
+    let reload: geosync::agent::membership::Reload = Box::new(move || again.clone().into_config());
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -78,7 +81,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         signal.cancel();
     });
-    if let Err(e) = geosync::run(config, shutdown).await {
+    if let Err(e) = geosync::run(config, Some(reload), shutdown).await {
         eprintln!("geosync: {e}");
         std::process::exit(1);
     }

@@ -223,7 +223,7 @@ fn check_config_prints_the_checked_settings_and_exits_0() {
     assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
     assert!(out.contains(": OK"), "{out}");
     assert!(
-        out.contains("http://127.0.0.1:7002, http://127.0.0.1:7003"),
+        out.contains("2=http://127.0.0.1:7002, 3=http://127.0.0.1:7003"),
         "{out}"
     );
     // Flags and GEOSYNC_* variables win over the file, as for `run`; a

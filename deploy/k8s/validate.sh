@@ -53,14 +53,14 @@ for overlay in "$work"/k8s/overlays/*/; do
     continue
   fi
   # What a region must get right.
-  grep -A1 'name: GEOSYNC_NODE_ID' "$out" | grep -q "value: \"$id\"" ||
-    { echo "$region: GEOSYNC_NODE_ID is not $id" >&2; fail=1; }
-  peers=$(grep -A1 'name: GEOSYNC_PEERS' "$out" | sed -n 's/.*value: //p' | tr -d '"')
+  grep -q "^    node-id = $id\$" "$out" ||
+    { echo "$region: region.toml's node-id is not $id" >&2; fail=1; }
+  peers=$(sed -n 's/^    peer = \[\(.*\)\]$/\1/p' "$out" | tr -d '"')
   for other in "$work"/k8s/overlays/*/; do
     o=$(basename "$other")
     [[ $o == "$region" ]] && continue
     o=${o#region-}
-    [[ $peers == *"geosync-$o.example.net"* ]] || { echo "$region: peer $o missing in GEOSYNC_PEERS ($peers)" >&2; fail=1; }
+    [[ $peers == *"geosync-$o.example.net"* ]] || { echo "$region: peer $o missing in region.toml ($peers)" >&2; fail=1; }
   done
   grep -q 'path: /readyz$' "$out" || { echo "$region: no /readyz readiness probe" >&2; fail=1; }
   echo "$region: $kinds objects valid against Kubernetes $version (node id $id, peers $peers)"

@@ -15,13 +15,14 @@ use crate::store::tls::RedisTls;
 
 /// Flags of `geosync run`; each also reads `GEOSYNC_<NAME>`, and the TOML
 /// file given by `--config` has the same names (`peer` is a list there).
-#[derive(Debug, Args, Default, Deserialize)]
+#[derive(Debug, Clone, Args, Default, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RunArgs {
-    /// TOML file with the same setting names (flags and env win over it).
-    #[arg(long, env = "GEOSYNC_CONFIG")]
+    /// TOML file with the same setting names (flags and env win over it);
+    /// repeat for several, each later one winning over those before.
+    #[arg(long, env = "GEOSYNC_CONFIG", value_delimiter = ',')]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
+    pub config: Vec<PathBuf>,
     /// This region's node id, 1..=65535, unique in the mesh and stable across restarts.
     #[arg(long, env = "GEOSYNC_NODE_ID")]
     pub node_id: Option<u32>,
@@ -295,6 +296,8 @@ pub struct Config {
     pub peer_max_message: usize,
     /// Peer gRPC endpoints.
     pub peers: Vec<String>,
+    /// The node ids given with peers (`ID=URL`), by endpoint.
+    pub peer_ids: std::collections::BTreeMap<String, u32>,
     /// Sentinels naming the local master (empty: `redis_url` is the master).
     pub sentinels: Vec<String>,
     /// The master's name in Sentinel.
@@ -342,11 +345,11 @@ pub struct Config {
 impl RunArgs {
     /// Merges flags/env with the config file and checks everything.
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let file = match &self.config {
-            Some(path) => load_file(path)?,
-            None => RunArgs::default(),
-        };
-        Config::validate(self.or(file))
+        let mut files = RunArgs::default();
+        for path in &self.config {
+            files = load_file(path)?.or(files);
+        }
+        Config::validate(self.or(files))
     }
 
     /// Each setting from `self`, else from `other`.
@@ -481,11 +484,36 @@ impl Config {
         let listen = parse_addr("listen", u.listen.as_deref().unwrap_or("127.0.0.1:7001"))?;
         let scheme = peer_auth.scheme();
         let mut peers = Vec::new();
+        let mut peer_ids = std::collections::BTreeMap::new();
         for p in u.peers {
             let p = p.trim().to_string();
             if p.is_empty() {
                 continue;
             }
+            // `ID=URL` names the peer's node id: its metrics are labelled
+            // with it, and a peer that says otherwise is refused.
+            let (id, p) = match p.split_once('=') {
+                Some((id, url)) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) => {
+                    let id: u32 = id
+                        .parse()
+                        .ok()
+                        .filter(|id| crate::base::hlc::node_id_to_id(*id).is_ok())
+                        .ok_or_else(|| {
+                            bad("peer", format!("{p:?}: node id {id} is not in 1..=65535"))
+                        })?;
+                    if id == node_id {
+                        return Err(bad(
+                            "peer",
+                            format!("{p:?}: node id {id} is this agent's own"),
+                        ));
+                    }
+                    if peer_ids.values().any(|v| *v == id) {
+                        return Err(bad("peer", format!("{p:?}: node id {id} is listed twice")));
+                    }
+                    (Some(id), url.trim().to_string())
+                }
+                _ => (None, p),
+            };
             let uri: http::Uri = p.parse().map_err(|e| bad("peer", format!("{p:?}: {e}")))?;
             if uri.scheme_str() != Some(scheme) || uri.authority().is_none() {
                 let why = match &peer_auth {
@@ -507,6 +535,9 @@ impl Config {
                     "peer",
                     format!("{p:?} is not a loopback address, and {NO_SECURITY}"),
                 ));
+            }
+            if let Some(id) = id {
+                peer_ids.insert(p.clone(), id);
             }
             peers.push(p);
         }
@@ -698,6 +729,7 @@ impl Config {
             peer_auth,
             peer_max_message: (peer_max_message_mb << 20) as usize,
             peers,
+            peer_ids,
             sentinels,
             master_name,
             admin,
@@ -862,6 +894,51 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:7300".parse().unwrap());
         assert_eq!(c.peers, vec!["http://127.0.0.1:7200".to_string()]);
         assert_eq!(c.mesh, "m");
+    }
+
+    /// `ID=URL` names a peer's node id; a bad, own or repeated id is
+    /// refused, naming the entry.
+    #[test]
+    fn peers_may_name_their_node_ids() {
+        let c = parse(&[
+            "--node-id",
+            "1",
+            "--peer",
+            "2=http://127.0.0.1:7002",
+            "--peer",
+            "http://127.0.0.1:7003",
+        ])
+        .unwrap();
+        assert_eq!(c.peers, ["http://127.0.0.1:7002", "http://127.0.0.1:7003"]);
+        assert_eq!(c.peer_ids.len(), 1);
+        assert_eq!(c.peer_ids["http://127.0.0.1:7002"], 2);
+        for (entries, why) in [
+            (
+                &["0=http://127.0.0.1:7002"][..],
+                "node id 0 is not in 1..=65535",
+            ),
+            (
+                &["70000=http://127.0.0.1:7002"][..],
+                "node id 70000 is not in",
+            ),
+            (
+                &["1=http://127.0.0.1:7002"][..],
+                "node id 1 is this agent's own",
+            ),
+            (
+                &["2=http://127.0.0.1:7002", "2=http://127.0.0.1:7003"][..],
+                "node id 2 is listed twice",
+            ),
+            (&["2=ftp://127.0.0.1:7002"][..], "want http://host:port"),
+        ] {
+            let mut args = vec!["--node-id", "1"];
+            for e in entries {
+                args.extend(["--peer", e]);
+            }
+            let err = parse(&args).unwrap_err();
+            assert_eq!(err.setting, "peer", "{entries:?}");
+            assert!(err.message.contains(why), "{entries:?}: {err}");
+        }
     }
 
     #[test]

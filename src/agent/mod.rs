@@ -6,6 +6,7 @@
 pub mod config;
 mod data_dir;
 pub mod guard;
+pub mod membership;
 pub mod supervisor;
 
 use std::sync::Arc;
@@ -95,8 +96,26 @@ pub fn check_eviction_policy(policy: &str) -> Result<(), String> {
 pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs the agent until `shutdown` is cancelled (gracefully: see
-/// [`SHUTDOWN_DRAIN`]) or a stage fails fatally.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+/// [`SHUTDOWN_DRAIN`]) or a stage fails fatally. With `reload`, SIGHUP
+/// reads the configuration again and changes the peers to its list
+/// ([`membership`]).
+pub async fn run(
+    config: Config,
+    reload: Option<membership::Reload>,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    // SIGHUP is taken from the start (its default would end the process);
+    // reloads begin once everything runs.
+    let hangup = match &reload {
+        Some(_) => match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                error!(error = %e, "cannot handle SIGHUP; the peers cannot be reloaded");
+                None
+            }
+        },
+        None => None,
+    };
     data_dir::claim(&config.data_dir, config.node_id).map_err(|message| StartError::DataDir {
         path: config.data_dir.display().to_string(),
         message,
@@ -195,6 +214,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     drop(conn);
 
     let metrics = Arc::new(Metrics::new());
+    metrics.label_peers(&config.peers, &config.peer_ids);
+    // The peer list as reloads change it (membership below).
+    let (peers_tx, peers_rx) = tokio::sync::watch::channel(config.peers.clone());
     let clock = hlc::new_clock(config.node_id, config.max_clock_skew).expect("node id validated");
     let ready = Arc::new(Readiness::new(&config.peers));
     let acked = acklog::load(&config.data_dir).map_err(|e| StartError::DataDir {
@@ -255,7 +277,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let supervisor = supervisor::Supervisor {
         locator: locator.clone(),
         rebuild: mesh::rebuild::Rebuild {
-            peers: config.peers.clone(),
+            peers: peers_rx.clone(),
             node_id: config.node_id,
             mesh: config.mesh.clone(),
             clock: clock.clone(),
@@ -291,7 +313,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         coalesce_keys: config.coalesce_keys,
         databases,
         node_id: config.node_id,
-        peers: config.peers.clone(),
+        peers: peers_rx.clone(),
         key_filter: config.key_filter.clone(),
         reship: None,
         reshipped_large: Default::default(),
@@ -332,17 +354,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     };
     // What the links with peers tell anti-entropy (reconnects, deliveries).
     let links = Arc::new(mesh::repair::PeerLinks::new(&config.peers));
-    for peer in &config.peers {
-        tracker.spawn(mesh::client::run(
-            peer.clone(),
-            me.clone(),
-            outbox.clone(),
-            metrics.clone(),
-            ready.clone(),
-            links.clone(),
-            token.clone(),
-        ));
-    }
 
     // Peers → applier.
     let (apply_tx, apply_rx) = mpsc::channel(16);
@@ -378,7 +389,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     // Anti-entropy: compare with each peer, pull what differs.
     if let Some(interval) = config.anti_entropy_interval {
         let anti_entropy = mesh::repair::AntiEntropy {
-            peers: config.peers.clone(),
+            peers: peers_rx.clone(),
             node_id: config.node_id,
             mesh: config.mesh.clone(),
             databases,
@@ -406,8 +417,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     )
     .with_tls(config.peer_auth.tls().map(|t| t.mode))
     .with_max_message(config.peer_max_message)
-    .with_links(links)
-    .with_frontier(frontier)
+    .with_links(links.clone())
+    .with_frontier(frontier.clone())
     .with_key_filter(config.key_filter.clone());
     let service = mesh::pb::replication_server::ReplicationServer::new(receiver)
         .max_decoding_message_size(config.peer_max_message)
@@ -453,6 +464,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             ready.clone(),
             token.clone(),
         ));
+    }
+    // The senders to peers, started here and by reloads.
+    let mut members = membership::Membership::start(
+        peers_tx,
+        config.peer_ids.clone(),
+        outbox.clone(),
+        links,
+        ready.clone(),
+        frontier,
+        metrics.clone(),
+        me,
+        tracker.clone(),
+        token.clone(),
+    );
+    if let (Some(reload), Some(mut hangup)) = (reload, hangup) {
+        let token = token.clone();
+        let running = config.clone();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = hangup.recv() => {
+                        info!("SIGHUP: reloading the configuration");
+                        members.reload(&reload, &running).await;
+                    }
+                    _ = token.cancelled() => return,
+                }
+            }
+        });
     }
     tracker.close();
     info!(node_id = config.node_id, listen = %config.listen, peers = config.peers.len(), redis = %url, "geosync started");

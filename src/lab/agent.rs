@@ -42,6 +42,8 @@ pub struct Agent {
     pub redis_url: String,
     /// The ports its `--peer` URLs name.
     pub peers: Vec<u16>,
+    /// The node ids of `peers`, given as `--peer ID=URL` (empty: bare URLs).
+    pub peer_nodes: Vec<u32>,
     /// Other `geosync run` arguments.
     pub extra: Vec<String>,
     /// The folder its log and data directory are in.
@@ -81,10 +83,26 @@ impl Agent {
         dir: &Path,
         extra: &[String],
     ) -> Agent {
-        let mut agent = Agent {
+        let mut agent = Agent::new(node_id, redis_url, listen, admin, dir, extra);
+        agent.peers = peers.to_vec();
+        agent.spawn();
+        agent
+    }
+
+    /// An agent not started yet, without peers.
+    fn new(
+        node_id: u32,
+        redis_url: &str,
+        listen: u16,
+        admin: u16,
+        dir: &Path,
+        extra: &[String],
+    ) -> Agent {
+        Agent {
             node_id,
             redis_url: redis_url.to_string(),
-            peers: peers.to_vec(),
+            peers: Vec::new(),
+            peer_nodes: Vec::new(),
             extra: extra.to_vec(),
             dir: dir.to_path_buf(),
             listen,
@@ -92,7 +110,22 @@ impl Agent {
             child: None,
             log: dir.join(format!("agent-{node_id}.log")),
             data_dir: dir.join(format!("agent-{node_id}")),
-        };
+        }
+    }
+
+    /// Like [`Agent::start_with`], its peers given by node id and port
+    /// (`--peer ID=URL`).
+    pub fn start_named(
+        node_id: u32,
+        redis_url: &str,
+        (listen, admin): (u16, u16),
+        peers: &[(u32, u16)],
+        dir: &Path,
+        extra: &[String],
+    ) -> Agent {
+        let mut agent = Agent::new(node_id, redis_url, listen, admin, dir, extra);
+        agent.peers = peers.iter().map(|(_, port)| *port).collect();
+        agent.peer_nodes = peers.iter().map(|(id, _)| *id).collect();
         agent.spawn();
         agent
     }
@@ -109,18 +142,13 @@ impl Agent {
             .args(["--admin", &format!("127.0.0.1:{}", self.admin)])
             .arg("--data-dir")
             .arg(&self.data_dir);
-        // Peer links with TLS (mutual TLS or a mesh secret) dial https://.
-        let scheme = if self
-            .extra
-            .iter()
-            .any(|a| a == "--peer-tls-ca" || a == "--peer-secret-file")
-        {
-            "https"
-        } else {
-            "http"
-        };
-        for p in &self.peers {
-            cmd.args(["--peer", &format!("{scheme}://127.0.0.1:{p}")]);
+        let scheme = Agent::peer_scheme(&self.extra);
+        for (i, p) in self.peers.iter().enumerate() {
+            let url = format!("{scheme}://127.0.0.1:{p}");
+            match self.peer_nodes.get(i) {
+                Some(id) => cmd.args(["--peer", &format!("{id}={url}")]),
+                None => cmd.args(["--peer", &url]),
+            };
         }
         cmd.args(&self.extra);
         let logf = std::fs::OpenOptions::new()
@@ -139,6 +167,30 @@ impl Agent {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         self.child = Some(child);
+    }
+
+    /// The URL scheme of peers for an agent with these arguments: peer
+    /// links with TLS (mutual TLS or a mesh secret) dial https://.
+    pub fn peer_scheme(args: &[String]) -> &'static str {
+        if args
+            .iter()
+            .any(|a| a == "--peer-tls-ca" || a == "--peer-secret-file")
+        {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Sends the agent a signal (`HUP`, `STOP`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("the agent runs");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid} failed");
     }
 
     /// GET on the admin server: (status, body), or None when not reachable.

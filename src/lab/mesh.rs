@@ -34,6 +34,8 @@ pub struct Mesh {
     /// The folder of the agents' logs and data directories.
     pub dir: tempfile::TempDir,
     links: Vec<Link>,
+    /// Agents read their peers from a file ([`MeshBuilder::peer_files`]).
+    peer_files: bool,
 }
 
 /// How to start a [`Mesh`].
@@ -46,6 +48,7 @@ pub struct MeshBuilder<'a> {
     per_node: Box<dyn Fn(u32) -> Vec<String> + 'a>,
     proxied: bool,
     wait: bool,
+    peer_files: bool,
 }
 
 impl<'a> MeshBuilder<'a> {
@@ -95,6 +98,14 @@ impl<'a> MeshBuilder<'a> {
         self
     }
 
+    /// Each agent reads its peers from a configuration file (`--config`)
+    /// instead of `--peer` flags, so that [`Mesh::set_peers`] can change
+    /// them while it runs.
+    pub fn peer_files(mut self) -> Self {
+        self.peer_files = true;
+        self
+    }
+
     /// [`MeshBuilder::start`] returns as soon as the agents run, without
     /// waiting until they are ready (agents that will refuse each other).
     pub fn unready(mut self) -> Self {
@@ -126,23 +137,32 @@ impl<'a> MeshBuilder<'a> {
             .unwrap_or_else(|| servers.iter().map(Redis::url).collect());
         let mut regions = Vec::new();
         for (i, redis) in servers.into_iter().enumerate() {
-            let peers: Vec<u16> = (0..n)
+            // Peers by node id and port: `--peer ID=URL`, so that every
+            // metric's peer label is the node id.
+            let peers: Vec<(u32, u16)> = (0..n)
                 .filter(|&j| j != i)
                 .map(|j| {
-                    links
+                    let port = links
                         .iter()
                         .find(|l| l.from == i && l.to == j)
-                        .map_or(listens[j], |l| l.proxy.port())
+                        .map_or(listens[j], |l| l.proxy.port());
+                    (j as u32 + 1, port)
                 })
                 .collect();
             let mut args = redis.agent_args();
             args.extend((self.per_node)(i as u32 + 1));
-            let agent = Agent::start_with(
+            let mut flags = peers.as_slice();
+            if self.peer_files {
+                assert!(!self.proxied, "peer files are for meshes without proxies");
+                let file = write_peer_file(dir.path(), i as u32 + 1, &args, &peers);
+                args.extend(["--config".to_string(), file]);
+                flags = &[];
+            }
+            let agent = Agent::start_named(
                 i as u32 + 1,
                 &urls[i],
-                listens[i],
-                free_port(),
-                &peers,
+                (listens[i], free_port()),
+                flags,
                 dir.path(),
                 &args,
             );
@@ -156,12 +176,40 @@ impl<'a> MeshBuilder<'a> {
             regions,
             dir,
             links,
+            peer_files: self.peer_files,
         };
         if self.wait {
             mesh.wait_ready();
         }
         mesh
     }
+}
+
+/// `ID=URL` for each (node id, port) of an agent with these arguments.
+fn peer_urls(args: &[String], peers: &[(u32, u16)]) -> Vec<String> {
+    let scheme = Agent::peer_scheme(args);
+    peers
+        .iter()
+        .map(|(id, port)| format!("{id}={scheme}://127.0.0.1:{port}"))
+        .collect()
+}
+
+/// Writes the configuration file that names node `node_id`'s peers (by
+/// node id and port) and returns its path.
+fn write_peer_file(
+    dir: &std::path::Path,
+    node_id: u32,
+    args: &[String],
+    peers: &[(u32, u16)],
+) -> String {
+    let urls: Vec<String> = peer_urls(args, peers)
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    let path = dir.join(format!("peers-{node_id}.toml"));
+    std::fs::write(&path, format!("peer = [{}]\n", urls.join(", ")))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path.display().to_string()
 }
 
 fn default_names(n: usize) -> Vec<String> {
@@ -191,6 +239,7 @@ impl Mesh {
             per_node: Box::new(|_| Vec::new()),
             proxied: false,
             wait: true,
+            peer_files: false,
         }
     }
 
@@ -376,6 +425,60 @@ impl Mesh {
                 )
             })
             .collect()
+    }
+
+    /// Rewrites region `i`'s peer file to name the regions `peers` (by
+    /// position) and sends its agent SIGHUP, which reloads it. Needs a
+    /// mesh started with [`MeshBuilder::peer_files`].
+    pub fn set_peers(&self, i: usize, peers: &[usize]) {
+        assert!(
+            self.peer_files,
+            "set_peers needs a mesh started with peer_files()"
+        );
+        let agent = &self.regions[i].agent;
+        let peers: Vec<(u32, u16)> = peers
+            .iter()
+            .map(|&j| (self.regions[j].agent.node_id, self.regions[j].agent.listen))
+            .collect();
+        write_peer_file(self.dir.path(), agent.node_id, &agent.extra, &peers);
+        agent.signal("HUP");
+    }
+
+    /// Adds a region: an agent (node id = the new count) for `redis` whose
+    /// peers are every region so far, ready once it synced with its Redis
+    /// and reached them. The others do not know it until [`Mesh::set_peers`]
+    /// tells them. Needs a mesh started with [`MeshBuilder::peer_files`].
+    pub fn join(&mut self, redis: Redis, agent_args: &[String]) -> usize {
+        assert!(
+            self.peer_files,
+            "join needs a mesh started with peer_files()"
+        );
+        let node_id = self.regions.len() as u32 + 1;
+        let peers: Vec<(u32, u16)> = self
+            .regions
+            .iter()
+            .map(|r| (r.agent.node_id, r.agent.listen))
+            .collect();
+        let mut args = redis.agent_args();
+        args.extend(agent_args.iter().cloned());
+        let file = write_peer_file(self.dir.path(), node_id, &args, &peers);
+        args.extend(["--config".to_string(), file]);
+        let mut agent = Agent::start_named(
+            node_id,
+            &redis.url(),
+            (free_port(), free_port()),
+            &[],
+            self.dir.path(),
+            &args,
+        );
+        let what = format!("agent {node_id} ready");
+        wait_until(&what, Duration::from_secs(60), || agent.is_ready());
+        self.regions.push(Region {
+            name: node_id.to_string(),
+            redis,
+            agent,
+        });
+        self.regions.len() - 1
     }
 
     /// Kills region `i`'s agent with SIGKILL.

@@ -68,9 +68,19 @@ enum SessionEnd {
     CatchUp(String),
 }
 
+/// A peer to stream to.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Where it listens.
+    pub address: String,
+    /// Its node id, when the configuration names it (`ID=URL`): a peer
+    /// that says another one in `Welcome` is refused.
+    pub node_id: Option<u32>,
+}
+
 /// Streams batches to one peer until shutdown, reconnecting with backoff.
 pub async fn run(
-    peer: String,
+    target: Peer,
     me: Identity,
     outbox: Arc<Outbox>,
     metrics: Arc<Metrics>,
@@ -78,7 +88,8 @@ pub async fn run(
     links: Arc<PeerLinks>,
     shutdown: CancellationToken,
 ) {
-    let label = Metrics::peer(&peer);
+    let peer = target.address.clone();
+    let label = metrics.peer_label(&peer);
     let mut backoff = Backoff::with(Duration::from_millis(100), Duration::from_secs(10));
     // The highest batch sent to this peer by this process: what it may
     // acknowledge.
@@ -86,7 +97,7 @@ pub async fn run(
     loop {
         let started = Instant::now();
         let end = session(
-            &peer,
+            &target,
             &me,
             &outbox,
             &metrics,
@@ -139,7 +150,7 @@ struct Told<'a> {
 }
 
 async fn session(
-    peer: &str,
+    target: &Peer,
     me: &Identity,
     outbox: &Outbox,
     metrics: &Metrics,
@@ -147,7 +158,8 @@ async fn session(
     sent_high: &mut u64,
     shutdown: &CancellationToken,
 ) -> SessionEnd {
-    let label = Metrics::peer(peer);
+    let peer = target.address.as_str();
+    let label = metrics.peer_label(peer);
     let channel = tokio::select! {
         c = dial(peer, &me.auth) => match c {
             Ok(c) => c,
@@ -192,6 +204,14 @@ async fn session(
     };
     if welcome.node_id == me.node_id {
         return SessionEnd::Misconfigured(format!("peer uses this agent's node id {}", me.node_id));
+    }
+    if let Some(id) = target.node_id
+        && welcome.node_id != id
+    {
+        return SessionEnd::Misconfigured(format!(
+            "peer is node {}, but the configuration names node {id} at this address",
+            welcome.node_id
+        ));
     }
     if welcome.mesh != me.mesh {
         return SessionEnd::Misconfigured(format!("peer is in mesh {:?}", welcome.mesh));
@@ -311,7 +331,7 @@ async fn catch_up(
         }
         Ok::<(), crate::store::StoreError>(())
     });
-    let label = Metrics::peer(peer);
+    let label = metrics.peer_label(peer);
     while let Some(changes) = read.recv().await {
         let max = max_payload(me.max_message);
         for (payload, range) in encode_for_peers(&changes, max, metrics, "catch-up") {

@@ -33,15 +33,15 @@ use crate::store::{Collected, META_BUCKETS, Store};
 /// What this agent knows of the mesh's delivered stamps.
 pub struct Frontier {
     outbox: Arc<Outbox>,
-    peers: Vec<String>,
+    /// The peers, each with when it began to count: this agent's start,
+    /// or when a reload added it (a peer not heard from yet has been
+    /// silent since then).
+    peers: Mutex<HashMap<String, Instant>>,
     /// The stream position the stamper has stamped up to: its replication
     /// id names the Redis this agent is in step with.
     followed: watch::Receiver<Option<Position>>,
     /// Per peer address, its last reported delivered stamp and when.
     reported: Mutex<HashMap<String, (String, Instant)>>,
-    /// When this agent started: a peer not heard from yet has been silent
-    /// since then.
-    started: Instant,
 }
 
 impl Frontier {
@@ -52,13 +52,29 @@ impl Frontier {
         peers: &[String],
         followed: watch::Receiver<Option<Position>>,
     ) -> Frontier {
+        let started = Instant::now();
         Frontier {
             outbox,
-            peers: peers.to_vec(),
+            peers: Mutex::new(peers.iter().map(|p| (p.clone(), started)).collect()),
             followed,
             reported: Mutex::new(HashMap::new()),
-            started: Instant::now(),
         }
+    }
+
+    /// Counts a peer a reload added: the frontier waits for its report
+    /// (and the outbox for its catch-up) before tombstones go again.
+    pub fn add_peer(&self, peer: &str) {
+        self.peers
+            .lock()
+            .expect("frontier lock")
+            .entry(peer.to_string())
+            .or_insert_with(Instant::now);
+    }
+
+    /// Stops counting a removed peer: it no longer holds tombstones back.
+    pub fn remove_peer(&self, peer: &str) {
+        self.peers.lock().expect("frontier lock").remove(peer);
+        self.reported.lock().expect("frontier lock").remove(peer);
     }
 
     /// This node's delivered stamp ("" when it has none yet).
@@ -95,9 +111,9 @@ impl Frontier {
     }
 
     /// Records what `peer` reported as its delivered stamp ("" means it
-    /// knows none yet).
+    /// knows none yet); a peer no longer counted is ignored.
     pub fn reported(&self, peer: &str, delivered: String) {
-        if delivered.is_empty() {
+        if delivered.is_empty() || !self.peers.lock().expect("frontier lock").contains_key(peer) {
             return;
         }
         let mut r = self.reported.lock().expect("frontier lock");
@@ -110,20 +126,29 @@ impl Frontier {
         slot.1 = Instant::now();
     }
 
-    /// The stable frontier and the peers silent for longer than
-    /// `horizon`, read from one state of the reports: a report arriving in
-    /// between cannot let a collection pass while the metric still says
-    /// the peer holds it back.
-    pub fn view(&self, horizon: Duration) -> (Option<String>, Vec<String>) {
+    /// The stable frontier, the peers silent for longer than `horizon`,
+    /// and every peer counted, read from one state of the reports: a
+    /// report arriving in between cannot let a collection pass while the
+    /// metric still says the peer holds it back.
+    pub fn view(&self, horizon: Duration) -> View {
+        let peers = self.peers.lock().expect("frontier lock");
         let r = self.reported.lock().expect("frontier lock");
-        (self.stable_in(&r), self.silent_in(&r, horizon))
+        View {
+            stable: self.stable_in(&peers, &r),
+            silent: silent_in(&peers, &r, horizon),
+            peers: peers.keys().cloned().collect(),
+        }
     }
 
     /// The stable frontier: the least of this node's delivered stamp and
     /// every peer's last report; None while one of them is unknown (or
     /// without peers, where nothing needs keeping... nor collecting).
-    fn stable_in(&self, r: &HashMap<String, (String, Instant)>) -> Option<String> {
-        if self.peers.is_empty() {
+    fn stable_in(
+        &self,
+        peers: &HashMap<String, Instant>,
+        r: &HashMap<String, (String, Instant)>,
+    ) -> Option<String> {
+        if peers.is_empty() {
             return None;
         }
         let own = self.own();
@@ -131,7 +156,7 @@ impl Frontier {
             return None;
         }
         let mut least = own;
-        for p in &self.peers {
+        for p in peers.keys() {
             let (stamp, _) = r.get(p)?;
             if *stamp < least {
                 least = stamp.clone();
@@ -139,19 +164,36 @@ impl Frontier {
         }
         Some(least)
     }
+}
 
-    /// Peers that have not reported for longer than `horizon` (one that
-    /// never reported: since this agent started).
-    fn silent_in(&self, r: &HashMap<String, (String, Instant)>, horizon: Duration) -> Vec<String> {
-        self.peers
-            .iter()
-            .filter(|p| {
-                let since = r.get(*p).map_or(self.started, |(_, at)| *at);
-                since.elapsed() > horizon
-            })
-            .cloned()
-            .collect()
-    }
+/// Peers that have not reported for longer than `horizon` (one that never
+/// reported: since it began to count).
+fn silent_in(
+    peers: &HashMap<String, Instant>,
+    r: &HashMap<String, (String, Instant)>,
+    horizon: Duration,
+) -> Vec<String> {
+    let mut silent: Vec<String> = peers
+        .iter()
+        .filter(|(p, counted)| {
+            let since = r.get(*p).map_or(**counted, |(_, at)| *at);
+            since.elapsed() > horizon
+        })
+        .map(|(p, _)| p.clone())
+        .collect();
+    silent.sort();
+    silent
+}
+
+/// What [`Frontier::view`] read.
+#[derive(Debug)]
+pub struct View {
+    /// The stable frontier (None while some peer's report is missing).
+    pub stable: Option<String>,
+    /// Peers silent past the horizon, sorted.
+    pub silent: Vec<String>,
+    /// Every peer counted.
+    pub peers: Vec<String>,
 }
 
 /// The collector: every `interval`, drops the tombstones of every
@@ -185,23 +227,35 @@ impl Collector {
             tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut blocked: Vec<String> = Vec::new();
+        let mut counted: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            let (stable, silent) = self.frontier.view(self.horizon);
-            for p in &self.frontier.peers {
+            let View {
+                stable,
+                silent,
+                peers,
+            } = self.frontier.view(self.horizon);
+            // A removed peer's gauge goes (this task alone writes it).
+            for gone in counted.iter().filter(|p| !peers.contains(p)) {
+                self.metrics
+                    .tombstone_collection_blocked
+                    .remove(&self.metrics.peer_label(gone));
+            }
+            for p in &peers {
                 let is = silent.contains(p);
                 self.metrics
                     .tombstone_collection_blocked
-                    .get_or_create(&Metrics::peer(p))
+                    .get_or_create(&self.metrics.peer_label(p))
                     .set(i64::from(is));
                 if is && !blocked.contains(p) {
                     warn!(peer = %p, horizon_secs = self.horizon.as_secs(), "tombstones are kept: a peer has not reported what it has for longer than the horizon");
                 }
             }
             blocked = silent;
+            counted = peers;
             let Some(frontier) = stable else {
                 debug!("no stable frontier yet: tombstones are kept");
                 continue;
@@ -269,9 +323,45 @@ mod tests {
     fn a_peer_not_heard_from_yet_is_silent_only_once_the_horizon_passed() {
         let peers = vec!["https://b:7001".to_string()];
         let f = frontier(&peers);
-        assert!(f.view(Duration::from_secs(3600)).1.is_empty());
-        assert_eq!(f.view(Duration::ZERO).1, peers);
+        assert!(f.view(Duration::from_secs(3600)).silent.is_empty());
+        assert_eq!(f.view(Duration::ZERO).silent, peers);
         f.reported(&peers[0], "0001".into());
-        assert!(f.view(Duration::from_secs(3600)).1.is_empty());
+        assert!(f.view(Duration::from_secs(3600)).silent.is_empty());
+    }
+
+    /// A peer a reload adds holds the frontier back until it reports; a
+    /// removed one no longer does, and its late reports are ignored.
+    #[test]
+    fn added_peers_hold_the_frontier_back_and_removed_ones_do_not() {
+        let b = "https://b:7001".to_string();
+        let c = "https://c:7001".to_string();
+        let metrics = Arc::new(Metrics::new());
+        let outbox = Arc::new(Outbox::new(
+            std::slice::from_ref(&b),
+            16,
+            1 << 20,
+            HashMap::new(),
+            metrics,
+        ));
+        let f = Frontier::new(
+            outbox.clone(),
+            std::slice::from_ref(&b),
+            watch::channel(None).1,
+        );
+        outbox.stamped_up_to("0009".into());
+        f.reported(&b, "0005".into());
+        assert_eq!(f.view(Duration::ZERO).stable.as_deref(), Some("0005"));
+        f.add_peer(&c);
+        outbox.add_peer(&c);
+        let v = f.view(Duration::from_secs(3600));
+        assert_eq!(v.stable, None, "c has not reported");
+        assert!(v.silent.is_empty(), "c counts from when it was added");
+        assert_eq!(v.peers.len(), 2);
+        f.remove_peer(&c);
+        outbox.remove_peer(&c);
+        f.reported(&c, "0001".into());
+        let v = f.view(Duration::ZERO);
+        assert_eq!(v.stable.as_deref(), Some("0005"));
+        assert_eq!(v.peers, vec![b]);
     }
 }

@@ -262,7 +262,7 @@ impl Outbox {
                 if inner.overflowed.insert(peer.clone()) {
                     self.metrics
                         .outbox_overflows
-                        .get_or_create(&Metrics::peer(&peer))
+                        .get_or_create(&self.metrics.peer_label(&peer))
                         .inc();
                 }
             }
@@ -280,6 +280,63 @@ impl Outbox {
         drop(inner);
         self.latest.send_replace(seq);
         self.update_lag();
+    }
+
+    /// Serves a peer added while running (a reload): it catches up from
+    /// the metadata at its first session, from "0" (every change this node
+    /// recorded), then takes the batches after the ones that covers. A
+    /// peer already served is left as it is.
+    pub fn add_peer(&self, peer: &str) {
+        {
+            let mut inner = self.inner.lock().expect("outbox lock");
+            if inner.acked.contains_key(peer) {
+                return;
+            }
+            inner.acked.insert(peer.to_string(), 0);
+            inner.acked_stamps.remove(peer);
+            inner.overflowed.insert(peer.to_string());
+            self.report_durable(&inner);
+        }
+        self.update_lag();
+    }
+
+    /// Stops serving a removed peer: what it acknowledged, its catch-up
+    /// floor and its lag are forgotten, and batches only it still lacked
+    /// are dropped.
+    pub fn remove_peer(&self, peer: &str) {
+        {
+            let mut inner = self.inner.lock().expect("outbox lock");
+            if inner.acked.remove(peer).is_none() {
+                return;
+            }
+            inner.acked_stamps.remove(peer);
+            inner.overflowed.remove(peer);
+            inner.connected.remove(peer);
+            // Written under this lock only: removed for good.
+            let label = self.metrics.peer_label(peer);
+            self.metrics.peer_lag_batches.remove(&label);
+            self.metrics.peer_lag_seconds.remove(&label);
+            self.metrics.peer_acked_stamp.remove(&label);
+            self.metrics.outbox_overflows.remove(&label);
+            self.trim(&mut inner);
+            self.report_durable(&inner);
+        }
+        self.progress.notify_waiters();
+        self.update_lag();
+    }
+
+    /// Drops the batches every peer has acknowledged (all of them when
+    /// there is no peer).
+    fn trim(&self, inner: &mut Inner) {
+        let newest = inner.next_seq - 1;
+        let low = inner.acked.values().copied().min().unwrap_or(newest);
+        while inner.batches.front().is_some_and(|b| b.seq <= low) {
+            if let Some(b) = inner.batches.pop_front() {
+                inner.bytes -= b.payload.len();
+            }
+        }
+        self.metrics.outbox_len.set(inner.batches.len() as i64);
+        self.metrics.outbox_bytes.set(inner.bytes as i64);
     }
 
     /// True when batches this peer had not acknowledged were dropped.
@@ -518,20 +575,14 @@ impl Outbox {
                         if let Ok(ts) = hlc::decode(stamp.as_bytes()) {
                             self.metrics
                                 .peer_acked_stamp
-                                .get_or_create(&Metrics::peer(peer))
+                                .get_or_create(&self.metrics.peer_label(peer))
                                 .set(hlc::unix_millis(&ts) as f64 / 1000.0);
                         }
                         *slot = stamp;
                     }
                 }
             }
-            let low = inner.acked.values().copied().min().unwrap_or(newest);
-            while inner.batches.front().is_some_and(|b| b.seq <= low) {
-                if let Some(b) = inner.batches.pop_front() {
-                    inner.bytes -= b.payload.len();
-                }
-            }
-            self.metrics.outbox_len.set(inner.batches.len() as i64);
+            self.trim(&mut inner);
             self.report_durable(&inner);
         }
         self.progress.notify_waiters();
@@ -580,7 +631,7 @@ impl Outbox {
         let inner = self.inner.lock().expect("outbox lock");
         let newest = inner.next_seq - 1;
         for (peer, acked) in &inner.acked {
-            let label = Metrics::peer(peer);
+            let label = self.metrics.peer_label(peer);
             self.metrics
                 .peer_lag_batches
                 .get_or_create(&label)
@@ -868,5 +919,51 @@ mod tests {
         assert!(tiny.push(change(), &t).await);
         assert_eq!(tiny.next_after(1).unwrap().seq, 2, "batch 1 went");
         assert!(tiny.next_after(2).is_none());
+    }
+
+    /// A peer added while running catches up on everything from "0"
+    /// first; a removed one keeps nothing: the batches only it lacked go,
+    /// and its lag series with them.
+    #[tokio::test]
+    async fn peers_added_catch_up_from_the_start_and_removed_ones_hold_nothing() {
+        let metrics = Arc::new(Metrics::new());
+        let ob = Outbox::new(
+            &["a".to_string()],
+            10,
+            1 << 20,
+            HashMap::new(),
+            metrics.clone(),
+        );
+        let t = CancellationToken::new();
+        assert!(ob.push(change(), &t).await);
+        assert!(ob.push(change(), &t).await);
+        ob.ack("a", 2);
+        ob.add_peer("b");
+        let c = ob.start_catch_up("b").expect("a new peer catches up first");
+        assert_eq!(c.floor, "0");
+        assert_eq!(c.covered, 2, "the batches before it are in the metadata");
+        ob.catch_up_done("b", &c);
+        assert_eq!(ob.acked("b"), 2);
+        assert!(ob.push(change(), &t).await);
+        ob.ack("a", 3);
+        assert_eq!(ob.next_after(2).unwrap().seq, 3, "kept for b");
+        ob.update_lag();
+        assert!(
+            metrics
+                .render()
+                .contains("geosync_peer_lag_batches{peer=\"b\"} 1")
+        );
+        ob.remove_peer("b");
+        assert!(
+            ob.next_after(2).is_none(),
+            "nothing kept for a removed peer"
+        );
+        assert!(!metrics.render().contains("peer=\"b\""));
+        assert!(!ob.acked_stamps().contains_key("b"));
+        // Removing every peer keeps nothing at all.
+        assert!(ob.push(change(), &t).await);
+        ob.remove_peer("a");
+        assert!(ob.next_after(3).is_none());
+        assert_eq!(ob.delivered(), None);
     }
 }

@@ -27,8 +27,8 @@ use crate::store::Store;
 
 /// Who asks, and where to ask.
 pub struct Rebuild {
-    /// The peers' gRPC addresses, tried in order.
-    pub peers: Vec<String>,
+    /// The peers' gRPC addresses, tried in order (as a reload left them).
+    pub peers: tokio::sync::watch::Receiver<Vec<String>>,
     /// This region's node id.
     pub node_id: u32,
     /// The mesh name.
@@ -56,7 +56,8 @@ impl Rebuild {
     ) -> Option<u64> {
         let mut backoff = Backoff::with(Duration::from_millis(200), Duration::from_secs(10));
         loop {
-            for peer in &self.peers {
+            let peers = self.peers.borrow().clone();
+            for peer in &peers {
                 match tokio::select! {
                     r = self.pull(peer, store) => r,
                     _ = shutdown.cancelled() => return None,

@@ -74,8 +74,8 @@ const BUSY_RETRIES: u32 = 30;
 
 /// What anti-entropy needs.
 pub struct AntiEntropy {
-    /// The peers' addresses.
-    pub peers: Vec<String>,
+    /// The peers' addresses, as a reload changes them.
+    pub peers: watch::Receiver<Vec<String>>,
     /// This agent's node id.
     pub node_id: u32,
     /// The mesh name.
@@ -163,9 +163,18 @@ impl AntiEntropy {
     /// (digests computed from the records, first round one interval
     /// later), and the peers, which see this start as a reconnect, pull
     /// from this region at once.
-    pub async fn run(self, mut store: Store, shutdown: CancellationToken) {
+    ///
+    /// A peer added by a reload gets its rounds from then on, the first
+    /// one interval after it was added; a removed one's rounds stop, and
+    /// its anti-entropy metrics go.
+    pub async fn run(mut self, mut store: Store, shutdown: CancellationToken) {
         // Subscribed before anything waits, so that no reconnect is missed.
-        let connects: Vec<_> = self.peers.iter().map(|p| self.links.watch(p)).collect();
+        let mut connects: HashMap<String, watch::Receiver<Connects>> = self
+            .peers
+            .borrow_and_update()
+            .iter()
+            .map(|p| (p.clone(), self.links.watch(p)))
+            .collect();
         tokio::select! {
             _ = self.ready.wait_snapshot() => {}
             _ = shutdown.cancelled() => return,
@@ -197,10 +206,59 @@ impl AntiEntropy {
         // One round at a time: the store is the turn.
         let store = tokio::sync::Mutex::new(store);
         let pace = Pace::new(self.max_bytes_per_sec);
-        let loops = self.peers.iter().zip(connects).map(|(peer, connects)| {
-            self.with_peer(peer, connects, first, &store, &pace, &shutdown)
-        });
-        futures::future::join_all(loops).await;
+        let mut peers = self.peers.clone();
+        let this = &self;
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut stops: HashMap<String, CancellationToken> = HashMap::new();
+        let mut listed = true;
+        loop {
+            let now: Vec<String> = peers.borrow_and_update().clone();
+            stops.retain(|peer, stop| {
+                let keep = now.contains(peer);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            for peer in now {
+                if stops.contains_key(&peer) {
+                    continue;
+                }
+                let stop = shutdown.child_token();
+                stops.insert(peer.clone(), stop.clone());
+                let (watch, start) = match connects.remove(&peer) {
+                    Some(w) => (w, first),
+                    None => (
+                        this.links.watch(&peer),
+                        tokio::time::Instant::now() + this.interval,
+                    ),
+                };
+                let (store, pace) = (&store, &pace);
+                let shutdown = &shutdown;
+                running.push(Box::pin(async move {
+                    // It returns before shutdown only for a removed peer
+                    // (stopped here, or its links watch closed).
+                    this.with_peer(&peer, watch, start, store, pace, &stop)
+                        .await;
+                    if !shutdown.is_cancelled() {
+                        this.forget(&peer);
+                    }
+                }));
+            }
+            tokio::select! {
+                r = peers.changed(), if listed => listed = r.is_ok(),
+                Some(()) = futures::StreamExt::next(&mut running), if !running.is_empty() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Removes a removed peer's anti-entropy series (from the task that
+    /// writes them, after its last round).
+    fn forget(&self, peer: &str) {
+        self.metrics
+            .forget_anti_entropy(&self.metrics.peer_label(peer));
+        info!(%peer, "anti-entropy with a removed peer stopped");
     }
 
     /// The rounds with one peer, one after the other.
@@ -237,7 +295,7 @@ impl AntiEntropy {
                 s = store.lock() => s,
                 _ = shutdown.cancelled() => return,
             };
-            let label = Metrics::peer(peer);
+            let label = self.metrics.peer_label(peer);
             if why == Why::Reconnect {
                 self.metrics
                     .anti_entropy_reconnect_rounds
@@ -278,7 +336,7 @@ impl AntiEntropy {
 
     /// Counts what a round did, and logs how it ended.
     fn publish(&self, peer: &str, r: &Round, result: Result<(), Failure>) {
-        let label = Metrics::peer(peer);
+        let label = self.metrics.peer_label(peer);
         let m = &self.metrics;
         // What was pulled and repaired counts, even in a round that failed.
         m.anti_entropy_bytes_pulled
@@ -708,7 +766,7 @@ impl Pace {
 /// read.
 #[derive(Default)]
 pub struct PeerLinks {
-    connects: HashMap<String, watch::Sender<Connects>>,
+    connects: Mutex<HashMap<String, watch::Sender<Connects>>>,
     origins: Mutex<HashMap<u32, Origin>>,
 }
 
@@ -733,19 +791,34 @@ struct Origin {
 impl PeerLinks {
     /// Tracks the streams to `peers` (addresses as configured).
     pub fn new(peers: &[String]) -> Self {
-        PeerLinks {
-            connects: peers
-                .iter()
-                .map(|p| (p.clone(), watch::channel(Connects::default()).0))
-                .collect(),
-            origins: Mutex::default(),
+        let links = PeerLinks::default();
+        for p in peers {
+            links.add(p);
         }
+        links
+    }
+
+    /// Tracks the stream to a peer added while running.
+    pub fn add(&self, peer: &str) {
+        self.connects
+            .lock()
+            .expect("links lock")
+            .entry(peer.to_string())
+            .or_insert_with(|| watch::channel(Connects::default()).0);
+    }
+
+    /// Forgets a removed peer: whoever follows its connections sees the
+    /// watch close. Returns its node id, when a session told it.
+    pub fn remove(&self, peer: &str) -> Option<u32> {
+        let tx = self.connects.lock().expect("links lock").remove(peer)?;
+        let node_id = tx.borrow().node_id;
+        (node_id != 0).then_some(node_id)
     }
 
     /// This agent's stream to `peer` (node `node_id`) is up again, its
     /// catch-up from the metadata done.
     pub fn connected(&self, peer: &str, node_id: u32) {
-        if let Some(tx) = self.connects.get(peer) {
+        if let Some(tx) = self.connects.lock().expect("links lock").get(peer) {
             tx.send_modify(|c| {
                 c.count += 1;
                 c.node_id = node_id;
@@ -753,9 +826,10 @@ impl PeerLinks {
         }
     }
 
-    /// Follows the connections of this agent's stream to `peer`.
+    /// Follows the connections of this agent's stream to `peer` (a watch
+    /// that is closed already for a peer not tracked).
     pub fn watch(&self, peer: &str) -> watch::Receiver<Connects> {
-        match self.connects.get(peer) {
+        match self.connects.lock().expect("links lock").get(peer) {
             Some(tx) => tx.subscribe(),
             None => watch::channel(Connects::default()).1,
         }

@@ -14,11 +14,22 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-/// Label set naming a peer by its configured address.
+/// Label set naming a peer: by its node id (what arrives from it always;
+/// what goes to it when the configuration names the id, `ID=URL`), else
+/// by its configured address.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabel {
-    /// The peer's address as configured (outgoing) or its node id (incoming).
+    /// The peer's node id, or its address as configured.
     pub peer: String,
+}
+
+/// Label set of `geosync_peer_info`: a peer's label and its address.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerInfoLabel {
+    /// As in [`PeerLabel`].
+    pub peer: String,
+    /// The address this agent dials.
+    pub address: String,
 }
 
 /// Label set naming a reason.
@@ -98,6 +109,12 @@ impl EncodeMetric for Seconds {
 #[derive(Default)]
 pub struct Metrics {
     registry: Registry,
+    /// The node id configured for each peer address (`ID=URL`), as its
+    /// label; entries are never removed, so a removed peer's series are
+    /// found by the same label until they are gone.
+    peer_ids: std::sync::RwLock<std::collections::HashMap<String, u32>>,
+    /// 1 per configured peer: its label and address.
+    pub peer_info: Family<PeerInfoLabel, Gauge>,
     /// Changes of local writes stamped for shipping.
     pub changes_stamped: Counter,
     /// Changes shipped again with their recorded stamp after a restart
@@ -255,6 +272,8 @@ pub struct Metrics {
     pub spool_full_waits: Counter,
     /// Times the disk spool failed and the stream was read again.
     pub spool_lost: Counter,
+    /// Configuration reloads (SIGHUP), by outcome (`applied`, `refused`).
+    pub config_reloads: Family<OutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -595,8 +614,100 @@ impl Metrics {
             "Times the disk spool failed and the stream was read again",
             m.spool_lost.clone(),
         );
+        r.register(
+            "peer_info",
+            "1 per configured peer, with its label (node id or address) and address",
+            Declared(m.peer_info.clone()),
+        );
+        r.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP), by outcome",
+            Declared(m.config_reloads.clone()),
+        );
         m.registry = r;
         m
+    }
+
+    /// Labels the peers this agent dials with the node ids the
+    /// configuration gives (`ID=URL`), and says each in
+    /// `geosync_peer_info`. Call before anything is counted for them.
+    pub fn label_peers(&self, peers: &[String], ids: &std::collections::BTreeMap<String, u32>) {
+        {
+            let mut known = self.peer_ids.write().expect("peer ids lock");
+            for (address, id) in ids {
+                known.insert(address.clone(), *id);
+            }
+        }
+        for p in peers {
+            self.peer_info
+                .get_or_create(&PeerInfoLabel {
+                    peer: self.peer_label(p).peer,
+                    address: p.clone(),
+                })
+                .set(1);
+        }
+    }
+
+    /// The label of a peer this agent dials: its node id when the
+    /// configuration names it, else its address.
+    pub fn peer_label(&self, address: &str) -> PeerLabel {
+        match self.peer_ids.read().expect("peer ids lock").get(address) {
+            Some(id) => Metrics::peer(&id.to_string()),
+            None => Metrics::peer(address),
+        }
+    }
+
+    /// Removes the series of this agent's link to a removed peer (by its
+    /// address): what its sender wrote. The outbox removes its own.
+    pub fn forget_peer(&self, address: &str) {
+        let label = self.peer_label(address);
+        self.peer_info.remove(&PeerInfoLabel {
+            peer: label.peer.clone(),
+            address: address.to_string(),
+        });
+        self.peer_connected.remove(&label);
+        for family in [
+            &self.changes_shipped,
+            &self.batches_acked,
+            &self.peer_sent_bytes,
+            &self.catch_up_changes,
+        ] {
+            family.remove(&label);
+        }
+    }
+
+    /// Removes the series of anti-entropy rounds with a removed peer.
+    pub fn forget_anti_entropy(&self, label: &PeerLabel) {
+        for family in [
+            &self.anti_entropy_bytes_pulled,
+            &self.anti_entropy_keys_repaired,
+            &self.anti_entropy_flushes,
+            &self.anti_entropy_keys_dropped,
+            &self.anti_entropy_rounds,
+            &self.anti_entropy_buckets_compared,
+            &self.anti_entropy_buckets_differing,
+            &self.anti_entropy_reconnect_rounds,
+        ] {
+            family.remove(label);
+        }
+        self.anti_entropy_pull_seconds.remove(label);
+        self.anti_entropy_last_clean_round.remove(label);
+    }
+
+    /// Removes the series of a removed peer's changes arriving here (by
+    /// its node id).
+    pub fn forget_origin(&self, node_id: u32) {
+        let label = Metrics::peer(&node_id.to_string());
+        for family in [
+            &self.changes_applied,
+            &self.changes_rejected_older,
+            &self.changes_degraded,
+            &self.changes_quarantined,
+            &self.peer_received_bytes,
+        ] {
+            family.remove(&label);
+        }
+        self.apply_delay_seconds.remove(&label);
     }
 
     /// The Prometheus text exposition of every metric.

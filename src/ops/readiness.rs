@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Readiness {
     snapshot: AtomicBool,
     snapshot_watch: tokio::sync::watch::Sender<bool>,
-    peers: Vec<String>,
+    peers: Mutex<Vec<String>>,
     reached: Mutex<HashSet<String>>,
 }
 
@@ -21,7 +21,7 @@ impl Readiness {
         Readiness {
             snapshot: AtomicBool::new(false),
             snapshot_watch: tokio::sync::watch::channel(false).0,
-            peers: peers.to_vec(),
+            peers: Mutex::new(peers.to_vec()),
             reached: Mutex::new(HashSet::new()),
         }
     }
@@ -36,6 +36,16 @@ impl Readiness {
     pub async fn wait_snapshot(&self) {
         let mut rx = self.snapshot_watch.subscribe();
         let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// The peers a reload left: a new one counts once reached, a removed
+    /// one no longer does.
+    pub fn set_peers(&self, peers: &[String]) {
+        *self.peers.lock().expect("readiness lock") = peers.to_vec();
+        self.reached
+            .lock()
+            .expect("readiness lock")
+            .retain(|p| peers.contains(p));
     }
 
     /// A peer answered a handshake.
@@ -57,8 +67,9 @@ impl Readiness {
     /// is still missing.
     pub fn mesh_missing(&self) -> Option<String> {
         let mut missing: Vec<String> = self.missing().into_iter().collect();
+        let peers = self.peers.lock().expect("readiness lock").clone();
         let reached = self.reached.lock().expect("readiness lock");
-        for p in &self.peers {
+        for p in &peers {
             if !reached.contains(p) {
                 missing.push(format!("peer {p}"));
             }
@@ -81,6 +92,10 @@ mod tests {
         r.peer_reached("http://a");
         assert_eq!(r.mesh_missing().unwrap(), "peer http://b");
         r.peer_reached("http://b");
+        assert_eq!(r.mesh_missing(), None);
+        r.set_peers(&["http://b".into(), "http://c".into()]);
+        assert_eq!(r.mesh_missing().unwrap(), "peer http://c");
+        r.peer_reached("http://c");
         assert_eq!(r.mesh_missing(), None);
     }
 }

@@ -55,8 +55,8 @@ pub struct Stamper {
     pub databases: u32,
     /// This region's node id.
     pub node_id: u32,
-    /// The configured peers.
-    pub peers: Vec<String>,
+    /// The peers, as a reload left them.
+    pub peers: tokio::sync::watch::Receiver<Vec<String>>,
     /// Which keys travel; the others are never stamped.
     pub key_filter: crate::base::filter::KeyFilter,
     /// While a full resync is reported: re-ship this node's unchanged keys
@@ -225,8 +225,10 @@ impl Stamper {
                 true
             }
             TailEvent::SnapshotStart { rewound } => {
-                self.reship =
-                    crate::mesh::acklog::reship_floor(&self.outbox.acked_stamps(), &self.peers);
+                self.reship = crate::mesh::acklog::reship_floor(
+                    &self.outbox.acked_stamps(),
+                    &self.peers.borrow(),
+                );
                 self.reshipped_large.clear();
                 let reached = if rewound {
                     match self.read_reached(shutdown).await {

@@ -28,7 +28,15 @@ pub fn summary(c: &Config) -> String {
     let peers = if c.peers.is_empty() {
         "(none)".to_string()
     } else {
-        c.peers.join(", ")
+        let named: Vec<String> = c
+            .peers
+            .iter()
+            .map(|p| match c.peer_ids.get(p) {
+                Some(id) => format!("{id}={p}"),
+                None => p.clone(),
+            })
+            .collect();
+        named.join(", ")
     };
     let security = match &c.peer_auth {
         PeerAuth::None { insecure: false } => "none (loopback peers only)".to_string(),
@@ -85,15 +93,19 @@ pub fn summary(c: &Config) -> String {
 /// status.
 pub fn main(mut args: CheckConfigArgs) -> i32 {
     if let Some(f) = args.file.take() {
-        args.run.config = Some(f);
+        args.run.config.insert(0, f);
     }
-    let shown = args
-        .run
-        .config
-        .as_ref()
-        .map_or("flags and environment".to_string(), |p| {
-            p.display().to_string()
-        });
+    let shown = if args.run.config.is_empty() {
+        "flags and environment".to_string()
+    } else {
+        let files: Vec<String> = args
+            .run
+            .config
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        files.join(", ")
+    };
     match args.run.into_config() {
         Ok(c) => {
             let mut out = std::io::stdout().lock();

@@ -33,8 +33,11 @@ pub struct StatusArgs {
 /// One peer as this agent sees it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct PeerStatus {
-    /// The peer's address as configured.
+    /// The peer's label on the metrics: its node id, or its address
+    /// when the configuration gives no id.
     pub peer: String,
+    /// The address this agent dials (from `geosync_peer_info`).
+    pub address: Option<String>,
     /// The outgoing stream to it is up.
     pub connected: bool,
     /// Batches stamped here that it has not acknowledged.
@@ -145,6 +148,13 @@ pub fn status_from(
         })
         .collect();
     peers.sort_by(|a, b| a.peer.cmp(&b.peer));
+    for (l, _) in samples(metrics, "geosync_peer_info") {
+        if let (Some(peer), Some(address)) = (label(l, "peer"), label(l, "address"))
+            && let Some(p) = peers.iter_mut().find(|p| p.peer == peer)
+        {
+            p.address = Some(address.to_string());
+        }
+    }
     let per_peer = |name: &str| -> Vec<(String, f64)> {
         samples(metrics, name)
             .into_iter()
@@ -229,7 +239,10 @@ pub fn table(s: &Status) -> String {
     ])
     .chain(s.peers.iter().map(|p| {
         [
-            p.peer.clone(),
+            match &p.address {
+                Some(a) if *a != p.peer => format!("{} ({a})", p.peer),
+                _ => p.peer.clone(),
+            },
             if p.connected { "yes" } else { "NO" }.into(),
             format!("{} batches", p.lag_batches),
             format!("{} ms", p.lag_ms),
@@ -326,6 +339,18 @@ geosync_outbox_batches 7
 geosync_outbox_bytes 7000
 ";
 
+    /// Peers labelled by node id show the address `geosync_peer_info`
+    /// ties to each.
+    #[test]
+    fn node_id_labels_are_shown_with_their_address() {
+        let body = "geosync_peer_connected{peer=\"2\"} 1\n\
+                    geosync_peer_info{peer=\"2\",address=\"https://b:7001\"} 1\n";
+        let s = status_from("http://a", true, None, body, 60_000, 1000.0);
+        assert_eq!(s.peers[0].peer, "2");
+        assert_eq!(s.peers[0].address.as_deref(), Some("https://b:7001"));
+        assert!(table(&s).contains("2 (https://b:7001)"), "{}", table(&s));
+    }
+
     #[test]
     fn peers_and_problems_are_read_from_the_metrics() {
         let s = status_from("http://a", true, None, BODY, 60_000, 1000.0);
@@ -334,6 +359,7 @@ geosync_outbox_bytes 7000
             s.peers[0],
             PeerStatus {
                 peer: "https://b:7001".into(),
+                address: None,
                 connected: true,
                 lag_batches: 2,
                 lag_ms: 70_000,
