@@ -173,6 +173,11 @@ fn a_difference_that_settles_before_the_recheck_is_not_reported() {
     let _: () = b.conn().set("k", "new").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("; 1 differed at first and agreed when read again"),
+        "{}",
+        text(&out.stdout)
+    );
     // Without the write arriving, the same difference is reported.
     let _: () = b.conn().set("k", "old").unwrap();
     let out = verify(

@@ -164,6 +164,9 @@ impl Membership {
             self.frontier.add_peer(peer);
             self.spawn_sender(peer);
             info!(%peer, "peer added: catching it up on everything this region recorded");
+            if !ids.contains_key(peer) {
+                warn!(%peer, "peer given without its node id: its outgoing metrics are labelled with the address; write it ID=URL");
+            }
         }
         self.ready.set_peers(wanted);
         // Anti-entropy starts and stops its rounds, the stamper and

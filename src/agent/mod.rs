@@ -495,6 +495,13 @@ pub async fn run(
     }
     tracker.close();
     info!(node_id = config.node_id, listen = %config.listen, peers = config.peers.len(), redis = %url, "geosync started");
+    for peer in config
+        .peers
+        .iter()
+        .filter(|p| !config.peer_ids.contains_key(*p))
+    {
+        warn!(%peer, "peer given without its node id: its outgoing metrics are labelled with the address, not the node id, and the node id it answers with is not checked; write it ID=URL");
+    }
     match &config.peer_auth {
         PeerAuth::None { insecure: false } => info!(
             "peer links are plaintext and unauthenticated: listening and dialing on loopback only"

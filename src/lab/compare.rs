@@ -39,6 +39,73 @@ pub enum KeyValue {
     Other(String),
 }
 
+impl KeyValue {
+    /// The command that reads a key of type `kind` whole in one reply, for
+    /// the types compared from that reply alone (not streams, module types,
+    /// nor hashes' field expiries, which take more reads).
+    pub fn read_command(kind: &str, key: &[u8]) -> Option<redis::Cmd> {
+        let mut c;
+        match kind {
+            "string" => {
+                c = redis::cmd("GET");
+                c.arg(key);
+            }
+            "list" => {
+                c = redis::cmd("LRANGE");
+                c.arg(key).arg(0).arg(-1);
+            }
+            "set" => {
+                c = redis::cmd("SMEMBERS");
+                c.arg(key);
+            }
+            "zset" => {
+                c = redis::cmd("ZRANGE");
+                c.arg(key).arg(0).arg(-1).arg("WITHSCORES");
+            }
+            "hash" => {
+                c = redis::cmd("HGETALL");
+                c.arg(key);
+            }
+            _ => return None,
+        }
+        Some(c)
+    }
+
+    /// The comparable value of type `kind` from the reply of its
+    /// [`KeyValue::read_command`]: set members and hash fields sorted.
+    /// None when the reply is not of that type (the key changed between
+    /// the `TYPE` and the read) or the type has no such command.
+    pub fn from_reply(kind: &str, reply: Value) -> Option<KeyValue> {
+        use redis::FromRedisValue;
+        Some(match kind {
+            "string" => KeyValue::String(Vec::<u8>::from_redis_value(reply).ok()?),
+            "list" => KeyValue::List(Vec::<Vec<u8>>::from_redis_value(reply).ok()?),
+            "set" => {
+                let mut m = Vec::<Vec<u8>>::from_redis_value(reply).ok()?;
+                m.sort();
+                KeyValue::Set(m)
+            }
+            "zset" => {
+                let flat = Vec::<Vec<u8>>::from_redis_value(reply).ok()?;
+                if flat.len() % 2 != 0 {
+                    return None;
+                }
+                KeyValue::ZSet(
+                    flat.chunks(2)
+                        .map(|p| (p[0].clone(), String::from_utf8_lossy(&p[1]).into_owned()))
+                        .collect(),
+                )
+            }
+            "hash" => {
+                let mut m = Vec::<(Vec<u8>, Vec<u8>)>::from_redis_value(reply).ok()?;
+                m.sort();
+                KeyValue::Hash(m)
+            }
+            _ => return None,
+        })
+    }
+}
+
 /// Bytes shown as text in reports.
 struct Text<'a>(&'a [u8]);
 
@@ -243,32 +310,20 @@ fn read_stream(c: &mut Connection, key: &[u8]) -> redis::RedisResult<StreamValue
 
 fn try_read_key(c: &mut Connection, key: &[u8]) -> redis::RedisResult<Option<KeyState>> {
     let t: String = redis::cmd("TYPE").arg(key).query(c)?;
+    let whole = |c: &mut Connection| -> redis::RedisResult<KeyValue> {
+        let reply: Value = KeyValue::read_command(&t, key)
+            .expect("a type read whole")
+            .query(c)?;
+        // A key that changed type between TYPE and the read is read again
+        // by the caller's next look.
+        Ok(KeyValue::from_reply(&t, reply)
+            .unwrap_or_else(|| KeyValue::Other(format!("changed while read: no longer a {t}"))))
+    };
     let value = match t.as_str() {
         "none" => return Ok(None),
-        "string" => KeyValue::String(c.get(key)?),
-        "list" => KeyValue::List(c.lrange(key, 0, -1)?),
-        "set" => {
-            let mut m: Vec<Vec<u8>> = c.smembers(key)?;
-            m.sort();
-            KeyValue::Set(m)
-        }
-        "zset" => {
-            let v: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-                .arg(key)
-                .arg(0)
-                .arg(-1)
-                .arg("WITHSCORES")
-                .query(c)?;
-            KeyValue::ZSet(
-                v.chunks(2)
-                    .map(|p| (p[0].clone(), String::from_utf8_lossy(&p[1]).into_owned()))
-                    .collect(),
-            )
-        }
-        "hash" => {
-            let mut v: Vec<(Vec<u8>, Vec<u8>)> = c.hgetall(key)?;
-            v.sort();
-            match field_expiries(c, key, &v) {
+        "string" | "list" | "set" | "zset" => whole(c)?,
+        "hash" => match whole(c)? {
+            KeyValue::Hash(v) => match field_expiries(c, key, &v) {
                 Some(exps) => KeyValue::HashTtl(
                     v.into_iter()
                         .zip(exps)
@@ -276,8 +331,9 @@ fn try_read_key(c: &mut Connection, key: &[u8]) -> redis::RedisResult<Option<Key
                         .collect(),
                 ),
                 None => KeyValue::Hash(v),
-            }
-        }
+            },
+            other => other,
+        },
         "stream" => KeyValue::Stream(read_stream(c, key)?),
         other => KeyValue::Other(other.to_string()),
     };

@@ -206,15 +206,13 @@ fn read_batch(r: &mut Region, keys: &[Vec<u8>]) -> redis::RedisResult<Vec<Option
     let mut planned = Vec::with_capacity(keys.len());
     for (k, pair) in keys.iter().zip(heads.chunks(2)) {
         let t = String::from_redis_value(pair[0].clone()).unwrap_or_default();
-        let plain = match t.as_str() {
-            "string" => Some(p.cmd("GET").arg(k)),
-            "list" => Some(p.cmd("LRANGE").arg(k).arg(0).arg(-1)),
-            "set" => Some(p.cmd("SMEMBERS").arg(k)),
-            "zset" => Some(p.cmd("ZRANGE").arg(k).arg(0).arg(-1).arg("WITHSCORES")),
-            "hash" if !r.field_expiry => Some(p.cmd("HGETALL").arg(k)),
-            _ => None,
-        };
-        planned.push((t, plain.is_some()));
+        // Hashes with field expiries take more reads (read_key below).
+        let whole = KeyValue::read_command(&t, k).filter(|_| t != "hash" || !r.field_expiry);
+        let plain = whole.is_some();
+        if let Some(cmd) = whole {
+            p.add_command(cmd);
+        }
+        planned.push((t, plain));
     }
     let values: Vec<Value> = if planned.iter().any(|(_, plain)| *plain) {
         p.query(&mut r.conn)?
@@ -229,7 +227,7 @@ fn read_batch(r: &mut Region, keys: &[Vec<u8>]) -> redis::RedisResult<Vec<Option
             continue;
         }
         let value = if plain {
-            values.next().and_then(|v| decoded(&t, v))
+            values.next().and_then(|v| KeyValue::from_reply(&t, v))
         } else {
             None
         };
@@ -246,37 +244,6 @@ fn read_batch(r: &mut Region, keys: &[Vec<u8>]) -> redis::RedisResult<Vec<Option
         out.push(state);
     }
     Ok(out)
-}
-
-/// A pipelined value read as the comparable value of its type; None when
-/// the reply is not of that type (the key changed in between).
-fn decoded(t: &str, v: Value) -> Option<KeyValue> {
-    Some(match t {
-        "string" => KeyValue::String(Vec::<u8>::from_redis_value(v).ok()?),
-        "list" => KeyValue::List(Vec::<Vec<u8>>::from_redis_value(v).ok()?),
-        "set" => {
-            let mut m = Vec::<Vec<u8>>::from_redis_value(v).ok()?;
-            m.sort();
-            KeyValue::Set(m)
-        }
-        "zset" => {
-            let flat = Vec::<Vec<u8>>::from_redis_value(v).ok()?;
-            if flat.len() % 2 != 0 {
-                return None;
-            }
-            KeyValue::ZSet(
-                flat.chunks(2)
-                    .map(|p| (p[0].clone(), String::from_utf8_lossy(&p[1]).into_owned()))
-                    .collect(),
-            )
-        }
-        "hash" => {
-            let mut m = Vec::<(Vec<u8>, Vec<u8>)>::from_redis_value(v).ok()?;
-            m.sort();
-            KeyValue::Hash(m)
-        }
-        _ => return None,
-    })
 }
 
 /// A key's state in each region, in the order the regions were given.
@@ -497,10 +464,15 @@ pub fn main(args: VerifyArgs) -> i32 {
     }
     let secs = started.elapsed().as_secs_f64();
     let regions = args.redis.len();
+    // Keys that differed only at first were writes in flight.
+    let settled = match report.settled {
+        0 => String::new(),
+        n => format!("; {n} differed at first and agreed when read again"),
+    };
     if report.differing == 0 {
         let _ = writeln!(
             out,
-            "verify: {} keys in {} databases are the same in all {regions} regions ({secs:.1} s)",
+            "verify: {} keys in {} databases are the same in all {regions} regions ({secs:.1} s){settled}",
             report.keys,
             report.dbs.len(),
         );
@@ -509,7 +481,7 @@ pub fn main(args: VerifyArgs) -> i32 {
         let more = report.differing - report.listed.len() as u64;
         let _ = writeln!(
             out,
-            "verify: {} of {} keys differ between the {regions} regions{} ({secs:.1} s)",
+            "verify: {} of {} keys differ between the {regions} regions{} ({secs:.1} s){settled}",
             report.differing,
             report.keys,
             if more > 0 {
