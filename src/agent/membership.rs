@@ -108,12 +108,19 @@ impl Membership {
 
     fn spawn_sender(&mut self, peer: &str) {
         let stop = self.shutdown.child_token();
+        // A session of its own: a peer removed and added again still
+        // remembers what the earlier sender's session delivered, which
+        // this one's sequence numbers do not continue.
+        let me = client::Identity {
+            session: rand::random(),
+            ..self.me.clone()
+        };
         let task = self.tracker.spawn(client::run(
             client::Peer {
                 address: peer.to_string(),
                 node_id: self.ids.get(peer).copied(),
             },
-            self.me.clone(),
+            me,
             self.outbox.clone(),
             self.metrics.clone(),
             self.ready.clone(),

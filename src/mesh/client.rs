@@ -35,7 +35,8 @@ pub struct Identity {
     pub node_id: u32,
     /// The mesh name.
     pub mesh: String,
-    /// Random per process.
+    /// Random per sender: a receiver keeps what a session delivered, and
+    /// a new session starts from nothing.
     pub session: u64,
     /// How the links to peers are secured.
     pub auth: PeerAuth,

@@ -398,6 +398,12 @@ impl Outbox {
             let slot = inner.acked_stamps.entry(peer.to_string()).or_default();
             if done.upto > *slot {
                 *slot = done.upto.clone();
+                if let Ok(ts) = hlc::decode(done.upto.as_bytes()) {
+                    self.metrics
+                        .peer_acked_stamp
+                        .get_or_create(&self.metrics.peer_label(peer))
+                        .set(hlc::unix_millis(&ts) as f64 / 1000.0);
+                }
             }
         }
         self.ack(peer, done.covered);
