@@ -204,7 +204,8 @@ impl Store {
     /// `floor` (a peer's collected floor: the peer lacks these keys and
     /// would refuse them), and the key holds what was recorded (no local
     /// write waits to be stamped); raises the database's collected floor to
-    /// `floor` (scripts/forget.lua). The number of keys dropped.
+    /// `floor` (scripts/forget.lua). The number of keys dropped (values
+    /// deleted; tombstones dropped alongside are not counted).
     pub async fn forget_below(
         &mut self,
         db: u32,

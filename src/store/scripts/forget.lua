@@ -21,9 +21,12 @@
 -- peer's when anything was dropped, so that no change older than it
 -- brings a dropped key back.
 --
--- Returns the number of keys dropped.
+-- Returns the number of keys dropped: values deleted. A tombstone (or the
+-- record of a value already gone) dropped with them is collection, not a
+-- key taken away, and is not counted; it still raises the floor.
 local floor = ARGV[1]
 local dropped = 0
+local forgotten = 0
 local marked = false
 for i = 2, #KEYS, 2 do
   local key, bucket = KEYS[i], KEYS[i + 1]
@@ -46,14 +49,17 @@ for i = 2, #KEYS, 2 do
         mcall('INCR', KEYS[1])
         marked = true
       end
-      if state ~= nil then ucall('UNLINK', key) end
+      if state ~= nil then
+        ucall('UNLINK', key)
+        dropped = dropped + 1
+      end
       mcall('HDEL', bucket, key)
       digest_moved(bucket, key, rec.stamp, nil)
-      dropped = dropped + 1
+      forgotten = forgotten + 1
     end
   end
 end
-if dropped > 0 then
+if forgotten > 0 then
   local mine = mcall('GET', COLLECTED)
   if not mine or mine < floor then
     mcall('SET', COLLECTED, floor)
