@@ -279,3 +279,39 @@ fn a_peer_removed_and_added_again_gets_what_it_missed() {
     let got: Option<i64> = c.get("while-out19").unwrap();
     assert_eq!(got, Some(19));
 }
+
+/// A reload that changes only a peer's node id (a bare URL given its id,
+/// or back) serves the peer again under its new label: the sender and
+/// the anti-entropy rounds both go on, neither stays stopped.
+#[test]
+fn a_peer_whose_node_id_a_reload_changes_is_served_under_the_new_label() {
+    let rounds = args(&["--anti-entropy-interval-secs", "1"]);
+    let mesh = Mesh::builder(2).agent_args(&rounds).peer_files().start();
+    let file = mesh.dir.path().join("peers-1.toml");
+    let bare = url(&mesh, 1);
+    std::fs::write(&file, format!("peer = [\"{bare}\"]\n")).unwrap();
+    mesh.regions[0].agent.signal("HUP");
+    let by_address = |name: &str| format!("{name}{{peer=\"{bare}\"}}");
+    wait_until("rounds and the link under the address", SETTLE, || {
+        let a = &mesh.regions[0].agent;
+        a.metric(&by_address("geosync_anti_entropy_rounds_total")) >= 1.0
+            && a.metric(&by_address("geosync_peer_connected")) == 1.0
+    });
+    std::fs::write(&file, format!("peer = [\"2={bare}\"]\n")).unwrap();
+    mesh.regions[0].agent.signal("HUP");
+    wait_until(
+        "rounds and the link under the node id again",
+        SETTLE,
+        || {
+            let body = metrics(&mesh, 0);
+            !body.contains(&bare.to_string().replace("http://", "peer=\"http://"))
+                && geosync::lab::metric_value(&body, "geosync_peer_connected{peer=\"2\"}")
+                    == Some(1.0)
+                && geosync::lab::metric_value(
+                    &body,
+                    "geosync_anti_entropy_rounds_total{peer=\"2\"}",
+                )
+                .is_some_and(|v| v >= 1.0)
+        },
+    );
+}

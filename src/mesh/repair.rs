@@ -209,11 +209,13 @@ impl AntiEntropy {
         let mut peers = self.peers.clone();
         let this = &self;
         let mut running = futures::stream::FuturesUnordered::new();
-        let mut stops: HashMap<String, CancellationToken> = HashMap::new();
+        // Per peer, the rounds running now: their generation and stop.
+        let mut stops: HashMap<String, (u64, CancellationToken)> = HashMap::new();
+        let mut generation = 0u64;
         let mut listed = true;
         loop {
             let now: Vec<String> = peers.borrow_and_update().clone();
-            stops.retain(|peer, stop| {
+            stops.retain(|peer, (_, stop)| {
                 let keep = now.contains(peer);
                 if !keep {
                     stop.cancel();
@@ -224,8 +226,9 @@ impl AntiEntropy {
                 if stops.contains_key(&peer) {
                     continue;
                 }
+                generation += 1;
                 let stop = shutdown.child_token();
-                stops.insert(peer.clone(), stop.clone());
+                stops.insert(peer.clone(), (generation, stop.clone()));
                 let (watch, start) = match connects.remove(&peer) {
                     Some(w) => (w, first),
                     None => (
@@ -234,31 +237,36 @@ impl AntiEntropy {
                     ),
                 };
                 let (store, pace) = (&store, &pace);
-                let shutdown = &shutdown;
+                let (shutdown, born) = (&shutdown, generation);
+                // The label the rounds begin with: the one to clear if the
+                // peer's node id changes meanwhile.
+                let label = this.metrics.peer_label(&peer);
                 running.push(Box::pin(async move {
-                    // It returns before shutdown only for a removed peer
-                    // (stopped here, or its links watch closed).
+                    // It returns before shutdown only when the peer was
+                    // removed (stopped here, or its links watch closed;
+                    // it may have been added again since).
                     this.with_peer(&peer, watch, start, store, pace, &stop)
                         .await;
                     if !shutdown.is_cancelled() {
-                        this.forget(&peer);
+                        this.metrics.forget_anti_entropy(&label);
+                        info!(%peer, "anti-entropy rounds with this peer stopped");
                     }
+                    (peer, born)
                 }));
             }
             tokio::select! {
                 r = peers.changed(), if listed => listed = r.is_ok(),
-                Some(()) = futures::StreamExt::next(&mut running), if !running.is_empty() => {}
+                Some((peer, born)) = futures::StreamExt::next(&mut running), if !running.is_empty() => {
+                    // Ended while still listed (removed and added again
+                    // faster than this loop looked): the next look starts
+                    // its rounds again.
+                    if stops.get(&peer).is_some_and(|(g, _)| *g == born) {
+                        stops.remove(&peer);
+                    }
+                }
                 _ = shutdown.cancelled() => return,
             }
         }
-    }
-
-    /// Removes a removed peer's anti-entropy series (from the task that
-    /// writes them, after its last round).
-    fn forget(&self, peer: &str) {
-        self.metrics
-            .forget_anti_entropy(&self.metrics.peer_label(peer));
-        info!(%peer, "anti-entropy with a removed peer stopped");
     }
 
     /// The rounds with one peer, one after the other.

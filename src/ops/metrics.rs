@@ -110,8 +110,8 @@ impl EncodeMetric for Seconds {
 pub struct Metrics {
     registry: Registry,
     /// The node id configured for each peer address (`ID=URL`), as its
-    /// label; entries are never removed, so a removed peer's series are
-    /// found by the same label until they are gone.
+    /// label; set when a peer is added, and kept after it is removed, so
+    /// that its series are found by the same label until they are gone.
     peer_ids: std::sync::RwLock<std::collections::HashMap<String, u32>>,
     /// 1 per configured peer: its label and address.
     pub peer_info: Family<PeerInfoLabel, Gauge>,
@@ -634,8 +634,11 @@ impl Metrics {
     pub fn label_peers(&self, peers: &[String], ids: &std::collections::BTreeMap<String, u32>) {
         {
             let mut known = self.peer_ids.write().expect("peer ids lock");
-            for (address, id) in ids {
-                known.insert(address.clone(), *id);
+            for p in peers {
+                match ids.get(p) {
+                    Some(id) => known.insert(p.clone(), *id),
+                    None => known.remove(p),
+                };
             }
         }
         for p in peers {
