@@ -395,18 +395,24 @@ impl Outbox {
     pub fn catch_up_done(&self, peer: &str, done: &CatchUp) {
         {
             let mut inner = self.inner.lock().expect("outbox lock");
-            let slot = inner.acked_stamps.entry(peer.to_string()).or_default();
-            if done.upto > *slot {
-                *slot = done.upto.clone();
-                if let Ok(ts) = hlc::decode(done.upto.as_bytes()) {
-                    self.metrics
-                        .peer_acked_stamp
-                        .get_or_create(&self.metrics.peer_label(peer))
-                        .set(hlc::unix_millis(&ts) as f64 / 1000.0);
-                }
-            }
+            self.raise_acked_stamp(&mut inner, peer, done.upto.clone());
         }
         self.ack(peer, done.covered);
+    }
+
+    /// Raises what `peer` is known to hold up to `stamp` (never lowers
+    /// it), and its gauge with it.
+    fn raise_acked_stamp(&self, inner: &mut Inner, peer: &str, stamp: String) {
+        let slot = inner.acked_stamps.entry(peer.to_string()).or_default();
+        if stamp > *slot {
+            if let Ok(ts) = hlc::decode(stamp.as_bytes()) {
+                self.metrics
+                    .peer_acked_stamp
+                    .get_or_create(&self.metrics.peer_label(peer))
+                    .set(hlc::unix_millis(&ts) as f64 / 1000.0);
+            }
+            *slot = stamp;
+        }
     }
 
     /// Waits, before a push, until the fastest connected peer has at most
@@ -576,16 +582,7 @@ impl Outbox {
                     .max()
                     .map(str::to_string);
                 if let Some(stamp) = stamp {
-                    let slot = inner.acked_stamps.entry(peer.to_string()).or_default();
-                    if stamp > *slot {
-                        if let Ok(ts) = hlc::decode(stamp.as_bytes()) {
-                            self.metrics
-                                .peer_acked_stamp
-                                .get_or_create(&self.metrics.peer_label(peer))
-                                .set(hlc::unix_millis(&ts) as f64 / 1000.0);
-                        }
-                        *slot = stamp;
-                    }
+                    self.raise_acked_stamp(&mut inner, peer, stamp);
                 }
             }
             self.trim(&mut inner);
